@@ -1,0 +1,79 @@
+// Package archive is the tertiary storage: one small interface with an S3
+// implementation (minio-go) and a directory implementation.
+package archive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+)
+
+// ErrNotFound is returned (wrapped) when an object does not exist.
+var ErrNotFound = errors.New("archive object not found")
+
+// ObjectInfo describes a stored object.
+type ObjectInfo struct {
+	Key  string
+	Size int64
+	ETag string
+}
+
+// Archive stores immutable objects by key.
+type Archive interface {
+	// Put stores size bytes read from r under key. The archive checks the
+	// bytes in transit (S3 checksums; local write with fsync) and the
+	// returned info describes the stored object.
+	Put(ctx context.Context, key string, r io.Reader, size int64) (ObjectInfo, error)
+	// Get returns length bytes of key starting at off (length < 0: to the end).
+	Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error)
+	// Stat describes key, or returns an error wrapping ErrNotFound.
+	Stat(ctx context.Context, key string) (ObjectInfo, error)
+	// Delete removes key; deleting a missing key succeeds.
+	Delete(ctx context.Context, key string) error
+	// Check verifies that the archive is reachable and usable.
+	Check(ctx context.Context) error
+	// String names the archive without secrets.
+	String() string
+}
+
+// Open parses an archive URL:
+//
+//	s3://BUCKET[/PREFIX]?endpoint=HOST:PORT[&insecure=true][&region=R]
+//	file:///DIR
+//
+// S3 credentials come from the environment (minio-go's credential chain).
+func Open(rawURL string) (Archive, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("archive URL %q: %w", rawURL, err)
+	}
+	switch u.Scheme {
+	case "file":
+		if u.Host != "" && u.Host != "localhost" {
+			return nil, fmt.Errorf("archive URL %q: file URLs take an absolute path (file:///DIR)", rawURL)
+		}
+		if u.Path == "" || !strings.HasPrefix(u.Path, "/") {
+			return nil, fmt.Errorf("archive URL %q: missing directory", rawURL)
+		}
+		return NewDir(u.Path)
+	case "s3":
+		return newS3FromURL(u)
+	}
+	return nil, fmt.Errorf("archive URL %q: scheme must be s3:// or file://", rawURL)
+}
+
+// ReadFull reads exactly len(buf) bytes of key at off.
+func ReadFull(ctx context.Context, a Archive, key string, off int64, buf []byte) error {
+	rc, err := a.Get(ctx, key, off, int64(len(buf)))
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if _, err := io.ReadFull(rc, buf); err != nil {
+		return fmt.Errorf("read %s at %d: %w", key, off, err)
+	}
+	return nil
+}

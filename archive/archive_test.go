@@ -1,0 +1,115 @@
+package archive_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/cascadefs/cascadefs/archive"
+	"github.com/cascadefs/cascadefs/internal/testenv"
+)
+
+// exercise runs the same contract against every backend.
+func exercise(t *testing.T, a archive.Archive) {
+	ctx := context.Background()
+	if err := a.Check(ctx); err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	data := make([]byte, 3<<20+17)
+	rand.Read(data)
+	info, err := a.Put(ctx, "fs/1/obj", bytes.NewReader(data), int64(len(data)))
+	if err != nil || info.Size != int64(len(data)) {
+		t.Fatalf("put: %v %+v", err, info)
+	}
+	st, err := a.Stat(ctx, "fs/1/obj")
+	if err != nil || st.Size != int64(len(data)) {
+		t.Fatalf("stat: %v %+v", err, st)
+	}
+	for _, r := range [][2]int64{{0, 10}, {1 << 20, 4096}, {int64(len(data)) - 5, 5}, {0, int64(len(data))}} {
+		buf := make([]byte, r[1])
+		if err := archive.ReadFull(ctx, a, "fs/1/obj", r[0], buf); err != nil {
+			t.Fatalf("get %v: %v", r, err)
+		}
+		if !bytes.Equal(buf, data[r[0]:r[0]+r[1]]) {
+			t.Fatalf("get %v: wrong bytes", r)
+		}
+	}
+	rc, err := a.Get(ctx, "fs/1/obj", 100, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(rest, data[100:]) {
+		t.Fatal("get to end: wrong bytes")
+	}
+	// A short reader must not leave an object behind.
+	if _, err := a.Put(ctx, "fs/1/short", bytes.NewReader(data[:10]), 20); err == nil {
+		t.Fatal("put of a short stream succeeded")
+	}
+	if _, err := a.Stat(ctx, "fs/1/short"); !errors.Is(err, archive.ErrNotFound) {
+		t.Fatalf("short put left an object: %v", err)
+	}
+	if err := a.Delete(ctx, "fs/1/obj"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Delete(ctx, "fs/1/obj"); err != nil {
+		t.Fatalf("second delete: %v", err)
+	}
+	if _, err := a.Stat(ctx, "fs/1/obj"); !errors.Is(err, archive.ErrNotFound) {
+		t.Fatalf("stat after delete: %v", err)
+	}
+	rc, err = a.Get(ctx, "fs/1/obj", 0, 10)
+	if err == nil {
+		_, err = io.ReadAll(rc)
+		rc.Close()
+	}
+	if !errors.Is(err, archive.ErrNotFound) {
+		t.Fatalf("get after delete: %v", err)
+	}
+}
+
+func TestDir(t *testing.T) {
+	a, err := archive.Open("file://" + t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	exercise(t, a)
+}
+
+func TestS3(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	m.Env(t)
+	a, err := archive.Open(m.Bucket(t, "archive-test") + "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exercise(t, a)
+	prefixed, _ := archive.Open(m.Bucket(t, "archive-test2")[:len("s3://archive-test2")] + "/some/prefix?endpoint=" + m.Endpoint + "&insecure=true")
+	exercise(t, prefixed)
+}
+
+func TestBadURLs(t *testing.T) {
+	for _, u := range []string{"", "ftp://x", "s3://", "s3://bucket", "s3://b?endpoint=h:1&bogus=1", "file://host/dir", "file://"} {
+		if _, err := archive.Open(u); err == nil {
+			t.Errorf("%q accepted", u)
+		}
+	}
+}
+
+func TestS3Unreachable(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "x")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "y")
+	a, err := archive.Open("s3://b?endpoint=127.0.0.1:1&insecure=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5e9)
+	defer cancel()
+	if err := a.Check(ctx); err == nil {
+		t.Fatal("unreachable archive passed its check")
+	}
+}

@@ -1,0 +1,154 @@
+package archive
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"path"
+	"strings"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// S3 is an archive in an S3 bucket, under an optional key prefix.
+type S3 struct {
+	client   *minio.Client
+	bucket   string
+	prefix   string
+	endpoint string
+}
+
+// partSize is the multipart unit for large uploads; parts go up in parallel.
+const partSize = 64 << 20
+
+func newS3FromURL(u *url.URL) (*S3, error) {
+	q := u.Query()
+	endpoint := q.Get("endpoint")
+	if u.Host == "" {
+		return nil, fmt.Errorf("archive URL: s3:// needs a bucket")
+	}
+	if endpoint == "" {
+		return nil, fmt.Errorf("archive URL s3://%s: missing ?endpoint=HOST:PORT", u.Host)
+	}
+	for k := range q {
+		if k != "endpoint" && k != "insecure" && k != "region" {
+			return nil, fmt.Errorf("archive URL s3://%s: unknown parameter %q", u.Host, k)
+		}
+	}
+	insecure := q.Get("insecure") == "true"
+	creds := credentials.NewChainCredentials([]credentials.Provider{
+		&credentials.EnvAWS{}, &credentials.EnvMinio{}, &credentials.FileAWSCredentials{},
+	})
+	client, err := minio.New(endpoint, &minio.Options{
+		Creds:           creds,
+		Secure:          !insecure,
+		Region:          q.Get("region"),
+		TrailingHeaders: true, // lets PUTs carry CRC-32C checksums the server verifies
+	})
+	if err != nil {
+		return nil, fmt.Errorf("archive s3://%s: %w", u.Host, err)
+	}
+	return &S3{client: client, bucket: u.Host, prefix: strings.Trim(u.Path, "/"), endpoint: endpoint}, nil
+}
+
+func (s *S3) String() string {
+	return "s3://" + path.Join(s.bucket, s.prefix) + "?endpoint=" + s.endpoint
+}
+
+func (s *S3) key(k string) string {
+	if s.prefix == "" {
+		return k
+	}
+	return s.prefix + "/" + k
+}
+
+func (s *S3) Check(ctx context.Context) error {
+	ok, err := s.client.BucketExists(ctx, s.bucket)
+	if err != nil {
+		return fmt.Errorf("archive %s: %w", s, err)
+	}
+	if !ok {
+		return fmt.Errorf("archive %s: bucket %q does not exist", s, s.bucket)
+	}
+	return nil
+}
+
+func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) (ObjectInfo, error) {
+	info, err := s.client.PutObject(ctx, s.bucket, s.key(key), r, size, minio.PutObjectOptions{
+		ContentType: "application/octet-stream",
+		PartSize:    partSize,
+		NumThreads:  4,
+		Checksum:    minio.ChecksumCRC32C,
+	})
+	if err != nil {
+		return ObjectInfo{}, fmt.Errorf("archive put %s: %w", key, err)
+	}
+	if info.Size != size {
+		return ObjectInfo{}, fmt.Errorf("archive put %s: stored %d of %d bytes", key, info.Size, size)
+	}
+	return ObjectInfo{Key: key, Size: info.Size, ETag: info.ETag}, nil
+}
+
+func (s *S3) Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error) {
+	var opts minio.GetObjectOptions
+	if length == 0 {
+		return io.NopCloser(strings.NewReader("")), nil
+	}
+	if length > 0 {
+		if err := opts.SetRange(off, off+length-1); err != nil {
+			return nil, err
+		}
+	} else if off > 0 {
+		if err := opts.SetRange(off, 0); err != nil {
+			return nil, err
+		}
+	}
+	obj, err := s.client.GetObject(ctx, s.bucket, s.key(key), opts)
+	if err != nil {
+		return nil, s.wrap("get", key, err)
+	}
+	return &s3Reader{obj: obj, s: s, key: key}, nil
+}
+
+// s3Reader maps minio's lazily reported errors (GetObject only fails on the
+// first Read) onto ErrNotFound.
+type s3Reader struct {
+	obj *minio.Object
+	s   *S3
+	key string
+}
+
+func (r *s3Reader) Read(p []byte) (int, error) {
+	n, err := r.obj.Read(p)
+	if err != nil && err != io.EOF {
+		err = r.s.wrap("get", r.key, err)
+	}
+	return n, err
+}
+
+func (r *s3Reader) Close() error { return r.obj.Close() }
+
+func (s *S3) Stat(ctx context.Context, key string) (ObjectInfo, error) {
+	info, err := s.client.StatObject(ctx, s.bucket, s.key(key), minio.StatObjectOptions{})
+	if err != nil {
+		return ObjectInfo{}, s.wrap("stat", key, err)
+	}
+	return ObjectInfo{Key: key, Size: info.Size, ETag: info.ETag}, nil
+}
+
+func (s *S3) Delete(ctx context.Context, key string) error {
+	if err := s.client.RemoveObject(ctx, s.bucket, s.key(key), minio.RemoveObjectOptions{}); err != nil {
+		return s.wrap("delete", key, err)
+	}
+	return nil
+}
+
+func (s *S3) wrap(op, key string, err error) error {
+	switch minio.ToErrorResponse(err).Code {
+	case minio.NoSuchKey, "NoSuchObject", "NotFound":
+		return fmt.Errorf("archive %s %s: %w", op, key, ErrNotFound)
+	}
+	return fmt.Errorf("archive %s %s: %w", op, key, err)
+}

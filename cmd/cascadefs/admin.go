@@ -1,0 +1,226 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cascadefs/cascadefs/daemon"
+	"golang.org/x/sys/unix"
+)
+
+// target groups the paths of one command by the mount that serves them.
+type target struct {
+	mount daemon.Mount
+	rels  []string
+}
+
+// resolve maps every path to its mount first, so that one bad path stops
+// the command before anything is changed.
+func resolve(paths []string) ([]target, error) {
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("no PATH given")
+	}
+	var out []target
+	idx := map[string]int{}
+	for _, p := range paths {
+		m, rel, err := daemon.FindMount(p)
+		if err != nil {
+			return nil, err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		i, ok := idx[m.Name]
+		if !ok {
+			i = len(out)
+			idx[m.Name] = i
+			out = append(out, target{mount: m})
+		}
+		out[i].rels = append(out[i].rels, rel)
+	}
+	return out, nil
+}
+
+func cmdMigrate(args []string) error {
+	fl := newFlags("migrate", "[-r] [--premigrate] [-j N] PATH...")
+	r := fl.Bool("r", false, "descend into directories")
+	pre := fl.Bool("premigrate", false, "copy to the archive but keep the data")
+	jobs := fl.Int("j", 4, "files migrated in parallel")
+	if err := fl.Parse(args); err != nil {
+		return errReported
+	}
+	verb := "migrated"
+	if *pre {
+		verb = "premigrated"
+	}
+	return batch("migrate", verb, fl.Args(), daemon.Request{Recursive: *r, Premigrate: *pre, Jobs: *jobs})
+}
+
+func cmdRecall(args []string) error {
+	fl := newFlags("recall", "[-r] [-j N] PATH...")
+	r := fl.Bool("r", false, "descend into directories")
+	jobs := fl.Int("j", 4, "files recalled in parallel")
+	if err := fl.Parse(args); err != nil {
+		return errReported
+	}
+	return batch("recall", "recalled", fl.Args(), daemon.Request{Recursive: *r, Jobs: *jobs})
+}
+
+func batch(op, verb string, paths []string, req daemon.Request) error {
+	targets, err := resolve(paths)
+	if err != nil {
+		return err
+	}
+	failed := false
+	for _, t := range targets {
+		req.Paths = t.rels
+		bar := newProgress(op)
+		err := daemon.Dial(daemon.RunDir(), t.mount.Name).Batch(op, req, func(m daemon.Message) {
+			switch m.Type {
+			case "plan":
+				bar.plan(m.Files, m.Bytes)
+			case "file":
+				e := m.Entry
+				if e.Error != "" {
+					failed = true
+					bar.printf("cascadefs %s: %s\n", op, e.Error)
+				} else if e.Skipped != "" {
+					bar.printf("cascadefs %s: %s: skipped: %s\n", op, e.Path, e.Skipped)
+				}
+				bar.advance(e.Moved)
+			case "done":
+				bar.finish()
+				s := m.Sum
+				rate := ""
+				if s.Seconds > 0 && s.Bytes > 0 {
+					rate = fmt.Sprintf(" (%s/s)", human(int64(float64(s.Bytes)/s.Seconds)))
+				}
+				fmt.Printf("%s %d file(s), %s in %.1fs%s; %d failed, %d skipped\n",
+					verb, s.Files, human(s.Bytes), s.Seconds, rate, s.Failed, s.Skipped)
+			}
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if failed {
+		return errReported
+	}
+	return nil
+}
+
+func cmdLs(args []string) error {
+	fl := newFlags("ls", "[-r] [--json] PATH...")
+	r := fl.Bool("r", false, "descend into directories")
+	asJSON := fl.Bool("json", false, "print JSON")
+	if err := fl.Parse(args); err != nil {
+		return errReported
+	}
+	targets, err := resolve(fl.Args())
+	if err != nil {
+		return err
+	}
+	var all []daemon.Entry
+	for _, t := range targets {
+		entries, err := daemon.Dial(daemon.RunDir(), t.mount.Name).Ls(daemon.Request{Paths: t.rels, Recursive: *r})
+		if err != nil {
+			return err
+		}
+		for i := range entries {
+			entries[i].Path = strings.TrimPrefix(t.mount.Mountpoint+"/"+entries[i].Path, "")
+		}
+		all = append(all, entries...)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(all)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "STATE\tSIZE\tRESIDENT\t PATH\t OBJECT\t")
+	bad := false
+	for _, e := range all {
+		obj := e.Object
+		if e.Error != "" {
+			obj, bad = "error: "+e.Error, true
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t %s\t %s\t\n", e.State, e.Size, e.ResidentBytes, e.Path, obj)
+	}
+	tw.Flush()
+	if bad {
+		return errReported
+	}
+	return nil
+}
+
+func cmdStatus(args []string) error {
+	fl := newFlags("status", "[--json]")
+	asJSON := fl.Bool("json", false, "print JSON")
+	if err := fl.Parse(args); err != nil {
+		return errReported
+	}
+	mounts, err := daemon.Mounts()
+	if err != nil {
+		return err
+	}
+	sort.Slice(mounts, func(i, j int) bool { return mounts[i].Name < mounts[j].Name })
+	var all []daemon.Status
+	bad := false
+	for _, m := range mounts {
+		st, err := daemon.Dial(daemon.RunDir(), m.Name).Status()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "cascadefs status: %s at %s: %v\n", m.Name, m.Mountpoint, oneLine(err))
+			bad = true
+			continue
+		}
+		all = append(all, st)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if all == nil {
+			all = []daemon.Status{}
+		}
+		enc.Encode(all)
+	} else {
+		if len(all) == 0 && !bad {
+			fmt.Println("no cascadefs filesystem is mounted")
+		}
+		for _, s := range all {
+			fmt.Printf("%s on %s (pid %d, up %s)\n", s.Name, s.Mountpoint, s.PID, time.Since(s.Started).Round(time.Second))
+			fmt.Printf("  backing:     %s\n  archive:     %s\n  passthrough: %v\n", s.Backing, s.Archive, s.Passthrough)
+			fmt.Printf("  DM session:  %s, %d workers, %d pending event(s), %d pending destroy(s)\n",
+				s.Session, s.Workers, len(s.PendingEvents), s.PendingDestroy)
+			for _, p := range s.PendingEvents {
+				state := "queued"
+				if p.Running {
+					state = "running " + p.Age.Round(time.Millisecond).String()
+				}
+				fmt.Printf("    %s %s [%d,+%d] %s, %d waiter(s)\n", p.Event.Type, p.Event.Path, p.Event.Offset, p.Event.Length, state, p.Waiters)
+			}
+		}
+	}
+	if bad {
+		return errReported
+	}
+	return nil
+}
+
+func human(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

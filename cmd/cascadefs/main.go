@@ -1,0 +1,62 @@
+// Command cascadefs is the HSM filesystem daemon and its admin commands.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+)
+
+const usage = `cascadefs: hierarchical storage management over FUSE
+
+Usage:
+  cascadefs mount --backing DIR --archive URL [--name FS] MOUNTPOINT
+  cascadefs migrate [-r] [--premigrate] [-j N] PATH...
+  cascadefs recall [-r] [-j N] PATH...
+  cascadefs ls [-r] [--json] PATH...
+  cascadefs status [--json]
+
+Archive URLs: s3://BUCKET[/PREFIX]?endpoint=HOST:PORT[&insecure=true][&region=R]
+              file:///DIR
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	cmds := map[string]func([]string) error{
+		"mount": cmdMount, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus,
+	}
+	cmd, ok := cmds[os.Args[1]]
+	if !ok {
+		if a := os.Args[1]; a == "-h" || a == "--help" || a == "help" {
+			fmt.Print(usage)
+			return
+		}
+		fmt.Fprintf(os.Stderr, "cascadefs: unknown command %q\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err := cmd(os.Args[2:]); err != nil {
+		if !errors.Is(err, errReported) {
+			fmt.Fprintf(os.Stderr, "cascadefs %s: %v\n", os.Args[1], oneLine(err))
+		}
+		os.Exit(1)
+	}
+}
+
+// errReported: the command already printed what went wrong.
+var errReported = errors.New("reported")
+
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
+
+func newFlags(name, args string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: cascadefs %s %s\n", name, args)
+		fs.PrintDefaults()
+	}
+	return fs
+}

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/cascadefs/cascadefs/daemon"
+	"github.com/cascadefs/cascadefs/recall"
+)
+
+func cmdMount(args []string) error {
+	fl := newFlags("mount", "--backing DIR --archive URL [--name FS] MOUNTPOINT")
+	var cfg daemon.Config
+	fl.StringVar(&cfg.Backing, "backing", "", "backing directory (required)")
+	fl.StringVar(&cfg.ArchiveURL, "archive", "", "archive URL: s3://BUCKET[/PREFIX]?endpoint=HOST:PORT or file:///DIR (required)")
+	fl.StringVar(&cfg.Name, "name", "", "filesystem name (default: the mountpoint's base name)")
+	fl.StringVar(&cfg.StateDir, "state-dir", "", "durable DM state (default /var/lib/cascadefs/NAME)")
+	fl.IntVar(&cfg.Workers, "workers", 8, "DM session workers: recalls handled at once")
+	fl.DurationVar(&cfg.EventTimeout, "event-timeout", 10*time.Minute, "how long a reader waits for a recall before EIO")
+	fl.DurationVar(&cfg.ReleaseWait, "release-wait", 5*time.Second, "how long a migration waits for open handles before skipping the release")
+	d := recall.DefaultConfig()
+	fl.Int64Var(&cfg.Recall.SmallFile, "small-file", d.SmallFile, "stubs up to this many bytes are recalled whole")
+	fl.Int64Var(&cfg.Recall.Window, "window", d.Window, "first streaming window of a large stub's recall, bytes")
+	fl.Int64Var(&cfg.Recall.MaxWindow, "max-window", d.MaxWindow, "largest streaming window for sequential readers, bytes")
+	fl.BoolVar(&cfg.NoPassthrough, "no-passthrough", false, "never open resident files in kernel passthrough")
+	fl.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request")
+	if err := fl.Parse(args); err != nil {
+		return errReported
+	}
+	if fl.NArg() != 1 || cfg.Backing == "" || cfg.ArchiveURL == "" {
+		fl.Usage()
+		return fmt.Errorf("need --backing, --archive and one MOUNTPOINT")
+	}
+	mp, err := filepath.Abs(fl.Arg(0))
+	if err != nil {
+		return err
+	}
+	cfg.Mountpoint = mp
+	if cfg.Name == "" {
+		cfg.Name = filepath.Base(mp)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	dm, err := daemon.Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	unmounted := make(chan struct{})
+	go func() { dm.Wait(); close(unmounted) }()
+	select {
+	case <-ctx.Done():
+		log.Info("signal received; unmounting", "fs", cfg.Name)
+	case <-unmounted:
+		log.Warn("unmounted from outside", "fs", cfg.Name)
+	}
+	dm.Stop()
+	return nil
+}

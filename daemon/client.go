@@ -1,0 +1,175 @@
+package daemon
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Mount is a cascadefs mount found in the mount table.
+type Mount struct {
+	Name       string
+	Mountpoint string
+}
+
+// FindMount returns the cascadefs mount that holds path, and path relative
+// to its root. It follows no symlink in the last element.
+func FindMount(path string) (Mount, string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return Mount{}, "", err
+	}
+	if dir, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
+		abs = filepath.Join(dir, filepath.Base(abs))
+	}
+	mounts, err := Mounts()
+	if err != nil {
+		return Mount{}, "", err
+	}
+	var best Mount
+	for _, m := range mounts {
+		if (abs == m.Mountpoint || strings.HasPrefix(abs, m.Mountpoint+"/")) && len(m.Mountpoint) > len(best.Mountpoint) {
+			best = m
+		}
+	}
+	if best.Name == "" {
+		return Mount{}, "", fmt.Errorf("%s: not inside a cascadefs mount", path)
+	}
+	rel, _ := filepath.Rel(best.Mountpoint, abs)
+	return best, rel, nil
+}
+
+// Mounts lists the cascadefs mounts of this machine.
+func Mounts() ([]Mount, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	var out []Mount
+	for _, line := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok {
+			continue
+		}
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if len(f) < 5 || len(g) < 2 || g[0] != "fuse.cascadefs" {
+			continue
+		}
+		out = append(out, Mount{Name: g[1], Mountpoint: unescapeMount(f[4])})
+	}
+	return out, nil
+}
+
+func unescapeMount(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// Client talks to one daemon's control socket.
+type Client struct {
+	Name string
+	http *http.Client
+}
+
+// Dial returns a client for filesystem name.
+func Dial(runDir, name string) *Client {
+	sock := SocketPath(runDir, name)
+	return &Client{Name: name, http: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}}
+}
+
+func (c *Client) do(method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, "http://cascadefs"+path, rd)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ne *net.OpError
+		if errors.As(err, &ne) {
+			return nil, fmt.Errorf("filesystem %s: its daemon does not answer (%v)", c.Name, ne.Err)
+		}
+		return nil, fmt.Errorf("filesystem %s: %w", c.Name, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return nil, errors.New(strings.TrimSpace(string(msg)))
+	}
+	return resp, nil
+}
+
+// Status asks for the filesystem's status.
+func (c *Client) Status() (Status, error) {
+	var st Status
+	c.http.Timeout = 5 * time.Second
+	resp, err := c.do("GET", "/status", nil)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// Ls lists the state of the files under paths.
+func (c *Client) Ls(req Request) ([]Entry, error) {
+	resp, err := c.do("POST", "/ls", req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var entries []Entry
+	return entries, json.NewDecoder(resp.Body).Decode(&entries)
+}
+
+// Batch runs a migrate or recall ("migrate" or "recall") and calls fn for
+// each streamed message.
+func (c *Client) Batch(op string, req Request, fn func(Message)) error {
+	resp, err := c.do("POST", "/"+op, req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<16), 1<<22)
+	done := false
+	for sc.Scan() {
+		var m Message
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			return fmt.Errorf("bad answer from daemon: %w", err)
+		}
+		done = done || m.Type == "done"
+		fn(m)
+	}
+	if !done {
+		return fmt.Errorf("filesystem %s: the daemon stopped before finishing", c.Name)
+	}
+	return sc.Err()
+}

@@ -1,0 +1,337 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/stub"
+	"golang.org/x/sys/unix"
+)
+
+// Request is what an admin command asks of the daemon.
+type Request struct {
+	Paths      []string `json:"paths"` // relative to the mount root
+	Recursive  bool     `json:"recursive"`
+	Premigrate bool     `json:"premigrate,omitempty"`
+	Jobs       int      `json:"jobs,omitempty"`
+}
+
+// Message is one line of a streamed answer (NDJSON).
+type Message struct {
+	Type  string   `json:"type"` // plan, file, done, error
+	Files int      `json:"files,omitempty"`
+	Bytes int64    `json:"bytes,omitempty"`
+	Entry *Entry   `json:"entry,omitempty"`
+	Error string   `json:"error,omitempty"`
+	Sum   *Summary `json:"summary,omitempty"`
+}
+
+// Summary closes a migrate or recall.
+type Summary struct {
+	Files   int     `json:"files"`
+	Failed  int     `json:"failed"`
+	Skipped int     `json:"skipped"`
+	Bytes   int64   `json:"bytes"`
+	Seconds float64 `json:"seconds"`
+}
+
+// Entry is one file as `cascadefs ls` shows it.
+type Entry struct {
+	Path          string `json:"path"`
+	State         string `json:"state"`
+	Size          int64  `json:"size"`
+	ResidentBytes int64  `json:"resident_bytes"`
+	Object        string `json:"object,omitempty"`
+	Moved         int64  `json:"moved,omitempty"` // bytes uploaded (migrate) or recalled (recall)
+	Error         string `json:"error,omitempty"`
+	Skipped       string `json:"skipped,omitempty"`
+}
+
+// Status is what `cascadefs status` shows of one filesystem.
+type Status struct {
+	Name           string               `json:"name"`
+	Mountpoint     string               `json:"mountpoint"`
+	Backing        string               `json:"backing"`
+	Archive        string               `json:"archive"`
+	PID            int                  `json:"pid"`
+	Started        time.Time            `json:"started"`
+	Passthrough    bool                 `json:"passthrough"`
+	Session        string               `json:"session"`
+	Workers        int                  `json:"workers"`
+	PendingEvents  []dmapi.PendingEvent `json:"pending_events"`
+	PendingDestroy int                  `json:"pending_destroy"`
+}
+
+type controlServer struct {
+	ln  net.Listener
+	srv *http.Server
+}
+
+func startControl(d *Daemon) (*controlServer, error) {
+	if err := os.MkdirAll(d.cfg.RunDir, 0o755); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	path := SocketPath(d.cfg.RunDir, d.cfg.Name)
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("filesystem %q is already served (control socket %s answers)", d.cfg.Name, path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	os.Chmod(path, 0o600) // root only: the admin commands act on any file
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /migrate", d.serveMigrate)
+	mux.HandleFunc("POST /recall", d.serveRecall)
+	mux.HandleFunc("POST /ls", d.serveLs)
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(d.Status())
+	})
+	c := &controlServer{ln: ln, srv: &http.Server{Handler: mux}}
+	go c.srv.Serve(ln)
+	return c, nil
+}
+
+func (c *controlServer) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c.srv.Shutdown(ctx)
+	os.Remove(c.ln.Addr().String())
+}
+
+// Status reports the filesystem's state.
+func (d *Daemon) Status() Status {
+	return Status{
+		Name: d.cfg.Name, Mountpoint: d.cfg.Mountpoint, Backing: d.cfg.Backing, Archive: d.arch.String(),
+		PID: os.Getpid(), Started: d.started, Passthrough: d.fs.Passthrough(), Session: "active",
+		Workers: d.cfg.Workers, PendingEvents: d.session.Pending(), PendingDestroy: d.destroy.Pending(),
+	}
+}
+
+// expand checks every path first (so bad input changes nothing) and lists
+// the regular files they name.
+func (d *Daemon) expand(req *Request) ([]string, error) {
+	var files []string
+	for _, p := range req.Paths {
+		p = filepath.Clean(p)
+		if !filepath.IsLocal(p) && p != "." {
+			return nil, fmt.Errorf("%s: outside the filesystem", p)
+		}
+		full := filepath.Join(d.cfg.Backing, p)
+		st, err := os.Lstat(full)
+		if err != nil {
+			return nil, fmt.Errorf("%s: no such file or directory", p)
+		}
+		switch {
+		case st.IsDir() && !req.Recursive:
+			return nil, fmt.Errorf("%s: is a directory (use -r)", p)
+		case st.IsDir():
+			err := filepath.WalkDir(full, func(path string, de fs.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
+				if de.Type().IsRegular() {
+					rel, _ := filepath.Rel(d.cfg.Backing, path)
+					files = append(files, rel)
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", p, err)
+			}
+		case st.Mode().IsRegular():
+			files = append(files, p)
+		default:
+			return nil, fmt.Errorf("%s: not a regular file", p)
+		}
+	}
+	return files, nil
+}
+
+func (d *Daemon) serveMigrate(w http.ResponseWriter, r *http.Request) {
+	d.serveBatch(w, r, func(ctx context.Context, req *Request, rel string) Entry {
+		res, err := d.migrator.Migrate(ctx, rel, req.Premigrate)
+		e := Entry{Path: rel, State: res.State.String(), Moved: res.Uploaded, Object: res.Key}
+		if errors.Is(err, dmapi.ErrBusy) {
+			e.Skipped = "open through the mount; data not released"
+		} else if err != nil {
+			e.Error = err.Error()
+		}
+		return e
+	})
+}
+
+func (d *Daemon) serveRecall(w http.ResponseWriter, r *http.Request) {
+	d.serveBatch(w, r, func(ctx context.Context, req *Request, rel string) Entry {
+		e := d.inspect(rel)
+		if e.Error != "" || e.State != stub.Migrated.String() {
+			return e
+		}
+		ev := &dmapi.Event{Type: dmapi.Read, FS: d.cfg.Name, Path: rel, Offset: 0, Length: -1}
+		if ino, err := inoOf(filepath.Join(d.cfg.Backing, rel)); err == nil {
+			ev.Ino = ino
+		}
+		if err := d.session.Raise(ctx, ev); err != nil {
+			e.Error = fmt.Sprintf("recall %s: %v", rel, err)
+			return e
+		}
+		before := e.ResidentBytes
+		e = d.inspect(rel)
+		e.Moved = e.ResidentBytes - before
+		return e
+	})
+}
+
+// serveBatch runs fn over the request's files with bounded parallelism and
+// streams the results.
+func (d *Daemon) serveBatch(w http.ResponseWriter, r *http.Request, fn func(context.Context, *Request, string) Entry) {
+	var req Request
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	files, err := d.expand(&req)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	out := newStream(w)
+	var total int64
+	for _, f := range files {
+		if st, err := os.Lstat(filepath.Join(d.cfg.Backing, f)); err == nil {
+			total += st.Size()
+		}
+	}
+	out.send(Message{Type: "plan", Files: len(files), Bytes: total})
+	jobs := max(1, min(req.Jobs, 64))
+	start := time.Now()
+	work := make(chan string)
+	var wg sync.WaitGroup
+	sum := Summary{}
+	var mu sync.Mutex
+	for range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for rel := range work {
+				e := fn(r.Context(), &req, rel)
+				mu.Lock()
+				switch {
+				case e.Error != "":
+					sum.Failed++
+				case e.Skipped != "":
+					sum.Skipped++
+				default:
+					sum.Files++
+					sum.Bytes += e.Moved
+				}
+				mu.Unlock()
+				out.send(Message{Type: "file", Entry: &e})
+			}
+		}()
+	}
+	for _, f := range files {
+		select {
+		case work <- f:
+		case <-r.Context().Done():
+		}
+	}
+	close(work)
+	wg.Wait()
+	sum.Seconds = time.Since(start).Seconds()
+	out.send(Message{Type: "done", Sum: &sum})
+}
+
+func (d *Daemon) serveLs(w http.ResponseWriter, r *http.Request) {
+	var req Request
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	files, err := d.expand(&req)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	entries := make([]Entry, 0, len(files))
+	for _, f := range files {
+		entries = append(entries, d.inspect(f))
+	}
+	json.NewEncoder(w).Encode(entries)
+}
+
+// inspect reads a file's state without raising any event.
+func (d *Daemon) inspect(rel string) Entry {
+	e := Entry{Path: rel}
+	fd, err := unix.Open(filepath.Join(d.cfg.Backing, rel), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOATIME, 0)
+	if err != nil {
+		e.Error = err.Error()
+		return e
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		e.Error = err.Error()
+		return e
+	}
+	e.Size = st.Size
+	rec, err := stub.ReadRecord(fd)
+	if err != nil {
+		e.State, e.Error = "damaged", err.Error()
+		return e
+	}
+	e.ResidentBytes = st.Size
+	switch {
+	case rec == nil:
+		e.State = stub.Resident.String()
+	case rec.State == stub.Premigrated && !rec.Unchanged(&st):
+		e.State = stub.Resident.String() // changed since the copy: the copy is stale
+	case rec.State == stub.Premigrated:
+		e.State, e.Object = rec.State.String(), rec.Key
+	default:
+		e.State, e.Object = rec.State.String(), rec.Key
+		if e.ResidentBytes, err = stub.ResidentBytes(fd, st.Size); err != nil {
+			e.Error = err.Error()
+		}
+	}
+	return e
+}
+
+func inoOf(p string) (uint64, error) {
+	var st unix.Stat_t
+	err := unix.Lstat(p, &st)
+	return st.Ino, err
+}
+
+// stream writes NDJSON messages, flushed one by one.
+type stream struct {
+	mu  sync.Mutex
+	w   http.ResponseWriter
+	enc *json.Encoder
+}
+
+func newStream(w http.ResponseWriter) *stream {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	return &stream{w: w, enc: json.NewEncoder(w)}
+}
+
+func (s *stream) send(m Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.enc.Encode(m)
+	if f, ok := s.w.(http.Flusher); ok {
+		f.Flush()
+	}
+}

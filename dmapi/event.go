@@ -1,0 +1,91 @@
+// Package dmapi holds the DMAPI-style model: events with tokens, the
+// session that queues them (dedupe, admission) and answers them, and the
+// per-file DM rights. It does no I/O of its own: handlers do.
+package dmapi
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"sync/atomic"
+)
+
+// Type is the kind of an event.
+type Type uint8
+
+const (
+	// Read: a reader needs a migrated region (synchronous).
+	Read Type = iota + 1
+	// Write: a writer needs the whole file resident before changing it (synchronous).
+	Write
+	// Truncate: like Write, for a size change (synchronous).
+	Truncate
+	// Destroy: a stub was deleted; its archive object must go (asynchronous, durable).
+	Destroy
+)
+
+func (t Type) String() string {
+	switch t {
+	case Read:
+		return "READ"
+	case Write:
+		return "WRITE"
+	case Truncate:
+		return "TRUNCATE"
+	case Destroy:
+		return "DESTROY"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Event is one DM event. Its token names it uniquely, so that answering or
+// re-sending it is idempotent.
+type Event struct {
+	Token  string `json:"token"`
+	Type   Type   `json:"type"`
+	FS     string `json:"fs"`
+	Path   string `json:"path"` // relative to the backing directory
+	Ino    uint64 `json:"ino"`
+	Offset int64  `json:"offset"`
+	Length int64  `json:"length"` // < 0: to the end of the file
+	Key    string `json:"key,omitempty"` // archive object (Destroy)
+}
+
+func (e *Event) String() string {
+	return fmt.Sprintf("%s %s %s [%d,+%d] token=%s", e.Type, e.FS, e.Path, e.Offset, e.Length, e.Token)
+}
+
+// dedupeKey identifies the work an event asks for: two readers of the same
+// region of the same file share one recall; writes and truncates of a file
+// all need the whole file.
+type dedupeKey struct {
+	ino    uint64
+	whole  bool
+	offset int64
+	length int64
+	object string
+}
+
+func (e *Event) dedupeKey() dedupeKey {
+	if e.Type == Destroy {
+		return dedupeKey{object: e.Key}
+	}
+	if e.Type == Read {
+		return dedupeKey{ino: e.Ino, offset: e.Offset, length: e.Length, whole: e.Length < 0 && e.Offset == 0}
+	}
+	return dedupeKey{ino: e.Ino, whole: true, length: -1}
+}
+
+var (
+	tokenPrefix = func() uint32 {
+		var b [4]byte
+		rand.Read(b[:])
+		return binary.LittleEndian.Uint32(b[:])
+	}()
+	tokenSeq atomic.Uint64
+)
+
+// NewToken returns a token unique across processes and restarts.
+func NewToken() string {
+	return fmt.Sprintf("%08x-%d", tokenPrefix, tokenSeq.Add(1))
+}

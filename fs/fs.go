@@ -1,0 +1,345 @@
+// Package fs is the FUSE layer: a loopback over the backing directory that
+// intercepts stub files. It raises DM events and blocks readers until they
+// are answered, hides the stub records, and opens fully resident files in
+// kernel passthrough. It knows dmapi and stub, never recall or cluster.
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/stub"
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// Events is how the FUSE layer reaches the DM session of its filesystem.
+type Events interface {
+	// Raise sends a synchronous event and waits for its answer.
+	Raise(ctx context.Context, ev *dmapi.Event) error
+	// PrepareDestroy durably notes that the object of rec becomes garbage
+	// when rel is unlinked; CommitDestroy or AbortDestroy follows the unlink.
+	PrepareDestroy(rel string, ino uint64, rec *stub.Record) (token string, err error)
+	CommitDestroy(token string)
+	AbortDestroy(token string)
+}
+
+// Options configure a mount.
+type Options struct {
+	Backing string // backing directory
+	Name    string // filesystem name (shown as the mount source)
+	Events  Events
+	Log     *slog.Logger
+	// SmallFile: stubs up to this size are recalled whole on first read.
+	SmallFile int64
+	// Region: the unit in which reads of large stubs raise events.
+	Region int64
+	// NoPassthrough disables kernel passthrough for resident files.
+	NoPassthrough bool
+	Debug         bool
+}
+
+// FS is one mounted managed filesystem.
+type FS struct {
+	opts   Options
+	root   string
+	server *fuse.Server
+	gates  gates
+	log    *slog.Logger
+	// passthrough is true when the kernel accepted passthrough.
+	passthrough bool
+}
+
+// Mount mounts the backing directory at mountpoint.
+func Mount(mountpoint string, opts Options) (*FS, error) {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Region <= 0 {
+		opts.Region = stub.DefaultChunkSize
+	}
+	root, err := filepath.Abs(opts.Backing)
+	if err != nil {
+		return nil, err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(root, &st); err != nil {
+		return nil, fmt.Errorf("backing directory: %w", err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+		return nil, fmt.Errorf("backing directory %s: not a directory", root)
+	}
+	f := &FS{opts: opts, root: root, log: opts.Log}
+	rootData := &gofs.LoopbackRoot{Path: root, Dev: uint64(st.Dev)}
+	rootData.NewNode = func(rd *gofs.LoopbackRoot, parent *gofs.Inode, name string, st *syscall.Stat_t) gofs.InodeEmbedder {
+		return &node{LoopbackNode: gofs.LoopbackNode{RootData: rd}, fs: f}
+	}
+	rootNode := &node{LoopbackNode: gofs.LoopbackNode{RootData: rootData}, fs: f}
+	rootData.RootNode = rootNode
+
+	asRoot := os.Geteuid() == 0
+	one := time.Second
+	mo := fuse.MountOptions{
+		FsName:       opts.Name,
+		Name:         "cascadefs",
+		AllowOther:   asRoot,
+		DirectMount:  true,
+		MaxWrite:     1 << 20,
+		MaxReadAhead: 1 << 20,
+		EnableLocks:  true,
+		Debug:        opts.Debug,
+	}
+	if asRoot {
+		mo.Options = append(mo.Options, "default_permissions")
+	}
+	server, err := gofs.Mount(mountpoint, rootNode, &gofs.Options{
+		MountOptions: mo,
+		EntryTimeout: &one,
+		AttrTimeout:  &one,
+		// Permissions are checked by the kernel (default_permissions);
+		// files are created as the caller.
+		NullPermissions: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	f.server = server
+	f.passthrough = !opts.NoPassthrough && server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0
+	return f, nil
+}
+
+// Passthrough reports whether resident files are served by kernel passthrough.
+func (f *FS) Passthrough() bool { return f.passthrough }
+
+// Unmount unmounts and waits for the server to end.
+func (f *FS) Unmount() error {
+	err := f.server.Unmount()
+	if err == nil {
+		f.server.Wait()
+	}
+	return err
+}
+
+// Wait blocks until the filesystem is unmounted.
+func (f *FS) Wait() { f.server.Wait() }
+
+// rel returns a backing path relative to the root.
+func (f *FS) rel(p string) string {
+	r, err := filepath.Rel(f.root, p)
+	if err != nil {
+		return p
+	}
+	return r
+}
+
+// node is one file or directory of the mount.
+type node struct {
+	gofs.LoopbackNode
+	fs *FS
+}
+
+var (
+	_ = (gofs.NodeOpener)((*node)(nil))
+	_ = (gofs.NodeCreater)((*node)(nil))
+	_ = (gofs.NodeSetattrer)((*node)(nil))
+	_ = (gofs.NodeUnlinker)((*node)(nil))
+	_ = (gofs.NodeRenamer)((*node)(nil))
+	_ = (gofs.NodeGetxattrer)((*node)(nil))
+	_ = (gofs.NodeSetxattrer)((*node)(nil))
+	_ = (gofs.NodeRemovexattrer)((*node)(nil))
+	_ = (gofs.NodeListxattrer)((*node)(nil))
+	_ = (gofs.NodeCopyFileRanger)((*node)(nil))
+)
+
+func (n *node) backingPath() string {
+	return filepath.Join(n.RootData.Path, n.Path(n.Root()))
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	flags &^= syscall.O_APPEND | fuse.FMODE_EXEC
+	p := n.backingPath()
+	fd, err := unix.Open(p, int(flags)&^unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, 0, gofs.ToErrno(err)
+	}
+	h, fuseFlags, errno := n.fs.newHandle(ctx, fd, p, flags)
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	if flags&unix.O_TRUNC != 0 {
+		if errno := h.truncate(ctx, 0); errno != 0 {
+			h.Release(ctx)
+			return nil, 0, errno
+		}
+	}
+	return h.kernelHandle(), fuseFlags, 0
+}
+
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	inode, fh, _, errno := n.LoopbackNode.Create(ctx, name, flags, mode, out)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	// Re-open so that the handle is ours; the loopback one is closed.
+	lf := fh.(*gofs.LoopbackFile)
+	fd, _ := lf.PassthroughFd()
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	lf.Release(ctx)
+	if err != nil {
+		return nil, nil, 0, gofs.ToErrno(err)
+	}
+	h, fuseFlags, errno := n.fs.newHandle(ctx, dup, filepath.Join(n.backingPath(), name), flags)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	return inode, h.kernelHandle(), fuseFlags, 0
+}
+
+func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if f == nil {
+		if _, ok := in.GetSize(); ok || hasTimes(in) {
+			// Size and time changes of a possible stub go through a handle.
+			fd, err := unix.Open(n.backingPath(), unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err == nil {
+				h, _, errno := n.fs.newHandleMode(ctx, fd, n.backingPath(), unix.O_RDWR, modeNone)
+				if errno != 0 {
+					return errno
+				}
+				defer h.Release(ctx)
+				return h.Setattr(ctx, in, out)
+			}
+			if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.ELOOP) && !errors.Is(err, unix.ENXIO) && !errors.Is(err, unix.EACCES) {
+				return gofs.ToErrno(err)
+			}
+		}
+	}
+	return n.LoopbackNode.Setattr(ctx, f, in, out)
+}
+
+func hasTimes(in *fuse.SetAttrIn) bool {
+	_, a := in.GetATime()
+	_, m := in.GetMTime()
+	return a || m
+}
+
+// Unlink of the last link of a stub queues a durable DESTROY of its object.
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	p := filepath.Join(n.backingPath(), name)
+	return n.fs.destroying(p, func() error { return unix.Unlink(p) })
+}
+
+// Rename over an existing stub destroys the stub's object like an unlink.
+func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if flags&unix.RENAME_EXCHANGE != 0 {
+		return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
+	}
+	np, ok := newParent.(*node)
+	if !ok {
+		return syscall.EXDEV
+	}
+	target := filepath.Join(np.backingPath(), newName)
+	return n.fs.destroying(target, func() error {
+		return errnoErr(n.LoopbackNode.Rename(ctx, name, newParent, newName, flags))
+	})
+}
+
+// destroying runs op, which removes the name p, and destroys the archive
+// object of the stub it named if that was the file's last link.
+func (f *FS) destroying(p string, op func() error) syscall.Errno {
+	var st unix.Stat_t
+	var rec *stub.Record
+	if unix.Lstat(p, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1 {
+		if fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0); err == nil {
+			var rerr error
+			rec, rerr = stub.ReadRecord(fd)
+			if rerr != nil {
+				f.log.Error("unlink of a file whose stub record is unreadable; its archive object is left", "file", f.rel(p), "reason", rerr)
+			}
+			unix.Close(fd)
+		}
+	}
+	if rec == nil {
+		return gofs.ToErrno(op())
+	}
+	token, err := f.opts.Events.PrepareDestroy(f.rel(p), st.Ino, rec)
+	if err != nil {
+		f.log.Error("cannot queue DESTROY; unlink refused", "file", f.rel(p), "reason", err)
+		return syscall.EIO
+	}
+	if err := op(); err != nil {
+		f.opts.Events.AbortDestroy(token)
+		return gofs.ToErrno(err)
+	}
+	f.opts.Events.CommitDestroy(token)
+	return 0
+}
+
+func hidden(attr string) bool { return strings.HasPrefix(attr, stub.XattrPrefix) }
+
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if hidden(attr) {
+		return 0, syscall.ENODATA
+	}
+	return n.LoopbackNode.Getxattr(ctx, attr, dest)
+}
+
+func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if hidden(attr) {
+		return syscall.EPERM
+	}
+	return n.LoopbackNode.Setxattr(ctx, attr, data, flags)
+}
+
+func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if hidden(attr) {
+		return syscall.EPERM
+	}
+	return n.LoopbackNode.Removexattr(ctx, attr)
+}
+
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	sz, err := unix.Llistxattr(n.backingPath(), nil)
+	if err != nil {
+		return 0, gofs.ToErrno(err)
+	}
+	buf := make([]byte, sz+64)
+	sz, err = unix.Llistxattr(n.backingPath(), buf)
+	if err != nil {
+		return 0, gofs.ToErrno(err)
+	}
+	var out []byte
+	for _, name := range strings.Split(string(buf[:sz]), "\x00") {
+		if name != "" && !hidden(name) {
+			out = append(append(out, name...), 0)
+		}
+	}
+	if len(dest) == 0 {
+		return uint32(len(out)), 0
+	}
+	if len(dest) < len(out) {
+		return uint32(len(out)), syscall.ERANGE
+	}
+	return uint32(copy(dest, out)), 0
+}
+
+// CopyFileRange is refused so that the kernel copies through read and
+// write: a backing-level copy would read a stub's holes as zeros.
+func (n *node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn uint64, out *gofs.Inode, fhOut gofs.FileHandle, offOut uint64, len uint64, flags uint64) (uint32, syscall.Errno) {
+	return 0, syscall.ENOSYS
+}
+
+func errnoErr(e syscall.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
+}

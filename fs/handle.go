@@ -1,0 +1,324 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"syscall"
+
+	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/stub"
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// ioMode is how the kernel serves a handle.
+type ioMode uint8
+
+const (
+	modeNone        ioMode = iota // internal handle, not seen by the kernel
+	modeCached                    // kernel page cache, reads come to us
+	modeDirect                    // FOPEN_DIRECT_IO: coexists with passthrough handles
+	modePassthrough               // the kernel reads the backing file itself
+)
+
+// handle is an open file of the mount. Reads of migrated regions raise READ
+// events; the first change of a file with a stub record raises WRITE or
+// TRUNCATE so the DM application makes it resident first.
+type handle struct {
+	lf   *gofs.LoopbackFile
+	fd   int
+	fs   *FS
+	path string // backing path at open
+	ino  uint64
+	g    *gate
+	mode ioMode
+}
+
+// ptHandle is a handle the kernel may serve by passthrough. Only fully
+// resident files get one: the kernel would read a stub's holes as zeros.
+type ptHandle struct{ *handle }
+
+func (h ptHandle) PassthroughFd() (int, bool) { return h.lf.PassthroughFd() }
+
+var (
+	_ = (gofs.FileReader)((*handle)(nil))
+	_ = (gofs.FileWriter)((*handle)(nil))
+	_ = (gofs.FileReleaser)((*handle)(nil))
+	_ = (gofs.FileGetattrer)((*handle)(nil))
+	_ = (gofs.FileSetattrer)((*handle)(nil))
+	_ = (gofs.FileFlusher)((*handle)(nil))
+	_ = (gofs.FileFsyncer)((*handle)(nil))
+	_ = (gofs.FileAllocater)((*handle)(nil))
+	_ = (gofs.FileLseeker)((*handle)(nil))
+	_ = (gofs.FileGetlker)((*handle)(nil))
+	_ = (gofs.FileSetlker)((*handle)(nil))
+	_ = (gofs.FileSetlkwer)((*handle)(nil))
+	_ = (gofs.FilePassthroughFder)(ptHandle{})
+)
+
+// kernelHandle is what go-fuse gets: only passthrough handles offer an fd.
+func (h *handle) kernelHandle() gofs.FileHandle {
+	if h.mode == modePassthrough {
+		return ptHandle{h}
+	}
+	return h
+}
+
+func (f *FS) newHandle(ctx context.Context, fd int, path string, flags uint32) (*handle, uint32, syscall.Errno) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, 0, gofs.ToErrno(err)
+	}
+	mode := modeCached
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && f.passthrough && flags&unix.O_ACCMODE == unix.O_RDONLY {
+		rec, err := stub.ReadRecord(fd)
+		if err != nil {
+			f.log.Error("stub record unreadable", "file", f.rel(path), "reason", err)
+			unix.Close(fd)
+			return nil, 0, syscall.EIO
+		}
+		if rec == nil || rec.State == stub.Premigrated {
+			mode = modePassthrough
+		}
+	}
+	return f.newHandleMode(ctx, fd, path, flags, mode)
+}
+
+// newHandleMode registers the handle with the file's gate, waiting while a
+// release is in progress, and settles its I/O mode so that the kernel never
+// sees a cached and a passthrough open of one inode at once.
+func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint32, mode ioMode) (*handle, uint32, syscall.Errno) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, 0, gofs.ToErrno(err)
+	}
+	g := f.gates.get(st.Ino)
+	if err := g.waitUnheld(ctx); err != nil {
+		f.gates.put(st.Ino)
+		unix.Close(fd)
+		return nil, 0, syscall.EINTR
+	}
+	// g.mu is held
+	var fuseFlags uint32
+	switch {
+	case mode == modePassthrough && g.cached > 0:
+		mode = modeDirect
+	case mode == modeCached && g.passthrough > 0:
+		mode = modeDirect
+	}
+	switch mode {
+	case modePassthrough:
+		g.passthrough++
+	case modeCached:
+		g.cached++
+	case modeDirect:
+		fuseFlags |= fuse.FOPEN_DIRECT_IO
+	}
+	if mode != modeNone {
+		g.opens++
+	}
+	g.mu.Unlock()
+	h := &handle{lf: gofs.NewLoopbackFile(fd).(*gofs.LoopbackFile), fd: fd, fs: f, path: path, ino: st.Ino, g: g, mode: mode}
+	return h, fuseFlags, 0
+}
+
+func (h *handle) Release(ctx context.Context) syscall.Errno {
+	errno := h.lf.Release(ctx)
+	h.g.mu.Lock()
+	switch h.mode {
+	case modePassthrough:
+		h.g.passthrough--
+	case modeCached:
+		h.g.cached--
+	}
+	if h.mode != modeNone {
+		h.g.opens--
+	}
+	h.g.mu.Unlock()
+	h.fs.gates.put(h.ino)
+	return errno
+}
+
+// record reads the current stub record; a corrupt one is logged and EIO.
+func (h *handle) record() (*stub.Record, syscall.Errno) {
+	rec, err := stub.ReadRecord(h.fd)
+	if err != nil {
+		h.fs.log.Error("stub record unreadable", "file", h.fs.rel(h.path), "reason", err)
+		return nil, syscall.EIO
+	}
+	return rec, 0
+}
+
+func (h *handle) event(t dmapi.Type, off, length int64) *dmapi.Event {
+	return &dmapi.Event{Type: t, FS: h.fs.opts.Name, Path: h.fs.rel(h.path), Ino: h.ino, Offset: off, Length: length}
+}
+
+// raise sends an event and maps its outcome to an errno.
+func (h *handle) raise(ctx context.Context, ev *dmapi.Event) syscall.Errno {
+	err := h.fs.opts.Events.Raise(ctx, ev)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	default:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			h.fs.log.Error("DM event failed", "event", ev.Type.String(), "file", ev.Path, "offset", ev.Offset, "reason", err)
+		}
+		return syscall.EIO
+	}
+}
+
+func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if errno := h.ensureResident(ctx, off, int64(len(dest))); errno != 0 {
+		return nil, errno
+	}
+	return h.lf.Read(ctx, dest, off)
+}
+
+// ensureResident raises READ events until [off, off+n) holds data.
+func (h *handle) ensureResident(ctx context.Context, off, n int64) syscall.Errno {
+	rec, errno := h.record()
+	if errno != 0 || rec == nil || rec.State != stub.Migrated {
+		return errno
+	}
+	end := min(off+n, rec.Size)
+	for {
+		hole, err := stub.FirstHole(h.fd, off, end)
+		if err != nil {
+			return gofs.ToErrno(err)
+		}
+		if hole >= end {
+			return 0
+		}
+		ev := h.event(dmapi.Read, 0, -1) // small files are recalled whole
+		if rec.Size > h.fs.opts.SmallFile {
+			start := hole / h.fs.opts.Region * h.fs.opts.Region
+			ev.Offset, ev.Length = start, min(h.fs.opts.Region, rec.Size-start)
+		}
+		if errno := h.raise(ctx, ev); errno != 0 {
+			return errno
+		}
+		if rec, errno = h.record(); errno != 0 || rec == nil || rec.State != stub.Migrated {
+			return errno // resident now: any hole left is a real one
+		}
+	}
+}
+
+// forChange runs change with the file resident and writes through the mount
+// excluded from record commits. A file with a record is made resident first
+// (the lock is dropped meanwhile: the recall must be able to take the DM right).
+func (h *handle) forChange(ctx context.Context, t dmapi.Type, change func() syscall.Errno) syscall.Errno {
+	for {
+		h.g.io.RLock()
+		rec, errno := h.record()
+		if errno != 0 {
+			h.g.io.RUnlock()
+			return errno
+		}
+		if rec == nil {
+			defer h.g.io.RUnlock()
+			return change()
+		}
+		h.g.io.RUnlock()
+		if errno := h.raise(ctx, h.event(t, 0, -1)); errno != 0 {
+			return errno
+		}
+	}
+}
+
+func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	var n uint32
+	errno := h.forChange(ctx, dmapi.Write, func() (e syscall.Errno) {
+		n, e = h.lf.Write(ctx, data, off)
+		return e
+	})
+	return n, errno
+}
+
+func (h *handle) truncate(ctx context.Context, size uint64) syscall.Errno {
+	return h.forChange(ctx, dmapi.Truncate, func() syscall.Errno {
+		return gofs.ToErrno(unix.Ftruncate(h.fd, int64(size)))
+	})
+}
+
+func (h *handle) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
+	return h.forChange(ctx, dmapi.Write, func() syscall.Errno { return h.lf.Allocate(ctx, off, size, mode) })
+}
+
+// Setattr: a size change makes a stub resident first; a time change of a
+// stub also moves the time in its record, since the data did not change.
+func (h *handle) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if size, ok := in.GetSize(); ok {
+		if errno := h.truncate(ctx, size); errno != 0 {
+			return errno
+		}
+		in.Valid &^= fuse.FATTR_SIZE
+	}
+	if !hasTimes(in) {
+		return h.lf.Setattr(ctx, in, out)
+	}
+	h.g.io.Lock() // like a record commit: no write may slip between
+	defer h.g.io.Unlock()
+	rec, errno := h.record()
+	if errno != 0 {
+		return errno
+	}
+	var before unix.Stat_t
+	unix.Fstat(h.fd, &before)
+	if errno := h.lf.Setattr(ctx, in, out); errno != 0 {
+		return errno
+	}
+	if rec != nil && rec.Unchanged(&before) {
+		var after unix.Stat_t
+		if err := unix.Fstat(h.fd, &after); err != nil {
+			return gofs.ToErrno(err)
+		}
+		rec.MtimeNs = stub.MtimeNs(&after)
+		if err := stub.WriteRecord(h.fd, rec); err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
+	return 0
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE for a stub as for the file it
+// stands for: all data, no hole before EOF.
+func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	if whence == unix.SEEK_DATA || whence == unix.SEEK_HOLE {
+		rec, errno := h.record()
+		if errno != 0 {
+			return 0, errno
+		}
+		if rec != nil && rec.State == stub.Migrated {
+			if int64(off) >= rec.Size {
+				return 0, syscall.ENXIO
+			}
+			if whence == unix.SEEK_DATA {
+				return off, 0
+			}
+			return uint64(rec.Size), 0
+		}
+	}
+	return h.lf.Lseek(ctx, off, whence)
+}
+
+func (h *handle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	return h.lf.Getattr(ctx, out)
+}
+func (h *handle) Flush(ctx context.Context) syscall.Errno { return h.lf.Flush(ctx) }
+func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	return h.lf.Fsync(ctx, flags)
+}
+func (h *handle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
+	return h.lf.Getlk(ctx, owner, lk, flags, out)
+}
+func (h *handle) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return h.lf.Setlk(ctx, owner, lk, flags)
+}
+func (h *handle) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return h.lf.Setlkw(ctx, owner, lk, flags)
+}

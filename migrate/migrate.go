@@ -1,0 +1,259 @@
+// Package migrate copies files to the archive (premigration), releases
+// their data (migration proper), and deletes archive objects that no
+// longer back a file.
+package migrate
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cascadefs/cascadefs/archive"
+	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/stub"
+	"golang.org/x/sys/unix"
+)
+
+// Gate is what the FUSE layer offers migration, so that nothing is punched
+// under a user's feet.
+type Gate interface {
+	// Commit runs fn while no write through the mount is in progress on
+	// the file or can start.
+	Commit(ino uint64, fn func() error) error
+	// Release runs fn when the file is open nowhere through the mount,
+	// holding new opens meanwhile. It waits at most wait for open handles
+	// to close, then gives up with dmapi.ErrBusy.
+	Release(ctx context.Context, ino uint64, wait time.Duration, fn func() error) error
+}
+
+// ErrChanged: the file changed while it was being copied.
+var ErrChanged = errors.New("file changed during migration")
+
+// Config holds the migration settings.
+type Config struct {
+	FS          string        // filesystem name, part of every object key
+	ChunkSize   int64         // verification chunk (default stub.DefaultChunkSize)
+	ReleaseWait time.Duration // how long a release waits for open handles (default 5s)
+}
+
+// Migrator migrates the files of one managed filesystem.
+type Migrator struct {
+	root   string
+	arch   archive.Archive
+	rights *dmapi.Rights
+	gate   Gate
+	cfg    Config
+	log    *slog.Logger
+	// OnStale is told about an archive copy that no longer matches its file.
+	OnStale func(rec *stub.Record)
+}
+
+// New returns a migrator for backing directory root.
+func New(root string, arch archive.Archive, rights *dmapi.Rights, gate Gate, cfg Config, log *slog.Logger) *Migrator {
+	if cfg.ChunkSize <= 0 {
+		cfg.ChunkSize = stub.DefaultChunkSize
+	}
+	if cfg.ReleaseWait <= 0 {
+		cfg.ReleaseWait = 5 * time.Second
+	}
+	return &Migrator{root: root, arch: arch, rights: rights, gate: gate, cfg: cfg, log: log}
+}
+
+// Result is the outcome of one file's migration.
+type Result struct {
+	Path     string     `json:"path"`
+	State    stub.State `json:"state"`
+	Uploaded int64      `json:"uploaded"` // bytes sent to the archive
+	Released int64      `json:"released"` // bytes punched
+	Key      string     `json:"key,omitempty"`
+}
+
+// Migrate copies the file at rel (relative to the backing directory) to
+// the archive and, unless premigrateOnly, releases its data.
+func (m *Migrator) Migrate(ctx context.Context, rel string, premigrateOnly bool) (Result, error) {
+	res := Result{Path: rel}
+	fd, err := unix.Open(filepath.Join(m.root, rel), unix.O_RDWR|unix.O_NOATIME|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return res, fmt.Errorf("migrate %s: %w", rel, err)
+	}
+	file := os.NewFile(uintptr(fd), rel)
+	defer file.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return res, fmt.Errorf("migrate %s: %w", rel, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return res, fmt.Errorf("migrate %s: not a regular file", rel)
+	}
+	defer m.rights.Exclusive(st.Ino)()
+
+	rec, err := stub.ReadRecord(fd)
+	if err != nil {
+		return res, fmt.Errorf("migrate %s: %w", rel, err)
+	}
+	if rec != nil && rec.State == stub.Premigrated && !rec.Unchanged(&st) {
+		// Changed behind our back since the copy: that copy is stale.
+		if err := m.gate.Commit(st.Ino, func() error { return stub.RemoveRecord(fd) }); err != nil {
+			return res, fmt.Errorf("migrate %s: %w", rel, err)
+		}
+		m.stale(rec)
+		rec = nil
+	}
+	if rec == nil {
+		if rec, err = m.copy(ctx, file, rel, &st); err != nil {
+			return res, fmt.Errorf("migrate %s: %w", rel, err)
+		}
+		res.Uploaded = rec.Size
+	}
+	res.State, res.Key = rec.State, rec.Key
+	if premigrateOnly {
+		return res, nil
+	}
+	released, err := m.release(ctx, fd, rec)
+	if err != nil {
+		return res, fmt.Errorf("migrate %s: %w", rel, err)
+	}
+	res.State, res.Released = stub.Migrated, released
+	return res, nil
+}
+
+// copy uploads the file and records it premigrated, if it did not change
+// meanwhile.
+func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *unix.Stat_t) (*stub.Record, error) {
+	size := before.Size
+	rec := &stub.Record{State: stub.Premigrated, Key: m.newKey(before.Ino), Size: size,
+		MtimeNs: stub.MtimeNs(before), Ino: before.Ino, ChunkSize: m.cfg.ChunkSize, MigratedAt: time.Now().Unix()}
+
+	// Checksums and upload read the file side by side (page cache serves the second).
+	type sumsResult struct {
+		sums []uint32
+		err  error
+	}
+	sumc := make(chan sumsResult, 1)
+	go func() {
+		s, err := stub.ComputeSums(file, size, rec.ChunkSize)
+		sumc <- sumsResult{s, err}
+	}()
+	info, err := m.arch.Put(ctx, rec.Key, io.NewSectionReader(file, 0, size), size)
+	sr := <-sumc
+	if err == nil {
+		err = sr.err
+	}
+	if err != nil {
+		m.deleteObject(rec)
+		return nil, err
+	}
+	rec.ETag = info.ETag
+	if blob := rec.SetSums(sr.sums); blob != nil {
+		if _, err := m.arch.Put(ctx, rec.Key+stub.SumsSuffix, bytes.NewReader(blob), int64(len(blob))); err != nil {
+			m.deleteObject(rec)
+			return nil, err
+		}
+	}
+	if err := m.verifyCopy(ctx, rec); err != nil {
+		m.deleteObject(rec)
+		return nil, err
+	}
+	err = m.gate.Commit(before.Ino, func() error {
+		var now unix.Stat_t
+		if err := unix.Fstat(int(file.Fd()), &now); err != nil {
+			return err
+		}
+		if !rec.Unchanged(&now) {
+			return ErrChanged
+		}
+		return stub.WriteRecord(int(file.Fd()), rec)
+	})
+	if err != nil {
+		m.deleteObject(rec)
+		return nil, err
+	}
+	m.log.Info("premigrated", "fs", m.cfg.FS, "file", rel, "bytes", size, "key", rec.Key)
+	return rec, nil
+}
+
+// verifyCopy checks that the archive holds the object at its full size (and
+// the checksum object for large files). The bytes themselves were checked
+// in transit (S3 CRC-32C checksums) and are checked again on every recall.
+func (m *Migrator) verifyCopy(ctx context.Context, rec *stub.Record) error {
+	info, err := m.arch.Stat(ctx, rec.Key)
+	if err != nil {
+		return fmt.Errorf("verify archive copy: %w", err)
+	}
+	if info.Size != rec.Size {
+		return fmt.Errorf("verify archive copy: object has %d bytes, file %d", info.Size, rec.Size)
+	}
+	if rec.Sums == nil && rec.SumsCount > 0 {
+		if _, err := m.arch.Stat(ctx, rec.Key+stub.SumsSuffix); err != nil {
+			return fmt.Errorf("verify archive copy: %w", err)
+		}
+	}
+	return nil
+}
+
+// release punches the data of a premigrated (or half-released migrated)
+// file, once it is open nowhere and still matches its archive copy. The
+// record says migrated before the punch, so a crash in between leaves a
+// migrated file whose data is still all there, never a premigrated file
+// with holes.
+func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record) (int64, error) {
+	if err := m.verifyCopy(ctx, rec); err != nil {
+		return 0, err
+	}
+	var released int64
+	err := m.gate.Release(ctx, rec.Ino, m.cfg.ReleaseWait, func() error {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return err
+		}
+		if rec.State == stub.Premigrated && !rec.Unchanged(&st) {
+			return ErrChanged
+		}
+		if st.Size != rec.Size {
+			return ErrChanged
+		}
+		resident, err := stub.ResidentBytes(fd, st.Size)
+		if err != nil {
+			return err
+		}
+		migrated := *rec
+		migrated.State = stub.Migrated
+		if err := stub.WriteRecord(fd, &migrated); err != nil {
+			return err
+		}
+		if err := stub.Punch(fd, st.Size); err != nil {
+			return err
+		}
+		released = resident
+		return stub.RestoreTimes(fd, &st)
+	})
+	return released, err
+}
+
+func (m *Migrator) newKey(ino uint64) string {
+	var b [6]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%s/%d/%d-%s", m.cfg.FS, ino, time.Now().UnixNano(), hex.EncodeToString(b[:]))
+}
+
+func (m *Migrator) stale(rec *stub.Record) {
+	if m.OnStale != nil {
+		m.OnStale(rec)
+	}
+}
+
+// deleteObject removes a copy that was never committed to a record.
+func (m *Migrator) deleteObject(rec *stub.Record) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m.arch.Delete(ctx, rec.Key)
+	m.arch.Delete(ctx, rec.Key+stub.SumsSuffix)
+}

@@ -1,0 +1,208 @@
+// Package recall holds the recall workers: they take DM events, fetch the
+// migrated bytes with ranged GETs, verify them chunk by chunk, write them
+// into the backing file with invisible I/O, commit the stub change and let
+// the session answer the event.
+package recall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cascadefs/cascadefs/archive"
+	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/stub"
+	"golang.org/x/sys/unix"
+)
+
+// Config holds the recall settings. DefaultConfig documents each default.
+type Config struct {
+	// SmallFile: files up to this size are recalled whole on first touch.
+	SmallFile int64
+	// Window: the first streaming GET of a large file covers this much.
+	Window int64
+	// MaxWindow: a sequential reader doubles the window up to this size.
+	MaxWindow int64
+	// MaxStreams bounds concurrent GET streams across all files.
+	MaxStreams int
+	// Retries: how often a failed GET is retried before the reader gets EIO.
+	Retries int
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		SmallFile:  16 << 20,
+		Window:     4 << 20,
+		MaxWindow:  256 << 20,
+		MaxStreams: 8,
+		Retries:    3,
+	}
+}
+
+// ErrIntegrity means recalled bytes did not match their checksum.
+var ErrIntegrity = errors.New("archive data does not match its checksum")
+
+// ErrChanged means the backing file no longer matches its stub record.
+var ErrChanged = errors.New("stub changed behind the DM application")
+
+// Manager handles the DM events of one managed filesystem.
+type Manager struct {
+	root    string
+	arch    archive.Archive
+	rights  *dmapi.Rights
+	cfg     Config
+	log     *slog.Logger
+	streams chan struct{}
+	// OnStale is told about archive objects that no longer back any file
+	// (a recalled file was changed); it should delete them durably.
+	OnStale func(rec *stub.Record)
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	files map[uint64]*fileRecall
+}
+
+// NewManager returns a manager for the backing directory root.
+func NewManager(root string, arch archive.Archive, rights *dmapi.Rights, cfg Config, log *slog.Logger) *Manager {
+	d := DefaultConfig()
+	if cfg.SmallFile <= 0 {
+		cfg.SmallFile = d.SmallFile
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = d.Window
+	}
+	if cfg.MaxWindow < cfg.Window {
+		cfg.MaxWindow = max(d.MaxWindow, cfg.Window)
+	}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = d.MaxStreams
+	}
+	if cfg.Retries <= 0 {
+		cfg.Retries = d.Retries
+	}
+	m := &Manager{root: root, arch: arch, rights: rights, cfg: cfg, log: log,
+		streams: make(chan struct{}, cfg.MaxStreams), files: map[uint64]*fileRecall{}}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	return m
+}
+
+// Close stops every stream and waits for them.
+func (m *Manager) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// Handle is the session's handler.
+func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
+	switch ev.Type {
+	case dmapi.Read, dmapi.Write, dmapi.Truncate:
+	case dmapi.Destroy:
+		return m.destroy(ctx, ev)
+	default:
+		return fmt.Errorf("recall: unexpected event %s", ev)
+	}
+	f, err := m.acquire(ev)
+	if err != nil {
+		m.log.Error("recall failed", "fs", ev.FS, "file", ev.Path, "reason", err)
+		return err
+	}
+	if f == nil {
+		return nil // resident: nothing to recall
+	}
+	defer m.releaseFile(f)
+	release := m.rights.Shared(f.ino)
+	defer release()
+
+	off, end := ev.Offset, ev.Offset+ev.Length
+	if ev.Length < 0 || ev.Type != dmapi.Read || f.rec.Size <= m.cfg.SmallFile {
+		off, end = 0, f.rec.Size
+	}
+	end = min(end, f.rec.Size)
+	if err := f.ensure(ctx, off, end); err != nil {
+		m.log.Error("recall failed", "fs", ev.FS, "file", ev.Path, "offset", off, "reason", err)
+		return err
+	}
+	if ev.Type != dmapi.Read {
+		return f.makeResident()
+	}
+	return nil
+}
+
+func (m *Manager) destroy(ctx context.Context, ev *dmapi.Event) error {
+	if ev.Key == "" {
+		return fmt.Errorf("destroy %s: no object key", ev.Path)
+	}
+	if err := m.arch.Delete(ctx, ev.Key); err != nil {
+		return err
+	}
+	return m.arch.Delete(ctx, ev.Key+stub.SumsSuffix)
+}
+
+// acquire opens the file's recall state, shared by all events on it.
+// It returns nil when the file has nothing to recall.
+func (m *Manager) acquire(ev *dmapi.Event) (*fileRecall, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if f := m.files[ev.Ino]; f != nil && f.rec != nil {
+		f.refs++
+		return f, nil
+	}
+	fd, err := unix.Open(filepath.Join(m.root, ev.Path), unix.O_RDWR|unix.O_NOATIME|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open backing file: %w", err)
+	}
+	file := os.NewFile(uintptr(fd), ev.Path)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		file.Close()
+		return nil, err
+	}
+	if ev.Ino != 0 && st.Ino != ev.Ino {
+		file.Close()
+		return nil, fmt.Errorf("%s was replaced (inode %d, event for %d): %w", ev.Path, st.Ino, ev.Ino, ErrChanged)
+	}
+	rec, err := stub.ReadRecord(fd)
+	if err != nil {
+		file.Close()
+		return nil, err
+	}
+	if rec == nil || rec.State != stub.Migrated {
+		file.Close()
+		return nil, nil
+	}
+	if st.Size != rec.Size {
+		file.Close()
+		return nil, fmt.Errorf("size %d, record says %d: %w", st.Size, rec.Size, ErrChanged)
+	}
+	f := &fileRecall{m: m, ino: st.Ino, path: ev.Path, file: file, fd: fd, rec: rec, refs: 1, st: st}
+	f.cond = sync.NewCond(&f.mu)
+	m.files[st.Ino] = f
+	return f, nil
+}
+
+func (m *Manager) releaseFile(f *fileRecall) {
+	m.mu.Lock()
+	f.refs--
+	last := f.refs == 0
+	if last && m.files[f.ino] == f {
+		delete(m.files, f.ino)
+	}
+	m.mu.Unlock()
+	if last {
+		f.file.Close()
+	}
+}
+
+func isNotFound(err error) bool { return errors.Is(err, archive.ErrNotFound) }
+
+func isCanceled(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}

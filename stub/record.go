@@ -1,0 +1,244 @@
+// Package stub holds the stub record of a managed file (an xattr on the
+// backing file), the file states, and the helpers that punch, probe and
+// inspect the backing file.
+package stub
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+)
+
+// State is the HSM state of a file.
+type State uint8
+
+const (
+	// Resident: no archive copy, or a stale one. Files without a record are resident.
+	Resident State = 0
+	// Premigrated: the data is local and a verified archive copy exists.
+	Premigrated State = 1
+	// Migrated: some or all of the data lives only in the archive; the
+	// regions that are holes in the backing file are in the archive.
+	Migrated State = 2
+)
+
+func (s State) String() string {
+	switch s {
+	case Resident:
+		return "resident"
+	case Premigrated:
+		return "premigrated"
+	case Migrated:
+		return "migrated"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// InlineSumsMax is the largest chunk count whose checksums are kept in the
+// record itself; larger files keep them in the archive beside the object
+// (key + SumsSuffix) and the record holds their SHA-256.
+const InlineSumsMax = 256
+
+// SumsSuffix names the archive object that holds a large file's chunk checksums.
+const SumsSuffix = ".sums"
+
+// Record is the stub record. It describes the archive copy of the file's
+// data as it was when the copy was made.
+type Record struct {
+	State      State
+	Key        string // archive object key, unique per migration
+	ETag       string // archive's ETag or version of the object
+	Size       int64  // file size at copy time
+	MtimeNs    int64  // file mtime at copy time (detects a change since)
+	Ino        uint64 // backing inode at copy time
+	ChunkSize  int64  // bytes per checksummed chunk
+	MigratedAt int64  // unix seconds when the copy was made
+	// Sums holds the CRC-32C of each chunk when they fit inline.
+	Sums []uint32
+	// SumsHash is the SHA-256 of the external checksum object (when Sums is nil).
+	SumsHash  [32]byte
+	SumsCount uint32 // number of chunks (always set)
+}
+
+// Errors returned by Decode.
+var (
+	ErrNotStub   = errors.New("not a stub record")
+	ErrCorrupt   = errors.New("corrupt stub record")
+	ErrVersion   = errors.New("unsupported stub record version")
+	crcTable     = crc32.MakeTable(crc32.Castagnoli)
+	recordMagic  = [4]byte{'C', 'F', 'S', 'R'}
+	maxStringLen = 1024
+)
+
+const recordVersion = 1
+
+// ChunkCount is the number of chunks of size chunk that cover size bytes.
+func ChunkCount(size, chunk int64) uint32 {
+	if size <= 0 || chunk <= 0 {
+		return 0
+	}
+	return uint32((size + chunk - 1) / chunk)
+}
+
+// InlineSums reports whether the record carries the chunk checksums itself.
+func (r *Record) InlineSums() bool { return r.Sums != nil || r.SumsCount == 0 }
+
+// Validate checks the invariants a decoded or freshly built record must hold.
+func (r *Record) Validate() error {
+	switch {
+	case r.State != Premigrated && r.State != Migrated:
+		return fmt.Errorf("%w: bad state %d", ErrCorrupt, r.State)
+	case r.Key == "":
+		return fmt.Errorf("%w: empty object key", ErrCorrupt)
+	case r.Size < 0:
+		return fmt.Errorf("%w: negative size", ErrCorrupt)
+	case r.ChunkSize <= 0 || r.ChunkSize > 1<<30:
+		return fmt.Errorf("%w: bad chunk size %d", ErrCorrupt, r.ChunkSize)
+	case r.SumsCount != ChunkCount(r.Size, r.ChunkSize):
+		return fmt.Errorf("%w: %d checksums for %d bytes", ErrCorrupt, r.SumsCount, r.Size)
+	case r.Sums != nil && uint32(len(r.Sums)) != r.SumsCount:
+		return fmt.Errorf("%w: inline checksum count", ErrCorrupt)
+	case r.Sums == nil && r.SumsCount > 0 && r.SumsCount <= InlineSumsMax:
+		return fmt.Errorf("%w: small file without inline checksums", ErrCorrupt)
+	}
+	return nil
+}
+
+// Encode serialises the record: magic, version, fields, CRC-32C of all before.
+func (r *Record) Encode() ([]byte, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	if len(r.Key) > maxStringLen || len(r.ETag) > maxStringLen {
+		return nil, fmt.Errorf("stub record: key or etag too long")
+	}
+	b := make([]byte, 0, 96+len(r.Key)+len(r.ETag)+4*len(r.Sums))
+	b = append(b, recordMagic[:]...)
+	b = append(b, recordVersion, byte(r.State))
+	b = binary.LittleEndian.AppendUint64(b, uint64(r.Size))
+	b = binary.LittleEndian.AppendUint64(b, uint64(r.MtimeNs))
+	b = binary.LittleEndian.AppendUint64(b, r.Ino)
+	b = binary.LittleEndian.AppendUint64(b, uint64(r.ChunkSize))
+	b = binary.LittleEndian.AppendUint64(b, uint64(r.MigratedAt))
+	b = appendString(b, r.Key)
+	b = appendString(b, r.ETag)
+	b = binary.LittleEndian.AppendUint32(b, r.SumsCount)
+	if r.Sums != nil {
+		b = append(b, 0)
+		for _, s := range r.Sums {
+			b = binary.LittleEndian.AppendUint32(b, s)
+		}
+	} else {
+		b = append(b, 1)
+		b = append(b, r.SumsHash[:]...)
+	}
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable)), nil
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(s)))
+	return append(b, s...)
+}
+
+// Decode parses and validates a record. It never trusts a record whose
+// checksum or structure is wrong.
+func Decode(b []byte) (*Record, error) {
+	if len(b) < len(recordMagic) || [4]byte(b[:4]) != recordMagic {
+		return nil, ErrNotStub
+	}
+	if len(b) < 10 {
+		return nil, fmt.Errorf("%w: short", ErrCorrupt)
+	}
+	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
+	if crc32.Checksum(body, crcTable) != sum {
+		return nil, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
+	}
+	if body[4] != recordVersion {
+		return nil, fmt.Errorf("%w %d", ErrVersion, body[4])
+	}
+	d := decoder{buf: body[6:]}
+	r := &Record{State: State(body[5])}
+	r.Size = int64(d.u64())
+	r.MtimeNs = int64(d.u64())
+	r.Ino = d.u64()
+	r.ChunkSize = int64(d.u64())
+	r.MigratedAt = int64(d.u64())
+	r.Key = d.str()
+	r.ETag = d.str()
+	r.SumsCount = d.u32()
+	switch d.byte1() {
+	case 0:
+		if d.err == nil && uint64(r.SumsCount)*4 > uint64(len(d.buf)) {
+			d.err = ErrCorrupt
+			break
+		}
+		r.Sums = make([]uint32, 0, r.SumsCount)
+		for i := uint32(0); i < r.SumsCount && d.err == nil; i++ {
+			r.Sums = append(r.Sums, d.u32())
+		}
+	case 1:
+		copy(r.SumsHash[:], d.take(32))
+	default:
+		d.err = ErrCorrupt
+	}
+	if d.err == nil && len(d.buf) != 0 {
+		d.err = fmt.Errorf("%w: trailing bytes", ErrCorrupt)
+	}
+	if d.err != nil {
+		if errors.Is(d.err, ErrCorrupt) {
+			return nil, d.err
+		}
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, d.err)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+type decoder struct {
+	buf []byte
+	err error
+}
+
+func (d *decoder) take(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n > len(d.buf) {
+		d.err = fmt.Errorf("%w: truncated", ErrCorrupt)
+		return nil
+	}
+	v := d.buf[:n]
+	d.buf = d.buf[n:]
+	return v
+}
+
+func (d *decoder) u64() uint64 {
+	if v := d.take(8); v != nil {
+		return binary.LittleEndian.Uint64(v)
+	}
+	return 0
+}
+
+func (d *decoder) u32() uint32 {
+	if v := d.take(4); v != nil {
+		return binary.LittleEndian.Uint32(v)
+	}
+	return 0
+}
+
+func (d *decoder) byte1() byte {
+	if v := d.take(1); v != nil {
+		return v[0]
+	}
+	return 0xff
+}
+
+func (d *decoder) str() string {
+	if v := d.take(2); v != nil {
+		return string(d.take(int(binary.LittleEndian.Uint16(v))))
+	}
+	return ""
+}

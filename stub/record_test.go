@@ -1,0 +1,181 @@
+package stub
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func sampleRecord(chunks int) *Record {
+	r := &Record{State: Migrated, Key: "fs1/123-abc", ETag: "etag-1", Size: int64(chunks) * DefaultChunkSize,
+		MtimeNs: 1700000000123456789, Ino: 42, ChunkSize: DefaultChunkSize, MigratedAt: 1700000000}
+	sums := make([]uint32, chunks)
+	for i := range sums {
+		sums[i] = uint32(i*7919 + 1)
+	}
+	r.SetSums(sums)
+	return r
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	for _, chunks := range []int{0, 1, InlineSumsMax, InlineSumsMax + 1, 5000} {
+		r := sampleRecord(chunks)
+		b, err := r.Encode()
+		if err != nil {
+			t.Fatalf("%d chunks: encode: %v", chunks, err)
+		}
+		got, err := Decode(b)
+		if err != nil {
+			t.Fatalf("%d chunks: decode: %v", chunks, err)
+		}
+		b2, _ := got.Encode()
+		if !bytes.Equal(b, b2) {
+			t.Fatalf("%d chunks: round trip changed the record", chunks)
+		}
+		if got.Key != r.Key || got.Size != r.Size || got.State != r.State || got.SumsCount != r.SumsCount {
+			t.Fatalf("%d chunks: got %+v want %+v", chunks, got, r)
+		}
+		if chunks > InlineSumsMax && (got.Sums != nil || got.SumsHash != r.SumsHash) {
+			t.Fatalf("large record should carry a hash of external sums")
+		}
+	}
+}
+
+func TestRecordCorruptionDetected(t *testing.T) {
+	b, err := sampleRecord(3).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range b {
+		for _, bit := range []byte{0x01, 0x80} {
+			c := bytes.Clone(b)
+			c[i] ^= bit
+			if _, err := Decode(c); err == nil {
+				t.Fatalf("flip of bit %#x in byte %d not detected", bit, i)
+			}
+		}
+	}
+	for n := 0; n < len(b); n++ {
+		if _, err := Decode(b[:n]); err == nil {
+			t.Fatalf("truncation to %d bytes not detected", n)
+		}
+	}
+}
+
+func TestRecordRejectsInvalid(t *testing.T) {
+	r := sampleRecord(2)
+	r.Key = ""
+	if _, err := r.Encode(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("empty key: got %v", err)
+	}
+	r = sampleRecord(2)
+	r.Size = 10 * DefaultChunkSize // count no longer matches
+	if _, err := r.Encode(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("wrong sum count: got %v", err)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	for _, n := range []int{0, 1, 3, 300} {
+		b, _ := sampleRecord(n).Encode()
+		f.Add(b)
+	}
+	f.Add([]byte("CFSR"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := Decode(b)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must be valid and re-encode to the same bytes.
+		if err := r.Validate(); err != nil {
+			t.Fatalf("decoded an invalid record: %v", err)
+		}
+		b2, err := r.Encode()
+		if err != nil || !bytes.Equal(b, b2) {
+			t.Fatalf("decoded record does not re-encode: %v", err)
+		}
+	})
+}
+
+func TestSumsExternal(t *testing.T) {
+	r := sampleRecord(InlineSumsMax + 10)
+	sums := make([]uint32, r.SumsCount)
+	for i := range sums {
+		sums[i] = uint32(i)
+	}
+	blob := r.SetSums(sums)
+	got, err := DecodeSums(r, blob)
+	if err != nil || len(got) != len(sums) || got[7] != 7 {
+		t.Fatalf("decode sums: %v", err)
+	}
+	blob[0] ^= 1
+	if _, err := DecodeSums(r, blob); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("tampered sums accepted: %v", err)
+	}
+}
+
+func TestPunchAndResidency(t *testing.T) {
+	for _, size := range []int64{1, 4095, 4097, 3*DefaultChunkSize + 17} {
+		p := filepath.Join(t.TempDir(), "f")
+		data := bytes.Repeat([]byte{0xab}, int(size))
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd := int(f.Fd())
+		if h, _ := FirstHole(fd, 0, size); h != size {
+			t.Fatalf("size %d: resident file has a hole at %d", size, h)
+		}
+		if err := Punch(fd, size); err != nil {
+			t.Fatalf("size %d: %v", size, err)
+		}
+		var st unix.Stat_t
+		unix.Fstat(fd, &st)
+		if st.Size != size || st.Blocks != 0 {
+			t.Fatalf("size %d: after punch size=%d blocks=%d", size, st.Size, st.Blocks)
+		}
+		if h, _ := FirstHole(fd, 0, size); h != 0 {
+			t.Fatalf("size %d: punched file reads as resident up to %d", size, h)
+		}
+		if n, _ := ResidentBytes(fd, size); n != 0 {
+			t.Fatalf("size %d: %d resident bytes after punch", size, n)
+		}
+		f.Close()
+	}
+}
+
+func TestRecordOnFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(p, []byte("x"), 0o644)
+	f, _ := os.Open(p)
+	defer f.Close()
+	fd := int(f.Fd())
+	if r, err := ReadRecord(fd); r != nil || err != nil {
+		t.Fatalf("fresh file: %v %v", r, err)
+	}
+	want := sampleRecord(InlineSumsMax) // the largest inline record must fit an xattr
+	if err := WriteRecord(fd, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadRecord(fd)
+	if err != nil || got.Key != want.Key {
+		t.Fatalf("read back: %v %v", got, err)
+	}
+	unix.Fsetxattr(fd, XattrName, []byte("CFSRgarbage"), 0)
+	if _, err := ReadRecord(fd); !IsCorrupt(err) {
+		t.Fatalf("garbage record: got %v", err)
+	}
+	if err := RemoveRecord(fd); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := ReadRecord(fd); r != nil || err != nil {
+		t.Fatalf("after remove: %v %v", r, err)
+	}
+}
