@@ -93,6 +93,9 @@ func (m *Migrator) Migrate(ctx context.Context, rel string, premigrateOnly bool)
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return res, fmt.Errorf("migrate %s: not a regular file", rel)
 	}
+	if st.Size == 0 {
+		return res, nil // nothing to release: an empty file stays resident
+	}
 	defer m.rights.Exclusive(st.Ino)()
 
 	rec, err := stub.ReadRecord(fd)

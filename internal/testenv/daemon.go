@@ -1,0 +1,205 @@
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Binary builds the cascadefs command once per test process.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "cascadefs-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "cascadefs")
+		out, err := exec.Command("go", "build", "-o", binPath, filepath.Join(RepoRoot(), "cmd", "cascadefs")).CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// RequireRoot skips tests that mount FUSE with allow_other.
+func RequireRoot(t testing.TB) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (FUSE mounts with allow_other, drop_caches)")
+	}
+}
+
+// Daemon is a `cascadefs mount` process under test.
+type Daemon struct {
+	t          testing.TB
+	Dir        string
+	Backing    string
+	Mountpoint string
+	Archive    string
+	RunDir     string
+	Env        []string
+	Args       []string
+	cmd        *exec.Cmd
+	log        *os.File
+	done       chan struct{}
+}
+
+// NewDaemon prepares directories for a daemon serving filesystem "t1".
+func NewDaemon(t testing.TB, archiveURL string, env []string, extra ...string) *Daemon {
+	t.Helper()
+	RequireRoot(t)
+	dir := t.TempDir()
+	d := &Daemon{t: t, Dir: dir, Backing: filepath.Join(dir, "backing"), Mountpoint: filepath.Join(dir, "mnt"),
+		RunDir: filepath.Join(dir, "run"), Archive: archiveURL, Env: env, Args: extra}
+	if archiveURL == "" {
+		d.Archive = "file://" + filepath.Join(dir, "archive")
+	}
+	for _, p := range []string{d.Backing, d.Mountpoint, d.RunDir} {
+		os.MkdirAll(p, 0o755)
+	}
+	t.Cleanup(d.cleanup)
+	return d
+}
+
+// Start runs the daemon and waits for its control socket.
+func (d *Daemon) Start() {
+	d.t.Helper()
+	args := append([]string{"mount", "--backing", d.Backing, "--archive", d.Archive, "--name", "t1",
+		"--state-dir", filepath.Join(d.Dir, "state")}, d.Args...)
+	args = append(args, d.Mountpoint)
+	d.cmd = exec.Command(Binary(d.t), args...)
+	d.cmd.Env = append(append(os.Environ(), d.Env...), "CASCADEFS_RUN_DIR="+d.RunDir)
+	var err error
+	d.log, err = os.OpenFile(filepath.Join(d.Dir, "daemon.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	d.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(d.cmd, d.done)
+	sock := filepath.Join(d.RunDir, "t1.sock")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil && d.mounted() {
+			return
+		}
+		select {
+		case <-d.done:
+			d.t.Fatalf("daemon exited at start:\n%s", d.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("daemon not ready after 30s:\n%s", d.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (d *Daemon) mounted() bool {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	return bytes.Contains(b, []byte(" "+d.Mountpoint+" "))
+}
+
+// Log returns the daemon's log so far.
+func (d *Daemon) Log() string {
+	b, _ := os.ReadFile(filepath.Join(d.Dir, "daemon.log"))
+	return string(b)
+}
+
+// Stop sends SIGTERM and waits for a clean exit.
+func (d *Daemon) Stop() {
+	d.t.Helper()
+	if d.cmd == nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.done
+		d.t.Errorf("daemon ignored SIGTERM for 30s")
+	}
+	d.cmd = nil
+	d.log.Close()
+}
+
+// Kill9 kills the daemon with SIGKILL, leaving its dead mount behind.
+func (d *Daemon) Kill9() {
+	d.t.Helper()
+	if d.cmd == nil {
+		return
+	}
+	d.cmd.Process.Kill()
+	<-d.done
+	d.cmd = nil
+	d.log.Close()
+}
+
+func (d *Daemon) cleanup() {
+	if d.cmd != nil {
+		d.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.done:
+		case <-time.After(15 * time.Second):
+			d.cmd.Process.Kill()
+			<-d.done
+		}
+		d.log.Close()
+	}
+	if d.mounted() {
+		syscall.Unmount(d.Mountpoint, syscall.MNT_DETACH)
+	}
+	if d.t.Failed() {
+		d.t.Logf("daemon log:\n%s", d.Log())
+	}
+}
+
+// CLI runs an admin command against this daemon.
+func (d *Daemon) CLI(args ...string) (stdout, stderr string, err error) {
+	cmd := exec.Command(Binary(d.t), args...)
+	cmd.Env = append(os.Environ(), "CASCADEFS_RUN_DIR="+d.RunDir)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
+}
+
+// MustCLI runs an admin command that must succeed.
+func (d *Daemon) MustCLI(args ...string) string {
+	d.t.Helper()
+	o, e, err := d.CLI(args...)
+	if err != nil {
+		d.t.Fatalf("cascadefs %v: %v\nstdout: %s\nstderr: %s", args, err, o, e)
+	}
+	return o
+}
+
+// M is a path inside the mount.
+func (d *Daemon) M(rel string) string { return filepath.Join(d.Mountpoint, rel) }
+
+// B is a path inside the backing directory.
+func (d *Daemon) B(rel string) string { return filepath.Join(d.Backing, rel) }
+
+// DropCaches makes the next reads come from the filesystem, not the page cache.
+func DropCaches() { os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0) }
