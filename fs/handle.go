@@ -212,7 +212,11 @@ func (h *handle) ensureResident(ctx context.Context, off, n int64) syscall.Errno
 // excluded from record commits. A file with a record is made resident first
 // (the lock is dropped meanwhile: the recall must be able to take the DM right).
 func (h *handle) forChange(ctx context.Context, t dmapi.Type, change func() syscall.Errno) syscall.Errno {
-	for {
+	for round := 0; ; round++ {
+		if round == 3 {
+			h.fs.log.Error("file keeps a stub record after being made resident", "file", h.fs.rel(h.path))
+			return syscall.EIO
+		}
 		h.g.io.RLock()
 		rec, errno := h.record()
 		if errno != 0 {

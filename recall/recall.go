@@ -115,7 +115,10 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 		return err
 	}
 	if f == nil {
-		return nil // resident: nothing to recall
+		if ev.Type != dmapi.Read {
+			return m.dropPremigrated(ev)
+		}
+		return nil // resident or premigrated: nothing to recall
 	}
 	defer m.releaseFile(f)
 	release := m.rights.Shared(f.ino)
@@ -144,6 +147,35 @@ func (m *Manager) destroy(ctx context.Context, ev *dmapi.Event) error {
 		return err
 	}
 	return m.arch.Delete(ctx, ev.Key+stub.SumsSuffix)
+}
+
+// dropPremigrated makes a premigrated file resident before it changes:
+// its data is all local, only the record (and the archive copy) go.
+func (m *Manager) dropPremigrated(ev *dmapi.Event) error {
+	fd, err := unix.Open(filepath.Join(m.root, ev.Path), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("open backing file: %w", err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	defer m.rights.Shared(st.Ino)()
+	rec, err := stub.ReadRecord(fd)
+	if err != nil || rec == nil {
+		return err
+	}
+	if rec.State != stub.Premigrated {
+		return fmt.Errorf("%s: record changed to %s while it was made resident", ev.Path, rec.State)
+	}
+	if err := stub.RemoveRecord(fd); err != nil {
+		return err
+	}
+	if m.OnStale != nil {
+		m.OnStale(rec)
+	}
+	return nil
 }
 
 // acquire opens the file's recall state, shared by all events on it.

@@ -84,6 +84,8 @@ func (d *Daemon) Start() {
 	args := append([]string{"mount", "--backing", d.Backing, "--archive", d.Archive, "--name", "t1",
 		"--state-dir", filepath.Join(d.Dir, "state")}, d.Args...)
 	args = append(args, d.Mountpoint)
+	sock := filepath.Join(d.RunDir, "t1.sock")
+	os.Remove(sock) // left by a killed daemon
 	d.cmd = exec.Command(Binary(d.t), args...)
 	d.cmd.Env = append(append(os.Environ(), d.Env...), "CASCADEFS_RUN_DIR="+d.RunDir)
 	var err error
@@ -97,10 +99,10 @@ func (d *Daemon) Start() {
 	}
 	d.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(d.cmd, d.done)
-	sock := filepath.Join(d.RunDir, "t1.sock")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, err := os.Stat(sock); err == nil && d.mounted() {
+		var st syscall.Stat_t
+		if _, err := os.Stat(sock); err == nil && d.mounted() && syscall.Stat(d.Mountpoint, &st) == nil {
 			return
 		}
 		select {
