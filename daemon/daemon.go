@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,7 +85,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if st, err := os.Stat(backing); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("backing directory %s: not a directory", backing)
 	}
-	if err := CleanDeadMount(cfg.Mountpoint); err != nil {
+	if err := CleanDeadMount(cfg.Mountpoint, cfg.RunDir); err != nil {
 		return nil, err
 	}
 	arch, err := archive.Open(cfg.ArchiveURL)
@@ -179,17 +180,38 @@ func (d *Daemon) stopDM() {
 	d.recall.Close()
 }
 
-// CleanDeadMount detaches a FUSE mount left by a killed daemon.
-func CleanDeadMount(mountpoint string) error {
-	var st unix.Stat_t
-	err := unix.Stat(mountpoint, &st)
-	if errors.Is(err, unix.ENOTCONN) || errors.Is(err, unix.ECONNABORTED) {
+// CleanDeadMount detaches cascadefs mounts at mountpoint that no daemon
+// serves any more (left by a kill -9), and refuses a live one. A dead
+// mount's root may still stat fine from the attribute cache, so liveness
+// is asked of its control socket.
+func CleanDeadMount(mountpoint, runDir string) error {
+	for range 16 { // killed daemons' mounts may be stacked
+		mounts, err := Mounts()
+		if err != nil {
+			return err
+		}
+		var top *Mount
+		for i := range mounts {
+			if mounts[i].Mountpoint == mountpoint {
+				top = &mounts[i]
+			}
+		}
+		if top == nil {
+			break
+		}
+		if c, err := net.DialTimeout("unix", SocketPath(runDir, top.Name), time.Second); err == nil {
+			c.Close()
+			return fmt.Errorf("%s is already mounted and served (filesystem %s)", mountpoint, top.Name)
+		}
 		if err := unix.Unmount(mountpoint, unix.MNT_DETACH); err != nil {
 			return fmt.Errorf("clean dead mount %s: %w", mountpoint, err)
 		}
-		return nil
 	}
-	if err != nil {
+	var st unix.Stat_t
+	if err := unix.Stat(mountpoint, &st); err != nil {
+		if errors.Is(err, unix.ENOTCONN) { // a dead mount of another FUSE filesystem
+			return fmt.Errorf("mountpoint %s: a dead FUSE mount is in the way (umount -l it)", mountpoint)
+		}
 		return fmt.Errorf("mountpoint %s: %w", mountpoint, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {

@@ -169,7 +169,7 @@ func (d *Daemon) cleanup() {
 		}
 		d.log.Close()
 	}
-	if d.mounted() {
+	for i := 0; i < 10 && d.mounted(); i++ { // dead mounts of killed daemons may be stacked
 		syscall.Unmount(d.Mountpoint, syscall.MNT_DETACH)
 	}
 	if d.t.Failed() {

@@ -1,0 +1,106 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cascadefs/cascadefs/internal/testenv"
+)
+
+// kill -9 at several moments of a migration and of a recall: after a
+// restart every file is resident, premigrated or migrated, and reads back
+// with its bytes.
+func TestKill9DuringMigrationAndRecall(t *testing.T) {
+	archives(t, func(t *testing.T, newDaemon func(...string) *testenv.Daemon) {
+		d := newDaemon("--small-file", "1048576")
+		want := map[string][32]byte{}
+		for i := range 6 {
+			name := fmt.Sprintf("f%d", i)
+			want[name] = writeRandom(t, d.M(name), int64(8<<20+i*4099))
+		}
+		check := func(phase string) {
+			t.Helper()
+			for name, sum := range want {
+				e := state(t, d, name)
+				switch e.State {
+				case "resident", "premigrated", "migrated":
+				default:
+					t.Fatalf("%s: %s left in state %+v", phase, name, e)
+				}
+				if got := sumFile(t, d.M(name)); got != sum {
+					t.Fatalf("%s: %s read back wrong bytes (state %s)", phase, name, e.State)
+				}
+			}
+		}
+		for i, delay := range []time.Duration{5 * time.Millisecond, 30 * time.Millisecond, 80 * time.Millisecond} {
+			go d.CLI("migrate", "-j", "3", d.Mountpoint+"/f0", d.Mountpoint+"/f1", d.Mountpoint+"/f2",
+				d.Mountpoint+"/f3", d.Mountpoint+"/f4", d.Mountpoint+"/f5")
+			time.Sleep(delay)
+			d.Kill9()
+			d.Start()
+			testenv.DropCaches()
+			check(fmt.Sprintf("migration kill %d", i))
+			// Now migrate all and kill during the recall by concurrent readers.
+			d.MustCLI("migrate", "-r", d.Mountpoint)
+			testenv.DropCaches()
+			var wg sync.WaitGroup
+			for name := range want {
+				wg.Add(1)
+				go func() { defer wg.Done(); os.ReadFile(d.M(name)) }()
+			}
+			time.Sleep(delay)
+			d.Kill9()
+			wg.Wait() // readers of the dead mount get errors, never wrong bytes
+			d.Start()
+			testenv.DropCaches()
+			check(fmt.Sprintf("recall kill %d", i))
+		}
+	})
+}
+
+func TestAdminCommandErrors(t *testing.T) {
+	d := testenv.NewDaemon(t, "", nil)
+	d.Start()
+	os.Mkdir(d.M("dir"), 0o755)
+	os.WriteFile(d.M("dir/a"), []byte("a"), 0o644)
+	cases := [][]string{
+		{"migrate", "/tmp"},
+		{"migrate", d.M("missing")},
+		{"migrate", d.M("dir")},
+		{"migrate", d.M("dir/a"), d.M("missing")}, // one bad path: nothing is done
+		{"recall", d.M("dir")},
+		{"ls", d.M("nope")},
+		{"bogus"},
+	}
+	for _, c := range cases {
+		o, e, err := d.CLI(c...)
+		if err == nil {
+			t.Errorf("%v succeeded: %s", c, o)
+		}
+		if lines := strings.Count(strings.TrimSpace(e), "\n") + 1; strings.TrimSpace(e) == "" || (c[0] != "bogus" && lines != 1) {
+			t.Errorf("%v: want one line on stderr, got %q", c, e)
+		}
+	}
+	if e := state(t, d, "dir/a"); e.State != "resident" {
+		t.Fatalf("a failed command changed a file: %+v", e)
+	}
+	// An unreachable archive stops the mount with one clear line.
+	d2 := testenv.NewDaemon(t, "s3://bucket?endpoint=127.0.0.1:1&insecure=true", []string{"AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=y"})
+	_, e, err := d2.CLI("mount", "--backing", d2.Backing, "--archive", d2.Archive, d2.Mountpoint)
+	if err == nil || !strings.Contains(e, "archive") {
+		t.Fatalf("mount with an unreachable archive: %v %q", err, e)
+	}
+	for _, args := range [][]string{{"mount", d2.Mountpoint}, {"mount", "--backing", "/nonexistent", "--archive", "file:///tmp/x", d2.Mountpoint}} {
+		if _, e, err := d2.CLI(args...); err == nil || e == "" {
+			t.Fatalf("mount %v: accepted", args)
+		}
+	}
+	// status names the mount and its session.
+	if out := d.MustCLI("status"); !strings.Contains(out, "t1 on "+d.Mountpoint) {
+		t.Fatalf("status: %s", out)
+	}
+}
