@@ -47,7 +47,7 @@ type Event struct {
 	Path   string `json:"path"` // relative to the backing directory
 	Ino    uint64 `json:"ino"`
 	Offset int64  `json:"offset"`
-	Length int64  `json:"length"` // < 0: to the end of the file
+	Length int64  `json:"length"`        // < 0: to the end of the file
 	Key    string `json:"key,omitempty"` // archive object (Destroy)
 }
 

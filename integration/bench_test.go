@@ -1,0 +1,117 @@
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/cascadefs/cascadefs/internal/testenv"
+	"github.com/minio/minio-go/v7"
+)
+
+// benchSize is the file size of the benchmarks: CASCADEFS_BENCH_SIZE bytes, default 1 GiB.
+func benchSize() int64 {
+	if v, err := strconv.ParseInt(os.Getenv("CASCADEFS_BENCH_SIZE"), 10, 64); err == nil && v > 0 {
+		return v
+	}
+	return 1 << 30
+}
+
+func readFile(b *testing.B, p string) time.Duration {
+	testenv.DropCaches()
+	start := time.Now()
+	f, err := os.Open(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	if _, err := io.CopyBuffer(io.Discard, f, buf); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+func mbps(size int64, d time.Duration) float64 { return float64(size) / d.Seconds() / (1 << 20) }
+
+// BenchmarkHSM measures each path beside its baseline in the same run and
+// reports the ratios (run with -benchtime 1x; figures go to docs/BENCHMARKS.md).
+func BenchmarkHSM(b *testing.B) {
+	size := benchSize()
+	m := testenv.StartMinIO(b)
+	url := m.Bucket(b, "bench")
+	d := testenv.NewDaemon(b, url, m.EnvList())
+	d.Start()
+	ctx := context.Background()
+	for range b.N {
+		// Raw PUT and GET of the same bytes: the baselines.
+		src := d.B("src.bin")
+		f, _ := os.Create(src)
+		io.CopyN(f, rand.Reader, size)
+		f.Close()
+		testenv.DropCaches()
+		start := time.Now()
+		if _, err := m.Client.FPutObject(ctx, "bench", "raw", src, minio.PutObjectOptions{PartSize: 64 << 20, NumThreads: 4}); err != nil {
+			b.Fatal(err)
+		}
+		rawPut := time.Since(start)
+		start = time.Now()
+		obj, _ := m.Client.GetObject(ctx, "bench", "raw", minio.GetObjectOptions{})
+		io.CopyBuffer(io.Discard, obj, make([]byte, 1<<20))
+		obj.Close()
+		rawGet := time.Since(start)
+		start = time.Now()
+		var opts minio.GetObjectOptions
+		opts.SetRange(size/2, size/2+4095)
+		obj, _ = m.Client.GetObject(ctx, "bench", "raw", opts)
+		io.ReadAll(obj)
+		obj.Close()
+		rawRanged := time.Since(start)
+
+		// Resident read: mount vs backing file.
+		native := readFile(b, src)
+		mounted := readFile(b, d.M("src.bin"))
+
+		// Migrate vs raw PUT.
+		testenv.DropCaches()
+		start = time.Now()
+		d.MustCLI("migrate", d.M("src.bin"))
+		migrate := time.Since(start)
+
+		// First 4 KiB at a random offset of the stub vs one ranged GET.
+		testenv.DropCaches()
+		start = time.Now()
+		sf, _ := os.Open(d.M("src.bin"))
+		buf := make([]byte, 4096)
+		if _, err := sf.ReadAt(buf, size/2); err != nil {
+			b.Fatal(err)
+		}
+		sf.Close()
+		first4k := time.Since(start)
+
+		// Full read of the stub vs raw GET (migrate again: the 4 KiB read recalled a region).
+		d.MustCLI("migrate", d.M("src.bin"))
+		recall := readFile(b, d.M("src.bin"))
+
+		b.ReportMetric(mbps(size, native), "native-MB/s")
+		b.ReportMetric(mbps(size, mounted), "mount-MB/s")
+		b.ReportMetric(native.Seconds()/mounted.Seconds(), "resident-ratio")
+		b.ReportMetric(mbps(size, rawGet), "rawGET-MB/s")
+		b.ReportMetric(mbps(size, recall), "recall-MB/s")
+		b.ReportMetric(rawGet.Seconds()/recall.Seconds(), "recall-ratio")
+		b.ReportMetric(float64(rawRanged.Microseconds())/1000, "rangedGET-ms")
+		b.ReportMetric(float64(first4k.Microseconds())/1000, "first4k-ms")
+		b.ReportMetric(first4k.Seconds()/rawRanged.Seconds(), "first4k-x")
+		b.ReportMetric(mbps(size, rawPut), "rawPUT-MB/s")
+		b.ReportMetric(mbps(size, migrate), "migrate-MB/s")
+		b.ReportMetric(rawPut.Seconds()/migrate.Seconds(), "migrate-ratio")
+		fmt.Fprintf(os.Stderr, "size=%d\n", size)
+		os.Remove(d.M("src.bin"))
+		m.Client.RemoveObject(ctx, "bench", "raw", minio.RemoveObjectOptions{})
+	}
+}
