@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -281,5 +280,4 @@ func TestRecordsHiddenAndPosixOps(t *testing.T) {
 	if len(got) != 10<<20+3 || string(got[10<<20:]) != "end" || bytes.Count(got[:10<<20], []byte{0}) != 10<<20 {
 		t.Fatal("sparse file read back wrong")
 	}
-	_ = context.Background
 }

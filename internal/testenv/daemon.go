@@ -134,16 +134,25 @@ func (d *Daemon) Stop() {
 	if d.cmd == nil {
 		return
 	}
+	if !d.terminate(30 * time.Second) {
+		d.t.Errorf("daemon ignored SIGTERM for 30s")
+	}
+}
+
+// terminate sends SIGTERM, kills after timeout, and reports a clean exit.
+func (d *Daemon) terminate(timeout time.Duration) bool {
+	clean := true
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-d.done:
-	case <-time.After(30 * time.Second):
+	case <-time.After(timeout):
 		d.cmd.Process.Kill()
 		<-d.done
-		d.t.Errorf("daemon ignored SIGTERM for 30s")
+		clean = false
 	}
 	d.cmd = nil
 	d.log.Close()
+	return clean
 }
 
 // Kill9 kills the daemon with SIGKILL, leaving its dead mount behind.
@@ -160,14 +169,7 @@ func (d *Daemon) Kill9() {
 
 func (d *Daemon) cleanup() {
 	if d.cmd != nil {
-		d.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-d.done:
-		case <-time.After(15 * time.Second):
-			d.cmd.Process.Kill()
-			<-d.done
-		}
-		d.log.Close()
+		d.terminate(15 * time.Second)
 	}
 	for i := 0; i < 10 && d.mounted(); i++ { // dead mounts of killed daemons may be stacked
 		syscall.Unmount(d.Mountpoint, syscall.MNT_DETACH)
