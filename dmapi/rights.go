@@ -11,52 +11,93 @@ var ErrBusy = errors.New("file is open")
 
 // Rights are the per-file DM access rights: a migration holds a file's
 // right exclusively, recalls hold it shared, so no migration runs while a
-// recall writes the same file and vice versa.
+// recall writes the same file and vice versa. A waiting exclusive holder
+// keeps new shared holders out, so a stream of recalls cannot starve it.
 type Rights struct {
 	mu    sync.Mutex
 	files map[uint64]*right
 }
 
 type right struct {
-	rw   sync.RWMutex
-	refs int
+	shared    int
+	exclusive bool
+	waiting   int // exclusive takers waiting
+	cond      sync.Cond
 }
 
 func (r *Rights) get(ino uint64) *right {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.files == nil {
 		r.files = map[uint64]*right{}
 	}
 	e := r.files[ino]
 	if e == nil {
 		e = &right{}
+		e.cond.L = &r.mu
 		r.files[ino] = e
 	}
-	e.refs++
 	return e
 }
 
-func (r *Rights) put(ino uint64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if e := r.files[ino]; e != nil {
-		if e.refs--; e.refs == 0 {
-			delete(r.files, ino)
-		}
+// done drops the entry of a file nobody holds or waits for; r.mu is held.
+func (r *Rights) done(ino uint64, e *right) {
+	e.cond.Broadcast()
+	if e.shared == 0 && !e.exclusive && e.waiting == 0 {
+		delete(r.files, ino)
 	}
 }
 
 // Exclusive takes the file's right exclusively and returns its release.
 func (r *Rights) Exclusive(ino uint64) (release func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	e := r.get(ino)
-	e.rw.Lock()
-	return func() { e.rw.Unlock(); r.put(ino) }
+	e.waiting++
+	for e.exclusive || e.shared > 0 {
+		e.cond.Wait()
+	}
+	e.waiting--
+	e.exclusive = true
+	return func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		e.exclusive = false
+		r.done(ino, e)
+	}
 }
 
 // Shared takes the file's right shared and returns its release.
 func (r *Rights) Shared(ino uint64) (release func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	e := r.get(ino)
-	e.rw.RLock()
-	return func() { e.rw.RUnlock(); r.put(ino) }
+	for e.exclusive || e.waiting > 0 {
+		e.cond.Wait()
+	}
+	return r.addShared(ino, e)
+}
+
+// Share lets a holder of the shared right hand one more share to work that
+// outlives it (a recall stream that goes on after its reader left). It never
+// waits, so it cannot deadlock behind a waiting exclusive taker.
+func (r *Rights) Share(ino uint64) (release func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.files[ino]
+	if e == nil || e.shared == 0 {
+		panic("dmapi: Share without a shared right")
+	}
+	return r.addShared(ino, e)
+}
+
+func (r *Rights) addShared(ino uint64, e *right) func() {
+	e.shared++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			e.shared--
+			r.done(ino, e)
+		})
+	}
 }

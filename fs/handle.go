@@ -196,8 +196,11 @@ func (h *handle) ensureResident(ctx context.Context, off, n int64) syscall.Errno
 		}
 		ev := h.event(dmapi.Read, 0, -1) // small files are recalled whole
 		if rec.Size > h.fs.opts.SmallFile {
-			start := hole / h.fs.opts.Region * h.fs.opts.Region
-			ev.Offset, ev.Length = start, min(h.fs.opts.Region, rec.Size-start)
+			// One event for the rest of this read, in whole regions, so
+			// that readers of the same regions share it.
+			r := h.fs.opts.Region
+			start := hole / r * r
+			ev.Offset, ev.Length = start, min((end+r-1)/r*r, rec.Size)-start
 		}
 		if errno := h.raise(ctx, ev); errno != 0 {
 			return errno

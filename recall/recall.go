@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
@@ -66,9 +67,23 @@ type Manager struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	files map[uint64]*fileRecall
+	mu      sync.Mutex
+	files   map[uint64]*fileRecall
+	history map[uint64]*history
 }
+
+// history is what a file's recall state leaves behind when its last event
+// and stream end: the next reader of the same file goes on with the same
+// window and checksums instead of starting over.
+type history struct {
+	key             string
+	sums            []uint32
+	lastEnd, window int64
+	used            time.Time
+}
+
+// historySize bounds the files remembered.
+const historySize = 256
 
 // NewManager returns a manager for the backing directory root.
 func NewManager(root string, arch archive.Archive, rights *dmapi.Rights, cfg Config, log *slog.Logger) *Manager {
@@ -89,7 +104,7 @@ func NewManager(root string, arch archive.Archive, rights *dmapi.Rights, cfg Con
 		cfg.Retries = d.Retries
 	}
 	m := &Manager{root: root, arch: arch, rights: rights, cfg: cfg, log: log,
-		streams: make(chan struct{}, cfg.MaxStreams), files: map[uint64]*fileRecall{}}
+		streams: make(chan struct{}, cfg.MaxStreams), files: map[uint64]*fileRecall{}, history: map[uint64]*history{}}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	return m
 }
@@ -216,6 +231,9 @@ func (m *Manager) acquire(ev *dmapi.Event) (*fileRecall, error) {
 	}
 	f := &fileRecall{m: m, ino: st.Ino, path: ev.Path, file: file, fd: fd, rec: rec, refs: 1, st: st}
 	f.cond = sync.NewCond(&f.mu)
+	if h := m.history[st.Ino]; h != nil && h.key == rec.Key {
+		f.sums, f.lastEnd, f.window = h.sums, h.lastEnd, h.window
+	}
 	m.files[st.Ino] = f
 	return f, nil
 }
@@ -226,11 +244,32 @@ func (m *Manager) releaseFile(f *fileRecall) {
 	last := f.refs == 0
 	if last && m.files[f.ino] == f {
 		delete(m.files, f.ino)
+		m.remember(f)
 	}
 	m.mu.Unlock()
 	if last {
 		f.file.Close()
 	}
+}
+
+// remember keeps the state of a file whose recall went idle; m.mu is held.
+func (m *Manager) remember(f *fileRecall) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rec == nil || f.rec.State != stub.Migrated {
+		delete(m.history, f.ino) // resident or fully recalled: nothing to go on with
+		return
+	}
+	if _, ok := m.history[f.ino]; !ok && len(m.history) >= historySize {
+		var oldest uint64
+		for ino, h := range m.history {
+			if _, ok := m.history[oldest]; !ok || h.used.Before(m.history[oldest].used) {
+				oldest = ino
+			}
+		}
+		delete(m.history, oldest)
+	}
+	m.history[f.ino] = &history{key: f.rec.Key, sums: f.sums, lastEnd: f.lastEnd, window: f.window, used: time.Now()}
 }
 
 func isNotFound(err error) bool { return errors.Is(err, archive.ErrNotFound) }

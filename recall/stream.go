@@ -24,13 +24,15 @@ type fileRecall struct {
 	st   unix.Stat_t // times to restore after invisible writes
 	refs int         // guarded by m.mu
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	rec     *stub.Record // nil once the file was made resident
-	sums    []uint32
-	streams []*stream
-	lastEnd int64 // end of the last stream: a new one starting here is sequential
-	window  int64
+	mu        sync.Mutex
+	cond      *sync.Cond
+	rec       *stub.Record // nil once the file was made resident
+	sums      []uint32
+	sumsReady chan struct{} // closed when sums (or sumsErr) are loaded
+	sumsErr   error
+	streams   []*stream
+	lastEnd   int64 // end of the last stream: a new one starting here is sequential
+	window    int64
 }
 
 // stream is one ranged GET that writes verified chunks as they arrive, so
@@ -40,6 +42,7 @@ type stream struct {
 	next       int64 // bytes below next are written
 	done       bool
 	err        error
+	prefetched bool // the stream after this one was started (or judged needless)
 }
 
 // ensure returns once [off, end) holds data, starting or joining streams.
@@ -62,11 +65,14 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64) error {
 			f.mu.Lock()
 			if s = f.covering(hole); s != nil {
 				f.m.putStream()
-			} else if s, err = f.startLocked(ctx, hole, end); err != nil {
+			} else if s, err = f.startLocked(hole, end); err != nil {
 				f.m.putStream()
 				f.mu.Unlock()
 				return err
 			}
+		}
+		if hole >= s.start+(s.end-s.start)/2 {
+			f.prefetchLocked(s)
 		}
 		for !s.done && s.next <= hole {
 			f.cond.Wait()
@@ -90,15 +96,38 @@ func (f *fileRecall) covering(off int64) *stream {
 	return nil
 }
 
-// startLocked starts a stream at the chunk holding hole. The caller holds f.mu
-// and a stream token, which the stream gives back when it ends.
-func (f *fileRecall) startLocked(ctx context.Context, hole, want int64) (*stream, error) {
+// prefetchLocked starts the stream after s when a reader has caught up with
+// the middle of s, so that a sequential reader never waits for a GET to
+// open. It only uses a free stream slot: readers that wait come first.
+func (f *fileRecall) prefetchLocked(s *stream) {
+	if s.prefetched || f.rec == nil || s.end >= f.rec.Size {
+		return
+	}
+	s.prefetched = true
+	if f.covering(s.end) != nil {
+		return
+	}
+	if hole, err := stub.FirstHole(f.fd, s.end, min(s.end+f.rec.ChunkSize, f.rec.Size)); err != nil || hole > s.end {
+		return // already here (or unknown: the reader will ask)
+	}
+	select {
+	case f.m.streams <- struct{}{}:
+	default:
+		return
+	}
+	if _, err := f.startLocked(s.end, s.end); err != nil {
+		f.m.putStream()
+	}
+}
+
+// startLocked starts a stream at the chunk holding hole. The caller holds f.mu,
+// the file's shared DM right and a stream token, which the stream gives back
+// when it ends.
+func (f *fileRecall) startLocked(hole, want int64) (*stream, error) {
 	if f.rec == nil {
 		return nil, fmt.Errorf("%s: recall after the file became resident", f.path)
 	}
-	if err := f.loadSumsLocked(ctx); err != nil {
-		return nil, err
-	}
+	f.loadSumsLocked()
 	chunk, size := f.rec.ChunkSize, f.rec.Size
 	start := hole / chunk * chunk
 	window := f.m.cfg.Window
@@ -113,45 +142,89 @@ func (f *fileRecall) startLocked(ctx context.Context, hole, want int64) (*stream
 	if next, err := stub.NextData(f.fd, hole, end); err == nil && next < end {
 		end = min(end, max((next+chunk-1)/chunk*chunk, start+chunk))
 	}
+	f.m.log.Debug("recall stream", "file", f.path, "start", start, "end", end)
 	s := &stream{start: start, end: end, next: start}
 	f.streams = append(f.streams, s)
 	f.lastEnd, f.window = end, window
 	f.m.mu.Lock()
 	f.refs++ // the stream keeps the file open
 	f.m.mu.Unlock()
+	// The stream may outlive the event that started it: it holds its own
+	// share of the DM right, so no migration punches under it.
+	release := f.m.rights.Share(f.ino)
 	f.m.wg.Add(1)
-	go f.run(s)
+	go f.run(s, release)
 	return s, nil
 }
 
-func (f *fileRecall) loadSumsLocked(ctx context.Context) error {
-	if f.sums != nil || f.rec.SumsCount == 0 {
-		return nil
+// loadSumsLocked makes the chunk checksums available: at once when the
+// record holds them, else fetched from the archive beside the first data GET
+// (so a first read waits for one round trip, not two). A failed load is
+// tried again by the next stream.
+func (f *fileRecall) loadSumsLocked() {
+	if f.sumsReady != nil {
+		select {
+		case <-f.sumsReady:
+			if f.sumsErr == nil {
+				return
+			}
+		default:
+			return // loading
+		}
 	}
-	if f.rec.Sums != nil {
-		f.sums = f.rec.Sums
-		return nil
+	ready := make(chan struct{})
+	f.sumsReady, f.sumsErr = ready, nil
+	if f.sums != nil || f.rec.SumsCount == 0 || f.rec.Sums != nil {
+		if f.sums == nil {
+			f.sums = f.rec.Sums
+		}
+		close(ready)
+		return
 	}
-	blob := make([]byte, 4*int(f.rec.SumsCount))
-	if err := f.m.withRetry(ctx, func() error {
-		return archive.ReadFull(ctx, f.m.arch, f.rec.Key+stub.SumsSuffix, 0, blob)
-	}); err != nil {
-		return fmt.Errorf("checksums of %s: %w", f.rec.Key, err)
+	rec := f.rec
+	f.m.wg.Add(1)
+	go func() {
+		defer f.m.wg.Done()
+		ctx := f.m.ctx
+		blob := make([]byte, 4*int(rec.SumsCount))
+		err := f.m.withRetry(ctx, func() error {
+			return archive.ReadFull(ctx, f.m.arch, rec.Key+stub.SumsSuffix, 0, blob)
+		})
+		var sums []uint32
+		if err != nil {
+			err = fmt.Errorf("checksums of %s: %w", rec.Key, err)
+		} else {
+			sums, err = stub.DecodeSums(rec, blob)
+		}
+		f.mu.Lock()
+		f.sums, f.sumsErr = sums, err
+		close(ready)
+		f.mu.Unlock()
+	}()
+}
+
+// waitSums returns the chunk checksums once loaded.
+func (f *fileRecall) waitSums(ctx context.Context) ([]uint32, error) {
+	f.mu.Lock()
+	ready := f.sumsReady
+	f.mu.Unlock()
+	select {
+	case <-ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	sums, err := stub.DecodeSums(f.rec, blob)
-	if err != nil {
-		return err
-	}
-	f.sums = sums
-	return nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sums, f.sumsErr
 }
 
 // run fetches [s.start, s.end) with one GET (reopened from where it broke
 // on a transient error), verifies and writes each chunk.
-func (f *fileRecall) run(s *stream) {
+func (f *fileRecall) run(s *stream, releaseRight func()) {
 	defer f.m.wg.Done()
 	defer f.m.putStream()
 	defer f.m.releaseFile(f)
+	defer releaseRight()
 	err := f.fetch(f.m.ctx, s)
 	if err == nil {
 		err = f.commitIfComplete()
@@ -172,51 +245,98 @@ func (f *fileRecall) run(s *stream) {
 }
 
 func (f *fileRecall) fetch(ctx context.Context, s *stream) error {
-	chunk := f.rec.ChunkSize
-	buf := make([]byte, chunk)
-	var body io.ReadCloser
-	defer func() {
-		if body != nil {
-			body.Close()
-		}
-	}()
 	failures := 0
 	for off := s.start; off < s.end; {
-		n := min(chunk, s.end-off)
-		if body == nil {
-			var err error
-			body, err = f.m.arch.Get(ctx, f.rec.Key, off, s.end-off)
-			if err != nil {
-				if failures++; failures > f.m.cfg.Retries || !retryable(err) {
-					return err
-				}
-				f.m.backoff(ctx, failures)
-				continue
-			}
+		next, err, final := f.fetchFrom(ctx, s, off)
+		if err == nil {
+			break
 		}
-		_, err := io.ReadFull(body, buf[:n])
-		if err == nil && stub.ChunkCRC(buf[:n]) != f.sums[off/chunk] {
-			err = fmt.Errorf("%s chunk at %d: %w", f.rec.Key, off, ErrIntegrity)
+		if next > off {
+			failures = 0 // it moved on: count the failures of this spot only
 		}
-		if err != nil {
-			body.Close()
-			body = nil
-			if failures++; failures > f.m.cfg.Retries || !retryable(err) || ctx.Err() != nil {
-				return err
-			}
-			f.m.backoff(ctx, failures)
-			continue
-		}
-		if err := f.write(buf[:n], off); err != nil {
+		off = next
+		if failures++; final || failures > f.m.cfg.Retries || !retryable(err) || ctx.Err() != nil {
 			return err
 		}
-		off += n
-		f.mu.Lock()
-		s.next = off
-		f.cond.Broadcast()
-		f.mu.Unlock()
+		f.m.backoff(ctx, failures)
 	}
 	return nil
+}
+
+// readAhead is how many chunks a stream receives ahead of the one it
+// verifies and writes: the GET keeps flowing while the disk write runs.
+const readAhead = 4
+
+// piece is one chunk as received.
+type piece struct {
+	buf []byte
+	off int64
+	err error
+}
+
+// fetchFrom runs one GET of [off, s.end): a receiver goroutine reads chunks
+// while this one verifies and writes them. It returns how far it got and,
+// on failure, whether the error is final (a local write failed).
+func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64, error, bool) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	body, err := f.m.arch.Get(ctx, f.rec.Key, off, s.end-off)
+	if err != nil {
+		return off, err, false
+	}
+	chunk := f.rec.ChunkSize
+	free := make(chan []byte, readAhead)
+	for range readAhead {
+		free <- make([]byte, chunk)
+	}
+	filled := make(chan piece, readAhead)
+	go func() {
+		defer close(filled)
+		for o := off; o < s.end; {
+			var b []byte
+			select {
+			case b = <-free:
+			case <-ctx.Done():
+				return
+			}
+			b = b[:min(chunk, s.end-o)]
+			_, err := io.ReadFull(body, b)
+			filled <- piece{b, o, err}
+			if err != nil {
+				return
+			}
+			o += int64(len(b))
+		}
+	}()
+	defer func() {
+		cancel() // aborts the GET, so the receiver stops
+		for range filled {
+		}
+		body.Close()
+	}()
+	var sums []uint32
+	for p := range filled {
+		if p.err != nil {
+			return p.off, p.err, false
+		}
+		if sums == nil {
+			if sums, err = f.waitSums(ctx); err != nil {
+				return p.off, err, false
+			}
+		}
+		if i := p.off / chunk; i >= int64(len(sums)) || stub.ChunkCRC(p.buf) != sums[i] {
+			return p.off, fmt.Errorf("%s chunk at %d: %w", f.rec.Key, p.off, ErrIntegrity), false
+		}
+		if err := f.write(p.buf, p.off); err != nil {
+			return p.off, err, true
+		}
+		f.mu.Lock()
+		s.next = p.off + int64(len(p.buf))
+		f.cond.Broadcast()
+		f.mu.Unlock()
+		free <- p.buf[:cap(p.buf)]
+	}
+	return s.end, nil, false
 }
 
 // write is invisible I/O: it writes verified bytes into a hole and puts the

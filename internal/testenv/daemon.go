@@ -18,20 +18,30 @@ var (
 	buildErr  error
 )
 
-// Binary builds the cascadefs command once per test process.
+// Binary builds the cascadefs command once per test process into the
+// git-ignored bin/ folder (one file, replaced atomically, so test processes
+// running side by side never see a half-written binary and nothing leaks).
 func Binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "cascadefs-bin-")
+		dir := filepath.Join(RepoRoot(), "bin")
+		if buildErr = os.MkdirAll(dir, 0o755); buildErr != nil {
+			return
+		}
+		tmp, err := os.CreateTemp(dir, ".cascadefs-test-")
 		if err != nil {
 			buildErr = err
 			return
 		}
-		binPath = filepath.Join(dir, "cascadefs")
-		out, err := exec.Command("go", "build", "-o", binPath, filepath.Join(RepoRoot(), "cmd", "cascadefs")).CombinedOutput()
+		tmp.Close()
+		defer os.Remove(tmp.Name())
+		out, err := exec.Command("go", "build", "-o", tmp.Name(), filepath.Join(RepoRoot(), "cmd", "cascadefs")).CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("build: %v\n%s", err, out)
+			return
 		}
+		binPath = filepath.Join(dir, "cascadefs-test")
+		buildErr = os.Rename(tmp.Name(), binPath)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
