@@ -26,7 +26,14 @@ type MinIO struct {
 	AccessKey string
 	SecretKey string
 	Client    *minio.Client
+	proc      *os.Process
 }
+
+// Pause stops the server (SIGSTOP): requests hang as on a stuck archive.
+func (m *MinIO) Pause() { m.proc.Signal(syscall.SIGSTOP) }
+
+// Resume lets a paused server go on.
+func (m *MinIO) Resume() { m.proc.Signal(syscall.SIGCONT) }
 
 // RepoRoot is the root of the cascadefs checkout.
 func RepoRoot() string {
@@ -66,6 +73,7 @@ func StartMinIO(t testing.TB) *MinIO {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start MinIO: %v", err)
 	}
+	m.proc = cmd.Process
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		cmd.Wait()
