@@ -35,8 +35,8 @@ type faulty struct {
 	archive.Archive
 	mu        sync.Mutex
 	gets      int
-	breakOnce int64 // break the first GET after this many bytes (0: never)
-	flipAt    int64 // object offset of a byte to corrupt (-1: none)
+	breakOnce int64         // break the first GET after this many bytes (0: never)
+	flipAt    int64         // object offset of a byte to corrupt (-1: none)
 	slow      time.Duration // pause before each Read of a body
 }
 
