@@ -1,0 +1,44 @@
+#!/bin/bash
+# Where the CPU of a full stub read goes, beside a raw GET of the same object.
+# Starts the pinned MinIO and a `cascadefs mount` on loopback, migrates one
+# file (default 1 GiB), then twice: drop caches, read the stub with dd bs=1M,
+# drop caches, raw minio-go GET. Prints MB/s and CPU seconds per process.
+#   sudo scripts/recall-cpu.sh [SIZE_BYTES]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE=${1:-1073741824}
+make -s tools build
+go build -o bin/rawget ./internal/benchtools/rawget
+PORT=$((20000 + RANDOM % 10000))
+W=$(mktemp -d /tmp/cascadefs-cpu.XXXX)
+MP= DP=
+cleanup() {
+  [ -n "$DP" ] && kill "$DP" 2>/dev/null && wait "$DP" 2>/dev/null || true
+  [ -n "$MP" ] && kill "$MP" 2>/dev/null && wait "$MP" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+mkdir -p "$W/minio/bench" "$W/backing" "$W/mnt" "$W/run"
+export MINIO_ROOT_USER=cascadefs MINIO_ROOT_PASSWORD=cascadefs-secret
+export AWS_ACCESS_KEY_ID=$MINIO_ROOT_USER AWS_SECRET_ACCESS_KEY=$MINIO_ROOT_PASSWORD CASCADEFS_RUN_DIR=$W/run
+.tools/minio server --quiet --address 127.0.0.1:$PORT "$W/minio" >"$W/minio.log" 2>&1 &
+MP=$!
+for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/minio/health/ready && break; sleep 0.1; done
+bin/cascadefs mount --backing "$W/backing" --archive "s3://bench?endpoint=127.0.0.1:$PORT&insecure=true" "$W/mnt" >"$W/daemon.log" 2>&1 &
+DP=$!
+for _ in $(seq 100); do grep -q " $W/mnt " /proc/mounts && break; sleep 0.1; done
+cpu() { awk '{printf "%.2f", ($14+$15)/100}' /proc/$1/stat; }
+head -c "$SIZE" /dev/urandom >"$W/mnt/f"
+bin/cascadefs migrate "$W/mnt/f"
+KEY=$(bin/cascadefs ls --json "$W/mnt/f" | sed -n 's/.*"object": *"\([^"]*\)".*/\1/p')
+for run in 1 2; do
+  bin/cascadefs migrate "$W/mnt/f" >/dev/null
+  sync; echo 3 >/proc/sys/vm/drop_caches
+  m0=$(cpu $MP) d0=$(cpu $DP)
+  /usr/bin/time -f "  reader (dd) CPU %U+%S s" dd if="$W/mnt/f" of=/dev/null bs=1M 2>&1 | grep -E "copied|CPU"
+  echo "  minio CPU $(echo "$(cpu $MP) - $m0" | bc) s, cascadefs CPU $(echo "$(cpu $DP) - $d0" | bc) s"
+  sync; echo 3 >/proc/sys/vm/drop_caches
+  m0=$(cpu $MP)
+  /usr/bin/time -f "  reader (rawget) CPU %U+%S s" bin/rawget 127.0.0.1:$PORT bench "$KEY"
+  echo "  minio CPU $(echo "$(cpu $MP) - $m0" | bc) s"
+done
