@@ -54,7 +54,7 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) (Obj
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return ObjectInfo{}, fmt.Errorf("archive put %s: %w", key, err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".put-*")
+	tmp, err := os.CreateTemp(filepath.Dir(p), tempPrefix(p)+"*")
 	if err != nil {
 		return ObjectInfo{}, fmt.Errorf("archive put %s: %w", key, err)
 	}
@@ -131,7 +131,19 @@ func (d *Dir) Delete(ctx context.Context, key string) error {
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("archive delete %s: %w", key, err)
 	}
+	// A Put cut short by a crash leaves its temporary file: it goes too.
+	temps, _ := filepath.Glob(filepath.Join(filepath.Dir(p), globEscape(tempPrefix(p))+"*"))
+	for _, t := range temps {
+		os.Remove(t)
+	}
 	return nil
+}
+
+// tempPrefix names the temporary files of a Put of the object at p.
+func tempPrefix(p string) string { return ".put-" + filepath.Base(p) + "-" }
+
+func globEscape(s string) string {
+	return strings.NewReplacer("*", "\\*", "?", "\\?", "[", "\\[", "\\", "\\\\").Replace(s)
 }
 
 func syncDir(dir string) error {

@@ -143,6 +143,10 @@ func (s *S3) Delete(ctx context.Context, key string) error {
 	if err := s.client.RemoveObject(ctx, s.bucket, s.key(key), minio.RemoveObjectOptions{}); err != nil {
 		return s.wrap("delete", key, err)
 	}
+	// The parts of a multipart upload cut short by a crash go too.
+	if err := s.client.RemoveIncompleteUpload(ctx, s.bucket, s.key(key)); err != nil {
+		return s.wrap("delete", key, err)
+	}
 	return nil
 }
 

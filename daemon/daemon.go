@@ -101,14 +101,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 
 	d := &Daemon{cfg: cfg, log: log, arch: arch, started: time.Now()}
 	rights := &dmapi.Rights{}
-	d.recall = recall.NewManager(backing, arch, rights, cfg.Recall, log)
-	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
-	d.destroy, err = migrate.NewDestroyQueue(filepath.Join(cfg.StateDir, "destroy"), backing, d.session.Raise, log)
+	// The destroy queue hands its events to the session, which the recall
+	// manager (needing the queue for stale copies) serves.
+	raise := func(ctx context.Context, ev *dmapi.Event) error { return d.session.Raise(ctx, ev) }
+	d.destroy, err = migrate.NewDestroyQueue(filepath.Join(cfg.StateDir, "destroy"), cfg.Name, backing, raise, log)
 	if err != nil {
-		d.stopDM()
 		return nil, err
 	}
-	d.recall.OnStale = d.postStale
+	d.recall = recall.NewManager(backing, arch, rights, d.destroy, cfg.Recall, log)
+	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
 	rc := d.recallConfig()
 	d.fs, err = cfs.Mount(cfg.Mountpoint, cfs.Options{
 		Backing: backing, Name: cfg.Name, Events: events{d}, Log: log,
@@ -119,8 +120,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		d.stopDM()
 		return nil, err
 	}
-	d.migrator = migrate.New(backing, arch, rights, d.fs, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
-	d.migrator.OnStale = d.postStale
+	d.migrator = migrate.New(backing, arch, rights, d.fs, d.destroy, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
 	d.destroy.Start()
 	if d.control, err = startControl(d); err != nil {
 		d.Stop()
@@ -137,12 +137,6 @@ func (d *Daemon) recallConfig() recall.Config {
 		c.SmallFile = recall.DefaultConfig().SmallFile
 	}
 	return c
-}
-
-func (d *Daemon) postStale(rec *stub.Record) {
-	if err := d.destroy.Post(d.cfg.Name, rec); err != nil {
-		d.log.Error("cannot queue deletion of a stale archive copy; object left", "key", rec.Key, "reason", err)
-	}
 }
 
 // Wait blocks until the filesystem is unmounted (by Stop or from outside).
@@ -232,14 +226,8 @@ type events struct{ d *Daemon }
 
 func (e events) Raise(ctx context.Context, ev *dmapi.Event) error { return e.d.session.Raise(ctx, ev) }
 
-func (e events) PrepareDestroy(rel string, ino uint64, rec *stub.Record) (string, error) {
-	return e.d.destroy.Prepare(e.d.cfg.Name, rel, ino, rec)
+func (e events) Prepare(rel string, ino uint64, key string) (string, error) {
+	return e.d.destroy.Prepare(rel, ino, key)
 }
-
-func (e events) CommitDestroy(token string) {
-	if err := e.d.destroy.Commit(token); err != nil {
-		e.d.log.Error("DESTROY entry not committed; it is resolved at next start", "token", token, "reason", err)
-	}
-}
-
-func (e events) AbortDestroy(token string) { e.d.destroy.Abort(token) }
+func (e events) Commit(token string) { e.d.destroy.Commit(token) }
+func (e events) Abort(token string)  { e.d.destroy.Abort(token) }

@@ -26,11 +26,9 @@ import (
 type Events interface {
 	// Raise sends a synchronous event and waits for its answer.
 	Raise(ctx context.Context, ev *dmapi.Event) error
-	// PrepareDestroy durably notes that the object of rec becomes garbage
-	// when rel is unlinked; CommitDestroy or AbortDestroy follows the unlink.
-	PrepareDestroy(rel string, ino uint64, rec *stub.Record) (token string, err error)
-	CommitDestroy(token string)
-	AbortDestroy(token string)
+	// Garbage notes durably that the object of a stub becomes garbage
+	// when its last link goes.
+	dmapi.Garbage
 }
 
 // Options configure a mount.
@@ -270,16 +268,16 @@ func (f *FS) destroying(p string, op func() error) syscall.Errno {
 	if rec == nil {
 		return gofs.ToErrno(op())
 	}
-	token, err := f.opts.Events.PrepareDestroy(f.rel(p), st.Ino, rec)
+	token, err := f.opts.Events.Prepare(f.rel(p), st.Ino, rec.Key)
 	if err != nil {
 		f.log.Error("cannot queue DESTROY; unlink refused", "file", f.rel(p), "reason", err)
 		return syscall.EIO
 	}
 	if err := op(); err != nil {
-		f.opts.Events.AbortDestroy(token)
+		f.opts.Events.Abort(token)
 		return gofs.ToErrno(err)
 	}
-	f.opts.Events.CommitDestroy(token)
+	f.opts.Events.Commit(token)
 	return 0
 }
 

@@ -1,13 +1,17 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/internal/testenv"
 )
 
@@ -59,7 +63,38 @@ func TestKill9DuringMigrationAndRecall(t *testing.T) {
 			testenv.DropCaches()
 			check(fmt.Sprintf("recall kill %d", i))
 		}
+		// No object leaks: once the destroy queue is done, the archive holds
+		// exactly the objects that files point to.
+		checkNoLeak(t, d)
 	})
+}
+
+// checkNoLeak waits for the destroy queue to drain, then compares the
+// archive's objects with those the files' records point to.
+func checkNoLeak(t *testing.T, d *testenv.Daemon) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var st daemon.Status
+		json.Unmarshal([]byte(d.MustCLI("status", "--json")), &st)
+		if st.PendingDestroy == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("destroy queue still has %d entries", st.PendingDestroy)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var used []string
+	for _, e := range ls(t, d, d.Mountpoint) {
+		if e.Object != "" {
+			used = append(used, e.Object)
+		}
+	}
+	sort.Strings(used)
+	if got := d.ArchiveObjects(t); !slices.Equal(got, used) {
+		t.Fatalf("archive objects %v, files point to %v", got, used)
+	}
 }
 
 func TestAdminCommandErrors(t *testing.T) {

@@ -24,11 +24,13 @@ import (
 // restart finishes what a crash interrupted.
 //
 // An entry for an unlink is first "prepared"; it becomes ready once the
-// unlink happened. A prepared entry found at start-up is resolved by
-// looking at the file: still there with the same object, the unlink never
-// happened and the entry is dropped.
+// unlink happened. An upload is prepared the same way before it starts and
+// dropped once the file's record points to the object. A prepared entry
+// found at start-up is resolved by looking at the file: still there with
+// the same object, the entry is dropped; else the object is garbage.
 type DestroyQueue struct {
 	dir   string
+	fs    string // filesystem name
 	root  string // backing directory
 	raise func(ctx context.Context, ev *dmapi.Event) error
 	log   *slog.Logger
@@ -43,49 +45,43 @@ type destroyEntry struct {
 	Ready bool        `json:"ready"`
 }
 
-// NewDestroyQueue opens the queue kept in dir. raise hands an event to the
-// DM session (which deletes the object).
-func NewDestroyQueue(dir, root string, raise func(context.Context, *dmapi.Event) error, log *slog.Logger) (*DestroyQueue, error) {
+var _ dmapi.Garbage = (*DestroyQueue)(nil)
+
+// NewDestroyQueue opens the queue of filesystem fsName kept in dir. raise
+// hands an event to the DM session (which deletes the object).
+func NewDestroyQueue(dir, fsName, root string, raise func(context.Context, *dmapi.Event) error, log *slog.Logger) (*DestroyQueue, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("destroy queue: %w", err)
 	}
-	return &DestroyQueue{dir: dir, root: root, raise: raise, log: log,
+	return &DestroyQueue{dir: dir, fs: fsName, root: root, raise: raise, log: log,
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
-// Prepare records that the object of rec will be garbage once rel (inode
-// ino) is unlinked. Call Commit or Abort after the unlink.
-func (q *DestroyQueue) Prepare(fsName, rel string, ino uint64, rec *stub.Record) (token string, err error) {
-	ev := dmapi.Event{Token: dmapi.NewToken(), Type: dmapi.Destroy, FS: fsName, Path: rel, Ino: ino, Key: rec.Key, Length: -1}
+// Prepare records that the object key will be garbage unless the file rel
+// (inode ino) uses it: before an unlink, a record removal or an upload.
+// Commit (garbage now) or Abort (the file uses it) follows.
+func (q *DestroyQueue) Prepare(rel string, ino uint64, key string) (token string, err error) {
+	ev := dmapi.Event{Token: dmapi.NewToken(), Type: dmapi.Destroy, FS: q.fs, Path: rel, Ino: ino, Key: key, Length: -1}
 	return ev.Token, q.write(destroyEntry{Event: ev})
 }
 
 // Commit makes a prepared entry ready.
-func (q *DestroyQueue) Commit(token string) error {
+func (q *DestroyQueue) Commit(token string) {
 	e, err := q.read(q.path(token))
+	if err == nil {
+		e.Ready = true
+		err = q.write(e)
+	}
 	if err != nil {
-		return err
-	}
-	e.Ready = true
-	if err := q.write(e); err != nil {
-		return err
+		q.log.Error("DESTROY entry not committed; it is resolved at next start", "token", token, "reason", err)
+		return
 	}
 	q.kick()
-	return nil
 }
 
-// Abort drops a prepared entry (the unlink failed).
+// Abort drops a prepared entry (the unlink failed, or the upload's record
+// was committed).
 func (q *DestroyQueue) Abort(token string) { os.Remove(q.path(token)) }
-
-// Post queues a ready entry for an object no record points to any more.
-func (q *DestroyQueue) Post(fsName string, rec *stub.Record) error {
-	ev := dmapi.Event{Token: dmapi.NewToken(), Type: dmapi.Destroy, FS: fsName, Key: rec.Key, Length: -1}
-	if err := q.write(destroyEntry{Event: ev, Ready: true}); err != nil {
-		return err
-	}
-	q.kick()
-	return nil
-}
 
 // Pending counts the entries not yet done.
 func (q *DestroyQueue) Pending() int {

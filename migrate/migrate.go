@@ -52,19 +52,20 @@ type Migrator struct {
 	gate   Gate
 	cfg    Config
 	log    *slog.Logger
-	// OnStale is told about an archive copy that no longer matches its file.
-	OnStale func(rec *stub.Record)
+	// Garbage records each upload before it starts and each stale copy
+	// before its record goes, so that no object leaks across a crash.
+	garbage dmapi.Garbage
 }
 
 // New returns a migrator for backing directory root.
-func New(root string, arch archive.Archive, rights *dmapi.Rights, gate Gate, cfg Config, log *slog.Logger) *Migrator {
+func New(root string, arch archive.Archive, rights *dmapi.Rights, gate Gate, garbage dmapi.Garbage, cfg Config, log *slog.Logger) *Migrator {
 	if cfg.ChunkSize <= 0 {
 		cfg.ChunkSize = stub.DefaultChunkSize
 	}
 	if cfg.ReleaseWait <= 0 {
 		cfg.ReleaseWait = 5 * time.Second
 	}
-	return &Migrator{root: root, arch: arch, rights: rights, gate: gate, cfg: cfg, log: log}
+	return &Migrator{root: root, arch: arch, rights: rights, gate: gate, garbage: garbage, cfg: cfg, log: log}
 }
 
 // Result is the outcome of one file's migration.
@@ -104,10 +105,12 @@ func (m *Migrator) Migrate(ctx context.Context, rel string, premigrateOnly bool)
 	}
 	if rec != nil && rec.State == stub.Premigrated && !rec.Unchanged(&st) {
 		// Changed behind our back since the copy: that copy is stale.
-		if err := m.gate.Commit(st.Ino, func() error { return stub.RemoveRecord(fd) }); err != nil {
+		err := dmapi.Orphan(m.garbage, rel, st.Ino, rec.Key, func() error {
+			return m.gate.Commit(st.Ino, func() error { return stub.RemoveRecord(fd) })
+		})
+		if err != nil {
 			return res, fmt.Errorf("migrate %s: %w", rel, err)
 		}
-		m.stale(rec)
 		rec = nil
 	}
 	if rec == nil {
@@ -140,6 +143,13 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		sums []uint32
 		err  error
 	}
+	// Noted before the upload: a crash before the record is written leaves
+	// an object no file uses, deleted at the next start.
+	token, err := m.garbage.Prepare(rel, before.Ino, rec.Key)
+	if err != nil {
+		return nil, err
+	}
+	discard := func() { m.garbage.Commit(token) }
 	sumc := make(chan sumsResult, 1)
 	go func() {
 		s, err := stub.ComputeSums(file, size, rec.ChunkSize)
@@ -151,18 +161,18 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		err = sr.err
 	}
 	if err != nil {
-		m.deleteObject(rec)
+		discard()
 		return nil, err
 	}
 	rec.ETag = info.ETag
 	if blob := rec.SetSums(sr.sums); blob != nil {
 		if _, err := m.arch.Put(ctx, rec.Key+stub.SumsSuffix, bytes.NewReader(blob), int64(len(blob))); err != nil {
-			m.deleteObject(rec)
+			discard()
 			return nil, err
 		}
 	}
 	if err := m.verifyCopy(ctx, rec); err != nil {
-		m.deleteObject(rec)
+		discard()
 		return nil, err
 	}
 	err = m.gate.Commit(before.Ino, func() error {
@@ -176,9 +186,10 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		return stub.WriteRecord(int(file.Fd()), rec)
 	})
 	if err != nil {
-		m.deleteObject(rec)
+		discard()
 		return nil, err
 	}
+	m.garbage.Abort(token) // the record points to it now
 	m.log.Info("premigrated", "fs", m.cfg.FS, "file", rel, "bytes", size, "key", rec.Key)
 	return rec, nil
 }
@@ -245,18 +256,4 @@ func (m *Migrator) newKey(ino uint64) string {
 	var b [6]byte
 	rand.Read(b[:])
 	return fmt.Sprintf("%s/%d/%d-%s", m.cfg.FS, ino, time.Now().UnixNano(), hex.EncodeToString(b[:]))
-}
-
-func (m *Migrator) stale(rec *stub.Record) {
-	if m.OnStale != nil {
-		m.OnStale(rec)
-	}
-}
-
-// deleteObject removes a copy that was never committed to a record.
-func (m *Migrator) deleteObject(rec *stub.Record) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	m.arch.Delete(ctx, rec.Key)
-	m.arch.Delete(ctx, rec.Key+stub.SumsSuffix)
 }

@@ -59,9 +59,9 @@ type Manager struct {
 	cfg     Config
 	log     *slog.Logger
 	streams chan struct{}
-	// OnStale is told about archive objects that no longer back any file
-	// (a recalled file was changed); it should delete them durably.
-	OnStale func(rec *stub.Record)
+	// garbage records archive copies made stale when a recalled file is
+	// about to change, before its record goes.
+	garbage dmapi.Garbage
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -86,7 +86,7 @@ type history struct {
 const historySize = 256
 
 // NewManager returns a manager for the backing directory root.
-func NewManager(root string, arch archive.Archive, rights *dmapi.Rights, cfg Config, log *slog.Logger) *Manager {
+func NewManager(root string, arch archive.Archive, rights *dmapi.Rights, garbage dmapi.Garbage, cfg Config, log *slog.Logger) *Manager {
 	d := DefaultConfig()
 	if cfg.SmallFile <= 0 {
 		cfg.SmallFile = d.SmallFile
@@ -103,7 +103,7 @@ func NewManager(root string, arch archive.Archive, rights *dmapi.Rights, cfg Con
 	if cfg.Retries <= 0 {
 		cfg.Retries = d.Retries
 	}
-	m := &Manager{root: root, arch: arch, rights: rights, cfg: cfg, log: log,
+	m := &Manager{root: root, arch: arch, rights: rights, garbage: garbage, cfg: cfg, log: log,
 		streams: make(chan struct{}, cfg.MaxStreams), files: map[uint64]*fileRecall{}, history: map[uint64]*history{}}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	return m
@@ -184,13 +184,7 @@ func (m *Manager) dropPremigrated(ev *dmapi.Event) error {
 	if rec.State != stub.Premigrated {
 		return fmt.Errorf("%s: record changed to %s while it was made resident", ev.Path, rec.State)
 	}
-	if err := stub.RemoveRecord(fd); err != nil {
-		return err
-	}
-	if m.OnStale != nil {
-		m.OnStale(rec)
-	}
-	return nil
+	return dmapi.Orphan(m.garbage, ev.Path, st.Ino, rec.Key, func() error { return stub.RemoveRecord(fd) })
 }
 
 // acquire opens the file's recall state, shared by all events on it.
@@ -229,6 +223,11 @@ func (m *Manager) acquire(ev *dmapi.Event) (*fileRecall, error) {
 		file.Close()
 		return nil, fmt.Errorf("size %d, record says %d: %w", st.Size, rec.Size, ErrChanged)
 	}
+	// The times to put back after each write: the mtime is the record's. A
+	// migrated file cannot change through the mount without its record
+	// going first, so a different mtime is what a crash between a write and
+	// its time restore left; the next write repairs it.
+	st.Mtim = unix.NsecToTimespec(rec.MtimeNs)
 	f := &fileRecall{m: m, ino: st.Ino, path: ev.Path, file: file, fd: fd, rec: rec, refs: 1, st: st}
 	f.cond = sync.NewCond(&f.mu)
 	if h := m.history[st.Ino]; h != nil && h.key == rec.Key {

@@ -29,6 +29,13 @@ func (openGate) Release(ctx context.Context, ino uint64, wait time.Duration, fn 
 	return fn()
 }
 
+// keptGarbage records nothing: no object becomes garbage in these tests.
+type keptGarbage struct{}
+
+func (keptGarbage) Prepare(rel string, ino uint64, key string) (string, error) { return key, nil }
+func (keptGarbage) Commit(token string)                                        {}
+func (keptGarbage) Abort(token string)                                         {}
+
 // faulty wraps an archive: it can break the first GET after some bytes
 // (a transient network fault) or flip one byte of every GET that covers it.
 type faulty struct {
@@ -107,7 +114,7 @@ func migrated(t *testing.T, size int64) (root string, arch *faulty, data []byte,
 	if err := os.WriteFile(filepath.Join(root, "f"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m := migrate.New(root, arch, &dmapi.Rights{}, openGate{}, migrate.Config{FS: "t"}, slog.Default())
+	m := migrate.New(root, arch, &dmapi.Rights{}, openGate{}, keptGarbage{}, migrate.Config{FS: "t"}, slog.Default())
 	if _, err := m.Migrate(context.Background(), "f", false); err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +126,7 @@ func migrated(t *testing.T, size int64) (root string, arch *faulty, data []byte,
 }
 
 func newManager(t *testing.T, root string, arch archive.Archive) *recall.Manager {
-	m := recall.NewManager(root, arch, &dmapi.Rights{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
+	m := recall.NewManager(root, arch, &dmapi.Rights{}, keptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
 	t.Cleanup(m.Close)
 	return m
 }
@@ -202,7 +209,7 @@ func TestStreamHoldsTheRight(t *testing.T) {
 	root, arch, _, ino := migrated(t, size)
 	arch.slow = 5 * time.Millisecond // streams take a while
 	rights := &dmapi.Rights{}
-	m := recall.NewManager(root, arch, rights, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
+	m := recall.NewManager(root, arch, rights, keptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
 	defer m.Close()
 	ev := &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: 0, Length: 1 << 20}
 	if err := m.Handle(context.Background(), ev); err != nil {

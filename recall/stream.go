@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
+	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -384,15 +385,11 @@ func (f *fileRecall) makeResident() error {
 	if f.rec == nil {
 		return nil
 	}
-	if err := stub.RemoveRecord(f.fd); err != nil {
-		return err
+	err := dmapi.Orphan(f.m.garbage, f.path, f.ino, f.rec.Key, func() error { return stub.RemoveRecord(f.fd) })
+	if err == nil {
+		f.rec = nil
 	}
-	old := f.rec
-	f.rec = nil
-	if f.m.OnStale != nil {
-		f.m.OnStale(old)
-	}
-	return nil
+	return err
 }
 
 func (m *Manager) takeStream(ctx context.Context) error {

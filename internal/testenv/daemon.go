@@ -2,14 +2,22 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"io/fs"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
 var (
@@ -217,3 +225,48 @@ func (d *Daemon) B(rel string) string { return filepath.Join(d.Backing, rel) }
 
 // DropCaches makes the next reads come from the filesystem, not the page cache.
 func DropCaches() { os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0) }
+
+// ArchiveObjects lists every object (and, for a directory archive, every
+// leftover temporary file) in the daemon's archive.
+func (d *Daemon) ArchiveObjects(t testing.TB) []string {
+	t.Helper()
+	u, err := url.Parse(d.Archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	switch u.Scheme {
+	case "file":
+		filepath.WalkDir(u.Path, func(p string, e fs.DirEntry, err error) error {
+			if err == nil && !e.IsDir() {
+				rel, _ := filepath.Rel(u.Path, p)
+				keys = append(keys, rel)
+			}
+			return nil
+		})
+	case "s3":
+		env := map[string]string{}
+		for _, kv := range d.Env {
+			k, v, _ := strings.Cut(kv, "=")
+			env[k] = v
+		}
+		c, err := minio.New(u.Query().Get("endpoint"), &minio.Options{Creds: credentials.NewStaticV4(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], "")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		for o := range c.ListObjects(ctx, u.Host, minio.ListObjectsOptions{Recursive: true}) {
+			if o.Err != nil {
+				t.Fatal(o.Err)
+			}
+			keys = append(keys, o.Key)
+		}
+		for up := range c.ListIncompleteUploads(ctx, u.Host, "", true) {
+			if up.Err == nil {
+				keys = append(keys, "incomplete upload of "+up.Key)
+			}
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}

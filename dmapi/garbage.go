@@ -1,0 +1,31 @@
+package dmapi
+
+// Garbage is the durable record of archive objects about to stop backing
+// any file: the queue of asynchronous DESTROY events. An entry is prepared
+// before the change that may orphan the object (an unlink, the removal of
+// a stale record, an upload that may fail), committed once the object is
+// garbage (it will be deleted) or aborted when a file still uses it. A
+// prepared entry found after a crash is resolved by looking at the file.
+type Garbage interface {
+	Prepare(rel string, ino uint64, key string) (token string, err error)
+	// Commit makes the entry ready; if that cannot be written, the entry
+	// stays prepared and is resolved at the next start.
+	Commit(token string)
+	Abort(token string)
+}
+
+// Orphan runs change, which stops the file rel from using the object key,
+// between Prepare and Commit: a crash at any moment neither leaks the
+// object nor deletes one that is still in use.
+func Orphan(g Garbage, rel string, ino uint64, key string, change func() error) error {
+	token, err := g.Prepare(rel, ino, key)
+	if err != nil {
+		return err
+	}
+	if err := change(); err != nil {
+		g.Abort(token)
+		return err
+	}
+	g.Commit(token)
+	return nil
+}
