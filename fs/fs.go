@@ -51,6 +51,7 @@ type FS struct {
 	opts   Options
 	root   string
 	server *fuse.Server
+	served chan struct{} // closed when the server has ended
 	gates  gates
 	log    *slog.Logger
 	// passthrough is true when the kernel accepted passthrough.
@@ -111,6 +112,8 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	f.server = server
+	f.served = make(chan struct{})
+	go func() { server.Wait(); close(f.served) }()
 	f.passthrough = !opts.NoPassthrough && server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0
 	return f, nil
 }
@@ -118,17 +121,23 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 // Passthrough reports whether resident files are served by kernel passthrough.
 func (f *FS) Passthrough() bool { return f.passthrough }
 
-// Unmount unmounts and waits for the server to end.
+// Unmount unmounts and waits for the server to end. A mount already gone
+// (unmounted from outside) needs nothing more.
 func (f *FS) Unmount() error {
+	select {
+	case <-f.served:
+		return nil
+	default:
+	}
 	err := f.server.Unmount()
 	if err == nil {
-		f.server.Wait()
+		<-f.served
 	}
 	return err
 }
 
 // Wait blocks until the filesystem is unmounted.
-func (f *FS) Wait() { f.server.Wait() }
+func (f *FS) Wait() { <-f.served }
 
 // rel returns a backing path relative to the root.
 func (f *FS) rel(p string) string {

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -95,6 +96,25 @@ func checkNoLeak(t *testing.T, d *testenv.Daemon) {
 	if got := d.ArchiveObjects(t); !slices.Equal(got, used) {
 		t.Fatalf("archive objects %v, files point to %v", got, used)
 	}
+}
+
+// A mount taken away from outside (umount -l by an admin) ends the daemon
+// at once, cleanly; a new daemon mounts again.
+func TestUnmountedFromOutside(t *testing.T) {
+	d := testenv.NewDaemon(t, "", nil)
+	d.Start()
+	if err := syscall.Unmount(d.Mountpoint, syscall.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if !d.Exited(3 * time.Second) { // it used to retry the unmount for 5s
+		t.Fatal("daemon still running 3s after its mount was taken away")
+	}
+	if !strings.Contains(d.Log(), "unmounted from outside") {
+		t.Fatalf("log does not say why it stopped:\n%s", d.Log())
+	}
+	d.Start()
+	os.WriteFile(d.M("a"), []byte("a"), 0o644)
+	d.MustCLI("migrate", d.M("a"))
 }
 
 func TestAdminCommandErrors(t *testing.T) {

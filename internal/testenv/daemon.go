@@ -173,6 +173,18 @@ func (d *Daemon) terminate(timeout time.Duration) bool {
 	return clean
 }
 
+// Exited waits up to timeout for the daemon to end by itself.
+func (d *Daemon) Exited(timeout time.Duration) bool {
+	select {
+	case <-d.done:
+		d.cmd = nil
+		d.log.Close()
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
 // Kill9 kills the daemon with SIGKILL, leaving its dead mount behind.
 func (d *Daemon) Kill9() {
 	d.t.Helper()
