@@ -49,6 +49,10 @@ type Event struct {
 	Offset int64  `json:"offset"`
 	Length int64  `json:"length"`        // < 0: to the end of the file
 	Key    string `json:"key,omitempty"` // archive object (Destroy)
+	// Handle names the file by identity (stub.HandleOf), so that a rename
+	// between the raise and the recall does not lose it; Path is then only
+	// for logs and a fallback.
+	Handle []byte `json:"handle,omitempty"`
 }
 
 func (e *Event) String() string {

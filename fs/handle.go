@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"errors"
+	"sync"
 	"syscall"
 
 	"github.com/cascadefs/cascadefs/dmapi"
@@ -33,6 +34,9 @@ type handle struct {
 	ino  uint64
 	g    *gate
 	mode ioMode
+
+	fhOnce sync.Once
+	fh     []byte // file handle, for events (made on first use)
 }
 
 // ptHandle is a handle the kernel may serve by passthrough. Only fully
@@ -153,7 +157,8 @@ func (h *handle) record() (*stub.Record, syscall.Errno) {
 }
 
 func (h *handle) event(t dmapi.Type, off, length int64) *dmapi.Event {
-	return &dmapi.Event{Type: t, FS: h.fs.opts.Name, Path: h.fs.rel(h.path), Ino: h.ino, Offset: off, Length: length}
+	h.fhOnce.Do(func() { h.fh, _ = stub.HandleOf(h.fd) }) // without one, the path serves
+	return &dmapi.Event{Type: t, FS: h.fs.opts.Name, Path: h.fs.rel(h.path), Ino: h.ino, Offset: off, Length: length, Handle: h.fh}
 }
 
 // raise sends an event and maps its outcome to an errno.

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"os"
 	"path/filepath"
@@ -279,5 +280,53 @@ func TestRecordsHiddenAndPosixOps(t *testing.T) {
 	got, _ := os.ReadFile(d.M("sparse"))
 	if len(got) != 10<<20+3 || string(got[10<<20:]) != "end" || bytes.Count(got[:10<<20], []byte{0}) != 10<<20 {
 		t.Fatal("sparse file read back wrong")
+	}
+}
+
+// A file renamed while its READ event waits in the session queue is still
+// recalled: events name files by handle, not only by path.
+func TestRenameWhileRecallQueued(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	d := testenv.NewDaemon(t, m.Bucket(t, "hsm"), m.EnvList(), "--workers", "1", "--event-timeout", "2m")
+	d.Start()
+	writeRandom(t, d.M("first"), 1<<20)
+	want := writeRandom(t, d.M("second"), 1<<20+3)
+	d.MustCLI("migrate", d.M("first"), d.M("second"))
+	testenv.DropCaches()
+
+	m.Pause() // the one worker hangs on the first recall; the second event waits
+	resumed := false
+	defer func() {
+		if !resumed {
+			m.Resume()
+		}
+	}()
+	go os.ReadFile(d.M("first"))
+	time.Sleep(300 * time.Millisecond)
+	type result struct {
+		sum [32]byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		b, err := os.ReadFile(d.M("second"))
+		done <- result{sha256.Sum256(b), err}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if err := os.Rename(d.M("second"), d.M("renamed")); err != nil {
+		t.Fatal(err)
+	}
+	m.Resume()
+	resumed = true
+	select {
+	case r := <-done:
+		if r.err != nil || r.sum != want {
+			t.Fatalf("reader of a file renamed during its recall: err %v, right bytes %v", r.err, r.sum == want)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("reader still blocked 60s after the archive came back")
+	}
+	if e := state(t, d, "renamed"); e.State != "premigrated" {
+		t.Fatalf("renamed file after its recall: %+v", e)
 	}
 }

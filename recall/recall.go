@@ -59,6 +59,7 @@ type Manager struct {
 	cfg     Config
 	log     *slog.Logger
 	streams chan struct{}
+	rootFD  int // the backing directory, for opens by file handle
 	// garbage records archive copies made stale when a recalled file is
 	// about to change, before its record goes.
 	garbage dmapi.Garbage
@@ -106,6 +107,7 @@ func NewManager(root string, arch archive.Archive, rights *dmapi.Rights, garbage
 	m := &Manager{root: root, arch: arch, rights: rights, garbage: garbage, cfg: cfg, log: log,
 		streams: make(chan struct{}, cfg.MaxStreams), files: map[uint64]*fileRecall{}, history: map[uint64]*history{}}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
+	m.rootFD, _ = unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0) // -1: paths only
 	return m
 }
 
@@ -113,6 +115,22 @@ func NewManager(root string, arch archive.Archive, rights *dmapi.Rights, garbage
 func (m *Manager) Close() {
 	m.cancel()
 	m.wg.Wait()
+	if m.rootFD >= 0 {
+		unix.Close(m.rootFD)
+	}
+}
+
+// open opens the file of an event: by its file handle, which survives a
+// rename since the event was raised, else by its path.
+func (m *Manager) open(ev *dmapi.Event, flags int) (int, error) {
+	if len(ev.Handle) > 0 && m.rootFD >= 0 {
+		fd, err := stub.OpenHandle(m.rootFD, ev.Handle, flags)
+		if err == nil || errors.Is(err, unix.ESTALE) {
+			return fd, err // ESTALE: the file is gone
+		}
+		// Not allowed (not root) or not supported: try the path.
+	}
+	return unix.Open(filepath.Join(m.root, ev.Path), flags|unix.O_NOFOLLOW, 0)
 }
 
 // Handle is the session's handler.
@@ -167,7 +185,7 @@ func (m *Manager) destroy(ctx context.Context, ev *dmapi.Event) error {
 // dropPremigrated makes a premigrated file resident before it changes:
 // its data is all local, only the record (and the archive copy) go.
 func (m *Manager) dropPremigrated(ev *dmapi.Event) error {
-	fd, err := unix.Open(filepath.Join(m.root, ev.Path), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	fd, err := m.open(ev, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK)
 	if err != nil {
 		return fmt.Errorf("open backing file: %w", err)
 	}
@@ -196,7 +214,7 @@ func (m *Manager) acquire(ev *dmapi.Event) (*fileRecall, error) {
 		f.refs++
 		return f, nil
 	}
-	fd, err := unix.Open(filepath.Join(m.root, ev.Path), unix.O_RDWR|unix.O_NOATIME|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	fd, err := m.open(ev, unix.O_RDWR|unix.O_NOATIME|unix.O_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("open backing file: %w", err)
 	}

@@ -1,0 +1,45 @@
+package stub
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// A handle reaches the file after a rename, and says ESTALE once it is gone.
+func TestHandleFollowsRename(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("open_by_handle_at needs CAP_DAC_READ_SEARCH")
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a"), []byte("data"), 0o644)
+	f, _ := os.Open(filepath.Join(dir, "a"))
+	h, err := HandleOf(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Rename(filepath.Join(dir, "a"), filepath.Join(dir, "b"))
+	root, _ := os.Open(dir)
+	defer root.Close()
+	fd, err := OpenHandle(int(root.Fd()), h, unix.O_RDONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 8)
+	n, _ := unix.Read(fd, buf)
+	unix.Close(fd)
+	if string(buf[:n]) != "data" {
+		t.Fatalf("read %q through the handle", buf[:n])
+	}
+	os.Remove(filepath.Join(dir, "b"))
+	if _, err := OpenHandle(int(root.Fd()), h, unix.O_RDONLY); !errors.Is(err, unix.ESTALE) {
+		t.Fatalf("handle of a deleted file: %v, want ESTALE", err)
+	}
+	if _, err := OpenHandle(int(root.Fd()), []byte{1, 2}, unix.O_RDONLY); !errors.Is(err, ErrBadHandle) {
+		t.Fatalf("short handle: %v", err)
+	}
+}
