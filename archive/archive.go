@@ -46,9 +46,30 @@ type Archive interface {
 //
 // S3 credentials come from the environment (minio-go's credential chain).
 func Open(rawURL string) (Archive, error) {
+	u, err := parseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if u.Scheme == "file" {
+		return NewDir(u.Path)
+	}
+	return newS3FromURL(u)
+}
+
+// Validate checks an archive URL without opening it (no side effect).
+func Validate(rawURL string) error {
+	_, err := parseURL(rawURL)
+	return err
+}
+
+func parseURL(rawURL string) (*url.URL, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("archive URL %q: %w", rawURL, err)
+		return nil, fmt.Errorf("archive URL: %w", err)
+	}
+	if u.User != nil {
+		// Never keep a secret in a URL (it reaches configs, logs and status).
+		return nil, fmt.Errorf("archive URL: no credentials in the URL; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 	}
 	switch u.Scheme {
 	case "file":
@@ -58,9 +79,21 @@ func Open(rawURL string) (Archive, error) {
 		if u.Path == "" || !strings.HasPrefix(u.Path, "/") {
 			return nil, fmt.Errorf("archive URL %q: missing directory", rawURL)
 		}
-		return NewDir(u.Path)
+		return u, nil
 	case "s3":
-		return newS3FromURL(u)
+		q := u.Query()
+		if u.Host == "" {
+			return nil, fmt.Errorf("archive URL: s3:// needs a bucket")
+		}
+		if q.Get("endpoint") == "" {
+			return nil, fmt.Errorf("archive URL s3://%s: missing ?endpoint=HOST:PORT", u.Host)
+		}
+		for k := range q {
+			if k != "endpoint" && k != "insecure" && k != "region" {
+				return nil, fmt.Errorf("archive URL s3://%s: unknown parameter %q", u.Host, k)
+			}
+		}
+		return u, nil
 	}
 	return nil, fmt.Errorf("archive URL %q: scheme must be s3:// or file://", rawURL)
 }

@@ -26,17 +26,6 @@ const partSize = 64 << 20
 func newS3FromURL(u *url.URL) (*S3, error) {
 	q := u.Query()
 	endpoint := q.Get("endpoint")
-	if u.Host == "" {
-		return nil, fmt.Errorf("archive URL: s3:// needs a bucket")
-	}
-	if endpoint == "" {
-		return nil, fmt.Errorf("archive URL s3://%s: missing ?endpoint=HOST:PORT", u.Host)
-	}
-	for k := range q {
-		if k != "endpoint" && k != "insecure" && k != "region" {
-			return nil, fmt.Errorf("archive URL s3://%s: unknown parameter %q", u.Host, k)
-		}
-	}
 	insecure := q.Get("insecure") == "true"
 	creds := credentials.NewChainCredentials([]credentials.Provider{
 		&credentials.EnvAWS{}, &credentials.EnvMinio{}, &credentials.FileAWSCredentials{},

@@ -17,6 +17,10 @@ Usage:
   cascadefs recall [-r] [-j N] PATH...
   cascadefs ls [-r] [--json] PATH...
   cascadefs status [--json]
+  cascadefs fs add --repo DIR NAME --backing DIR --archive URL [--candidates n1,n2,...] [--owner N]
+  cascadefs fs list --repo DIR [--json]
+  cascadefs fs set --repo DIR NAME KEY=VALUE...
+  cascadefs fs remove --repo DIR NAME
 
 Archive URLs: s3://BUCKET[/PREFIX]?endpoint=HOST:PORT[&insecure=true][&region=R]
               file:///DIR
@@ -28,7 +32,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"mount": cmdMount, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus,
+		"mount": cmdMount, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus,
 	}
 	cmd, ok := cmds[os.Args[1]]
 	if !ok {
