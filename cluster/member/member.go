@@ -1,0 +1,244 @@
+// Package member is cluster membership over Serf: a node joins with its
+// name, its RPC address and its load in tags, gossip encrypted with the
+// cluster key; it learns who is alive, suspect, failed or gone.
+package member
+
+import (
+	"bufio"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/serf/serf"
+)
+
+// Status of a member as this node sees it.
+type Status string
+
+const (
+	Alive   Status = "alive"
+	Suspect Status = "suspect" // missed probes; not yet declared failed
+	Failed  Status = "failed"
+	Leaving Status = "leaving"
+	Left    Status = "left"
+)
+
+// Info is one member.
+type Info struct {
+	Name   string  `json:"name"`
+	Addr   string  `json:"addr"` // gossip address
+	RPC    string  `json:"rpc"`
+	Status Status  `json:"status"`
+	Load   float64 `json:"load"` // 15-minute load average, as last gossiped
+}
+
+// Config of a member.
+type Config struct {
+	Name string
+	Bind string // HOST:PORT for gossip (TCP and UDP)
+	RPC  string // advertised node RPC address
+	Key  []byte // cluster key (16, 24 or 32 bytes); nil: gossip in clear
+	Log  *slog.Logger
+	// Tune adjusts memberlist's timing (failure detection) before start.
+	Tune func(*memberlist.Config)
+	// OnChange is called (on its own goroutine) after every membership change.
+	OnChange func()
+}
+
+// Member is this node's membership.
+type Member struct {
+	cfg  Config
+	serf *serf.Serf
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// ReadKey reads a cluster key file: the base64 of 16, 24 or 32 bytes.
+func ReadKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
+		return nil, fmt.Errorf("key file %s: want the base64 of a 16, 24 or 32 byte key (cascadefs keygen makes one)", path)
+	}
+	return key, nil
+}
+
+// Start starts gossip on cfg.Bind.
+func Start(cfg Config) (*Member, error) {
+	host, portStr, err := net.SplitHostPort(cfg.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("--bind %s: %w", cfg.Bind, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("--bind %s: bad port", cfg.Bind)
+	}
+	events := make(chan serf.Event, 64)
+	sc := serf.DefaultConfig()
+	sc.NodeName = cfg.Name
+	sc.Tags = map[string]string{"rpc": cfg.RPC, "load": loadTag()}
+	sc.EventCh = events
+	sc.LogOutput = logWriter(cfg.Log)
+	sc.ReconnectTimeout = 10 * time.Minute // failed members are forgotten sooner than Serf's default day
+	sc.TombstoneTimeout = 10 * time.Minute
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertiseAddr, mc.AdvertisePort = host, port
+	mc.LogOutput = sc.LogOutput
+	if cfg.Key != nil {
+		mc.SecretKey = cfg.Key
+	}
+	if cfg.Tune != nil {
+		cfg.Tune(mc)
+	}
+	sc.MemberlistConfig = mc
+	s, err := serf.Create(sc)
+	if err != nil {
+		return nil, fmt.Errorf("gossip on %s: %w", cfg.Bind, err)
+	}
+	m := &Member{cfg: cfg, serf: s, stop: make(chan struct{})}
+	m.wg.Add(2)
+	go m.watch(events)
+	go m.gossipLoad()
+	return m, nil
+}
+
+// Join contacts the given members; it fails if none answers (or all of
+// them refuse our key).
+func (m *Member) Join(addrs []string) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	n, err := m.serf.Join(addrs, true)
+	if n == 0 {
+		if err == nil {
+			err = errors.New("no member answered")
+		}
+		return fmt.Errorf("join %s: %w", strings.Join(addrs, ","), err)
+	}
+	return nil
+}
+
+// Members lists every member known, with this node's view of its status.
+func (m *Member) Members() []Info {
+	suspect := map[string]bool{}
+	for _, n := range m.serf.Memberlist().Members() {
+		if n.State == memberlist.StateSuspect {
+			suspect[n.Name] = true
+		}
+	}
+	var out []Info
+	for _, mb := range m.serf.Members() {
+		st := Status(mb.Status.String())
+		if st == Alive && suspect[mb.Name] {
+			st = Suspect
+		}
+		load, _ := strconv.ParseFloat(mb.Tags["load"], 64)
+		out = append(out, Info{Name: mb.Name, Addr: net.JoinHostPort(mb.Addr.String(), strconv.Itoa(int(mb.Port))),
+			RPC: mb.Tags["rpc"], Status: st, Load: load})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Lookup returns the member called name.
+func (m *Member) Lookup(name string) (Info, bool) {
+	for _, i := range m.Members() {
+		if i.Name == name {
+			return i, true
+		}
+	}
+	return Info{}, false
+}
+
+// Serf gives the underlying Serf (user events and queries).
+func (m *Member) Serf() *serf.Serf { return m.serf }
+
+// Leave tells the cluster this node goes, then stops gossip.
+func (m *Member) Leave() {
+	m.serf.Leave()
+	m.Shutdown()
+}
+
+// Shutdown stops gossip without a goodbye (as a crash would).
+func (m *Member) Shutdown() {
+	select {
+	case <-m.stop:
+		return
+	default:
+	}
+	close(m.stop)
+	m.serf.Shutdown()
+	m.wg.Wait()
+}
+
+func (m *Member) watch(events <-chan serf.Event) {
+	defer m.wg.Done()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case e := <-events:
+			if _, ok := e.(serf.MemberEvent); ok && m.cfg.OnChange != nil {
+				m.cfg.OnChange()
+			}
+		}
+	}
+}
+
+// gossipLoad refreshes the load tag now and then (the sync vote uses it).
+func (m *Member) gossipLoad() {
+	defer m.wg.Done()
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+			m.serf.SetTags(map[string]string{"rpc": m.cfg.RPC, "load": loadTag()})
+		}
+	}
+}
+
+// loadTag is the 15-minute load average from /proc/loadavg.
+func loadTag() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return f[2]
+	}
+	return "0"
+}
+
+// logWriter turns Serf's and memberlist's log lines into slog records:
+// errors and warnings at Warn, the rest at Debug.
+func logWriter(log *slog.Logger) io.Writer {
+	r, w := io.Pipe()
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.Contains(line, "[ERR]"), strings.Contains(line, "[WARN]"):
+				log.Warn("gossip", "msg", line)
+			default:
+				log.Debug("gossip", "msg", line)
+			}
+		}
+	}()
+	return w
+}
