@@ -3,22 +3,12 @@ package member
 import (
 	"fmt"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
+	"github.com/cascadefs/cascadefs/internal/testenv"
 	"github.com/hashicorp/memberlist"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 func fast(c *memberlist.Config) {
 	c.ProbeInterval, c.ProbeTimeout, c.SuspicionMult = 200*time.Millisecond, 100*time.Millisecond, 2
@@ -27,7 +17,7 @@ func fast(c *memberlist.Config) {
 
 func start(t *testing.T, name string, key []byte) *Member {
 	t.Helper()
-	bind := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	bind := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	m, err := Start(Config{Name: name, Bind: bind, RPC: "127.0.0.1:1", Key: key, Log: slog.Default(), Tune: fast})
 	if err != nil {
 		t.Fatal(err)
