@@ -17,46 +17,47 @@ import (
 	"time"
 )
 
-// Mount is a cascadefs mount found in the mount table.
-type Mount struct {
+// MountInfo is a cascadefs mount found in the mount table: Name is its
+// source (the name of its control socket).
+type MountInfo struct {
 	Name       string
 	Mountpoint string
 }
 
 // FindMount returns the cascadefs mount that holds path, and path relative
 // to its root. It follows no symlink in the last element.
-func FindMount(path string) (Mount, string, error) {
+func FindMount(path string) (MountInfo, string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return Mount{}, "", err
+		return MountInfo{}, "", err
 	}
 	if dir, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
 		abs = filepath.Join(dir, filepath.Base(abs))
 	}
 	mounts, err := Mounts()
 	if err != nil {
-		return Mount{}, "", err
+		return MountInfo{}, "", err
 	}
-	var best Mount
+	var best MountInfo
 	for _, m := range mounts {
 		if (abs == m.Mountpoint || strings.HasPrefix(abs, m.Mountpoint+"/")) && len(m.Mountpoint) > len(best.Mountpoint) {
 			best = m
 		}
 	}
 	if best.Name == "" {
-		return Mount{}, "", fmt.Errorf("%s: not inside a cascadefs mount", path)
+		return MountInfo{}, "", fmt.Errorf("%s: not inside a cascadefs mount", path)
 	}
 	rel, _ := filepath.Rel(best.Mountpoint, abs)
 	return best, rel, nil
 }
 
 // Mounts lists the cascadefs mounts of this machine.
-func Mounts() ([]Mount, error) {
+func Mounts() ([]MountInfo, error) {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
-	var out []Mount
+	var out []MountInfo
 	for _, line := range strings.Split(string(b), "\n") {
 		pre, post, ok := strings.Cut(line, " - ")
 		if !ok {
@@ -66,7 +67,7 @@ func Mounts() ([]Mount, error) {
 		if len(f) < 5 || len(g) < 2 || g[0] != "fuse.cascadefs" {
 			continue
 		}
-		out = append(out, Mount{Name: g[1], Mountpoint: unescapeMount(f[4])})
+		out = append(out, MountInfo{Name: g[1], Mountpoint: unescapeMount(f[4])})
 	}
 	return out, nil
 }

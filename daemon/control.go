@@ -57,19 +57,17 @@ type Entry struct {
 	Skipped       string `json:"skipped,omitempty"`
 }
 
-// Status is what `cascadefs status` shows of one filesystem.
+// Status is what `cascadefs status` shows of one mounted filesystem.
 type Status struct {
-	Name           string               `json:"name"`
-	Mountpoint     string               `json:"mountpoint"`
-	Backing        string               `json:"backing"`
-	Archive        string               `json:"archive"`
-	PID            int                  `json:"pid"`
-	Started        time.Time            `json:"started"`
-	Passthrough    bool                 `json:"passthrough"`
-	Session        string               `json:"session"`
-	Workers        int                  `json:"workers"`
-	PendingEvents  []dmapi.PendingEvent `json:"pending_events"`
-	PendingDestroy int                  `json:"pending_destroy"`
+	Name        string    `json:"name"`
+	Source      string    `json:"source"`
+	Mountpoint  string    `json:"mountpoint"`
+	Backing     string    `json:"backing"`
+	Archive     string    `json:"archive"`
+	PID         int       `json:"pid"`
+	Started     time.Time `json:"started"`
+	Passthrough bool      `json:"passthrough"`
+	SessionInfo
 }
 
 type controlServer struct {
@@ -77,14 +75,14 @@ type controlServer struct {
 	srv *http.Server
 }
 
-func startControl(d *Daemon) (*controlServer, error) {
+func startControl(d *Mount) (*controlServer, error) {
 	if err := os.MkdirAll(d.cfg.RunDir, 0o755); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	path := SocketPath(d.cfg.RunDir, d.cfg.Name)
+	path := SocketPath(d.cfg.RunDir, d.cfg.Source)
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
-		return nil, fmt.Errorf("filesystem %q is already served (control socket %s answers)", d.cfg.Name, path)
+		return nil, fmt.Errorf("filesystem %q is already served (control socket %s answers)", d.cfg.Source, path)
 	}
 	os.Remove(path)
 	ln, err := net.Listen("unix", path)
@@ -97,7 +95,7 @@ func startControl(d *Daemon) (*controlServer, error) {
 	mux.HandleFunc("POST /recall", d.serveRecall)
 	mux.HandleFunc("POST /ls", d.serveLs)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(d.Status())
+		json.NewEncoder(w).Encode(d.Status(r.Context()))
 	})
 	c := &controlServer{ln: ln, srv: &http.Server{Handler: mux}}
 	go c.srv.Serve(ln)
@@ -112,17 +110,16 @@ func (c *controlServer) close() {
 }
 
 // Status reports the filesystem's state.
-func (d *Daemon) Status() Status {
+func (d *Mount) Status(ctx context.Context) Status {
 	return Status{
-		Name: d.cfg.Name, Mountpoint: d.cfg.Mountpoint, Backing: d.cfg.Backing, Archive: d.arch.String(),
-		PID: os.Getpid(), Started: d.started, Passthrough: d.fs.Passthrough(), Session: "active",
-		Workers: d.cfg.Workers, PendingEvents: d.session.Pending(), PendingDestroy: d.destroy.Pending(),
+		Name: d.cfg.Name, Source: d.cfg.Source, Mountpoint: d.cfg.Mountpoint, Backing: d.cfg.Backing, Archive: d.archive,
+		PID: os.Getpid(), Started: d.started, Passthrough: d.fs.Passthrough(), SessionInfo: d.dm.Session(ctx),
 	}
 }
 
 // expand checks every path first (so bad input changes nothing) and lists
 // the regular files they name.
-func (d *Daemon) expand(req *Request) ([]string, error) {
+func (d *Mount) expand(req *Request) ([]string, error) {
 	var files []string
 	for _, p := range req.Paths {
 		p = filepath.Clean(p)
@@ -160,9 +157,9 @@ func (d *Daemon) expand(req *Request) ([]string, error) {
 	return files, nil
 }
 
-func (d *Daemon) serveMigrate(w http.ResponseWriter, r *http.Request) {
+func (d *Mount) serveMigrate(w http.ResponseWriter, r *http.Request) {
 	d.serveBatch(w, r, func(ctx context.Context, req *Request, rel string) Entry {
-		res, err := d.migrator.Migrate(ctx, rel, req.Premigrate)
+		res, err := d.dm.Migrate(ctx, rel, req.Premigrate)
 		e := Entry{Path: rel, State: res.State.String(), Moved: res.Uploaded, Object: res.Key}
 		if errors.Is(err, dmapi.ErrBusy) {
 			e.Skipped = "open through the mount; data not released"
@@ -173,17 +170,18 @@ func (d *Daemon) serveMigrate(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (d *Daemon) serveRecall(w http.ResponseWriter, r *http.Request) {
+func (d *Mount) serveRecall(w http.ResponseWriter, r *http.Request) {
 	d.serveBatch(w, r, func(ctx context.Context, req *Request, rel string) Entry {
 		e := d.inspect(rel)
 		if e.Error != "" || e.State != stub.Migrated.String() {
 			return e
 		}
 		ev := &dmapi.Event{Type: dmapi.Read, FS: d.cfg.Name, Path: rel, Offset: 0, Length: -1}
-		if ino, err := inoOf(filepath.Join(d.cfg.Backing, rel)); err == nil {
-			ev.Ino = ino
+		if err := d.identify(ev); err != nil {
+			e.Error = fmt.Sprintf("recall %s: %v", rel, err)
+			return e
 		}
-		if err := d.session.Raise(ctx, ev); err != nil {
+		if err := d.dm.Raise(ctx, ev); err != nil {
 			e.Error = fmt.Sprintf("recall %s: %v", rel, err)
 			return e
 		}
@@ -196,7 +194,7 @@ func (d *Daemon) serveRecall(w http.ResponseWriter, r *http.Request) {
 
 // serveBatch runs fn over the request's files with bounded parallelism and
 // streams the results.
-func (d *Daemon) serveBatch(w http.ResponseWriter, r *http.Request, fn func(context.Context, *Request, string) Entry) {
+func (d *Mount) serveBatch(w http.ResponseWriter, r *http.Request, fn func(context.Context, *Request, string) Entry) {
 	var req Request
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
@@ -254,7 +252,7 @@ func (d *Daemon) serveBatch(w http.ResponseWriter, r *http.Request, fn func(cont
 	out.send(Message{Type: "done", Sum: &sum})
 }
 
-func (d *Daemon) serveLs(w http.ResponseWriter, r *http.Request) {
+func (d *Mount) serveLs(w http.ResponseWriter, r *http.Request) {
 	var req Request
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
@@ -273,7 +271,7 @@ func (d *Daemon) serveLs(w http.ResponseWriter, r *http.Request) {
 }
 
 // inspect reads a file's state without raising any event.
-func (d *Daemon) inspect(rel string) Entry {
+func (d *Mount) inspect(rel string) Entry {
 	e := Entry{Path: rel}
 	fd, err := unix.Open(filepath.Join(d.cfg.Backing, rel), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOATIME, 0)
 	if err != nil {
@@ -309,11 +307,22 @@ func (d *Daemon) inspect(rel string) Entry {
 	return e
 }
 
-func inoOf(p string) (uint64, error) {
+// identify fills in the inode and file handle of an event raised for a path.
+func (d *Mount) identify(ev *dmapi.Event) error {
+	fd, err := unix.Open(filepath.Join(d.cfg.Backing, ev.Path), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
 	var st unix.Stat_t
-	err := unix.Lstat(p, &st)
-	return st.Ino, err
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	ev.Ino = st.Ino
+	ev.Handle, _ = stub.HandleOf(fd)
+	return nil
 }
+
 
 // stream writes NDJSON messages, flushed one by one.
 type stream struct {

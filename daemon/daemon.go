@@ -11,10 +11,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
-	"github.com/cascadefs/cascadefs/archive"
+	"net/url"
+
+	"github.com/cascadefs/cascadefs/cluster/repo"
 	"github.com/cascadefs/cascadefs/dmapi"
 	cfs "github.com/cascadefs/cascadefs/fs"
 	"github.com/cascadefs/cascadefs/migrate"
@@ -23,13 +24,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Config is one managed filesystem served by this process.
+// Config is one managed filesystem mounted by this process.
 type Config struct {
 	Name       string // filesystem name
 	Backing    string // backing directory
 	Mountpoint string
 	ArchiveURL string
-	// StateDir keeps the durable DESTROY queue (default /var/lib/cascadefs/NAME).
+	// Source is the mount's source in mountinfo and the name of its control
+	// socket: unique on the host (default Name; nodes use NAME@NODE).
+	Source string
+	// StateDir keeps the single-node repository (default /var/lib/cascadefs/NAME).
 	StateDir string
 	// RunDir holds the control sockets (default RunDir()).
 	RunDir        string
@@ -49,33 +53,33 @@ func RunDir() string {
 	return "/run/cascadefs"
 }
 
-// SocketPath is the control socket of filesystem name.
-func SocketPath(runDir, name string) string { return filepath.Join(runDir, name+".sock") }
+// SocketPath is the control socket of the mount with the given source.
+func SocketPath(runDir, source string) string { return filepath.Join(runDir, source+".sock") }
 
-// Daemon is a running managed filesystem.
-type Daemon struct {
-	cfg      Config
-	log      *slog.Logger
-	arch     archive.Archive
-	fs       *cfs.FS
-	session  *dmapi.Session
-	recall   *recall.Manager
-	migrator *migrate.Migrator
-	destroy  *migrate.DestroyQueue
-	control  *controlServer
-	started  time.Time
+// Mount is a managed filesystem mounted on this node: the FUSE layer and
+// the control socket of the admin commands. Its DM application runs here
+// or on another node, behind dm.
+type Mount struct {
+	cfg     Config
+	log     *slog.Logger
+	fs      *cfs.FS
+	dm      DMAccess
+	archive string // for status, without credentials
+	control *controlServer
+	started time.Time
 }
 
-// Start mounts the filesystem and starts its DM application.
-func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
-	if err := validName(cfg.Name); err != nil {
+// StartMount mounts a filesystem whose events go to dm and whose DESTROY
+// entries go to garbage.
+func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger) (*Mount, error) {
+	if err := repo.ValidName("filesystem", cfg.Name); err != nil {
 		return nil, err
 	}
 	if cfg.RunDir == "" {
 		cfg.RunDir = RunDir()
 	}
-	if cfg.StateDir == "" {
-		cfg.StateDir = filepath.Join("/var/lib/cascadefs", cfg.Name)
+	if cfg.Source == "" {
+		cfg.Source = cfg.Name
 	}
 	backing, err := filepath.Abs(cfg.Backing)
 	if err != nil {
@@ -88,90 +92,133 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err := CleanDeadMount(cfg.Mountpoint, cfg.RunDir); err != nil {
 		return nil, err
 	}
-	arch, err := archive.Open(cfg.ArchiveURL)
-	if err != nil {
-		return nil, err
+	m := &Mount{cfg: cfg, log: log, dm: dm, archive: cfg.ArchiveURL, started: time.Now()}
+	if u, err := url.Parse(cfg.ArchiveURL); err == nil {
+		u.RawQuery = "" // the endpoint is shown by the DM side; keep the mount line short
+		m.archive = u.String()
 	}
-	checkCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	err = arch.Check(checkCtx)
-	cancel()
-	if err != nil {
-		return nil, err
+	small := cfg.Recall.SmallFile
+	if small <= 0 {
+		small = recall.DefaultConfig().SmallFile
 	}
-
-	d := &Daemon{cfg: cfg, log: log, arch: arch, started: time.Now()}
-	rights := &dmapi.Rights{}
-	// The destroy queue hands its events to the session, which the recall
-	// manager (needing the queue for stale copies) serves.
-	raise := func(ctx context.Context, ev *dmapi.Event) error { return d.session.Raise(ctx, ev) }
-	d.destroy, err = migrate.NewDestroyQueue(filepath.Join(cfg.StateDir, "destroy"), cfg.Name, backing, raise, log)
-	if err != nil {
-		return nil, err
-	}
-	d.recall = recall.NewManager(backing, arch, rights, d.destroy, cfg.Recall, log)
-	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
-	rc := d.recallConfig()
-	d.fs, err = cfs.Mount(cfg.Mountpoint, cfs.Options{
-		Backing: backing, Name: cfg.Name, Events: events{d}, Log: log,
-		SmallFile: rc.SmallFile, Region: stub.DefaultChunkSize,
+	m.fs, err = cfs.Mount(cfg.Mountpoint, cfs.Options{
+		Backing: backing, Name: cfg.Name, Source: cfg.Source, Events: events{dm, garbage}, Log: log,
+		SmallFile: small, Region: stub.DefaultChunkSize,
 		NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug,
 	})
 	if err != nil {
-		d.stopDM()
 		return nil, err
 	}
-	d.migrator = migrate.New(backing, arch, rights, d.fs, d.destroy, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
-	d.destroy.Start()
-	if d.control, err = startControl(d); err != nil {
-		d.Stop()
+	if m.control, err = startControl(m); err != nil {
+		m.Stop()
 		return nil, err
 	}
-	log.Info("mounted", "fs", cfg.Name, "mountpoint", cfg.Mountpoint, "backing", backing,
-		"archive", arch.String(), "passthrough", d.fs.Passthrough())
-	return d, nil
+	log.Info("mounted", "fs", cfg.Name, "mountpoint", cfg.Mountpoint, "backing", backing, "passthrough", m.fs.Passthrough())
+	return m, nil
 }
 
-func (d *Daemon) recallConfig() recall.Config {
-	c := d.cfg.Recall
-	if c.SmallFile <= 0 {
-		c.SmallFile = recall.DefaultConfig().SmallFile
-	}
-	return c
-}
+// FS is the FUSE layer (its gates take part in releases).
+func (m *Mount) FS() *cfs.FS { return m.fs }
 
 // Wait blocks until the filesystem is unmounted (by Stop or from outside).
-func (d *Daemon) Wait() { d.fs.Wait() }
+func (m *Mount) Wait() { m.fs.Wait() }
 
-// Stop unmounts and stops the DM application. Queued DESTROY events stay
-// on disk for the next start.
-func (d *Daemon) Stop() {
-	if d.control != nil {
-		d.control.close()
+// Stop closes the control socket and unmounts.
+func (m *Mount) Stop() {
+	if m.control != nil {
+		m.control.close()
 	}
-	if d.fs != nil {
-		for i := 0; ; i++ {
-			err := d.fs.Unmount()
-			if err == nil {
-				break
-			}
-			if i == 20 {
-				d.log.Warn("mount busy; detaching it", "mountpoint", d.cfg.Mountpoint, "reason", err)
-				unix.Unmount(d.cfg.Mountpoint, unix.MNT_DETACH)
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
+	for i := 0; ; i++ {
+		err := m.fs.Unmount()
+		if err == nil {
+			break
 		}
+		if i == 20 {
+			m.log.Warn("mount busy; detaching it", "mountpoint", m.cfg.Mountpoint, "reason", err)
+			unix.Unmount(m.cfg.Mountpoint, unix.MNT_DETACH)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	d.stopDM()
-	d.log.Info("unmounted", "fs", d.cfg.Name, "mountpoint", d.cfg.Mountpoint)
+	m.log.Info("unmounted", "fs", m.cfg.Name, "mountpoint", m.cfg.Mountpoint)
 }
 
-func (d *Daemon) stopDM() {
-	if d.destroy != nil {
-		d.destroy.Stop()
+// Daemon is `cascadefs mount`: a cluster of one. Its repository lives in
+// the state directory; the DM application runs in the same process.
+type Daemon struct {
+	*Mount
+	dm *DM
+}
+
+// localNode names the node of a single-node daemon in its repository.
+const localNode = "local"
+
+// Start mounts the filesystem and starts its DM application.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
+	if err := repo.ValidName("filesystem", cfg.Name); err != nil {
+		return nil, err
 	}
-	d.session.Close()
-	d.recall.Close()
+	if cfg.StateDir == "" {
+		cfg.StateDir = filepath.Join("/var/lib/cascadefs", cfg.Name)
+	}
+	backing, err := filepath.Abs(cfg.Backing)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Backing = backing
+	if st, err := os.Stat(backing); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("backing directory %s: not a directory", backing)
+	}
+	// Fail on an unreachable archive before anything is mounted.
+	if _, err := OpenArchive(ctx, cfg.ArchiveURL); err != nil {
+		return nil, err
+	}
+	r, err := localRepo(cfg)
+	if err != nil {
+		return nil, err
+	}
+	router := &Router{}
+	raise := func(ctx context.Context, ev *dmapi.Event) error { return router.Raise(ctx, ev) }
+	queue := migrate.NewDestroyQueue(repo.Entries{Repo: r, FS: cfg.Name}, cfg.Name, localNode, backing, raise, nil, log)
+	mount, err := StartMount(cfg, router, queue, log)
+	if err != nil {
+		return nil, err
+	}
+	dm, err := StartDM(ctx, DMConfig{Name: cfg.Name, Backing: backing, ArchiveURL: cfg.ArchiveURL, Owner: localNode, Epoch: 1,
+		Queue: queue, Gate: mount.FS(), Recall: cfg.Recall, Workers: cfg.Workers,
+		EventTimeout: cfg.EventTimeout, ReleaseWait: cfg.ReleaseWait}, log)
+	if err != nil {
+		mount.Stop()
+		return nil, err
+	}
+	router.Set(dm)
+	mount.archive = dm.Archive()
+	return &Daemon{Mount: mount, dm: dm}, nil
+}
+
+// localRepo opens (creating) the single-node repository and registers the
+// filesystem in it, owned by this node.
+func localRepo(cfg Config) (repo.Repository, error) {
+	dir := filepath.Join(cfg.StateDir, "repo")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	r, err := repo.Create(dir)
+	if err != nil {
+		return nil, err
+	}
+	fs := repo.FS{Name: cfg.Name, Backing: cfg.Backing, Archive: cfg.ArchiveURL, Owner: localNode, Epoch: 1}
+	if err := r.AddFS(fs); err != nil && !errors.Is(err, repo.ErrExists) {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Stop unmounts and stops the DM application. Queued DESTROY events stay
+// stored for the next start.
+func (d *Daemon) Stop() {
+	d.Mount.Stop()
+	d.dm.Close()
 }
 
 // CleanDeadMount detaches cascadefs mounts at mountpoint that no daemon
@@ -184,7 +231,7 @@ func CleanDeadMount(mountpoint, runDir string) error {
 		if err != nil {
 			return err
 		}
-		var top *Mount
+		var top *MountInfo
 		for i := range mounts {
 			if mounts[i].Mountpoint == mountpoint {
 				top = &mounts[i]
@@ -214,20 +261,10 @@ func CleanDeadMount(mountpoint, runDir string) error {
 	return nil
 }
 
-func validName(name string) error {
-	if name == "" || strings.ContainsAny(name, "/ \t\n") || strings.HasPrefix(name, ".") {
-		return fmt.Errorf("filesystem name %q: use letters, digits, '-', '_' or '.'", name)
-	}
-	return nil
+// events adapts a mount's DM access and DESTROY queue to the FUSE layer.
+type events struct {
+	dm DMAccess
+	dmapi.Garbage
 }
 
-// events adapts the daemon to the FUSE layer's Events.
-type events struct{ d *Daemon }
-
-func (e events) Raise(ctx context.Context, ev *dmapi.Event) error { return e.d.session.Raise(ctx, ev) }
-
-func (e events) Prepare(rel string, ino uint64, key string) (string, error) {
-	return e.d.destroy.Prepare(rel, ino, key)
-}
-func (e events) Commit(token string) { e.d.destroy.Commit(token) }
-func (e events) Abort(token string)  { e.d.destroy.Abort(token) }
+func (e events) Raise(ctx context.Context, ev *dmapi.Event) error { return e.dm.Raise(ctx, ev) }

@@ -34,7 +34,8 @@ type Events interface {
 // Options configure a mount.
 type Options struct {
 	Backing string // backing directory
-	Name    string // filesystem name (shown as the mount source)
+	Name    string // filesystem name, in events
+	Source  string // the mount source (mountinfo), unique on the host; default Name
 	Events  Events
 	Log     *slog.Logger
 	// SmallFile: stubs up to this size are recalled whole on first read.
@@ -63,6 +64,9 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
+	if opts.Source == "" {
+		opts.Source = opts.Name
+	}
 	if opts.Region <= 0 {
 		opts.Region = stub.DefaultChunkSize
 	}
@@ -88,7 +92,7 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	asRoot := os.Geteuid() == 0
 	one := time.Second
 	mo := fuse.MountOptions{
-		FsName:       opts.Name,
+		FsName:       opts.Source,
 		Name:         "cascadefs",
 		AllowOther:   asRoot,
 		DirectMount:  true,

@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,42 +17,62 @@ import (
 )
 
 // DestroyQueue is the durable queue of DESTROY events: archive objects to
-// delete because no file uses them any more. Each entry is a file in dir,
-// written and synced before the change that makes the object garbage, so a
-// restart finishes what a crash interrupted.
+// delete because no file uses them any more. Each entry is written to a
+// durable Store (the cluster repository) before the change that makes the
+// object garbage, so a restart, or another node taking over, finishes what
+// a crash interrupted.
 //
-// An entry for an unlink is first "prepared"; it becomes ready once the
-// unlink happened. An upload is prepared the same way before it starts and
-// dropped once the file's record points to the object. A prepared entry
-// found at start-up is resolved by looking at the file: still there with
-// the same object, the entry is dropped; else the object is garbage.
+// An entry is first "prepared" by the node making the change (an unlink,
+// a record removal, an upload); it becomes ready once the change happened,
+// or is dropped if the file keeps using the object. A prepared entry whose
+// node died (or this node before its restart) is resolved by looking at
+// the file: still there with the same object, the entry is dropped; else
+// the object is garbage.
 type DestroyQueue struct {
-	dir   string
-	fs    string // filesystem name
-	root  string // backing directory
-	raise func(ctx context.Context, ev *dmapi.Event) error
-	log   *slog.Logger
-	wake  chan struct{}
-	once  sync.Once
-	stop  chan struct{}
-	done  chan struct{}
+	store   Store
+	fs      string // filesystem name
+	self    string // this node
+	root    string // backing directory
+	raise   func(ctx context.Context, ev *dmapi.Event) error
+	alive   func(node string) bool
+	started time.Time
+	log     *slog.Logger
+	wake    chan struct{}
+	once    sync.Once
+	stop    chan struct{}
+	done    chan struct{}
 }
 
+// Store keeps the entries of one filesystem durably.
+type Store interface {
+	Put(token string, data []byte) error
+	Get(token string) ([]byte, error)
+	Delete(token string) error
+	List() (map[string][]byte, error)
+}
+
+// staleEntry: a prepared entry older than this is resolved even if its
+// node looks alive (the change it guarded is long over).
+const staleEntry = time.Hour
+
 type destroyEntry struct {
-	Event dmapi.Event `json:"event"`
-	Ready bool        `json:"ready"`
+	Event   dmapi.Event `json:"event"`
+	Ready   bool        `json:"ready"`
+	Node    string      `json:"node"`
+	Created time.Time   `json:"created"`
 }
 
 var _ dmapi.Garbage = (*DestroyQueue)(nil)
 
-// NewDestroyQueue opens the queue of filesystem fsName kept in dir. raise
-// hands an event to the DM session (which deletes the object).
-func NewDestroyQueue(dir, fsName, root string, raise func(context.Context, *dmapi.Event) error, log *slog.Logger) (*DestroyQueue, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("destroy queue: %w", err)
+// NewDestroyQueue opens the queue of filesystem fsName, kept in store, as
+// node self. raise hands an event to the DM session (which deletes the
+// object); alive tells whether another node is up (nil: none is).
+func NewDestroyQueue(store Store, fsName, self, root string, raise func(context.Context, *dmapi.Event) error, alive func(string) bool, log *slog.Logger) *DestroyQueue {
+	if alive == nil {
+		alive = func(string) bool { return false }
 	}
-	return &DestroyQueue{dir: dir, fs: fsName, root: root, raise: raise, log: log,
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}, nil
+	return &DestroyQueue{store: store, fs: fsName, self: self, root: root, raise: raise, alive: alive, started: time.Now(), log: log,
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 }
 
 // Prepare records that the object key will be garbage unless the file rel
@@ -62,18 +80,18 @@ func NewDestroyQueue(dir, fsName, root string, raise func(context.Context, *dmap
 // Commit (garbage now) or Abort (the file uses it) follows.
 func (q *DestroyQueue) Prepare(rel string, ino uint64, key string) (token string, err error) {
 	ev := dmapi.Event{Token: dmapi.NewToken(), Type: dmapi.Destroy, FS: q.fs, Path: rel, Ino: ino, Key: key, Length: -1}
-	return ev.Token, q.write(destroyEntry{Event: ev})
+	return ev.Token, q.write(destroyEntry{Event: ev, Node: q.self, Created: time.Now()})
 }
 
 // Commit makes a prepared entry ready.
 func (q *DestroyQueue) Commit(token string) {
-	e, err := q.read(q.path(token))
+	e, err := q.read(token)
 	if err == nil {
 		e.Ready = true
 		err = q.write(e)
 	}
 	if err != nil {
-		q.log.Error("DESTROY entry not committed; it is resolved at next start", "token", token, "reason", err)
+		q.log.Error("DESTROY entry not committed; it is resolved later", "token", token, "reason", err)
 		return
 	}
 	q.kick()
@@ -81,12 +99,12 @@ func (q *DestroyQueue) Commit(token string) {
 
 // Abort drops a prepared entry (the unlink failed, or the upload's record
 // was committed).
-func (q *DestroyQueue) Abort(token string) { os.Remove(q.path(token)) }
+func (q *DestroyQueue) Abort(token string) { q.store.Delete(token) }
 
 // Pending counts the entries not yet done.
 func (q *DestroyQueue) Pending() int {
-	names, _ := filepath.Glob(filepath.Join(q.dir, "*.json"))
-	return len(names)
+	all, _ := q.store.List()
+	return len(all)
 }
 
 // Start resolves entries left by a crash and runs the worker until Stop.
@@ -95,7 +113,7 @@ func (q *DestroyQueue) Start() {
 	q.kick()
 }
 
-// Stop ends the worker; unfinished entries stay on disk for the next start.
+// Stop ends the worker; unfinished entries stay stored for the next start.
 func (q *DestroyQueue) Stop() {
 	q.once.Do(func() { close(q.stop) })
 	<-q.done
@@ -113,12 +131,10 @@ func (q *DestroyQueue) run() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { <-q.stop; cancel() }()
-	retry := time.NewTicker(5 * time.Second)
+	retry := time.NewTicker(2 * time.Second) // entries from other nodes come without a kick
 	defer retry.Stop()
-	startup := true
 	for {
-		q.drain(ctx, startup)
-		startup = false
+		q.drain(ctx)
 		select {
 		case <-q.stop:
 			return
@@ -128,23 +144,27 @@ func (q *DestroyQueue) run() {
 	}
 }
 
-func (q *DestroyQueue) drain(ctx context.Context, startup bool) {
-	names, _ := filepath.Glob(filepath.Join(q.dir, "*.json"))
-	for _, name := range names {
+func (q *DestroyQueue) drain(ctx context.Context) {
+	all, err := q.store.List()
+	if err != nil {
+		q.log.Warn("destroy queue unreadable, will retry", "reason", err)
+		return
+	}
+	for token, raw := range all {
 		if ctx.Err() != nil {
 			return
 		}
-		e, err := q.read(name)
-		if err != nil {
-			q.log.Error("destroy queue: unreadable entry, left in place", "entry", name, "reason", err)
+		var e destroyEntry
+		if err := json.Unmarshal(raw, &e); err != nil {
+			q.log.Error("destroy queue: unreadable entry, left in place", "entry", token, "reason", err)
 			continue
 		}
 		if !e.Ready {
-			if !startup {
-				continue // its unlink is in progress
+			if !q.orphaned(&e) {
+				continue // its change is in progress
 			}
 			if q.fileStillUses(&e.Event) {
-				os.Remove(name)
+				q.store.Delete(token)
 				continue
 			}
 		}
@@ -153,12 +173,24 @@ func (q *DestroyQueue) drain(ctx context.Context, startup bool) {
 			continue
 		}
 		q.log.Info("archive object destroyed", "fs", e.Event.FS, "key", e.Event.Key)
-		os.Remove(name)
+		q.store.Delete(token)
 	}
 }
 
-// fileStillUses reports whether the file of a prepared unlink still exists
-// with the same object: the unlink did not happen.
+// orphaned: the node that prepared the entry cannot finish it any more.
+func (q *DestroyQueue) orphaned(e *destroyEntry) bool {
+	switch {
+	case time.Since(e.Created) > staleEntry:
+		return true
+	case e.Node == q.self:
+		return e.Created.Before(q.started) // from before this node's restart
+	default:
+		return !q.alive(e.Node)
+	}
+}
+
+// fileStillUses reports whether the file of a prepared entry still exists
+// with the same object: the change did not happen.
 func (q *DestroyQueue) fileStillUses(ev *dmapi.Event) bool {
 	fd, err := unix.Open(filepath.Join(q.root, ev.Path), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -172,45 +204,19 @@ func (q *DestroyQueue) fileStillUses(ev *dmapi.Event) bool {
 	return rec != nil && rec.Key == ev.Key
 }
 
-func (q *DestroyQueue) path(token string) string {
-	return filepath.Join(q.dir, strings.ReplaceAll(token, "/", "_")+".json")
-}
-
-func (q *DestroyQueue) read(name string) (destroyEntry, error) {
+func (q *DestroyQueue) read(token string) (destroyEntry, error) {
 	var e destroyEntry
-	b, err := os.ReadFile(name)
+	b, err := q.store.Get(token)
 	if err == nil {
 		err = json.Unmarshal(b, &e)
 	}
 	return e, err
 }
 
-// write replaces an entry atomically and durably.
 func (q *DestroyQueue) write(e destroyEntry) error {
 	b, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(q.dir, ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("destroy queue: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err = tmp.Write(b); err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
 	if err == nil {
-		err = os.Rename(tmp.Name(), q.path(e.Event.Token))
-	}
-	if err == nil {
-		var d *os.File
-		if d, err = os.Open(q.dir); err == nil {
-			err = d.Sync()
-			d.Close()
-		}
+		err = q.store.Put(e.Event.Token, b)
 	}
 	if err != nil {
 		return fmt.Errorf("destroy queue: %w", err)

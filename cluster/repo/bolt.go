@@ -287,26 +287,29 @@ func (b *Bolt) Unlock(name, holder string) error {
 	})
 }
 
-func (b *Bolt) PutEntry(fs string, e Entry) error {
+func (b *Bolt) PutEntry(fs, token string, data []byte) error {
 	return b.update(func(tx *bolt.Tx) error {
 		bk, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(fs))
 		if err != nil {
 			return err
 		}
-		return put(bk, e.Token, e)
+		return bk.Put([]byte(token), data)
 	})
 }
 
-func (b *Bolt) GetEntry(fs, token string) (e Entry, err error) {
+func (b *Bolt) GetEntry(fs, token string) (data []byte, err error) {
 	err = b.view(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketEvents).Bucket([]byte(fs))
-		if bk == nil {
+		var v []byte
+		if bk := tx.Bucket(bucketEvents).Bucket([]byte(fs)); bk != nil {
+			v = bk.Get([]byte(token))
+		}
+		if v == nil {
 			return fmt.Errorf("event %q: %w", token, ErrNotFound)
 		}
-		e, err = get[Entry](bk, token, "event")
-		return err
+		data = append([]byte(nil), v...) // bbolt's memory is gone after the transaction
+		return nil
 	})
-	return e, err
+	return data, err
 }
 
 func (b *Bolt) DeleteEntry(fs, token string) error {
@@ -318,14 +321,17 @@ func (b *Bolt) DeleteEntry(fs, token string) error {
 	})
 }
 
-func (b *Bolt) ListEntries(fs string) (out []Entry, err error) {
+func (b *Bolt) ListEntries(fs string) (out map[string][]byte, err error) {
+	out = map[string][]byte{}
 	err = b.view(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketEvents).Bucket([]byte(fs))
 		if bk == nil {
 			return nil
 		}
-		out, err = list[Entry](bk, "event")
-		return err
+		return bk.ForEach(func(k, v []byte) error {
+			out[string(k)] = append([]byte(nil), v...)
+			return nil
+		})
 	})
 	return out, err
 }

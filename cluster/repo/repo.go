@@ -63,13 +63,6 @@ type Lock struct {
 	Since  time.Time `json:"since"`
 }
 
-// Entry is one durable asynchronous event of a filesystem, kept until done.
-type Entry struct {
-	Token string `json:"token"`
-	Ready bool   `json:"ready"` // prepared entries wait for the change they guard
-	Data  []byte `json:"data"`  // the event, encoded by its owner
-}
-
 // Repository is the shared configuration store. Every method is one short
 // transaction; none keeps the store open between calls.
 type Repository interface {
@@ -88,11 +81,24 @@ type Repository interface {
 	TryLock(name, holder string, stale time.Duration) (bool, error)
 	Unlock(name, holder string) error
 
-	PutEntry(fs string, e Entry) error
-	GetEntry(fs, token string) (Entry, error)
+	// The durable queue of asynchronous events of a filesystem: opaque
+	// entries by token, kept until done.
+	PutEntry(fs, token string, data []byte) error
+	GetEntry(fs, token string) ([]byte, error)
 	DeleteEntry(fs, token string) error
-	ListEntries(fs string) ([]Entry, error)
+	ListEntries(fs string) (map[string][]byte, error)
 }
+
+// Entries is the event queue of one filesystem (a migrate.Store).
+type Entries struct {
+	Repo Repository
+	FS   string
+}
+
+func (e Entries) Put(token string, data []byte) error { return e.Repo.PutEntry(e.FS, token, data) }
+func (e Entries) Get(token string) ([]byte, error)    { return e.Repo.GetEntry(e.FS, token) }
+func (e Entries) Delete(token string) error           { return e.Repo.DeleteEntry(e.FS, token) }
+func (e Entries) List() (map[string][]byte, error)    { return e.Repo.ListEntries(e.FS) }
 
 // ValidName checks a filesystem or node name: it becomes a path element,
 // an object key prefix and a Serf node name.

@@ -96,7 +96,7 @@ func TestFilesystems(t *testing.T) {
 	if got, _ := r.GetFS("home"); got.Epoch != 201 {
 		t.Fatalf("epoch after 200 concurrent increments: %d", got.Epoch)
 	}
-	r.PutEntry("home", Entry{Token: "t1", Data: []byte("x")})
+	r.PutEntry("home", "t1", []byte("x"))
 	if err := r.RemoveFS("home"); err != nil {
 		t.Fatal(err)
 	}
@@ -145,14 +145,15 @@ func TestNodesAndEntries(t *testing.T) {
 	if err != nil || len(nodes) != 2 || nodes[0].Name != "n1" || nodes[0].RPC != "127.0.0.1:3" {
 		t.Fatalf("nodes: %+v %v", nodes, err)
 	}
-	r.PutEntry("fs1", Entry{Token: "a", Data: []byte("1")})
-	r.PutEntry("fs1", Entry{Token: "b", Data: []byte("2"), Ready: true})
-	if e, err := r.GetEntry("fs1", "b"); err != nil || !e.Ready {
-		t.Fatalf("get entry: %+v %v", e, err)
+	q := Entries{Repo: r, FS: "fs1"}
+	q.Put("a", []byte("1"))
+	q.Put("b", []byte("2"))
+	if e, err := q.Get("b"); err != nil || string(e) != "2" {
+		t.Fatalf("get entry: %q %v", e, err)
 	}
-	r.DeleteEntry("fs1", "a")
-	if l, _ := r.ListEntries("fs1"); len(l) != 1 || l[0].Token != "b" {
-		t.Fatalf("entries: %+v", l)
+	q.Delete("a")
+	if l, _ := q.List(); len(l) != 1 || string(l["b"]) != "2" {
+		t.Fatalf("entries: %q", l)
 	}
 	if _, err := r.GetEntry("fs2", "b"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("entry of another fs: %v", err)

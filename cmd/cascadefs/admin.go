@@ -15,7 +15,7 @@ import (
 
 // target groups the paths of one command by the mount that serves them.
 type target struct {
-	mount daemon.Mount
+	mount daemon.MountInfo
 	rels  []string
 }
 
@@ -195,8 +195,12 @@ func cmdStatus(args []string) error {
 		for _, s := range all {
 			fmt.Printf("%s on %s (pid %d, up %s)\n", s.Name, s.Mountpoint, s.PID, time.Since(s.Started).Round(time.Second))
 			fmt.Printf("  backing:     %s\n  archive:     %s\n  passthrough: %v\n", s.Backing, s.Archive, s.Passthrough)
-			fmt.Printf("  DM session:  %s, %d workers, %d pending event(s), %d pending destroy(s)\n",
-				s.Session, s.Workers, len(s.PendingEvents), s.PendingDestroy)
+			owner := ""
+			if s.Owner != "" {
+				owner = fmt.Sprintf(" on %s (epoch %d)", s.Owner, s.Epoch)
+			}
+			fmt.Printf("  DM session:  %s%s, %d workers, %d pending event(s), %d pending destroy(s)\n",
+				s.State, owner, s.Workers, len(s.PendingEvents), s.PendingDestroy)
 			for _, p := range s.PendingEvents {
 				state := "queued"
 				if p.Running {

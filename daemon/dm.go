@@ -1,0 +1,157 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/cascadefs/cascadefs/archive"
+	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/migrate"
+	"github.com/cascadefs/cascadefs/recall"
+)
+
+// DMAccess is how a mount reaches the DM application of its filesystem:
+// in-process on the owner (*DM), over the node RPC elsewhere.
+type DMAccess interface {
+	// Raise sends a synchronous event and waits for its answer.
+	Raise(ctx context.Context, ev *dmapi.Event) error
+	// Migrate migrates (or premigrates) one file, by backing-relative path.
+	Migrate(ctx context.Context, rel string, premigrate bool) (migrate.Result, error)
+	// Session describes the DM session serving the filesystem.
+	Session(ctx context.Context) SessionInfo
+}
+
+// SessionInfo is what status shows of a DM session.
+type SessionInfo struct {
+	Owner          string               `json:"owner,omitempty"`
+	Epoch          uint64               `json:"epoch,omitempty"`
+	State          string               `json:"state"` // active, or why not
+	Workers        int                  `json:"workers,omitempty"`
+	PendingEvents  []dmapi.PendingEvent `json:"pending_events"`
+	PendingDestroy int                  `json:"pending_destroy"`
+}
+
+// DMConfig is the DM side of one filesystem.
+type DMConfig struct {
+	Name         string
+	Backing      string
+	ArchiveURL   string
+	Owner        string // this node, as shown in status
+	Epoch        uint64
+	Queue        *migrate.DestroyQueue // durable DESTROY events (started by the DM)
+	Gate         migrate.Gate          // who must agree before a release
+	Recall       recall.Config
+	Workers      int
+	EventTimeout time.Duration
+	ReleaseWait  time.Duration
+}
+
+// DM is the DM application of one filesystem on its owner: the session,
+// the recall workers, migration and the DESTROY queue worker.
+type DM struct {
+	cfg      DMConfig
+	log      *slog.Logger
+	arch     archive.Archive
+	session  *dmapi.Session
+	recall   *recall.Manager
+	migrator *migrate.Migrator
+}
+
+var _ DMAccess = (*DM)(nil)
+
+// OpenArchive opens an archive URL and checks that it answers.
+func OpenArchive(ctx context.Context, url string) (archive.Archive, error) {
+	arch, err := archive.Open(url)
+	if err != nil {
+		return nil, err
+	}
+	checkCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := arch.Check(checkCtx); err != nil {
+		return nil, err
+	}
+	return arch, nil
+}
+
+// StartDM starts the DM application; the archive must answer.
+func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
+	arch, err := OpenArchive(ctx, cfg.ArchiveURL)
+	if err != nil {
+		return nil, err
+	}
+	backing, err := filepath.Abs(cfg.Backing)
+	if err != nil {
+		return nil, err
+	}
+	d := &DM{cfg: cfg, log: log, arch: arch}
+	rights := &dmapi.Rights{}
+	d.recall = recall.NewManager(backing, arch, rights, cfg.Queue, cfg.Recall, log)
+	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
+	d.migrator = migrate.New(backing, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
+	cfg.Queue.Start()
+	return d, nil
+}
+
+// Archive names the archive (without credentials).
+func (d *DM) Archive() string { return d.arch.String() }
+
+func (d *DM) Raise(ctx context.Context, ev *dmapi.Event) error { return d.session.Raise(ctx, ev) }
+
+func (d *DM) Migrate(ctx context.Context, rel string, premigrate bool) (migrate.Result, error) {
+	return d.migrator.Migrate(ctx, rel, premigrate)
+}
+
+func (d *DM) Session(context.Context) SessionInfo {
+	return SessionInfo{Owner: d.cfg.Owner, Epoch: d.cfg.Epoch, State: "active", Workers: d.cfg.Workers,
+		PendingEvents: d.session.Pending(), PendingDestroy: d.cfg.Queue.Pending()}
+}
+
+// Close stops the DM application; queued DESTROY events stay stored.
+func (d *DM) Close() {
+	d.cfg.Queue.Stop()
+	d.session.Close()
+	d.recall.Close()
+}
+
+// Router is the DMAccess of a mount whose DM application may change
+// (started after the mount, or moved to another node).
+type Router struct {
+	dm atomicAccess
+}
+
+// Set points the router at dm (nil: no session for now).
+func (r *Router) Set(dm DMAccess) { r.dm.Store(dm) }
+
+func (r *Router) get() (DMAccess, error) {
+	if dm := r.dm.Load(); dm != nil {
+		return dm, nil
+	}
+	return nil, fmt.Errorf("no DM session for this filesystem yet")
+}
+
+func (r *Router) Raise(ctx context.Context, ev *dmapi.Event) error {
+	dm, err := r.get()
+	if err != nil {
+		return err
+	}
+	return dm.Raise(ctx, ev)
+}
+
+func (r *Router) Migrate(ctx context.Context, rel string, premigrate bool) (migrate.Result, error) {
+	dm, err := r.get()
+	if err != nil {
+		return migrate.Result{Path: rel}, err
+	}
+	return dm.Migrate(ctx, rel, premigrate)
+}
+
+func (r *Router) Session(ctx context.Context) SessionInfo {
+	dm, err := r.get()
+	if err != nil {
+		return SessionInfo{State: err.Error()}
+	}
+	return dm.Session(ctx)
+}
