@@ -323,7 +323,6 @@ func (d *Mount) identify(ev *dmapi.Event) error {
 	return nil
 }
 
-
 // stream writes NDJSON messages, flushed one by one.
 type stream struct {
 	mu  sync.Mutex
