@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -75,14 +76,15 @@ type controlServer struct {
 	srv *http.Server
 }
 
-func startControl(d *Mount) (*controlServer, error) {
-	if err := os.MkdirAll(d.cfg.RunDir, 0o755); err != nil {
+// ListenControl opens a root-only control socket at path, refusing one
+// that another live process answers on (a leftover of a dead one goes).
+func ListenControl(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	path := SocketPath(d.cfg.RunDir, d.cfg.Source)
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
-		return nil, fmt.Errorf("filesystem %q is already served (control socket %s answers)", d.cfg.Source, path)
+		return nil, fmt.Errorf("%s is already served (its control socket %s answers)", strings.TrimSuffix(filepath.Base(path), ".sock"), path)
 	}
 	os.Remove(path)
 	ln, err := net.Listen("unix", path)
@@ -90,6 +92,14 @@ func startControl(d *Mount) (*controlServer, error) {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	os.Chmod(path, 0o600) // root only: the admin commands act on any file
+	return ln, nil
+}
+
+func startControl(d *Mount) (*controlServer, error) {
+	ln, err := ListenControl(SocketPath(d.cfg.RunDir, d.cfg.Source))
+	if err != nil {
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /migrate", d.serveMigrate)
 	mux.HandleFunc("POST /recall", d.serveRecall)
@@ -162,7 +172,7 @@ func (d *Mount) serveMigrate(w http.ResponseWriter, r *http.Request) {
 		res, err := d.dm.Migrate(ctx, rel, req.Premigrate)
 		e := Entry{Path: rel, State: res.State.String(), Moved: res.Uploaded, Object: res.Key}
 		if errors.Is(err, dmapi.ErrBusy) {
-			e.Skipped = "open through the mount; data not released"
+			e.Skipped = fmt.Sprintf("still open (%v); data not released", err)
 		} else if err != nil {
 			e.Error = err.Error()
 		}

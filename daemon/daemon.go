@@ -43,6 +43,8 @@ type Config struct {
 	ReleaseWait   time.Duration // how long a release waits for open handles
 	NoPassthrough bool
 	Debug         bool
+	// Written is told when a file changed through this mount is closed.
+	Written func(ino uint64)
 }
 
 // RunDir is where control sockets live: $CASCADEFS_RUN_DIR or /run/cascadefs.
@@ -104,7 +106,7 @@ func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger
 	m.fs, err = cfs.Mount(cfg.Mountpoint, cfs.Options{
 		Backing: backing, Name: cfg.Name, Source: cfg.Source, Events: events{dm, garbage}, Log: log,
 		SmallFile: small, Region: stub.DefaultChunkSize,
-		NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug,
+		NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, Written: cfg.Written,
 	})
 	if err != nil {
 		return nil, err

@@ -53,6 +53,8 @@ type Event struct {
 	// between the raise and the recall does not lose it; Path is then only
 	// for logs and a fallback.
 	Handle []byte `json:"handle,omitempty"`
+	// Node raised the event (shown in status); empty for a single node.
+	Node string `json:"node,omitempty"`
 }
 
 func (e *Event) String() string {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,16 +46,21 @@ type Options struct {
 	// NoPassthrough disables kernel passthrough for resident files.
 	NoPassthrough bool
 	Debug         bool
+	// Written, if set, is told when a handle that changed a file closes
+	// (before close returns), so other nodes can drop their caches of it.
+	Written func(ino uint64)
 }
 
 // FS is one mounted managed filesystem.
 type FS struct {
-	opts   Options
-	root   string
-	server *fuse.Server
-	served chan struct{} // closed when the server has ended
-	gates  gates
-	log    *slog.Logger
+	nodesMu sync.Mutex
+	nodes   map[uint64]*node // backing inode -> kernel inode
+	opts    Options
+	root    string
+	server  *fuse.Server
+	served  chan struct{} // closed when the server has ended
+	gates   gates
+	log     *slog.Logger
 	// passthrough is true when the kernel accepted passthrough.
 	passthrough bool
 }
@@ -81,7 +87,7 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	if st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
 		return nil, fmt.Errorf("backing directory %s: not a directory", root)
 	}
-	f := &FS{opts: opts, root: root, log: opts.Log}
+	f := &FS{opts: opts, root: root, log: opts.Log, nodes: map[uint64]*node{}}
 	rootData := &gofs.LoopbackRoot{Path: root, Dev: uint64(st.Dev)}
 	rootData.NewNode = func(rd *gofs.LoopbackRoot, parent *gofs.Inode, name string, st *syscall.Stat_t) gofs.InodeEmbedder {
 		return &node{LoopbackNode: gofs.LoopbackNode{RootData: rd}, fs: f}
@@ -156,6 +162,33 @@ func (f *FS) rel(p string) string {
 type node struct {
 	gofs.LoopbackNode
 	fs *FS
+}
+
+// OnAdd and OnForget keep the registry of inodes the kernel knows, so that
+// Invalidate can find them by backing inode number.
+func (n *node) OnAdd(ctx context.Context) {
+	n.fs.nodesMu.Lock()
+	n.fs.nodes[n.StableAttr().Ino] = n
+	n.fs.nodesMu.Unlock()
+}
+
+func (n *node) OnForget() {
+	n.fs.nodesMu.Lock()
+	if n.fs.nodes[n.StableAttr().Ino] == n {
+		delete(n.fs.nodes, n.StableAttr().Ino)
+	}
+	n.fs.nodesMu.Unlock()
+}
+
+// Invalidate drops the kernel's cached attributes and pages of the file
+// with backing inode ino: it was changed through another node.
+func (f *FS) Invalidate(ino uint64) {
+	f.nodesMu.Lock()
+	n := f.nodes[ino]
+	f.nodesMu.Unlock()
+	if n != nil {
+		n.NotifyContent(0, 0)
+	}
 }
 
 var (

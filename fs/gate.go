@@ -81,36 +81,54 @@ func (f *FS) Commit(ino uint64, fn func() error) error {
 // Release implements migrate.Gate: it holds new opens, waits up to wait for
 // open handles to close, and runs fn with writes excluded.
 func (f *FS) Release(ctx context.Context, ino uint64, wait time.Duration, fn func() error) error {
+	unhold, err := f.Hold(ctx, ino, wait)
+	if err != nil {
+		return err
+	}
+	defer unhold()
 	g := f.gates.get(ino)
 	defer f.gates.put(ino)
+	g.io.Lock()
+	defer g.io.Unlock()
+	return fn()
+}
+
+// Hold holds new opens of the file and waits up to wait for its open
+// handles to close; on success the file stays closed here until unhold.
+// Other nodes' releases use it through the node RPC.
+func (f *FS) Hold(ctx context.Context, ino uint64, wait time.Duration) (unhold func(), err error) {
+	g := f.gates.get(ino)
 	g.mu.Lock()
 	g.held++
 	g.mu.Unlock()
-	defer func() {
-		g.mu.Lock()
-		g.held--
-		g.mu.Unlock()
-	}()
+	var once sync.Once
+	unhold = func() {
+		once.Do(func() {
+			g.mu.Lock()
+			g.held--
+			g.mu.Unlock()
+			f.gates.put(ino)
+		})
+	}
 	deadline := time.Now().Add(wait)
 	for {
 		g.mu.Lock()
 		open := g.opens
 		g.mu.Unlock()
 		if open == 0 {
-			break
+			return unhold, nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d open handle(s): %w", open, dmapi.ErrBusy)
+			unhold()
+			return nil, fmt.Errorf("%d open handle(s): %w", open, dmapi.ErrBusy)
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			unhold()
+			return nil, ctx.Err()
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	g.io.Lock()
-	defer g.io.Unlock()
-	return fn()
 }
 
 // OpenCount returns the number of handles open on the file through the mount.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/cascadefs/cascadefs/dmapi"
@@ -36,7 +37,8 @@ type handle struct {
 	mode ioMode
 
 	fhOnce sync.Once
-	fh     []byte // file handle, for events (made on first use)
+	fh     []byte      // file handle, for events (made on first use)
+	wrote  atomic.Bool // changed through this handle since the last flush
 }
 
 // ptHandle is a handle the kernel may serve by passthrough. Only fully
@@ -233,6 +235,7 @@ func (h *handle) forChange(ctx context.Context, t dmapi.Type, change func() sysc
 		}
 		if rec == nil {
 			defer h.g.io.RUnlock()
+			h.wrote.Store(true)
 			return change()
 		}
 		h.g.io.RUnlock()
@@ -321,7 +324,16 @@ func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, 
 func (h *handle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 	return h.lf.Getattr(ctx, out)
 }
-func (h *handle) Flush(ctx context.Context) syscall.Errno { return h.lf.Flush(ctx) }
+
+// Flush runs in close(2): a handle that changed the file tells the other
+// nodes before close returns (close-to-open consistency).
+func (h *handle) Flush(ctx context.Context) syscall.Errno {
+	errno := h.lf.Flush(ctx)
+	if h.wrote.Swap(false) && h.fs.opts.Written != nil {
+		h.fs.opts.Written(h.ino)
+	}
+	return errno
+}
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return h.lf.Fsync(ctx, flags)
 }

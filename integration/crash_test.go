@@ -76,13 +76,13 @@ func checkNoLeak(t *testing.T, d *testenv.Daemon) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		var st daemon.Status
-		json.Unmarshal([]byte(d.MustCLI("status", "--json")), &st)
-		if st.PendingDestroy == 0 {
+		var rep struct{ Mounts []daemon.Status }
+		json.Unmarshal([]byte(d.MustCLI("status", "--json")), &rep)
+		if len(rep.Mounts) == 1 && rep.Mounts[0].PendingDestroy == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("destroy queue still has %d entries", st.PendingDestroy)
+			t.Fatalf("destroy queue not empty after 60s: %+v", rep.Mounts)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

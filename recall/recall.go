@@ -80,6 +80,7 @@ type history struct {
 	key             string
 	sums            []uint32
 	lastEnd, window int64
+	fetched         int64
 	used            time.Time
 }
 
@@ -249,7 +250,7 @@ func (m *Manager) acquire(ev *dmapi.Event) (*fileRecall, error) {
 	f := &fileRecall{m: m, ino: st.Ino, path: ev.Path, file: file, fd: fd, rec: rec, refs: 1, st: st}
 	f.cond = sync.NewCond(&f.mu)
 	if h := m.history[st.Ino]; h != nil && h.key == rec.Key {
-		f.sums, f.lastEnd, f.window = h.sums, h.lastEnd, h.window
+		f.sums, f.lastEnd, f.window, f.fetched = h.sums, h.lastEnd, h.window, h.fetched
 	}
 	m.files[st.Ino] = f
 	return f, nil
@@ -286,7 +287,7 @@ func (m *Manager) remember(f *fileRecall) {
 		}
 		delete(m.history, oldest)
 	}
-	m.history[f.ino] = &history{key: f.rec.Key, sums: f.sums, lastEnd: f.lastEnd, window: f.window, used: time.Now()}
+	m.history[f.ino] = &history{key: f.rec.Key, sums: f.sums, lastEnd: f.lastEnd, window: f.window, fetched: f.fetched, used: time.Now()}
 }
 
 func isNotFound(err error) bool { return errors.Is(err, archive.ErrNotFound) }

@@ -34,6 +34,7 @@ type fileRecall struct {
 	streams   []*stream
 	lastEnd   int64 // end of the last stream: a new one starting here is sequential
 	window    int64
+	fetched   int64 // bytes written by streams: equals the size when no byte was fetched twice
 }
 
 // stream is one ranged GET that writes verified chunks as they arrive, so
@@ -333,6 +334,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		}
 		f.mu.Lock()
 		s.next = p.off + int64(len(p.buf))
+		f.fetched += int64(len(p.buf))
 		f.cond.Broadcast()
 		f.mu.Unlock()
 		free <- p.buf[:cap(p.buf)]
@@ -366,6 +368,7 @@ func (f *fileRecall) commitIfComplete() error {
 	}
 	rec := *f.rec
 	rec.State = stub.Premigrated
+	f.m.log.Info("recalled", "file", f.path, "bytes", rec.Size, "fetched", f.fetched)
 	if err := stub.WriteRecord(f.fd, &rec); err != nil {
 		return err
 	}

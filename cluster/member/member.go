@@ -6,7 +6,6 @@ package member
 import (
 	"bufio"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -125,12 +124,25 @@ func (m *Member) Join(addrs []string) error {
 	}
 	n, err := m.serf.Join(addrs, true)
 	if n == 0 {
-		if err == nil {
-			err = errors.New("no member answered")
+		why := "no member answered"
+		if err != nil {
+			why = flatten(err)
 		}
-		return fmt.Errorf("join %s: %w", strings.Join(addrs, ","), err)
+		return fmt.Errorf("join %s: %s", strings.Join(addrs, ","), why)
 	}
 	return nil
+}
+
+// flatten turns a multi-line multierror into one line.
+func flatten(err error) string {
+	var parts []string
+	for _, line := range strings.Split(err.Error(), "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "*"))
+		if line != "" && !strings.HasSuffix(line, "error occurred:") && !strings.HasSuffix(line, "errors occurred:") {
+			parts = append(parts, strings.TrimSpace(line))
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Members lists every member known, with this node's view of its status.
@@ -233,6 +245,8 @@ func logWriter(log *slog.Logger) io.Writer {
 		for sc.Scan() {
 			line := sc.Text()
 			switch {
+			case strings.Contains(line, "Shutdown without a Leave"):
+				log.Debug("gossip", "msg", line) // a refused start or a crash test: said elsewhere
 			case strings.Contains(line, "[ERR]"), strings.Contains(line, "[WARN]"):
 				log.Warn("gossip", "msg", line)
 			default:

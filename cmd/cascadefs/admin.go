@@ -4,11 +4,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/cascadefs/cascadefs/cluster"
+	"github.com/cascadefs/cascadefs/cluster/repo"
 	"github.com/cascadefs/cascadefs/daemon"
 	"golang.org/x/sys/unix"
 )
@@ -159,18 +162,50 @@ func cmdLs(args []string) error {
 	return nil
 }
 
+// StatusReport is what `cascadefs status --json` prints.
+type StatusReport struct {
+	Cluster *cluster.Status `json:"cluster,omitempty"`
+	Nodes   []repo.Node     `json:"registered_nodes,omitempty"` // from the repository when no node answers
+	Mounts  []daemon.Status `json:"mounts"`
+}
+
 func cmdStatus(args []string) error {
-	fl := newFlags("status", "[--json]")
+	fl := newFlags("status", "[--repo DIR] [--json]")
 	asJSON := fl.Bool("json", false, "print JSON")
+	repoDir := fl.String("repo", "", "the cluster whose repository is DIR (default: any node on this host)")
 	if err := fl.Parse(args); err != nil {
 		return errReported
+	}
+	var rep StatusReport
+	for _, st := range cluster.LocalNodes(daemon.RunDir()) {
+		if *repoDir == "" || sameDir(st.Repo, *repoDir) {
+			rep.Cluster = &st
+			break
+		}
+	}
+	if rep.Cluster == nil && *repoDir != "" {
+		// No node of that cluster runs here: show what the repository says.
+		r, err := repo.Open(*repoDir)
+		if err != nil {
+			return err
+		}
+		fss, err := r.ListFS()
+		if err != nil {
+			return err
+		}
+		rep.Cluster = &cluster.Status{Repo: *repoDir}
+		for _, f := range fss {
+			rep.Cluster.FS = append(rep.Cluster.FS, cluster.FSStatus{FS: f, Session: daemon.SessionInfo{Owner: f.Owner, Epoch: f.Epoch, State: "unknown (no node of this cluster runs on this host)"}})
+		}
+		if rep.Nodes, err = r.ListNodes(); err != nil {
+			return err
+		}
 	}
 	mounts, err := daemon.Mounts()
 	if err != nil {
 		return err
 	}
 	sort.Slice(mounts, func(i, j int) bool { return mounts[i].Name < mounts[j].Name })
-	var all []daemon.Status
 	bad := false
 	for _, m := range mounts {
 		st, err := daemon.Dial(daemon.RunDir(), m.Name).Status()
@@ -179,41 +214,82 @@ func cmdStatus(args []string) error {
 			bad = true
 			continue
 		}
-		all = append(all, st)
+		rep.Mounts = append(rep.Mounts, st)
 	}
 	if *asJSON {
+		if rep.Mounts == nil {
+			rep.Mounts = []daemon.Status{}
+		}
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		if all == nil {
-			all = []daemon.Status{}
-		}
-		enc.Encode(all)
+		enc.Encode(rep)
 	} else {
-		if len(all) == 0 && !bad {
+		printCluster(&rep)
+		if len(rep.Mounts) == 0 && !bad && rep.Cluster == nil {
 			fmt.Println("no cascadefs filesystem is mounted")
 		}
-		for _, s := range all {
-			fmt.Printf("%s on %s (pid %d, up %s)\n", s.Name, s.Mountpoint, s.PID, time.Since(s.Started).Round(time.Second))
+		for _, s := range rep.Mounts {
+			fmt.Printf("%s on %s (pid %d, up %s)\n", s.Source, s.Mountpoint, s.PID, time.Since(s.Started).Round(time.Second))
 			fmt.Printf("  backing:     %s\n  archive:     %s\n  passthrough: %v\n", s.Backing, s.Archive, s.Passthrough)
-			owner := ""
-			if s.Owner != "" {
-				owner = fmt.Sprintf(" on %s (epoch %d)", s.Owner, s.Epoch)
-			}
-			fmt.Printf("  DM session:  %s%s, %d workers, %d pending event(s), %d pending destroy(s)\n",
-				s.State, owner, s.Workers, len(s.PendingEvents), s.PendingDestroy)
-			for _, p := range s.PendingEvents {
-				state := "queued"
-				if p.Running {
-					state = "running " + p.Age.Round(time.Millisecond).String()
-				}
-				fmt.Printf("    %s %s [%d,+%d] %s, %d waiter(s)\n", p.Event.Type, p.Event.Path, p.Event.Offset, p.Event.Length, state, p.Waiters)
-			}
+			printSession("  DM session:  ", s.SessionInfo)
 		}
 	}
 	if bad {
 		return errReported
 	}
 	return nil
+}
+
+func printCluster(rep *StatusReport) {
+	c := rep.Cluster
+	if c == nil {
+		return
+	}
+	if c.Node != "" {
+		fmt.Printf("cluster (as node %s sees it; repository %s)\n", c.Node, c.Repo)
+	} else {
+		fmt.Printf("cluster (repository %s; no node of it runs on this host)\n", c.Repo)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NODE\tSTATUS\tGOSSIP\tRPC\tLOAD")
+	for _, m := range c.Members {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%.2f\n", m.Name, m.Status, m.Addr, m.RPC, m.Load)
+	}
+	for _, n := range rep.Nodes {
+		fmt.Fprintf(tw, "  %s\tunknown\t%s\t%s\t-\n", n.Name, n.Bind, n.RPC)
+	}
+	tw.Flush()
+	for _, f := range c.FS {
+		fmt.Printf("  filesystem %s: backing %s, archive %s\n", f.Name, f.Backing, f.Archive)
+		printSession("    DM session: ", f.Session)
+	}
+	fmt.Println()
+}
+
+func printSession(prefix string, s daemon.SessionInfo) {
+	owner := ""
+	if s.Owner != "" {
+		owner = fmt.Sprintf(" on %s (epoch %d)", s.Owner, s.Epoch)
+	}
+	fmt.Printf("%s%s%s, %d workers, %d pending event(s), %d pending destroy(s)\n",
+		prefix, s.State, owner, s.Workers, len(s.PendingEvents), s.PendingDestroy)
+	for _, p := range s.PendingEvents {
+		state := "queued"
+		if p.Running {
+			state = "running " + p.Age.Round(time.Millisecond).String()
+		}
+		from := ""
+		if p.Event.Node != "" {
+			from = " from " + p.Event.Node
+		}
+		fmt.Printf("%s  %s %s [%d,+%d]%s %s, %d waiter(s)\n", prefix[:len(prefix)-len(strings.TrimLeft(prefix, " "))], p.Event.Type, p.Event.Path, p.Event.Offset, p.Event.Length, from, state, p.Waiters)
+	}
+}
+
+func sameDir(a, b string) bool {
+	x, err1 := filepath.Abs(a)
+	y, err2 := filepath.Abs(b)
+	return err1 == nil && err2 == nil && filepath.Clean(x) == filepath.Clean(y)
 }
 
 func human(n int64) string {

@@ -13,6 +13,9 @@ const usage = `cascadefs: hierarchical storage management over FUSE
 
 Usage:
   cascadefs mount --backing DIR --archive URL [--name FS] MOUNTPOINT
+  cascadefs node --name N --bind HOST:PORT --rpc HOST:PORT [--join HOST:PORT,...] --repo DIR
+                 --mount-root DIR [--key-file F] [--credentials-file F]   (or --config F)
+  cascadefs keygen
   cascadefs migrate [-r] [--premigrate] [-j N] PATH...
   cascadefs recall [-r] [-j N] PATH...
   cascadefs ls [-r] [--json] PATH...
@@ -32,7 +35,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"mount": cmdMount, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus,
+		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus,
 	}
 	cmd, ok := cmds[os.Args[1]]
 	if !ok {

@@ -74,9 +74,7 @@ type Daemon struct {
 	RunDir     string
 	Env        []string
 	Args       []string
-	cmd        *exec.Cmd
-	log        *os.File
-	done       chan struct{}
+	proc
 }
 
 // NewDaemon prepares directories for a daemon serving filesystem "t1".
@@ -104,19 +102,7 @@ func (d *Daemon) Start() {
 	args = append(args, d.Mountpoint)
 	sock := filepath.Join(d.RunDir, "t1.sock")
 	os.Remove(sock) // left by a killed daemon
-	d.cmd = exec.Command(Binary(d.t), args...)
-	d.cmd.Env = append(append(os.Environ(), d.Env...), "CASCADEFS_RUN_DIR="+d.RunDir)
-	var err error
-	d.log, err = os.OpenFile(filepath.Join(d.Dir, "daemon.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		d.t.Fatal(err)
-	}
-	d.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(d.cmd, d.done)
+	d.start(d.t, args, append(d.Env, "CASCADEFS_RUN_DIR="+d.RunDir), filepath.Join(d.Dir, "daemon.log"))
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var st syscall.Stat_t
@@ -135,10 +121,9 @@ func (d *Daemon) Start() {
 	}
 }
 
-func (d *Daemon) mounted() bool {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	return bytes.Contains(b, []byte(" "+d.Mountpoint+" "))
-}
+func (d *Daemon) mounted() bool { return mountedAt(d.Mountpoint) }
+
+func unmountDetach(p string) { syscall.Unmount(p, syscall.MNT_DETACH) }
 
 // Log returns the daemon's log so far.
 func (d *Daemon) Log() string {
@@ -149,52 +134,9 @@ func (d *Daemon) Log() string {
 // Stop sends SIGTERM and waits for a clean exit.
 func (d *Daemon) Stop() {
 	d.t.Helper()
-	if d.cmd == nil {
-		return
-	}
-	if !d.terminate(30 * time.Second) {
+	if d.cmd != nil && !d.terminate(30*time.Second) {
 		d.t.Errorf("daemon ignored SIGTERM for 30s")
 	}
-}
-
-// terminate sends SIGTERM, kills after timeout, and reports a clean exit.
-func (d *Daemon) terminate(timeout time.Duration) bool {
-	clean := true
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(timeout):
-		d.cmd.Process.Kill()
-		<-d.done
-		clean = false
-	}
-	d.cmd = nil
-	d.log.Close()
-	return clean
-}
-
-// Exited waits up to timeout for the daemon to end by itself.
-func (d *Daemon) Exited(timeout time.Duration) bool {
-	select {
-	case <-d.done:
-		d.cmd = nil
-		d.log.Close()
-		return true
-	case <-time.After(timeout):
-		return false
-	}
-}
-
-// Kill9 kills the daemon with SIGKILL, leaving its dead mount behind.
-func (d *Daemon) Kill9() {
-	d.t.Helper()
-	if d.cmd == nil {
-		return
-	}
-	d.cmd.Process.Kill()
-	<-d.done
-	d.cmd = nil
-	d.log.Close()
 }
 
 func (d *Daemon) cleanup() {
@@ -211,20 +153,29 @@ func (d *Daemon) cleanup() {
 
 // CLI runs an admin command against this daemon.
 func (d *Daemon) CLI(args ...string) (stdout, stderr string, err error) {
-	cmd := exec.Command(Binary(d.t), args...)
-	cmd.Env = append(os.Environ(), "CASCADEFS_RUN_DIR="+d.RunDir)
+	return runCLI(d.t, []string{"CASCADEFS_RUN_DIR=" + d.RunDir}, args)
+}
+
+// MustCLI runs an admin command that must succeed.
+func (d *Daemon) MustCLI(args ...string) string {
+	d.t.Helper()
+	return mustCLI(d.t, []string{"CASCADEFS_RUN_DIR=" + d.RunDir}, args)
+}
+
+func runCLI(t testing.TB, env, args []string) (stdout, stderr string, err error) {
+	cmd := exec.Command(Binary(t), args...)
+	cmd.Env = append(os.Environ(), env...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err = cmd.Run()
 	return o.String(), e.String(), err
 }
 
-// MustCLI runs an admin command that must succeed.
-func (d *Daemon) MustCLI(args ...string) string {
-	d.t.Helper()
-	o, e, err := d.CLI(args...)
+func mustCLI(t testing.TB, env, args []string) string {
+	t.Helper()
+	o, e, err := runCLI(t, env, args)
 	if err != nil {
-		d.t.Fatalf("cascadefs %v: %v\nstdout: %s\nstderr: %s", args, err, o, e)
+		t.Fatalf("cascadefs %v: %v\nstdout: %s\nstderr: %s", args, err, o, e)
 	}
 	return o
 }
@@ -240,9 +191,12 @@ func DropCaches() { os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0) }
 
 // ArchiveObjects lists every object (and, for a directory archive, every
 // leftover temporary file) in the daemon's archive.
-func (d *Daemon) ArchiveObjects(t testing.TB) []string {
+func (d *Daemon) ArchiveObjects(t testing.TB) []string { return ArchiveObjects(t, d.Archive, d.Env) }
+
+// ArchiveObjects lists every object of an archive, with the credentials in env.
+func ArchiveObjects(t testing.TB, archiveURL string, envList []string) []string {
 	t.Helper()
-	u, err := url.Parse(d.Archive)
+	u, err := url.Parse(archiveURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +212,7 @@ func (d *Daemon) ArchiveObjects(t testing.TB) []string {
 		})
 	case "s3":
 		env := map[string]string{}
-		for _, kv := range d.Env {
+		for _, kv := range envList {
 			k, v, _ := strings.Cut(kv, "=")
 			env[k] = v
 		}
@@ -281,4 +235,80 @@ func (d *Daemon) ArchiveObjects(t testing.TB) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// proc is a cascadefs process under test.
+type proc struct {
+	cmd  *exec.Cmd
+	log  *os.File
+	done chan struct{}
+}
+
+// start runs the cascadefs binary with args, its output appended to logPath.
+func (p *proc) start(t testing.TB, args, env []string, logPath string) {
+	t.Helper()
+	p.cmd = exec.Command(Binary(t), args...)
+	p.cmd.Env = append(os.Environ(), env...)
+	var err error
+	if p.log, err = os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(p.cmd, p.done)
+}
+
+// running reports whether the process was started and has not ended.
+func (p *proc) running() bool {
+	if p.cmd == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// terminate sends SIGTERM, kills after timeout, and reports a clean exit.
+func (p *proc) terminate(timeout time.Duration) bool {
+	clean := true
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.cmd.Process.Kill()
+		<-p.done
+		clean = false
+	}
+	p.cmd = nil
+	p.log.Close()
+	return clean
+}
+
+// Exited waits up to timeout for the process to end by itself.
+func (p *proc) Exited(timeout time.Duration) bool {
+	select {
+	case <-p.done:
+		p.cmd = nil
+		p.log.Close()
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// Kill9 kills the process with SIGKILL, leaving its dead mounts behind.
+func (p *proc) Kill9() {
+	if p.cmd == nil {
+		return
+	}
+	p.cmd.Process.Kill()
+	<-p.done
+	p.cmd = nil
+	p.log.Close()
 }

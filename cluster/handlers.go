@@ -1,0 +1,117 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cascadefs/cascadefs/cluster/rpc"
+	"github.com/cascadefs/cascadefs/daemon"
+	"github.com/cascadefs/cascadefs/dmapi"
+)
+
+// register installs the node RPC handlers.
+func (n *Node) register() {
+	n.server.Handle(pathPing, func(ctx context.Context, caller string, _ json.RawMessage) (any, error) {
+		return pingReply{Name: n.cfg.Name}, nil
+	})
+	n.server.Handle(pathEvent, n.onEvent)
+	n.server.Handle(pathMigrate, n.onMigrate)
+	n.server.Handle(pathSession, func(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+		var req fsReq
+		dm, err := n.owned(raw, &req, &req.FS)
+		if err != nil {
+			return nil, err
+		}
+		return dm.Session(ctx), nil
+	})
+	n.server.Handle(pathHold, n.onHold)
+	n.server.Handle(pathUnhold, func(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+		var req holdReq
+		if err := json.Unmarshal(raw, &req); err != nil {
+			return nil, err
+		}
+		n.holds.release(req.Token)
+		return struct{}{}, nil
+	})
+	n.server.Handle(pathInvalidate, func(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+		var req invalidateReq
+		if err := json.Unmarshal(raw, &req); err != nil {
+			return nil, err
+		}
+		if m := n.lookup(req.FS); m != nil {
+			m.mount.FS().Invalidate(req.Ino)
+		}
+		return struct{}{}, nil
+	})
+}
+
+// owned decodes a request and returns the DM session of its filesystem,
+// or a not-owner error that sends the caller to look again.
+func (n *Node) owned(raw json.RawMessage, req any, fs *string) (*daemon.DM, error) {
+	if err := json.Unmarshal(raw, req); err != nil {
+		return nil, err
+	}
+	m := n.lookup(*fs)
+	if m == nil {
+		return nil, rpc.Coded(codeNotOwner, fmt.Errorf("%s: filesystem %s is not mounted here", n.cfg.Name, *fs))
+	}
+	dm := m.currentDM()
+	if dm == nil {
+		return nil, rpc.Coded(codeNotOwner, fmt.Errorf("%s does not run the DM session of %s", n.cfg.Name, *fs))
+	}
+	return dm, nil
+}
+
+// onEvent serves a synchronous event from another node: the caller waits
+// for the answer; if it goes away (its reader was interrupted), the
+// shared recall goes on.
+func (n *Node) onEvent(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+	var req eventReq
+	dm, err := n.owned(raw, &req, &req.FS)
+	if err != nil {
+		return nil, err
+	}
+	if err := dm.Raise(ctx, &req.Event); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+func (n *Node) onMigrate(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+	var req migrateReq
+	dm, err := n.owned(raw, &req, &req.FS)
+	if err != nil {
+		return nil, err
+	}
+	res, err := dm.Migrate(ctx, req.Path, req.Premigrate)
+	reply := migrateReply{Result: res}
+	if err != nil {
+		reply.Error, reply.Busy = err.Error(), errors.Is(err, dmapi.ErrBusy)
+	}
+	return reply, nil
+}
+
+// holdLease bounds a hold whose releaser vanished (crashed mid-release).
+const holdLease = time.Minute
+
+// onHold closes a file on this node for another node's release: new opens
+// wait, and the answer comes once no handle is open (or the wait is over).
+func (n *Node) onHold(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+	var req holdReq
+	if err := json.Unmarshal(raw, &req); err != nil {
+		return nil, err
+	}
+	m := n.lookup(req.FS)
+	if m == nil {
+		return struct{}{}, nil // not mounted here: nothing can be open
+	}
+	unhold, err := m.mount.FS().Hold(ctx, req.Ino, time.Duration(req.WaitMs)*time.Millisecond)
+	if err != nil {
+		return nil, rpc.Coded("busy", fmt.Errorf("open on %s: %w", n.cfg.Name, err))
+	}
+	n.holds.add(req.Token, unhold, holdLease)
+	return struct{}{}, nil
+}

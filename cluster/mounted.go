@@ -1,0 +1,269 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/cluster/rpc"
+	"github.com/cascadefs/cascadefs/daemon"
+	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/migrate"
+	"github.com/cascadefs/cascadefs/recall"
+)
+
+// mounted is a filesystem this node mounts. It is the mount's DMAccess:
+// events, migrations and status go to the DM session of the owner, here
+// or over the node RPC, and follow the owner when it changes.
+type mounted struct {
+	n     *Node
+	name  string
+	mount *daemon.Mount
+	queue *migrate.DestroyQueue
+
+	mu   sync.Mutex
+	conf repo.FS
+	dm   *daemon.DM // while this node owns the filesystem
+}
+
+var _ daemon.DMAccess = (*mounted)(nil)
+
+func (n *Node) mountFS(fs repo.FS) (*mounted, error) {
+	mp, err := mkdirMount(n.cfg.MountRoot, fs.Name)
+	if err != nil {
+		return nil, err
+	}
+	m := &mounted{n: n, name: fs.Name, conf: fs}
+	raise := func(ctx context.Context, ev *dmapi.Event) error { return m.Raise(ctx, ev) }
+	m.queue = migrate.NewDestroyQueue(repo.Entries{Repo: n.repo, FS: fs.Name}, fs.Name, n.cfg.Name, fs.Backing, raise, n.alive, n.log)
+	s := settingsOf(fs)
+	cfg := daemon.Config{Name: fs.Name, Backing: fs.Backing, Mountpoint: mp, ArchiveURL: fs.Archive,
+		Source: fs.Name + "@" + n.cfg.Name, RunDir: n.cfg.RunDir, Recall: s.recall, Workers: s.workers,
+		EventTimeout: s.eventTimeout, ReleaseWait: s.releaseWait, NoPassthrough: n.cfg.NoPassthrough,
+		Written: func(ino uint64) { n.invalidatePeers(fs.Name, ino) }}
+	if m.mount, err = daemon.StartMount(cfg, m, m.queue, n.log); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *mounted) setConf(fs repo.FS) {
+	m.mu.Lock()
+	m.conf = fs
+	m.mu.Unlock()
+}
+
+func (m *mounted) config() repo.FS {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.conf
+}
+
+func (m *mounted) currentDM() *daemon.DM {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.dm
+}
+
+// ensureDM runs the DM session of an owned filesystem at fs.Epoch.
+func (m *mounted) ensureDM(fs repo.FS) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.dm != nil {
+		return nil
+	}
+	s := settingsOf(fs)
+	dm, err := daemon.StartDM(m.n.ctx, daemon.DMConfig{Name: fs.Name, Backing: fs.Backing, ArchiveURL: fs.Archive,
+		Owner: m.n.cfg.Name, Epoch: fs.Epoch, Queue: m.queue, Gate: &clusterGate{n: m.n, m: m},
+		Recall: s.recall, Workers: s.workers, EventTimeout: s.eventTimeout, ReleaseWait: s.releaseWait}, m.n.log)
+	if err != nil {
+		return err
+	}
+	m.dm = dm
+	m.n.log.Info("DM session started", "fs", fs.Name, "epoch", fs.Epoch)
+	return nil
+}
+
+func (m *mounted) stopDM(why string) {
+	m.mu.Lock()
+	dm := m.dm
+	m.dm = nil
+	m.mu.Unlock()
+	if dm != nil {
+		dm.Close()
+		m.n.log.Info("DM session stopped", "fs", m.name, "reason", why)
+	}
+}
+
+// stop ends the session (handing ownership back if asked) and unmounts.
+func (m *mounted) stop(handOver bool) {
+	if handOver && m.currentDM() != nil {
+		err := m.n.repo.UpdateFS(m.name, func(f *repo.FS) error {
+			if f.Owner == m.n.cfg.Name {
+				f.Owner = ""
+			}
+			return nil
+		})
+		if err != nil {
+			m.n.log.Warn("could not hand the filesystem over", "fs", m.name, "reason", err)
+		}
+	}
+	m.stopDM("node stopping")
+	m.mount.Stop()
+}
+
+// owner looks the current owner up in the repository.
+func (m *mounted) owner() (repo.FS, error) {
+	fs, err := m.n.repo.GetFS(m.name)
+	if err == nil {
+		m.setConf(fs)
+	}
+	return fs, err
+}
+
+// route calls local when this node owns the filesystem, else remote with
+// the owner's RPC address; it follows owner changes until ctx ends. A
+// handler's own error (a failed recall) is final; a node that is not (or
+// no longer) the owner, or cannot be reached, makes it look again.
+func (m *mounted) route(ctx context.Context, local func(*daemon.DM) error, remote func(addr string) error) error {
+	for attempt := 0; ; attempt++ {
+		fs, err := m.owner()
+		switch {
+		case err != nil:
+			m.n.log.Warn("repository unreadable, retrying", "fs", m.name, "reason", err)
+		case fs.Owner == m.n.cfg.Name:
+			if dm := m.currentDM(); dm != nil {
+				return local(dm)
+			}
+			m.n.kick() // we own it but run no session yet
+		case fs.Owner != "":
+			if addr := m.n.rpcAddr(fs.Owner); addr != "" {
+				err := remote(addr)
+				if err == nil || ctx.Err() != nil {
+					return err
+				}
+				var re *rpc.RemoteError
+				if errors.As(err, &re) && re.Code != codeNotOwner {
+					return err
+				}
+				if errors.Is(err, rpc.ErrUnauthorized) || errors.Is(err, rpc.ErrBadAnswer) {
+					return err
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(min(time.Duration(50<<min(attempt, 4))*time.Millisecond, time.Second)):
+		}
+	}
+}
+
+// Raise sends a synchronous event to the owner's session and waits; the
+// event is sent again to a new owner after a change (its token makes that
+// idempotent), until the event timeout.
+func (m *mounted) Raise(ctx context.Context, ev *dmapi.Event) error {
+	if ev.Token == "" {
+		ev.Token = dmapi.NewToken()
+	}
+	if ev.Node == "" {
+		ev.Node = m.n.cfg.Name
+	}
+	ctx, cancel := context.WithTimeout(ctx, settingsOf(m.config()).eventTimeout)
+	defer cancel()
+	return m.route(ctx,
+		func(dm *daemon.DM) error { return dm.Raise(ctx, ev) },
+		func(addr string) error {
+			return m.n.client.Call(ctx, addr, pathEvent, eventReq{FS: m.name, Event: *ev}, nil)
+		})
+}
+
+// Migrate runs a migration on the owner.
+func (m *mounted) Migrate(ctx context.Context, rel string, premigrate bool) (migrate.Result, error) {
+	res := migrate.Result{Path: rel}
+	var remoteErr error
+	err := m.route(ctx,
+		func(dm *daemon.DM) (err error) { res, remoteErr = dm.Migrate(ctx, rel, premigrate); return nil },
+		func(addr string) error {
+			var reply migrateReply
+			if err := m.n.client.Call(ctx, addr, pathMigrate, migrateReq{FS: m.name, Path: rel, Premigrate: premigrate}, &reply); err != nil {
+				return err
+			}
+			res = reply.Result
+			switch {
+			case reply.Busy:
+				remoteErr = fmt.Errorf("%s: %w", reply.Error, dmapi.ErrBusy)
+			case reply.Error != "":
+				remoteErr = errors.New(reply.Error)
+			}
+			return nil
+		})
+	if err != nil {
+		return res, err
+	}
+	return res, remoteErr
+}
+
+// Session describes the owner's session.
+func (m *mounted) Session(ctx context.Context) daemon.SessionInfo {
+	fs, err := m.owner()
+	switch {
+	case err != nil:
+		return daemon.SessionInfo{State: "repository unreadable: " + err.Error()}
+	case fs.Owner == "":
+		return daemon.SessionInfo{Epoch: fs.Epoch, State: "no owner: waiting for an eligible candidate"}
+	case fs.Owner == m.n.cfg.Name:
+		if dm := m.currentDM(); dm != nil {
+			return dm.Session(ctx)
+		}
+		return daemon.SessionInfo{Owner: fs.Owner, Epoch: fs.Epoch, State: "starting"}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	var reply sessionReply
+	if err := m.n.client.Call(ctx, m.n.rpcAddr(fs.Owner), pathSession, fsReq{FS: m.name}, &reply); err != nil {
+		return daemon.SessionInfo{Owner: fs.Owner, Epoch: fs.Epoch, State: "owner unreachable: " + err.Error()}
+	}
+	return reply
+}
+
+// settings are a filesystem's settings as the daemon uses them.
+type settings struct {
+	recall       recall.Config
+	workers      int
+	eventTimeout time.Duration
+	releaseWait  time.Duration
+}
+
+// settingsOf reads the repository settings (checked when they were set).
+func settingsOf(fs repo.FS) settings {
+	s := settings{recall: recall.DefaultConfig(), workers: 8, eventTimeout: 5 * time.Minute, releaseWait: 5 * time.Second}
+	size := func(k string, dst *int64) {
+		if v, ok := fs.Settings[k]; ok {
+			if n, err := repo.ParseSize(v); err == nil {
+				*dst = n
+			}
+		}
+	}
+	dur := func(k string, dst *time.Duration) {
+		if d, err := time.ParseDuration(fs.Settings[k]); err == nil && d > 0 {
+			*dst = d
+		}
+	}
+	size("small-file", &s.recall.SmallFile)
+	size("window", &s.recall.Window)
+	size("max-window", &s.recall.MaxWindow)
+	if fs.Settings["recall"] == "whole" {
+		s.recall.SmallFile = 1 << 62
+	}
+	if w, err := strconv.Atoi(fs.Settings["workers"]); err == nil && w > 0 {
+		s.workers = w
+	}
+	dur("event-timeout", &s.eventTimeout)
+	dur("release-wait", &s.releaseWait)
+	return s
+}

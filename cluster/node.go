@@ -1,0 +1,322 @@
+// Package cluster makes a node daemon a member of a cascadefs cluster: it
+// joins the Serf membership, mounts every filesystem it is a candidate for,
+// runs the DM session of those it owns, and serves and sends DM events,
+// migrations and release holds over the signed node RPC. The repository
+// (package repo) holds the shared configuration and ownership.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cascadefs/cascadefs/cluster/member"
+	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/cluster/rpc"
+	"github.com/cascadefs/cascadefs/daemon"
+	"github.com/hashicorp/memberlist"
+)
+
+// Config of a node daemon.
+type Config struct {
+	Name      string
+	Bind      string   // Serf gossip HOST:PORT
+	RPC       string   // node RPC HOST:PORT
+	Join      []string // members to join at start
+	RepoDir   string   // repository directory (shared storage)
+	MountRoot string   // filesystems are mounted at MountRoot/NAME
+	Key       []byte   // cluster key; nil: gossip and RPC unprotected
+	RunDir    string   // control sockets (default daemon.RunDir())
+	// NoPassthrough disables kernel passthrough for resident files.
+	NoPassthrough bool
+	// Tune adjusts memberlist timing (failure detection).
+	Tune func(*memberlist.Config)
+}
+
+// reconcileEvery: how often a node compares its mounts and sessions with
+// the repository (also on every membership change).
+const reconcileEvery = 2 * time.Second
+
+// Node is a running node daemon.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	repo   repo.Repository
+	member *member.Member
+	server *rpc.Server
+	client *rpc.Client
+	holds  holds
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wake   chan struct{}
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	fss     map[string]*mounted
+	control *nodeControl
+}
+
+// Start starts a node: checks its name, joins the cluster and mounts its
+// filesystems. Any error leaves nothing running.
+func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
+	if err := repo.ValidName("node", cfg.Name); err != nil {
+		return nil, err
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = daemon.RunDir()
+	}
+	if cfg.MountRoot == "" || !filepath.IsAbs(cfg.MountRoot) {
+		return nil, fmt.Errorf("--mount-root %q: give an absolute directory", cfg.MountRoot)
+	}
+	if cfg.RepoDir, err = filepath.Abs(cfg.RepoDir); err != nil {
+		return nil, err
+	}
+	r, err := repo.Open(cfg.RepoDir)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Key == nil {
+		log.Warn("no cluster key (--key-file): gossip and node RPC are NOT protected")
+	}
+	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), repo: r, fss: map[string]*mounted{}, wake: make(chan struct{}, 1)}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	key := rpc.NewKey(cfg.Key)
+	n.client = rpc.NewClient(cfg.Name, key)
+	if err := n.checkNameFree(); err != nil {
+		return nil, err
+	}
+	if n.server, err = rpc.Listen(cfg.RPC, key, n.log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			n.server.Close()
+		}
+	}()
+	n.register()
+	n.member, err = member.Start(member.Config{Name: cfg.Name, Bind: cfg.Bind, RPC: n.server.Addr(), Key: cfg.Key,
+		Log: n.log, Tune: cfg.Tune, OnChange: n.kick})
+	if err != nil {
+		return nil, err
+	}
+	if err := n.member.Join(cfg.Join); err != nil {
+		n.member.Shutdown()
+		return nil, err
+	}
+	if err := r.PutNode(repo.Node{Name: cfg.Name, Bind: cfg.Bind, RPC: n.server.Addr(), Seen: time.Now()}); err != nil {
+		n.member.Leave()
+		return nil, err
+	}
+	if n.control, err = startNodeControl(n); err != nil {
+		n.member.Leave()
+		return nil, err
+	}
+	n.reconcile()
+	n.wg.Add(1)
+	go n.loop()
+	n.log.Info("node started", "bind", cfg.Bind, "rpc", n.server.Addr(), "repo", cfg.RepoDir, "mount_root", cfg.MountRoot)
+	return n, nil
+}
+
+// checkNameFree refuses a name that a live node uses already.
+func (n *Node) checkNameFree() error {
+	nodes, err := n.repo.ListNodes()
+	if err != nil {
+		return err
+	}
+	for _, other := range nodes {
+		if other.Name != n.cfg.Name || other.RPC == "" {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)
+		var reply pingReply
+		err := n.client.Call(ctx, other.RPC, pathPing, struct{}{}, &reply)
+		cancel()
+		if err == nil && reply.Name == n.cfg.Name {
+			return fmt.Errorf("node name %s is taken by a live node (RPC %s)", n.cfg.Name, other.RPC)
+		}
+	}
+	return nil
+}
+
+func (n *Node) kick() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Node) loop() {
+	defer n.wg.Done()
+	t := time.NewTicker(reconcileEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		case <-n.wake:
+		}
+		n.reconcile()
+	}
+}
+
+// reconcile brings mounts and sessions in line with the repository: mount
+// what this node is a candidate for, take a filesystem nobody owns, run the
+// session of what it owns and stop the session of what it no longer owns.
+func (n *Node) reconcile() {
+	list, err := n.repo.ListFS()
+	if err != nil {
+		n.log.Warn("repository unreadable; keeping the current state", "reason", err)
+		return
+	}
+	want := map[string]repo.FS{}
+	for _, fs := range list {
+		if fs.IsCandidate(n.cfg.Name) {
+			want[fs.Name] = fs
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ctx.Err() != nil {
+		return
+	}
+	for name, m := range n.fss {
+		if _, ok := want[name]; !ok {
+			n.log.Info("filesystem no longer served here", "fs", name)
+			m.stop(false)
+			delete(n.fss, name)
+		}
+	}
+	for name, fs := range want {
+		m := n.fss[name]
+		if m == nil {
+			var err error
+			if m, err = n.mountFS(fs); err != nil {
+				n.log.Error("cannot mount filesystem", "fs", name, "reason", err)
+				continue
+			}
+			n.fss[name] = m
+		}
+		if fs.Owner == "" {
+			if taken, err := n.take(name); err != nil {
+				n.log.Warn("cannot take filesystem", "fs", name, "reason", err)
+			} else if taken != nil {
+				fs = *taken
+			}
+		}
+		m.setConf(fs)
+		if fs.Owner == n.cfg.Name {
+			if err := m.ensureDM(fs); err != nil {
+				n.log.Error("cannot start DM session", "fs", name, "reason", err)
+			}
+		} else {
+			m.stopDM("owner is now " + fs.Owner)
+		}
+	}
+}
+
+// errTaken: another node took the filesystem first.
+var errTaken = errors.New("taken by another node")
+
+// take makes this node the owner of a filesystem nobody owns, under its
+// repository lock; it returns the new record, or nil if another node won.
+func (n *Node) take(name string) (*repo.FS, error) {
+	lock := "fs/" + name
+	ok, err := n.repo.TryLock(lock, n.cfg.Name, time.Minute)
+	if err != nil || !ok {
+		return nil, err
+	}
+	defer n.repo.Unlock(lock, n.cfg.Name)
+	var out repo.FS
+	err = n.repo.UpdateFS(name, func(f *repo.FS) error {
+		if f.Owner != "" {
+			return errTaken
+		}
+		f.Owner = n.cfg.Name
+		f.Epoch++
+		out = *f
+		return nil
+	})
+	if errors.Is(err, errTaken) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	n.log.Info("took filesystem", "fs", name, "epoch", out.Epoch)
+	return &out, nil
+}
+
+// Stop hands the filesystems this node owns back to the repository (no
+// owner: another candidate takes them at once), unmounts, and leaves.
+func (n *Node) Stop() {
+	n.cancel()
+	n.wg.Wait()
+	n.mu.Lock()
+	for name, m := range n.fss {
+		m.stop(true)
+		delete(n.fss, name)
+	}
+	n.mu.Unlock()
+	n.control.close()
+	n.member.Leave()
+	n.server.Close()
+	n.log.Info("node stopped")
+}
+
+// Wait blocks until the node is stopped.
+func (n *Node) Wait() { <-n.ctx.Done() }
+
+// alive reports whether a member is up (for the DESTROY queue).
+func (n *Node) alive(name string) bool {
+	i, ok := n.member.Lookup(name)
+	return ok && (i.Status == member.Alive || i.Status == member.Suspect)
+}
+
+// rpcAddr is the RPC address of a node: from gossip, else the repository.
+func (n *Node) rpcAddr(name string) string {
+	if i, ok := n.member.Lookup(name); ok && i.RPC != "" {
+		return i.RPC
+	}
+	nodes, _ := n.repo.ListNodes()
+	for _, x := range nodes {
+		if x.Name == name {
+			return x.RPC
+		}
+	}
+	return ""
+}
+
+// peers lists the other members that mount a filesystem: its candidates
+// that have not left the cluster.
+func (n *Node) peers(fs repo.FS) []member.Info {
+	var out []member.Info
+	for _, i := range n.member.Members() {
+		if i.Name == n.cfg.Name || i.Status == member.Left || !fs.IsCandidate(i.Name) {
+			continue
+		}
+		out = append(out, i)
+	}
+	return out
+}
+
+func (n *Node) lookup(fs string) *mounted {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.fss[fs]
+}
+
+func mkdirMount(root, name string) (string, error) {
+	p := filepath.Join(root, name)
+	if err := os.MkdirAll(p, 0o755); err != nil {
+		return "", fmt.Errorf("mount point: %w", err)
+	}
+	return p, nil
+}

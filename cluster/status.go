@@ -1,0 +1,102 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/cascadefs/cascadefs/cluster/member"
+	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/daemon"
+)
+
+// Status is the cluster as one node sees it (`cascadefs status`).
+type Status struct {
+	Node    string        `json:"node"`
+	Repo    string        `json:"repo"`
+	Members []member.Info `json:"members"`
+	FS      []FSStatus    `json:"filesystems"`
+}
+
+// FSStatus is one filesystem: its repository record and its DM session.
+type FSStatus struct {
+	repo.FS
+	Mountpoint string             `json:"mountpoint,omitempty"` // on the answering node
+	Session    daemon.SessionInfo `json:"session"`
+}
+
+// Status collects the cluster's state.
+func (n *Node) Status(ctx context.Context) Status {
+	st := Status{Node: n.cfg.Name, Repo: n.cfg.RepoDir, Members: n.member.Members()}
+	list, _ := n.repo.ListFS()
+	for _, fs := range list {
+		fst := FSStatus{FS: fs}
+		if m := n.lookup(fs.Name); m != nil {
+			fst.Mountpoint = filepath.Join(n.cfg.MountRoot, fs.Name)
+			fst.Session = m.Session(ctx)
+		} else {
+			fst.Session = daemon.SessionInfo{Owner: fs.Owner, Epoch: fs.Epoch, State: "not mounted on " + n.cfg.Name}
+		}
+		st.FS = append(st.FS, fst)
+	}
+	sort.Slice(st.FS, func(i, j int) bool { return st.FS[i].Name < st.FS[j].Name })
+	return st
+}
+
+// NodeSocket is the control socket of node name.
+func NodeSocket(runDir, name string) string { return daemon.SocketPath(runDir, "node@"+name) }
+
+// nodeControl is the node's root-only control socket.
+type nodeControl struct {
+	srv  *http.Server
+	path string
+}
+
+func startNodeControl(n *Node) (*nodeControl, error) {
+	path := NodeSocket(n.cfg.RunDir, n.cfg.Name)
+	ln, err := daemon.ListenControl(path)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /cluster", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(n.Status(r.Context()))
+	})
+	c := &nodeControl{srv: &http.Server{Handler: mux}, path: path}
+	go c.srv.Serve(ln)
+	return c, nil
+}
+
+func (c *nodeControl) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c.srv.Shutdown(ctx)
+	os.Remove(c.path)
+}
+
+// LocalNodes asks every node daemon on this host for its cluster status.
+func LocalNodes(runDir string) []Status {
+	socks, _ := filepath.Glob(filepath.Join(runDir, "node@*.sock"))
+	var out []Status
+	for _, s := range socks {
+		cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", s)
+			}}}
+		resp, err := cl.Get("http://node/cluster")
+		if err != nil {
+			continue
+		}
+		var st Status
+		if json.NewDecoder(resp.Body).Decode(&st) == nil {
+			out = append(out, st)
+		}
+		resp.Body.Close()
+	}
+	return out
+}

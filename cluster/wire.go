@@ -1,0 +1,61 @@
+package cluster
+
+import (
+	"github.com/cascadefs/cascadefs/daemon"
+	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/migrate"
+)
+
+// Node RPC paths and their messages.
+const (
+	pathPing       = "/ping"
+	pathEvent      = "/event"
+	pathMigrate    = "/migrate"
+	pathSession    = "/session"
+	pathHold       = "/hold"
+	pathUnhold     = "/unhold"
+	pathInvalidate = "/invalidate"
+)
+
+// codeNotOwner: the called node does not run the filesystem's DM session
+// (any more); the caller looks the owner up again.
+const codeNotOwner = "not-owner"
+
+type pingReply struct {
+	Name string `json:"name"`
+}
+
+type eventReq struct {
+	FS    string      `json:"fs"`
+	Event dmapi.Event `json:"event"`
+}
+
+type migrateReq struct {
+	FS         string `json:"fs"`
+	Path       string `json:"path"`
+	Premigrate bool   `json:"premigrate"`
+}
+
+type migrateReply struct {
+	Result migrate.Result `json:"result"`
+	Error  string         `json:"error,omitempty"`
+	Busy   bool           `json:"busy,omitempty"` // the release was skipped: open somewhere
+}
+
+type fsReq struct {
+	FS string `json:"fs"`
+}
+
+type sessionReply = daemon.SessionInfo
+
+type holdReq struct {
+	FS     string `json:"fs"`
+	Ino    uint64 `json:"ino"`
+	Token  string `json:"token"`
+	WaitMs int64  `json:"wait_ms"`
+}
+
+type invalidateReq struct {
+	FS  string `json:"fs"`
+	Ino uint64 `json:"ino"`
+}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/cascadefs/cascadefs/cluster"
+	"github.com/cascadefs/cascadefs/cluster/member"
+)
+
+const nodeArgs = "--name N --bind HOST:PORT --rpc HOST:PORT [--join HOST:PORT,...] --repo DIR --mount-root DIR [--key-file F] [--credentials-file F] | --config F"
+
+// cmdNode runs a node daemon until SIGINT or SIGTERM.
+func cmdNode(args []string) error {
+	fl := newFlags("node", nodeArgs)
+	var cfg cluster.Config
+	fl.StringVar(&cfg.Name, "name", "", "node name, unique in the cluster")
+	fl.StringVar(&cfg.Bind, "bind", "", "gossip address (Serf), HOST:PORT")
+	fl.StringVar(&cfg.RPC, "rpc", "", "node RPC address, HOST:PORT")
+	join := fl.String("join", "", "members to join, HOST:PORT,...")
+	fl.StringVar(&cfg.RepoDir, "repo", "", "repository directory (shared storage)")
+	fl.StringVar(&cfg.MountRoot, "mount-root", "", "filesystems are mounted at MOUNT-ROOT/NAME")
+	keyFile := fl.String("key-file", "", "cluster key (base64; cascadefs keygen makes one)")
+	credsFile := fl.String("credentials-file", "", "KEY=VALUE lines put into the environment (archive credentials)")
+	configFile := fl.String("config", "", "file with these settings, one KEY = VALUE per line")
+	fl.BoolVar(&cfg.NoPassthrough, "no-passthrough", false, "never use kernel FUSE passthrough")
+	if err := fl.Parse(args); err != nil {
+		return errReported
+	}
+	if *configFile != "" {
+		fileArgs, err := readConfig(*configFile)
+		if err != nil {
+			return err
+		}
+		// The file first, then the command line again, so flags win.
+		if err := fl.Parse(append(fileArgs, args...)); err != nil {
+			return errReported
+		}
+	}
+	if fl.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fl.Arg(0))
+	}
+	if cfg.Name == "" || cfg.Bind == "" || cfg.RPC == "" || cfg.RepoDir == "" || cfg.MountRoot == "" {
+		return errors.New("need --name, --bind, --rpc, --repo and --mount-root (or --config)")
+	}
+	cfg.Join = splitList(*join)
+	if *keyFile != "" {
+		key, err := member.ReadKey(*keyFile)
+		if err != nil {
+			return err
+		}
+		cfg.Key = key
+	}
+	if *credsFile != "" {
+		if err := loadEnvFile(*credsFile); err != nil {
+			return err
+		}
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	n, err := cluster.Start(cfg, log)
+	if err != nil {
+		return err
+	}
+	s := <-sigs
+	log.Info("signal received; stopping", "node", cfg.Name, "signal", s.String())
+	n.Stop()
+	return nil
+}
+
+// readConfig turns "key = value" lines into flags; # starts a comment.
+func readConfig(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	var args []string
+	sc := bufio.NewScanner(f)
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(text, "=")
+		if !ok {
+			return nil, fmt.Errorf("config %s:%d: want KEY = VALUE", path, line)
+		}
+		args = append(args, "--"+strings.TrimSpace(k)+"="+strings.TrimSpace(v))
+	}
+	return args, sc.Err()
+}
+
+// loadEnvFile sets KEY=VALUE lines as environment variables (archive
+// credentials), so they stay out of configs, the repository and logs.
+func loadEnvFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("credentials file: %w", err)
+	}
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || strings.TrimSpace(k) == "" {
+			return fmt.Errorf("credentials file %s:%d: want KEY=VALUE", path, i+1)
+		}
+		os.Setenv(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+	return nil
+}
+
+// cmdKeygen prints a new cluster key.
+func cmdKeygen(args []string) error {
+	if len(args) > 0 {
+		return errors.New("keygen takes no argument")
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	fmt.Println(base64.StdEncoding.EncodeToString(key))
+	return nil
+}

@@ -1,0 +1,237 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cascadefs/cascadefs/cluster/rpc"
+	"github.com/cascadefs/cascadefs/internal/testenv"
+)
+
+// clusters runs fn on a three-node cluster with a directory archive and
+// with a real MinIO.
+func clusters(t *testing.T, fn func(t *testing.T, c *testenv.Cluster)) {
+	t.Run("file", func(t *testing.T) {
+		c := testenv.NewCluster(t, "", nil, "n1", "n2", "n3")
+		fn(t, c)
+	})
+	t.Run("s3", func(t *testing.T) {
+		m := testenv.StartMinIO(t)
+		c := testenv.NewCluster(t, m.Bucket(t, "hsm"), m.EnvList(), "n1", "n2", "n3")
+		fn(t, c)
+	})
+}
+
+// clusterState is a file's state as `cascadefs ls` shows it through node n.
+func clusterState(t *testing.T, c *testenv.Cluster, n *testenv.Node, rel string) string {
+	t.Helper()
+	var entries []struct{ State string }
+	out := c.MustCLI("ls", "--json", n.M(rel))
+	if err := json.Unmarshal([]byte(out), &entries); err != nil || len(entries) != 1 {
+		t.Fatalf("ls: %v %s", err, out)
+	}
+	return entries[0].State
+}
+
+var recalledLine = regexp.MustCompile(`msg=recalled .*file=(\S+) bytes=(\d+) fetched=(\d+)`)
+
+// Files written on one node are seen on the others; a file migrated through
+// one node reads back right through the others, recalled by the owner; all
+// three nodes reading one stub at once fetch each byte once.
+func TestClusterSharedFilesystem(t *testing.T) {
+	clusters(t, func(t *testing.T, c *testenv.Cluster) {
+		c.Start("n1", "n2", "n3")
+		n1, n2, n3 := c.Nodes["n1"], c.Nodes["n2"], c.Nodes["n3"]
+		want := writeRandom(t, n1.M("a"), 3<<20+11)
+		for _, n := range []*testenv.Node{n2, n3} {
+			if sumFile(t, n.M("a")) != want {
+				t.Fatalf("%s reads other bytes than n1 wrote", n.Name)
+			}
+		}
+		// Rewritten through n2: n1 and n3 see the new bytes and size at
+		// their next open, although they read the file before.
+		for _, n := range []*testenv.Node{n1, n3} {
+			os.Stat(n.M("a")) // cache its attributes there
+		}
+		want = writeRandom(t, n2.M("a"), 5<<20+13) // larger: cached sizes would cut the read short
+		for _, n := range []*testenv.Node{n1, n3} {
+			if st, err := os.Stat(n.M("a")); err != nil || st.Size() != 5<<20+13 {
+				t.Fatalf("%s still sees the old size after a rewrite through n2 was closed: %v %v", n.Name, st.Size(), err)
+			}
+		}
+		for _, n := range []*testenv.Node{n1, n3} {
+			if sumFile(t, n.M("a")) != want {
+				t.Fatalf("%s reads stale bytes after a rewrite through n2", n.Name)
+			}
+		}
+
+		c.MustCLI("migrate", n2.M("a")) // asked on n2, done by the owner n1
+		if s := clusterState(t, c, n3, "a"); s != "migrated" {
+			t.Fatalf("state through n3 after migrate through n2: %s", s)
+		}
+		testenv.DropCaches()
+		if sumFile(t, n3.M("a")) != want {
+			t.Fatal("n3 read wrong bytes of a stub")
+		}
+		if sumFile(t, n1.M("a")) != want {
+			t.Fatal("n1 read wrong bytes of a recalled stub")
+		}
+
+		// One large stub read by all three nodes at once.
+		bigWant := writeRandom(t, n1.M("big"), 40<<20+5)
+		c.MustCLI("migrate", n1.M("big"))
+		testenv.DropCaches()
+		var wg sync.WaitGroup
+		sums := make([][32]byte, 3)
+		for i, n := range []*testenv.Node{n1, n2, n3} {
+			wg.Add(1)
+			go func() { defer wg.Done(); sums[i] = sumFile(t, n.M("big")) }()
+		}
+		wg.Wait()
+		for i, s := range sums {
+			if s != bigWant {
+				t.Fatalf("reader %d of the shared stub read wrong bytes", i+1)
+			}
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for clusterState(t, c, n2, "big") != "premigrated" && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		var fetched int64 = -1
+		for _, m := range recalledLine.FindAllStringSubmatch(n1.Log(), -1) {
+			if m[1] == "big" {
+				fetched, _ = strconv.ParseInt(m[3], 10, 64)
+			}
+		}
+		if fetched != 40<<20+5 {
+			t.Fatalf("the owner fetched %d bytes for a %d-byte stub read by three nodes (each byte once is the goal)", fetched, 40<<20+5)
+		}
+		if strings.Contains(n2.Log(), "msg=recalled") || strings.Contains(n3.Log(), "msg=recalled") {
+			t.Fatal("a node that does not own the filesystem recalled")
+		}
+	})
+}
+
+// A release waits while the file is open on another node, and is skipped
+// if it stays open; once closed everywhere, it goes through.
+func TestClusterReleaseWaitsForOtherNodes(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2", "n3")
+	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "release-wait=1s")
+	c.Start("n1", "n2", "n3")
+	n1, n3 := c.Nodes["n1"], c.Nodes["n3"]
+	want := writeRandom(t, n1.M("f"), 1<<20)
+	f, err := os.Open(n3.M("f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, _ := c.CLI("migrate", n1.M("f"))
+	if !strings.Contains(out+errOut, "skipped") || !strings.Contains(out+errOut, "n3") {
+		t.Fatalf("migrate while open on n3:\n%s%s", out, errOut)
+	}
+	if s := clusterState(t, c, n1, "f"); s != "premigrated" {
+		t.Fatalf("a file open on n3 was released: %s", s)
+	}
+	f.Close()
+	c.MustCLI("migrate", n1.M("f"))
+	if s := clusterState(t, c, n1, "f"); s != "migrated" {
+		t.Fatalf("after close on n3: %s", s)
+	}
+	testenv.DropCaches()
+	if sumFile(t, n3.M("f")) != want {
+		t.Fatal("n3 read wrong bytes after the release")
+	}
+}
+
+// Bad input: a wrong key cannot join or call; a taken name, a join address
+// that does not answer, a missing repository are refused with one line.
+func TestClusterRefusesBadNodes(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2", "x")
+	c.Start("n1")
+	n1 := c.Nodes["n1"]
+
+	// A node with another key cannot join.
+	other := c.Dir + "/other.key"
+	os.WriteFile(other, []byte(c.MustCLI("keygen")), 0o600)
+	x := c.Nodes["x"]
+	_, e, err := c.CLI("node", "--name", "x", "--bind", x.Bind, "--rpc", x.RPC, "--repo", c.Repo,
+		"--mount-root", x.MountRoot, "--key-file", other, "--join", n1.Bind)
+	if err == nil || !strings.Contains(e, "join") {
+		t.Fatalf("node with another key: %v %q", err, e)
+	}
+	// Nor call: the RPC refuses a caller without the key, and says so in its log.
+	cl := rpc.NewClient("x", rpc.NewKey([]byte("another key of thirty-two bytes!")))
+	if err := cl.Call(context.Background(), n1.RPC, "/ping", struct{}{}, nil); !errors.Is(err, rpc.ErrUnauthorized) {
+		t.Fatalf("call with another key: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(n1.Log(), "node RPC refused") {
+		if time.Now().After(deadline) {
+			t.Fatal("refused call not logged")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cases := map[string][]string{
+		"taken": {"node", "--name", "n1", "--bind", x.Bind, "--rpc", x.RPC, "--repo", c.Repo,
+			"--mount-root", x.MountRoot, "--key-file", c.KeyFile},
+		"join": {"node", "--name", "x", "--bind", x.Bind, "--rpc", x.RPC, "--repo", c.Repo,
+			"--mount-root", x.MountRoot, "--key-file", c.KeyFile, "--join", "127.0.0.1:1"},
+		"repo": {"node", "--name", "x", "--bind", x.Bind, "--rpc", x.RPC, "--repo", c.Dir + "/nope",
+			"--mount-root", x.MountRoot, "--key-file", c.KeyFile},
+		"key": {"node", "--name", "x", "--bind", x.Bind, "--rpc", x.RPC, "--repo", c.Repo,
+			"--mount-root", x.MountRoot, "--key-file", c.Dir + "/nokey"},
+	}
+	for name, args := range cases {
+		_, e, err := c.CLI(args...)
+		if err == nil || strings.Count(strings.TrimSpace(e), "\n") != 0 {
+			t.Errorf("%s: want one line and a failure, got %v %q", name, err, e)
+		}
+	}
+	// The live n1 is untouched and still the only member.
+	var rep struct {
+		Cluster struct {
+			Members []struct{ Name, Status string }
+		}
+	}
+	json.Unmarshal([]byte(c.MustCLI("status", "--json")), &rep)
+	if len(rep.Cluster.Members) != 1 || rep.Cluster.Members[0].Name != "n1" || rep.Cluster.Members[0].Status != "alive" {
+		t.Fatalf("members after refused nodes: %+v", rep.Cluster.Members)
+	}
+}
+
+// fs add/set/remove refuse bad input with one line and change nothing.
+func TestFSCommandErrors(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	before := c.MustCLI("fs", "list", "--repo", c.Repo, "--json")
+	bad := [][]string{
+		{"fs", "add", "--repo", c.Repo, testenv.FSName, "--backing", c.Backing, "--archive", c.Archive},
+		{"fs", "add", "--repo", c.Repo, "two", "--backing", c.Backing, "--archive", c.Archive, "--candidates", "n1", "--owner", "n2"},
+		{"fs", "add", "--repo", c.Repo, "two", "--backing", c.Dir + "/missing", "--archive", c.Archive},
+		{"fs", "add", "--repo", c.Repo, "two", "--backing", c.Backing, "--archive", "ftp://x"},
+		{"fs", "set", "--repo", c.Repo, testenv.FSName, "workers=0"},
+		{"fs", "set", "--repo", c.Repo, testenv.FSName, "candidates=n2"}, // leaves out the owner n1
+		{"fs", "set", "--repo", c.Repo, testenv.FSName, "colour=red"},
+		{"fs", "remove", "--repo", c.Repo, "nope"},
+		{"fs", "list", "--repo", c.Dir + "/nope"},
+	}
+	for _, args := range bad {
+		_, e, err := c.CLI(args...)
+		if err == nil || strings.Count(strings.TrimSpace(e), "\n") != 0 {
+			t.Errorf("%v: want one line and a failure, got %v %q", args[1:3], err, e)
+		}
+	}
+	if after := c.MustCLI("fs", "list", "--repo", c.Repo, "--json"); after != before {
+		t.Fatalf("refused commands changed the repository:\n%s\n%s", before, after)
+	}
+	os.WriteFile(c.Repo+"/cascadefs.db", []byte("garbage garbage garbage garbage"), 0o600)
+	if _, e, err := c.CLI("fs", "list", "--repo", c.Repo); err == nil || !strings.Contains(e, "corrupt") {
+		t.Fatalf("corrupt repository: %v %q", err, e)
+	}
+}
