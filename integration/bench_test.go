@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -123,5 +124,51 @@ func BenchmarkHSM(b *testing.B) {
 		fmt.Fprintf(os.Stderr, "size=%d\n", size)
 		os.Remove(d.M("src.bin"))
 		m.Client.RemoveObject(ctx, "bench", "raw", minio.RemoveObjectOptions{})
+	}
+}
+
+// BenchmarkClusterHop measures the latency the node RPC hop adds: the first
+// 4 KiB read at a random offset of a stub through a node that does not own
+// the filesystem, beside the same read through the owner, in one run
+// (medians of 7 cold reads each).
+func BenchmarkClusterHop(b *testing.B) {
+	m := testenv.StartMinIO(b)
+	c := testenv.NewCluster(b, m.Bucket(b, "hop"), m.EnvList(), "n1", "n2")
+	c.Start("n1", "n2")
+	owner, other := c.Nodes["n1"], c.Nodes["n2"]
+	const size = 256 << 20
+	f, _ := os.Create(owner.M("f"))
+	io.CopyN(f, rand.Reader, size)
+	f.Close()
+	c.MustCLI("migrate", owner.M("f"))
+	first4k := func(n *testenv.Node, off int64) time.Duration {
+		c.MustCLI("migrate", owner.M("f")) // punch what the last read recalled
+		testenv.DropCaches()
+		start := time.Now()
+		fd, err := os.Open(n.M("f"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer fd.Close()
+		if _, err := fd.ReadAt(make([]byte, 4096), off); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	for range b.N {
+		var viaOwner, viaOther []time.Duration
+		for i := range 7 {
+			off := int64(i+1) * (size / 9)
+			viaOwner = append(viaOwner, first4k(owner, off))
+			viaOther = append(viaOther, first4k(other, off+4<<20))
+		}
+		med := func(d []time.Duration) time.Duration {
+			slices.Sort(d)
+			return d[len(d)/2]
+		}
+		o, x := med(viaOwner), med(viaOther)
+		b.ReportMetric(float64(o.Microseconds())/1000, "owner-ms")
+		b.ReportMetric(float64(x.Microseconds())/1000, "other-node-ms")
+		b.ReportMetric(float64((x-o).Microseconds())/1000, "hop-ms")
 	}
 }

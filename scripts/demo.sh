@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: mount a demo directory with a
 # directory archive, migrate a few files, show their state, read them back
-# transparently, unmount.
+# transparently, unmount. Then the same on a cluster of three node
+# processes sharing one backing directory and one repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$PWD/bin/cascadefs
@@ -11,11 +12,14 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 pid=
+nodes=()
 cleanup() {
-  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid"; wait "$pid" || true
-  fi
-  mountpoint -q "$demo/mnt" 2>/dev/null && umount -l "$demo/mnt" || true
+  for p in $pid "${nodes[@]}"; do
+    if kill -0 "$p" 2>/dev/null; then kill -TERM "$p"; wait "$p" || true; fi
+  done
+  for m in "$demo/mnt" "$demo"/cluster/mnt-*/shared; do
+    mountpoint -q "$m" 2>/dev/null && umount -l "$m" || true
+  done
 }
 trap cleanup EXIT
 rm -rf "$demo" && mkdir -p "$demo"/{backing,mnt,archive,state,run}
@@ -47,4 +51,38 @@ sync; echo 3 > /proc/sys/vm/drop_caches
 "$bin" status
 echo "== unmount"
 kill -TERM "$pid"; wait "$pid"; pid=
-echo "demo done; daemon log in $demo/daemon.log"
+
+echo
+echo "== a cluster of three nodes (n1, n2, n3) sharing $demo/cluster/backing"
+c=$demo/cluster
+mkdir -p "$c"/{backing,archive,repo}
+"$bin" keygen > "$c/cluster.key"
+"$bin" fs add --repo "$c/repo" shared --backing "$c/backing" --archive "file://$c/archive" \
+  --candidates n1,n2,n3 --owner n1
+join=
+for i in 1 2 3; do
+  "$bin" node --name n$i --bind 127.0.0.1:$((7945 + i)) --rpc 127.0.0.1:$((7955 + i)) ${join:+--join $join} \
+    --repo "$c/repo" --mount-root "$c/mnt-n$i" --key-file "$c/cluster.key" 2>"$c/n$i.log" &
+  nodes+=($!)
+  for _ in $(seq 100); do mountpoint -q "$c/mnt-n$i/shared" && break; sleep 0.1; done
+  join=127.0.0.1:7946
+done
+"$bin" status --repo "$c/repo" | sed -n '1,/^$/p'
+echo "== write through n1, migrate through n2 (the owner n1 does the work), ls through n3"
+head -c $((24 << 20)) /dev/urandom > "$c/mnt-n1/shared/data.bin"
+sum=$(sha256sum < "$c/mnt-n1/shared/data.bin")
+"$bin" migrate "$c/mnt-n2/shared/data.bin"
+"$bin" ls "$c/mnt-n3/shared/data.bin"
+echo "== read the stub through n3: n3 sends READ events to n1, which recalls"
+sync; echo 3 > /proc/sys/vm/drop_caches
+[[ $(sha256sum < "$c/mnt-n3/shared/data.bin") == "$sum" ]] && echo "data.bin: OK through n3"
+grep -h "msg=recalled" "$c/n1.log" | sed 's/^/  n1 log: /'
+"$bin" ls "$c/mnt-n3/shared/data.bin"
+echo "== stop n1: it hands the filesystem over; another node takes it"
+kill -TERM "${nodes[0]}"; wait "${nodes[0]}" || true
+sleep 1
+"$bin" status --repo "$c/repo" | sed -n '1,/^$/p'
+for p in "${nodes[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+for p in "${nodes[@]}"; do wait "$p" 2>/dev/null || true; done
+nodes=()
+echo "demo done; logs in $demo/daemon.log and $c/n*.log"
