@@ -45,7 +45,12 @@ func (g *clusterGate) Release(ctx context.Context, ino uint64, wait time.Duratio
 		}
 		held = append(held, p)
 	}
-	return g.m.mount.FS().Release(ctx, ino, wait, fn)
+	if err := g.m.mount.FS().Release(ctx, ino, wait, fn); err != nil {
+		return err
+	}
+	// Their cached attributes (allocated blocks) are stale now.
+	g.n.fanout(held, pathInvalidate, invalidateReq{FS: g.m.name, Ino: ino}, 2*time.Second, "cache invalidation not delivered")
+	return nil
 }
 
 // fanout calls path on every peer at once, each bounded by timeout, and

@@ -117,6 +117,24 @@ func TestClusterSharedFilesystem(t *testing.T) {
 		if strings.Contains(n2.Log(), "msg=recalled") || strings.Contains(n3.Log(), "msg=recalled") {
 			t.Fatal("a node that does not own the filesystem recalled")
 		}
+
+		// recall asked on n3 is done by the owner; a stub deleted through n2
+		// has its archive object deleted by the owner.
+		c.MustCLI("migrate", n1.M("a"), n1.M("big"))
+		c.MustCLI("recall", n3.M("a"))
+		if s := clusterState(t, c, n2, "a"); s != "premigrated" {
+			t.Fatalf("after recall through n3: %s", s)
+		}
+		if err := os.Remove(n2.M("big")); err != nil {
+			t.Fatal(err)
+		}
+		deadline = time.Now().Add(30 * time.Second)
+		for len(c.ArchiveObjects()) != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("objects left after deleting a stub through n2: %v", c.ArchiveObjects())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	})
 }
 
