@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -25,9 +27,10 @@ type mounted struct {
 	mount *daemon.Mount
 	queue *migrate.DestroyQueue
 
-	mu   sync.Mutex
-	conf repo.FS
-	dm   *daemon.DM // while this node owns the filesystem
+	mu      sync.Mutex
+	conf    repo.FS
+	dm      *daemon.DM // while this node owns the filesystem
+	dmEpoch uint64     // the epoch dm runs at
 }
 
 var _ daemon.DMAccess = (*mounted)(nil)
@@ -72,18 +75,22 @@ func (m *mounted) currentDM() *daemon.DM {
 // ensureDM runs the DM session of an owned filesystem at fs.Epoch.
 func (m *mounted) ensureDM(fs repo.FS) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.dm != nil {
+	if m.dm != nil && m.dmEpoch == fs.Epoch {
+		m.mu.Unlock()
 		return nil
 	}
+	m.mu.Unlock()
+	m.stopDM(fmt.Sprintf("epoch is now %d", fs.Epoch)) // a session at an older epoch would be fenced
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	s := settingsOf(fs)
 	dm, err := daemon.StartDM(m.n.ctx, daemon.DMConfig{Name: fs.Name, Backing: fs.Backing, ArchiveURL: fs.Archive,
-		Owner: m.n.cfg.Name, Epoch: fs.Epoch, Queue: m.queue, Gate: &clusterGate{n: m.n, m: m},
+		Owner: m.n.cfg.Name, Epoch: fs.Epoch, Queue: m.queue, Gate: &clusterGate{n: m.n, m: m}, Fence: m.fence(fs.Epoch),
 		Recall: s.recall, Workers: s.workers, EventTimeout: s.eventTimeout, ReleaseWait: s.releaseWait}, m.n.log)
 	if err != nil {
 		return err
 	}
-	m.dm = dm
+	m.dm, m.dmEpoch = dm, fs.Epoch
 	m.n.log.Info("DM session started", "fs", fs.Name, "epoch", fs.Epoch)
 	return nil
 }
@@ -104,6 +111,8 @@ func (m *mounted) stop(handOver bool) {
 	if handOver && m.currentDM() != nil {
 		err := m.n.repo.UpdateFS(m.name, func(f *repo.FS) error {
 			if f.Owner == m.n.cfg.Name {
+				f.Takeovers = append(f.Takeovers, repo.Takeover{At: time.Now(), From: f.Owner, Epoch: f.Epoch,
+					Reason: "handed over: " + f.Owner + " is stopping"})
 				f.Owner = ""
 			}
 			return nil
@@ -114,6 +123,45 @@ func (m *mounted) stop(handOver bool) {
 	}
 	m.stopDM("node stopping")
 	m.mount.Stop()
+}
+
+// fence lets a commit through only while this node owns the filesystem at
+// epoch, checked under the filesystem's repository lock (the lock a
+// takeover takes too). A replaced node commits nothing and stops its
+// session.
+func (m *mounted) fence(epoch uint64) dmapi.Fence {
+	return func(commit func() error) error {
+		var tb [8]byte
+		rand.Read(tb[:])
+		holder := m.n.cfg.Name + "/" + hex.EncodeToString(tb[:]) // each commit its own holder
+		lock := "fs/" + m.name
+		deadline := time.Now().Add(m.n.cfg.LockTimeout + 5*time.Second)
+		for {
+			ok, err := m.n.repo.TryLock(lock, holder, m.n.cfg.LockTimeout)
+			if err != nil {
+				return err
+			}
+			if ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("filesystem %s: its repository lock stays held", m.name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		defer m.n.repo.Unlock(lock, holder)
+		fs, err := m.n.repo.GetFS(m.name)
+		if err != nil {
+			return err
+		}
+		if fs.Owner != m.n.cfg.Name || fs.Epoch != epoch {
+			m.n.log.Warn("fenced: replaced, commit refused; stopping the session", "fs", m.name,
+				"owner", fs.Owner, "epoch", fs.Epoch, "our_epoch", epoch)
+			m.n.kick() // the reconcile loop stops the session (not from inside it)
+			return fmt.Errorf("%w (owner %s at epoch %d; ours was %d)", dmapi.ErrFenced, fs.Owner, fs.Epoch, epoch)
+		}
+		return commit()
+	}
 }
 
 // owner looks the current owner up in the repository.

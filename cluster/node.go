@@ -36,6 +36,11 @@ type Config struct {
 	NoPassthrough bool
 	// Tune adjusts memberlist timing (failure detection).
 	Tune func(*memberlist.Config)
+	// MaxFilesystems bounds the sessions this node takes (0: no bound).
+	MaxFilesystems int
+	// LockTimeout: a filesystem lock older than this is taken by force
+	// (its holder died mid-takeover). Default 60 s, as in the patent.
+	LockTimeout time.Duration
 }
 
 // reconcileEvery: how often a node compares its mounts and sessions with
@@ -60,6 +65,11 @@ type Node struct {
 	mu      sync.Mutex
 	fss     map[string]*mounted
 	control *nodeControl
+
+	failMu    sync.Mutex
+	failQueue []failoverReq
+	failWake  chan struct{}
+	declined  map[string]string // fs -> why this node did not take it (failover loop only)
 }
 
 // Start starts a node: checks its name, joins the cluster and mounts its
@@ -84,7 +94,11 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if cfg.Key == nil {
 		log.Warn("no cluster key (--key-file): gossip and node RPC are NOT protected")
 	}
-	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), repo: r, fss: map[string]*mounted{}, wake: make(chan struct{}, 1)}
+	if cfg.LockTimeout <= 0 {
+		cfg.LockTimeout = time.Minute
+	}
+	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), repo: r, fss: map[string]*mounted{},
+		wake: make(chan struct{}, 1), failWake: make(chan struct{}, 1), declined: map[string]string{}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	key := rpc.NewKey(cfg.Key)
 	n.client = rpc.NewClient(cfg.Name, key)
@@ -101,7 +115,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}()
 	n.register()
 	n.member, err = member.Start(member.Config{Name: cfg.Name, Bind: cfg.Bind, RPC: n.server.Addr(), Key: cfg.Key,
-		Log: n.log, Tune: cfg.Tune, OnChange: n.kick})
+		Log: n.log, Tune: cfg.Tune, OnChange: n.kick, OnMember: n.onMember})
 	if err != nil {
 		return nil, err
 	}
@@ -118,8 +132,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		return nil, err
 	}
 	n.reconcile()
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.loop()
+	go n.failoverLoop()
 	n.log.Info("node started", "bind", cfg.Bind, "rpc", n.server.Addr(), "repo", cfg.RepoDir, "mount_root", cfg.MountRoot)
 	return n, nil
 }
@@ -180,6 +195,9 @@ func (n *Node) reconcile() {
 	for _, fs := range list {
 		if fs.IsCandidate(n.cfg.Name) {
 			want[fs.Name] = fs
+			if fs.Owner != "" && fs.Owner != n.cfg.Name && n.ownerDead(fs.Owner) {
+				n.requestFailover(fs.Owner, "owner "+fs.Owner+" is gone")
+			}
 		}
 	}
 	n.mu.Lock()
@@ -216,7 +234,8 @@ func (n *Node) reconcile() {
 			if err := m.ensureDM(fs); err != nil {
 				n.log.Error("cannot start DM session", "fs", name, "reason", err)
 			}
-		} else {
+		} else if m.currentDM() != nil {
+			n.log.Warn("replaced: another node owns the filesystem now; stopping its session here", "fs", name, "owner", fs.Owner, "epoch", fs.Epoch)
 			m.stopDM("owner is now " + fs.Owner)
 		}
 	}
@@ -239,8 +258,7 @@ func (n *Node) take(name string) (*repo.FS, error) {
 		if f.Owner != "" {
 			return errTaken
 		}
-		f.Owner = n.cfg.Name
-		f.Epoch++
+		f.SetOwner(n.cfg.Name, "had no owner")
 		out = *f
 		return nil
 	})
@@ -278,6 +296,22 @@ func (n *Node) Wait() { <-n.ctx.Done() }
 func (n *Node) alive(name string) bool {
 	i, ok := n.member.Lookup(name)
 	return ok && (i.Status == member.Alive || i.Status == member.Suspect)
+}
+
+// ownerDead reports a filesystem owner that gossip says failed or left,
+// or that is no member at all and does not answer its RPC address.
+func (n *Node) ownerDead(name string) bool {
+	if i, ok := n.member.Lookup(name); ok {
+		return i.Status == member.Failed || i.Status == member.Left
+	}
+	addr := n.rpcAddr(name)
+	if addr == "" {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, time.Second)
+	defer cancel()
+	var reply pingReply
+	return n.client.Call(ctx, addr, pathPing, struct{}{}, &reply) != nil || reply.Name != name
 }
 
 // rpcAddr is the RPC address of a node: from gossip, else the repository.

@@ -43,6 +43,7 @@ type DMConfig struct {
 	Epoch        uint64
 	Queue        *migrate.DestroyQueue // durable DESTROY events (started by the DM)
 	Gate         migrate.Gate          // who must agree before a release
+	Fence        dmapi.Fence           // guards commits (nil: single node)
 	Recall       recall.Config
 	Workers      int
 	EventTimeout time.Duration
@@ -89,8 +90,10 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	d := &DM{cfg: cfg, log: log, arch: arch}
 	rights := &dmapi.Rights{}
 	d.recall = recall.NewManager(backing, arch, rights, cfg.Queue, cfg.Recall, log)
+	d.recall.Fence = cfg.Fence
 	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
 	d.migrator = migrate.New(backing, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
+	d.migrator.Fence = cfg.Fence
 	cfg.Queue.Start()
 	return d, nil
 }

@@ -38,6 +38,8 @@ type DestroyQueue struct {
 	started time.Time
 	log     *slog.Logger
 	wake    chan struct{}
+	mu      sync.Mutex
+	mine    map[string]destroyEntry // prepared here, not yet committed or aborted
 	once    sync.Once
 	stop    chan struct{}
 	done    chan struct{}
@@ -71,7 +73,7 @@ func NewDestroyQueue(store Store, fsName, self, root string, raise func(context.
 	if alive == nil {
 		alive = func(string) bool { return false }
 	}
-	return &DestroyQueue{store: store, fs: fsName, self: self, root: root, raise: raise, alive: alive, started: time.Now(), log: log,
+	return &DestroyQueue{store: store, fs: fsName, self: self, root: root, raise: raise, alive: alive, started: time.Now(), log: log, mine: map[string]destroyEntry{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 }
 
@@ -80,12 +82,34 @@ func NewDestroyQueue(store Store, fsName, self, root string, raise func(context.
 // Commit (garbage now) or Abort (the file uses it) follows.
 func (q *DestroyQueue) Prepare(rel string, ino uint64, key string) (token string, err error) {
 	ev := dmapi.Event{Token: dmapi.NewToken(), Type: dmapi.Destroy, FS: q.fs, Path: rel, Ino: ino, Key: key, Length: -1}
-	return ev.Token, q.write(destroyEntry{Event: ev, Node: q.self, Created: time.Now()})
+	e := destroyEntry{Event: ev, Node: q.self, Created: time.Now()}
+	if err := q.write(e); err != nil {
+		return "", err
+	}
+	q.mu.Lock()
+	q.mine[ev.Token] = e
+	q.mu.Unlock()
+	return ev.Token, nil
 }
 
-// Commit makes a prepared entry ready.
+// forget drops the memory of a prepared entry, returning it.
+func (q *DestroyQueue) forget(token string) (destroyEntry, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	e, ok := q.mine[token]
+	delete(q.mine, token)
+	return e, ok
+}
+
+// Commit makes a prepared entry ready. If another node resolved it
+// meanwhile (this node looked dead, and the object was not there yet), it
+// is written again: the object is garbage now.
 func (q *DestroyQueue) Commit(token string) {
+	mine, known := q.forget(token)
 	e, err := q.read(token)
+	if err != nil && known {
+		e, err = mine, nil
+	}
 	if err == nil {
 		e.Ready = true
 		err = q.write(e)
@@ -99,7 +123,10 @@ func (q *DestroyQueue) Commit(token string) {
 
 // Abort drops a prepared entry (the unlink failed, or the upload's record
 // was committed).
-func (q *DestroyQueue) Abort(token string) { q.store.Delete(token) }
+func (q *DestroyQueue) Abort(token string) {
+	q.forget(token)
+	q.store.Delete(token)
+}
 
 // Pending counts the entries not yet done.
 func (q *DestroyQueue) Pending() int {

@@ -55,6 +55,8 @@ type Migrator struct {
 	// Garbage records each upload before it starts and each stale copy
 	// before its record goes, so that no object leaks across a crash.
 	garbage dmapi.Garbage
+	// Fence guards every commit (nil: a single node, no fencing).
+	Fence dmapi.Fence
 }
 
 // New returns a migrator for backing directory root.
@@ -106,7 +108,9 @@ func (m *Migrator) Migrate(ctx context.Context, rel string, premigrateOnly bool)
 	if rec != nil && rec.State == stub.Premigrated && !rec.Unchanged(&st) {
 		// Changed behind our back since the copy: that copy is stale.
 		err := dmapi.Orphan(m.garbage, rel, st.Ino, rec.Key, func() error {
-			return m.gate.Commit(st.Ino, func() error { return stub.RemoveRecord(fd) })
+			return m.gate.Commit(st.Ino, func() error {
+				return m.Fence.Run(func() error { return stub.RemoveRecord(fd) })
+			})
 		})
 		if err != nil {
 			return res, fmt.Errorf("migrate %s: %w", rel, err)
@@ -183,7 +187,7 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		if !rec.Unchanged(&now) {
 			return ErrChanged
 		}
-		return stub.WriteRecord(int(file.Fd()), rec)
+		return m.Fence.Run(func() error { return stub.WriteRecord(int(file.Fd()), rec) })
 	})
 	if err != nil {
 		discard()
@@ -240,10 +244,13 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record) (int64
 		}
 		migrated := *rec
 		migrated.State = stub.Migrated
-		if err := stub.WriteRecord(fd, &migrated); err != nil {
-			return err
-		}
-		if err := stub.Punch(fd, st.Size); err != nil {
+		err = m.Fence.Run(func() error {
+			if err := stub.WriteRecord(fd, &migrated); err != nil {
+				return err
+			}
+			return stub.Punch(fd, st.Size)
+		})
+		if err != nil {
 			return err
 		}
 		released = resident

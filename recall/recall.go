@@ -63,6 +63,8 @@ type Manager struct {
 	// garbage records archive copies made stale when a recalled file is
 	// about to change, before its record goes.
 	garbage dmapi.Garbage
+	// Fence guards every commit (nil: a single node, no fencing).
+	Fence dmapi.Fence
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -177,10 +179,12 @@ func (m *Manager) destroy(ctx context.Context, ev *dmapi.Event) error {
 	if ev.Key == "" {
 		return fmt.Errorf("destroy %s: no object key", ev.Path)
 	}
-	if err := m.arch.Delete(ctx, ev.Key); err != nil {
-		return err
-	}
-	return m.arch.Delete(ctx, ev.Key+stub.SumsSuffix)
+	return m.Fence.Run(func() error {
+		if err := m.arch.Delete(ctx, ev.Key); err != nil {
+			return err
+		}
+		return m.arch.Delete(ctx, ev.Key+stub.SumsSuffix)
+	})
 }
 
 // dropPremigrated makes a premigrated file resident before it changes:
@@ -203,7 +207,9 @@ func (m *Manager) dropPremigrated(ev *dmapi.Event) error {
 	if rec.State != stub.Premigrated {
 		return fmt.Errorf("%s: record changed to %s while it was made resident", ev.Path, rec.State)
 	}
-	return dmapi.Orphan(m.garbage, ev.Path, st.Ino, rec.Key, func() error { return stub.RemoveRecord(fd) })
+	return dmapi.Orphan(m.garbage, ev.Path, st.Ino, rec.Key, func() error {
+		return m.Fence.Run(func() error { return stub.RemoveRecord(fd) })
+	})
 }
 
 // acquire opens the file's recall state, shared by all events on it.

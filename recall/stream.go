@@ -369,7 +369,7 @@ func (f *fileRecall) commitIfComplete() error {
 	rec := *f.rec
 	rec.State = stub.Premigrated
 	f.m.log.Info("recalled", "file", f.path, "bytes", rec.Size, "fetched", f.fetched)
-	if err := stub.WriteRecord(f.fd, &rec); err != nil {
+	if err := f.m.Fence.Run(func() error { return stub.WriteRecord(f.fd, &rec) }); err != nil {
 		return err
 	}
 	f.rec = &rec
@@ -388,7 +388,9 @@ func (f *fileRecall) makeResident() error {
 	if f.rec == nil {
 		return nil
 	}
-	err := dmapi.Orphan(f.m.garbage, f.path, f.ino, f.rec.Key, func() error { return stub.RemoveRecord(f.fd) })
+	err := dmapi.Orphan(f.m.garbage, f.path, f.ino, f.rec.Key, func() error {
+		return f.m.Fence.Run(func() error { return stub.RemoveRecord(f.fd) })
+	})
 	if err == nil {
 		f.rec = nil
 	}

@@ -52,6 +52,8 @@ type Config struct {
 	Tune func(*memberlist.Config)
 	// OnChange is called (on its own goroutine) after every membership change.
 	OnChange func()
+	// OnMember is told each member's new status as Serf reports it.
+	OnMember func(name string, st Status)
 }
 
 // Member is this node's membership.
@@ -205,7 +207,20 @@ func (m *Member) watch(events <-chan serf.Event) {
 		case <-m.stop:
 			return
 		case e := <-events:
-			if _, ok := e.(serf.MemberEvent); ok && m.cfg.OnChange != nil {
+			me, ok := e.(serf.MemberEvent)
+			if !ok {
+				continue
+			}
+			if m.cfg.OnMember != nil {
+				st := map[serf.EventType]Status{serf.EventMemberJoin: Alive, serf.EventMemberFailed: Failed,
+					serf.EventMemberLeave: Left, serf.EventMemberReap: Left}[me.Type]
+				for _, mb := range me.Members {
+					if st != "" {
+						m.cfg.OnMember(mb.Name, st)
+					}
+				}
+			}
+			if m.cfg.OnChange != nil {
 				m.cfg.OnChange()
 			}
 		}

@@ -34,6 +34,30 @@ type FS struct {
 	Owner    string            `json:"owner,omitempty"`
 	Epoch    uint64            `json:"epoch"`
 	Settings map[string]string `json:"settings,omitempty"`
+	// Takeovers are the latest changes of owner, newest last.
+	Takeovers []Takeover `json:"takeovers,omitempty"`
+}
+
+// Takeover is one change of a filesystem's owner.
+type Takeover struct {
+	At     time.Time `json:"at"`
+	From   string    `json:"from,omitempty"`
+	To     string    `json:"to"`
+	Epoch  uint64    `json:"epoch"`
+	Reason string    `json:"reason"`
+}
+
+// keepTakeovers bounds the history kept per filesystem.
+const keepTakeovers = 10
+
+// SetOwner makes node the owner at the next epoch and notes why.
+func (f *FS) SetOwner(node, reason string) {
+	f.Epoch++
+	f.Takeovers = append(f.Takeovers, Takeover{At: time.Now(), From: f.Owner, To: node, Epoch: f.Epoch, Reason: reason})
+	if len(f.Takeovers) > keepTakeovers {
+		f.Takeovers = f.Takeovers[len(f.Takeovers)-keepTakeovers:]
+	}
+	f.Owner = node
 }
 
 // IsCandidate reports whether node may serve the filesystem.

@@ -11,9 +11,11 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/cascadefs/cascadefs/cluster"
 	"github.com/cascadefs/cascadefs/cluster/member"
+	"github.com/hashicorp/memberlist"
 )
 
 const nodeArgs = "--name N --bind HOST:PORT --rpc HOST:PORT [--join HOST:PORT,...] --repo DIR --mount-root DIR [--key-file F] [--credentials-file F] | --config F"
@@ -32,6 +34,11 @@ func cmdNode(args []string) error {
 	credsFile := fl.String("credentials-file", "", "KEY=VALUE lines put into the environment (archive credentials)")
 	configFile := fl.String("config", "", "file with these settings, one KEY = VALUE per line")
 	fl.BoolVar(&cfg.NoPassthrough, "no-passthrough", false, "never use kernel FUSE passthrough")
+	fl.IntVar(&cfg.MaxFilesystems, "max-filesystems", 0, "take at most this many DM sessions (0: no bound)")
+	fl.DurationVar(&cfg.LockTimeout, "lock-timeout", time.Minute, "a filesystem lock older than this is taken by force")
+	probe := fl.Duration("probe-interval", 200*time.Millisecond, "failure detection: how often each member is probed")
+	probeTimeout := fl.Duration("probe-timeout", 100*time.Millisecond, "failure detection: how long a probe waits for its ack")
+	suspicion := fl.Int("suspicion-mult", 2, "failure detection: suspicion timeout in probe intervals (scaled by cluster size)")
 	if err := fl.Parse(args); err != nil {
 		return errReported
 	}
@@ -52,6 +59,9 @@ func cmdNode(args []string) error {
 		return errors.New("need --name, --bind, --rpc, --repo and --mount-root (or --config)")
 	}
 	cfg.Join = splitList(*join)
+	cfg.Tune = func(c *memberlist.Config) {
+		c.ProbeInterval, c.ProbeTimeout, c.SuspicionMult = *probe, *probeTimeout, *suspicion
+	}
 	if *keyFile != "" {
 		key, err := member.ReadKey(*keyFile)
 		if err != nil {

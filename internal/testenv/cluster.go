@@ -153,13 +153,31 @@ func (c *Cluster) cleanup() {
 	}
 	wg.Wait()
 	for _, n := range c.Nodes {
-		for i := 0; i < 10 && mountedAt(n.M("")); i++ {
-			unmountDetach(n.M(""))
+		for i := 0; i < 10; i++ { // dead mounts of killed nodes, maybe stacked
+			under := mountsUnder(n.MountRoot)
+			if len(under) == 0 {
+				break
+			}
+			for _, p := range under {
+				unmountDetach(p)
+			}
 		}
 		if c.t.Failed() {
 			c.t.Logf("node %s log:\n%s", n.Name, n.Log())
 		}
 	}
+}
+
+// mountsUnder lists the mount points below dir.
+func mountsUnder(dir string) []string {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], filepath.Clean(dir)+"/") {
+			out = append(out, f[4])
+		}
+	}
+	return out
 }
 
 func mountedAt(p string) bool {

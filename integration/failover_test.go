@@ -1,0 +1,220 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cascadefs/cascadefs/internal/testenv"
+)
+
+// fsOwner returns the owner and epoch of a filesystem from the repository.
+func fsOwner(t *testing.T, c *testenv.Cluster, name string) (string, uint64) {
+	t.Helper()
+	var list []struct {
+		Name  string
+		Owner string
+		Epoch uint64
+	}
+	json.Unmarshal([]byte(c.MustCLI("fs", "list", "--repo", c.Repo, "--json")), &list)
+	for _, f := range list {
+		if f.Name == name {
+			return f.Owner, f.Epoch
+		}
+	}
+	t.Fatalf("filesystem %s not in the repository", name)
+	return "", 0
+}
+
+// waitOwner waits until the filesystem's owner satisfies ok.
+func waitOwner(t *testing.T, c *testenv.Cluster, name string, ok func(owner string) bool) (string, uint64) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		owner, epoch := fsOwner(t, c, name)
+		if ok(owner) {
+			return owner, epoch
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("filesystem %s: owner still %q after 60s", name, owner)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The owner is killed while readers on the two other nodes wait on recalls
+// of different files: another node takes the filesystem over and every
+// reader gets its bytes.
+func TestFailoverReleasesWaitingReaders(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	c := testenv.NewCluster(t, m.Bucket(t, "hsm"), m.EnvList(), "n1", "n2", "n3")
+	c.Start("n1", "n2", "n3")
+	n1, n2, n3 := c.Nodes["n1"], c.Nodes["n2"], c.Nodes["n3"]
+	const files = 50
+	want := map[string][32]byte{}
+	var names []string
+	for i := range files {
+		name := fmt.Sprintf("f%02d", i)
+		want[name] = writeRandom(t, n1.M(name), 1<<20+int64(i))
+		names = append(names, n1.M(name))
+	}
+	c.MustCLI(append([]string{"migrate", "-j", "8"}, names...)...)
+	testenv.DropCaches()
+
+	m.Pause() // recalls hang on the owner
+	resumed := false
+	defer func() {
+		if !resumed {
+			m.Resume()
+		}
+	}()
+	type result struct {
+		name string
+		sum  [32]byte
+		err  error
+	}
+	results := make(chan result, files)
+	var wg sync.WaitGroup
+	for i := range files {
+		name := fmt.Sprintf("f%02d", i)
+		reader := n2
+		if i%2 == 1 {
+			reader = n3
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, err := os.ReadFile(reader.M(name))
+			results <- result{name, sha256.Sum256(b), err}
+		}()
+	}
+	time.Sleep(time.Second) // the readers' events wait at n1
+	n1.Kill9()
+	m.Resume()
+	resumed = true
+	owner, epoch := waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" || o == "n3" })
+	wg.Wait()
+	close(results)
+	for r := range results {
+		if r.err != nil || r.sum != want[r.name] {
+			t.Errorf("reader of %s after the failover: err %v, right bytes %v", r.name, r.err, r.sum == want[r.name])
+		}
+	}
+	if epoch != 2 {
+		t.Fatalf("epoch after one takeover: %d", epoch)
+	}
+	taker := c.Nodes[owner]
+	if !strings.Contains(taker.Log(), "took over filesystem") {
+		t.Fatalf("%s owns the filesystem but did not log the takeover", owner)
+	}
+}
+
+// Cascade: a node that can serve only one more filesystem takes at most
+// one of the failed node's two; the next candidate takes the other.
+func TestFailoverCascades(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2", "n3")
+	fs2Backing := c.Dir + "/backing2"
+	os.MkdirAll(fs2Backing, 0o755)
+	c.MustCLI("fs", "add", "--repo", c.Repo, "fs2", "--backing", fs2Backing, "--archive", "file://"+c.Dir+"/archive2",
+		"--candidates", "n1,n2,n3", "--owner", "n1")
+	c.Nodes["n2"].Args = []string{"--max-filesystems", "1"}
+	c.Start("n1", "n2", "n3")
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	want := writeRandom(t, n1.M("a"), 2<<20)
+	c.MustCLI("migrate", n1.M("a"))
+
+	n1.Kill9()
+	o1, _ := waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" || o == "n3" })
+	o2, _ := waitOwner(t, c, "fs2", func(o string) bool { return o == "n2" || o == "n3" })
+	if o1 == "n2" && o2 == "n2" {
+		t.Fatal("n2 took two filesystems with --max-filesystems 1")
+	}
+	testenv.DropCaches()
+	if sumFile(t, n2.M("a")) != want {
+		t.Fatal("wrong bytes after the failover")
+	}
+}
+
+// Two failures in a row: the filesystem moves twice and still serves.
+func TestFailoverTwiceInARow(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2", "n3")
+	c.Start("n1", "n2", "n3")
+	want := writeRandom(t, c.Nodes["n1"].M("a"), 2<<20)
+	c.MustCLI("migrate", c.Nodes["n1"].M("a"))
+	c.Nodes["n1"].Kill9()
+	o1, _ := waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" || o == "n3" })
+	survivor := c.Nodes["n2"]
+	if o1 == "n2" {
+		survivor = c.Nodes["n3"]
+	}
+	testenv.DropCaches()
+	if sumFile(t, c.Nodes[o1].M("a")) != want {
+		t.Fatal("wrong bytes after the first failover")
+	}
+	c.MustCLI("migrate", survivor.M("a"))
+	c.Nodes[o1].Kill9()
+	_, epoch := waitOwner(t, c, testenv.FSName, func(o string) bool { return o == survivor.Name })
+	if epoch != 3 {
+		t.Fatalf("epoch after two takeovers: %d", epoch)
+	}
+	testenv.DropCaches()
+	if sumFile(t, survivor.M("a")) != want {
+		t.Fatal("wrong bytes after the second failover")
+	}
+}
+
+// An owner that is cut off (paused) in the middle of a migration and comes
+// back after a takeover is fenced: it commits nothing, and its upload's
+// object is deleted by the new owner.
+func TestFailoverFencesOldOwner(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	c := testenv.NewCluster(t, m.Bucket(t, "hsm"), m.EnvList(), "n1", "n2", "n3")
+	c.Start("n1", "n2", "n3")
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	want := writeRandom(t, n1.M("f"), 8<<20)
+
+	m.Pause() // the upload hangs, so n1 is caught in the middle of it
+	resumed := false
+	defer func() {
+		if !resumed {
+			m.Resume()
+		}
+	}()
+	migrated := make(chan error, 1)
+	go func() { _, _, err := c.CLI("migrate", n1.M("f")); migrated <- err }()
+	time.Sleep(500 * time.Millisecond)
+	n1.Pause()
+	waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" || o == "n3" })
+	n1.Resume()
+	m.Resume()
+	resumed = true
+	select {
+	case err := <-migrated:
+		if err == nil {
+			t.Fatal("the migration of a replaced owner succeeded")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the migration of a replaced owner never ended")
+	}
+	if s := clusterState(t, c, n2, "f"); s != "resident" {
+		t.Fatalf("a replaced owner committed: the file is %s", s)
+	}
+	if !strings.Contains(n1.Log(), "fenced") {
+		t.Fatal("the replaced owner did not log that it was fenced")
+	}
+	if sumFile(t, n2.M("f")) != want {
+		t.Fatal("wrong bytes")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(c.ArchiveObjects()) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the fenced upload's object was not deleted: %v", c.ArchiveObjects())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
