@@ -18,6 +18,10 @@ func (n *Node) register() {
 		return pingReply{Name: n.cfg.Name}, nil
 	})
 	n.server.Handle(pathEvent, n.onEvent)
+	n.server.Handle(pathWake, func(ctx context.Context, caller string, _ json.RawMessage) (any, error) {
+		n.kick() // a filesystem was handed over: look at the repository now
+		return struct{}{}, nil
+	})
 	n.server.Handle(pathMigrate, n.onMigrate)
 	n.server.Handle(pathSession, func(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
 		var req fsReq
@@ -75,6 +79,9 @@ func (n *Node) onEvent(ctx context.Context, caller string, raw json.RawMessage) 
 		return nil, err
 	}
 	if err := dm.Raise(ctx, &req.Event); err != nil {
+		if errors.Is(err, dmapi.ErrClosed) || errors.Is(err, dmapi.ErrFenced) {
+			return nil, rpc.Coded(codeNotOwner, err) // send it to the next owner
+		}
 		return nil, err
 	}
 	return struct{}{}, nil

@@ -36,7 +36,7 @@ type mounted struct {
 var _ daemon.DMAccess = (*mounted)(nil)
 
 func (n *Node) mountFS(fs repo.FS) (*mounted, error) {
-	mp, err := mkdirMount(n.cfg.MountRoot, fs.Name)
+	mp, err := mkdirMount(n.cfg.MountRoot, fs.Name, n.cfg.RunDir)
 	if err != nil {
 		return nil, err
 	}
@@ -106,9 +106,13 @@ func (m *mounted) stopDM(why string) {
 	}
 }
 
-// stop ends the session (handing ownership back if asked) and unmounts.
+// stop ends the session and unmounts. With handOver, the filesystem is
+// left without owner once the session stopped (its events then go
+// elsewhere), and the other nodes are woken to take it at once.
 func (m *mounted) stop(handOver bool) {
-	if handOver && m.currentDM() != nil {
+	owned := m.currentDM() != nil
+	m.stopDM("node stopping")
+	if handOver && owned {
 		err := m.n.repo.UpdateFS(m.name, func(f *repo.FS) error {
 			if f.Owner == m.n.cfg.Name {
 				f.Takeovers = append(f.Takeovers, repo.Takeover{At: time.Now(), From: f.Owner, Epoch: f.Epoch,
@@ -119,9 +123,10 @@ func (m *mounted) stop(handOver bool) {
 		})
 		if err != nil {
 			m.n.log.Warn("could not hand the filesystem over", "fs", m.name, "reason", err)
+		} else {
+			m.n.fanout(m.n.peers(m.config()), pathWake, struct{}{}, time.Second, "wake-up for the handover not delivered")
 		}
 	}
-	m.stopDM("node stopping")
 	m.mount.Stop()
 }
 
@@ -185,9 +190,12 @@ func (m *mounted) route(ctx context.Context, local func(*daemon.DM) error, remot
 			m.n.log.Warn("repository unreadable, retrying", "fs", m.name, "reason", err)
 		case fs.Owner == m.n.cfg.Name:
 			if dm := m.currentDM(); dm != nil {
-				return local(dm)
+				err := local(dm)
+				if !errors.Is(err, dmapi.ErrClosed) && !errors.Is(err, dmapi.ErrFenced) {
+					return err
+				}
 			}
-			m.n.kick() // we own it but run no session yet
+			m.n.kick() // we own it but run no session (any more)
 		case fs.Owner != "":
 			if addr := m.n.rpcAddr(fs.Owner); addr != "" {
 				err := remote(addr)
@@ -206,7 +214,8 @@ func (m *mounted) route(ctx context.Context, local func(*daemon.DM) error, remot
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(min(time.Duration(50<<min(attempt, 4))*time.Millisecond, time.Second)):
+		// Short: after a failover the new owner is known within a few hundred ms.
+		case <-time.After(min(time.Duration(25<<min(attempt, 3))*time.Millisecond, 200*time.Millisecond)):
 		}
 	}
 }

@@ -347,10 +347,17 @@ func (n *Node) lookup(fs string) *mounted {
 	return n.fss[fs]
 }
 
-func mkdirMount(root, name string) (string, error) {
+// mkdirMount makes the mount point, first detaching a dead mount that a
+// killed node left there.
+func mkdirMount(root, name, runDir string) (string, error) {
 	p := filepath.Join(root, name)
 	if err := os.MkdirAll(p, 0o755); err != nil {
-		return "", fmt.Errorf("mount point: %w", err)
+		if cerr := daemon.CleanDeadMount(p, runDir); cerr != nil {
+			return "", cerr
+		}
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return "", fmt.Errorf("mount point: %w", err)
+		}
 	}
 	return p, nil
 }

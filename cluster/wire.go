@@ -15,6 +15,7 @@ const (
 	pathHold       = "/hold"
 	pathUnhold     = "/unhold"
 	pathInvalidate = "/invalidate"
+	pathWake       = "/wake"
 )
 
 // codeNotOwner: the called node does not run the filesystem's DM session

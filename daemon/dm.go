@@ -115,8 +115,8 @@ func (d *DM) Session(context.Context) SessionInfo {
 // Close stops the DM application; queued DESTROY events stay stored.
 func (d *DM) Close() {
 	d.cfg.Queue.Stop()
+	d.recall.Close() // first: streams stuck on the archive end, so handlers can
 	d.session.Close()
-	d.recall.Close()
 }
 
 // Router is the DMAccess of a mount whose DM application may change

@@ -145,6 +145,9 @@ func (s *Session) worker() {
 		s.mu.Unlock()
 
 		err := s.handle(c.ev)
+		if err != nil && s.ctx.Err() != nil {
+			err = ErrClosed // stopped, not failed: the originator may send it again elsewhere
+		}
 
 		s.mu.Lock()
 		s.running--

@@ -3,11 +3,14 @@ package integration
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -170,5 +173,85 @@ func BenchmarkClusterHop(b *testing.B) {
 		b.ReportMetric(float64(o.Microseconds())/1000, "owner-ms")
 		b.ReportMetric(float64(x.Microseconds())/1000, "other-node-ms")
 		b.ReportMetric(float64((x-o).Microseconds())/1000, "hop-ms")
+	}
+}
+
+// BenchmarkFailover measures, on three nodes, the time from the loss of the
+// owner to the release of every reader blocked on a recall on the two
+// other nodes: kill -9 (detection + takeover) and SIGTERM (graceful
+// handover), 10 runs each; reports median and worst.
+func BenchmarkFailover(b *testing.B) {
+	m := testenv.StartMinIO(b)
+	c := testenv.NewCluster(b, m.Bucket(b, "failover"), m.EnvList(), "n1", "n2", "n3")
+	c.Start("n1", "n2", "n3")
+	owner := func() string {
+		var list []struct{ Name, Owner string }
+		json.Unmarshal([]byte(c.MustCLI("fs", "list", "--repo", c.Repo, "--json")), &list)
+		return list[0].Owner
+	}
+	run := func(i int, stop func(n *testenv.Node)) time.Duration {
+		o := c.Nodes[owner()]
+		var readers []*testenv.Node
+		for _, n := range c.Nodes {
+			if n != o {
+				readers = append(readers, n)
+			}
+		}
+		var paths []string
+		for j := range 10 {
+			p := readers[0].M(fmt.Sprintf("r%d-%d", i, j))
+			f, _ := os.Create(p)
+			io.CopyN(f, rand.Reader, 256<<10)
+			f.Close()
+			paths = append(paths, p)
+		}
+		c.MustCLI(append([]string{"migrate"}, paths...)...)
+		testenv.DropCaches()
+		m.Pause()
+		var wg sync.WaitGroup
+		for j, p := range paths {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p := readers[j%2].M(filepath.Base(p))
+				if _, err := os.ReadFile(p); err != nil {
+					b.Errorf("reader of %s: %v", p, err)
+				}
+			}()
+		}
+		time.Sleep(300 * time.Millisecond) // the events wait at the owner
+		start := time.Now()
+		stopped := make(chan struct{})
+		go func() { stop(o); close(stopped) }()
+		// The archive comes back once the filesystem has moved, so that the
+		// old owner cannot finish the recalls itself.
+		for owner() == o.Name {
+			time.Sleep(5 * time.Millisecond)
+		}
+		m.Resume()
+		wg.Wait()
+		took := time.Since(start)
+		<-stopped
+		o.Start() // back as a plain member
+		return took
+	}
+	for range b.N {
+		report := func(name string, stop func(n *testenv.Node)) {
+			var d []time.Duration
+			for i := range 10 {
+				d = append(d, run(len(d)+i*7+int(time.Now().UnixNano()%1000), stop))
+			}
+			slices.Sort(d)
+			b.ReportMetric(float64(d[len(d)/2].Milliseconds()), name+"-median-ms")
+			b.ReportMetric(float64(d[len(d)-1].Milliseconds()), name+"-worst-ms")
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, d)
+		}
+		report("kill9", func(n *testenv.Node) { n.Kill9() })
+		report("sigterm", func(n *testenv.Node) { n.Stop() })
+	}
+	if os.Getenv("CASCADEFS_BENCH_LOGS") != "" {
+		for _, n := range c.Nodes {
+			fmt.Fprintf(os.Stderr, "== %s\n%s", n.Name, n.Log())
+		}
 	}
 }

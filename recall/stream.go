@@ -47,8 +47,15 @@ type stream struct {
 	prefetched bool // the stream after this one was started (or judged needless)
 }
 
-// ensure returns once [off, end) holds data, starting or joining streams.
+// ensure returns once [off, end) holds data, starting or joining streams,
+// or when ctx ends.
 func (f *fileRecall) ensure(ctx context.Context, off, end int64) error {
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
+	defer stop()
 	for {
 		hole, err := stub.FirstHole(f.fd, off, end)
 		if err != nil {
@@ -76,8 +83,12 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64) error {
 		if hole >= s.start+(s.end-s.start)/2 {
 			f.prefetchLocked(s)
 		}
-		for !s.done && s.next <= hole {
+		for !s.done && s.next <= hole && ctx.Err() == nil {
 			f.cond.Wait()
+		}
+		if err := ctx.Err(); err != nil && s.next <= hole {
+			f.mu.Unlock()
+			return err // the stream goes on for the others
 		}
 		if s.next <= hole && s.err != nil {
 			err := s.err

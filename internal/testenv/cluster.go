@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -94,7 +95,8 @@ func (n *Node) Start() {
 	}
 	n.start(c.t, args, append(c.Env, "CASCADEFS_RUN_DIR="+c.RunDir), n.logPath())
 	deadline := time.Now().Add(30 * time.Second)
-	for !mountedAt(n.M("")) {
+	sock := filepath.Join(c.RunDir, FSName+"@"+n.Name+".sock")
+	for !answers(sock) || !mountedAt(n.M("")) {
 		select {
 		case <-n.done:
 			c.t.Fatalf("node %s exited at start:\n%s", n.Name, n.Log())
@@ -178,6 +180,15 @@ func mountsUnder(dir string) []string {
 		}
 	}
 	return out
+}
+
+// answers reports whether a control socket accepts connections.
+func answers(sock string) bool {
+	conn, err := net.DialTimeout("unix", sock, time.Second)
+	if err == nil {
+		conn.Close()
+	}
+	return err == nil
 }
 
 func mountedAt(p string) bool {
