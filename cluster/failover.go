@@ -80,10 +80,17 @@ func (n *Node) handleFailover(req failoverReq) {
 		n.log.Warn("failover: repository unreadable", "failed", req.node, "reason", err)
 		return
 	}
+	owned := 0
+	defer func() {
+		if owned == 0 {
+			n.log.Info("failover: nothing left to take", "from", req.node, "reason", req.reason)
+		}
+	}()
 	for _, fs := range list {
 		if fs.Owner != req.node {
 			continue
 		}
+		owned++
 		if why := n.ineligible(fs); why != "" {
 			if n.declined[fs.Name] != why { // said once per reason, not at every retry
 				n.log.Info("failover: not taking filesystem", "fs", fs.Name, "from", req.node, "because", why)

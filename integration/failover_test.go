@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cascadefs/cascadefs/cluster/repo"
 	"github.com/cascadefs/cascadefs/internal/testenv"
 )
 
@@ -111,6 +112,79 @@ func TestFailoverReleasesWaitingReaders(t *testing.T) {
 	taker := c.Nodes[owner]
 	if !strings.Contains(taker.Log(), "took over filesystem") {
 		t.Fatalf("%s owns the filesystem but did not log the takeover", owner)
+	}
+	// The other survivor raced too, found the owner changed and dropped its attempt.
+	loser := n2
+	if owner == "n2" {
+		loser = n3
+	}
+	if l := loser.Log(); !strings.Contains(l, "already taken") && !strings.Contains(l, "owner changed meanwhile") &&
+		!strings.Contains(l, "nothing left to take") {
+		t.Fatalf("%s did not drop its late attempt:\n%s", loser.Name, l)
+	}
+	// (status also reports n1's dead mount, and so exits 1)
+	if out, _, _ := c.CLI("status"); !strings.Contains(out, "n1 -> "+owner+" (epoch 2): node n1 failed") {
+		t.Fatalf("status does not show the takeover:\n%s", out)
+	}
+}
+
+// A graceful stop hands the filesystem over at once (no failure detection).
+func TestFailoverGracefulHandover(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	c.Start("n1", "n2")
+	want := writeRandom(t, c.Nodes["n1"].M("a"), 1<<20)
+	c.MustCLI("migrate", c.Nodes["n1"].M("a"))
+	c.Nodes["n1"].Stop()
+	owner, epoch := fsOwner(t, c, testenv.FSName)
+	if owner != "n2" || epoch != 2 {
+		t.Fatalf("right after n1 stopped: owner %q epoch %d, want n2 at 2", owner, epoch)
+	}
+	if !strings.Contains(c.Nodes["n2"].Log(), "took filesystem") {
+		t.Fatal("n2 did not take the handed-over filesystem")
+	}
+	testenv.DropCaches()
+	if sumFile(t, c.Nodes["n2"].M("a")) != want {
+		t.Fatal("wrong bytes after the handover")
+	}
+}
+
+// No false alarm: an owner paused for 300 ms, and both cores saturated by
+// other work for 20 s, cause no takeover.
+func TestFailoverNoFalseAlarm(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2", "n3")
+	c.Start("n1", "n2", "n3")
+	n1 := c.Nodes["n1"]
+	for range 3 {
+		n1.Pause()
+		time.Sleep(300 * time.Millisecond)
+		n1.Resume()
+		time.Sleep(time.Second)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 { // two per core
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x := 0
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					for i := range 1_000_000 {
+						x += i
+					}
+				}
+			}
+		}()
+	}
+	time.Sleep(20 * time.Second)
+	close(stop)
+	wg.Wait()
+	time.Sleep(2 * time.Second)
+	if owner, epoch := fsOwner(t, c, testenv.FSName); owner != "n1" || epoch != 1 {
+		t.Fatalf("false alarm: owner %q at epoch %d", owner, epoch)
 	}
 }
 
@@ -216,5 +290,28 @@ func TestFailoverFencesOldOwner(t *testing.T) {
 			t.Fatalf("the fenced upload's object was not deleted: %v", c.ArchiveObjects())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A node that died holding a filesystem's lock in the middle of a takeover:
+// the others take the lock by force once it is older than the lock timeout
+// (short here), and complete the takeover.
+func TestFailoverForcesStaleLock(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	c.Nodes["n2"].Args = []string{"--lock-timeout", "3s"}
+	c.Start("n1", "n2")
+	r, err := repo.Open(c.Repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// "ghost" took the lock and died before it could finish.
+	if ok, err := r.TryLock("fs/"+testenv.FSName, "ghost", time.Minute); !ok || err != nil {
+		t.Fatalf("lock: %v %v", ok, err)
+	}
+	locked := time.Now()
+	c.Nodes["n1"].Kill9()
+	waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" })
+	if waited := time.Since(locked); waited < 3*time.Second {
+		t.Fatalf("the lock of a dead holder was taken after %v, before the lock timeout", waited)
 	}
 }

@@ -262,6 +262,16 @@ func printCluster(rep *StatusReport) {
 	for _, f := range c.FS {
 		fmt.Printf("  filesystem %s: backing %s, archive %s\n", f.Name, f.Backing, f.Archive)
 		printSession("    DM session: ", f.Session)
+		for _, tk := range f.Takeovers {
+			from, to := tk.From, tk.To
+			if from == "" {
+				from = "-"
+			}
+			if to == "" {
+				to = "(nobody)"
+			}
+			fmt.Printf("    %s  %s -> %s (epoch %d): %s\n", tk.At.Local().Format("2006-01-02 15:04:05.000"), from, to, tk.Epoch, tk.Reason)
+		}
 	}
 	fmt.Println()
 }
