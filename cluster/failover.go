@@ -3,7 +3,6 @@ package cluster
 import (
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/member"
@@ -105,25 +104,30 @@ func (n *Node) handleFailover(req failoverReq) {
 
 // ineligible says why this node cannot serve a filesystem now ("" if it can).
 func (n *Node) ineligible(fs repo.FS) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ineligibleLocked(fs)
+}
+
+// ineligibleLocked is ineligible with n.mu held.
+func (n *Node) ineligibleLocked(fs repo.FS) string {
 	if !fs.IsCandidate(n.cfg.Name) {
 		return "not a candidate"
 	}
-	m := n.lookup(fs.Name)
+	m := n.fss[fs.Name]
 	if m == nil {
 		return "not mounted here"
 	}
-	if st, err := os.Stat(fs.Backing); err != nil || !st.IsDir() {
-		return "backing directory unusable here"
+	if why := m.unhealthy(); why != "" {
+		return why
 	}
-	if max := n.cfg.MaxFilesystems; max > 0 && n.ownedCount() >= max {
+	if max := n.cfg.MaxFilesystems; max > 0 && n.ownedCountLocked() >= max {
 		return fmt.Sprintf("serves %d filesystem(s) already (max-filesystems)", max)
 	}
 	return ""
 }
 
-func (n *Node) ownedCount() int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+func (n *Node) ownedCountLocked() int {
 	c := 0
 	for _, m := range n.fss {
 		if m.currentDM() != nil {

@@ -106,28 +106,33 @@ func (m *mounted) stopDM(why string) {
 	}
 }
 
-// stop ends the session and unmounts. With handOver, the filesystem is
-// left without owner once the session stopped (its events then go
-// elsewhere), and the other nodes are woken to take it at once.
+// stop ends the session and unmounts; with handOver, an owned filesystem
+// is handed over first.
 func (m *mounted) stop(handOver bool) {
 	owned := m.currentDM() != nil
 	m.stopDM("node stopping")
 	if handOver && owned {
-		err := m.n.repo.UpdateFS(m.name, func(f *repo.FS) error {
-			if f.Owner == m.n.cfg.Name {
-				f.Takeovers = append(f.Takeovers, repo.Takeover{At: time.Now(), From: f.Owner, Epoch: f.Epoch,
-					Reason: "handed over: " + f.Owner + " is stopping"})
-				f.Owner = ""
-			}
-			return nil
-		})
-		if err != nil {
-			m.n.log.Warn("could not hand the filesystem over", "fs", m.name, "reason", err)
-		} else {
-			m.n.fanout(m.n.peers(m.config()), pathWake, struct{}{}, time.Second, "wake-up for the handover not delivered")
-		}
+		m.handOver(m.n.cfg.Name + " is stopping")
 	}
 	m.mount.Stop()
+}
+
+// handOver leaves the filesystem without owner (once the session stopped,
+// so that its events go elsewhere) and wakes the other nodes to take it.
+func (m *mounted) handOver(why string) {
+	err := m.n.repo.UpdateFS(m.name, func(f *repo.FS) error {
+		if f.Owner == m.n.cfg.Name {
+			f.Takeovers = append(f.Takeovers, repo.Takeover{At: time.Now(), From: f.Owner, Epoch: f.Epoch,
+				Reason: "handed over: " + why})
+			f.Owner = ""
+		}
+		return nil
+	})
+	if err != nil {
+		m.n.log.Warn("could not hand the filesystem over", "fs", m.name, "reason", err)
+		return
+	}
+	m.n.fanout(m.n.peers(m.config()), pathWake, struct{}{}, time.Second, "wake-up for the handover not delivered")
 }
 
 // fence lets a commit through only while this node owns the filesystem at

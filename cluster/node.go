@@ -115,7 +115,13 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}()
 	n.register()
 	n.member, err = member.Start(member.Config{Name: cfg.Name, Bind: cfg.Bind, RPC: n.server.Addr(), Key: cfg.Key,
-		Log: n.log, Tune: cfg.Tune, OnChange: n.kick, OnMember: n.onMember})
+		Log: n.log, Tune: cfg.Tune, OnChange: n.kick, OnMember: n.onMember,
+		OnUserEvent: func(name string, payload []byte) {
+			if name == userEventFailover && string(payload) != cfg.Name {
+				n.log.Info("active failover request", "from", string(payload))
+				n.kick() // what it gave up has no owner now: take it if eligible
+			}
+		}})
 	if err != nil {
 		return nil, err
 	}
@@ -132,9 +138,10 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		return nil, err
 	}
 	n.reconcile()
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.loop()
 	go n.failoverLoop()
+	go n.watchdog()
 	n.log.Info("node started", "bind", cfg.Bind, "rpc", n.server.Addr(), "repo", cfg.RepoDir, "mount_root", cfg.MountRoot)
 	return n, nil
 }
@@ -222,7 +229,7 @@ func (n *Node) reconcile() {
 			}
 			n.fss[name] = m
 		}
-		if fs.Owner == "" {
+		if fs.Owner == "" && n.ineligibleLocked(fs) == "" {
 			if taken, err := n.take(name); err != nil {
 				n.log.Warn("cannot take filesystem", "fs", name, "reason", err)
 			} else if taken != nil {
@@ -230,7 +237,7 @@ func (n *Node) reconcile() {
 			}
 		}
 		m.setConf(fs)
-		if fs.Owner == n.cfg.Name {
+		if fs.Owner == n.cfg.Name && m.unhealthy() == "" {
 			if err := m.ensureDM(fs); err != nil {
 				n.log.Error("cannot start DM session", "fs", name, "reason", err)
 			}

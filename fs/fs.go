@@ -128,6 +128,16 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	return f, nil
 }
 
+// Serving reports whether the FUSE server still runs (not unmounted or dead).
+func (f *FS) Serving() bool {
+	select {
+	case <-f.served:
+		return false
+	default:
+		return true
+	}
+}
+
 // Passthrough reports whether resident files are served by kernel passthrough.
 func (f *FS) Passthrough() bool { return f.passthrough }
 

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -313,5 +314,70 @@ func TestFailoverForcesStaleLock(t *testing.T) {
 	waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" })
 	if waited := time.Since(locked); waited < 3*time.Second {
 		t.Fatalf("the lock of a dead holder was taken after %v, before the lock timeout", waited)
+	}
+}
+
+// The owner's backing directory disappears: its watchdog gives the
+// filesystem up (active failover); with no eligible node it stays without
+// owner and readers wait; once the directory is back, a node takes it and
+// the waiting reader gets its bytes.
+func TestFailoverActiveWhenBackingDisappears(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	c.Start("n1", "n2")
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	want := writeRandom(t, n1.M("a"), 1<<20)
+	c.MustCLI("migrate", n1.M("a"))
+	testenv.DropCaches()
+
+	// A reader on n2 has the stub open already.
+	f, err := os.Open(n2.M("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// The shared disk goes away (for every node here: they share one host).
+	hidden := c.Backing + ".away"
+	if err := os.Rename(c.Backing, hidden); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	defer func() {
+		if !restored {
+			os.Rename(hidden, c.Backing)
+		}
+	}()
+	waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "" })
+	if !strings.Contains(n1.Log(), "active failover") {
+		t.Fatal("n1 did not say it gave the filesystem up")
+	}
+	out, _, _ := c.CLI("status")
+	if !strings.Contains(out, "no owner") {
+		t.Fatalf("status does not say the filesystem has no owner:\n%s", out)
+	}
+	// Its read waits: nobody serves the filesystem...
+	done := make(chan [32]byte, 1)
+	go func() {
+		b, _ := io.ReadAll(f)
+		done <- sha256.Sum256(b)
+	}()
+	time.Sleep(time.Second)
+	select {
+	case <-done:
+		t.Fatal("a read of a stub finished while no node served the filesystem")
+	default:
+	}
+	if err := os.Rename(hidden, c.Backing); err != nil {
+		t.Fatal(err)
+	}
+	restored = true
+	// ...and gets its bytes once a node serves the filesystem again.
+	owner, _ := waitOwner(t, c, testenv.FSName, func(o string) bool { return o != "" })
+	select {
+	case sum := <-done:
+		if sum != want {
+			t.Fatal("wrong bytes after the filesystem came back")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("reader still waiting 60s after %s took the filesystem", owner)
 	}
 }

@@ -54,6 +54,8 @@ type Config struct {
 	OnChange func()
 	// OnMember is told each member's new status as Serf reports it.
 	OnMember func(name string, st Status)
+	// OnUserEvent is told of every Serf user event.
+	OnUserEvent func(name string, payload []byte)
 }
 
 // Member is this node's membership.
@@ -207,6 +209,12 @@ func (m *Member) watch(events <-chan serf.Event) {
 		case <-m.stop:
 			return
 		case e := <-events:
+			if ue, ok := e.(serf.UserEvent); ok {
+				if m.cfg.OnUserEvent != nil {
+					m.cfg.OnUserEvent(ue.Name, ue.Payload)
+				}
+				continue
+			}
 			me, ok := e.(serf.MemberEvent)
 			if !ok {
 				continue

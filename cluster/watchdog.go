@@ -1,0 +1,94 @@
+package cluster
+
+import (
+	"fmt"
+	"os"
+	"time"
+)
+
+// The watchdog (the patent's dsmwatchd) checks, every second, that this
+// node can still serve each filesystem it mounts: its backing directory
+// answers and its FUSE server runs. A dead FUSE server is restarted once;
+// a filesystem this node owns but can no longer serve is given up with an
+// active failover request (a Serf user event), so that the other
+// candidates take it at once instead of waiting for failure detection.
+
+const watchEvery = time.Second
+
+// userEventFailover is the Serf user event of an active failover request;
+// its payload is the name of the node that gives its filesystems up.
+const userEventFailover = "cascadefs-failover"
+
+func (n *Node) watchdog() {
+	defer n.wg.Done()
+	t := time.NewTicker(watchEvery)
+	defer t.Stop()
+	restarted := map[string]bool{}
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		n.mu.Lock()
+		var all []*mounted
+		for _, m := range n.fss {
+			all = append(all, m)
+		}
+		n.mu.Unlock()
+		for _, m := range all {
+			why := m.unhealthy()
+			if why == "" {
+				continue
+			}
+			if why == fuseDied && !restarted[m.name] {
+				restarted[m.name] = true
+				n.log.Warn("watchdog: FUSE server died; remounting once", "fs", m.name)
+				n.remount(m)
+				continue
+			}
+			if m.currentDM() != nil {
+				n.giveUp(m, why)
+			}
+		}
+	}
+}
+
+const fuseDied = "its FUSE server is not running"
+
+// unhealthy says why this node cannot serve the filesystem now ("" if it can).
+func (m *mounted) unhealthy() string {
+	if !m.mount.FS().Serving() {
+		return fuseDied
+	}
+	if st, err := os.Stat(m.config().Backing); err != nil || !st.IsDir() {
+		return fmt.Sprintf("its backing directory %s is unusable", m.config().Backing)
+	}
+	return ""
+}
+
+// remount replaces a mount whose FUSE server died.
+func (n *Node) remount(m *mounted) {
+	owned := m.currentDM() != nil
+	m.stopDM("remounting")
+	m.mount.Stop()
+	n.mu.Lock()
+	delete(n.fss, m.name)
+	n.mu.Unlock()
+	if owned {
+		n.log.Info("watchdog: filesystem will be served again after the remount", "fs", m.name)
+	}
+	n.kick() // the reconcile loop mounts it again and restarts its session
+}
+
+// giveUp stops serving an owned filesystem, leaves it without owner and
+// asks the others to take it.
+func (n *Node) giveUp(m *mounted, why string) {
+	n.log.Error("watchdog: cannot serve the filesystem any more; active failover", "fs", m.name, "reason", why)
+	m.stopDM("cannot serve: " + why)
+	m.handOver(n.cfg.Name + " cannot serve it: " + why)
+	payload := []byte(n.cfg.Name)
+	if err := n.member.Serf().UserEvent(userEventFailover, payload, false); err != nil {
+		n.log.Error("active failover request not sent; the others will see the filesystem as unserved", "reason", err)
+	}
+}
