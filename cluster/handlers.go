@@ -18,6 +18,8 @@ func (n *Node) register() {
 		return pingReply{Name: n.cfg.Name}, nil
 	})
 	n.server.Handle(pathEvent, n.onEvent)
+	n.server.Handle(pathTakeover, n.onTakeover)
+	n.server.Handle(pathHandover, n.onHandover)
 	n.server.Handle(pathWake, func(ctx context.Context, caller string, _ json.RawMessage) (any, error) {
 		n.kick() // a filesystem was handed over: look at the repository now
 		return struct{}{}, nil

@@ -1,13 +1,17 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/member"
@@ -17,6 +21,7 @@ import (
 
 // Status is the cluster as one node sees it (`cascadefs status`).
 type Status struct {
+	sock    string        // the control socket that answered
 	Node    string        `json:"node"`
 	Repo    string        `json:"repo"`
 	Members []member.Info `json:"members"`
@@ -67,6 +72,16 @@ func startNodeControl(n *Node) (*nodeControl, error) {
 	mux.HandleFunc("GET /cluster", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(n.Status(r.Context()))
 	})
+	mux.HandleFunc("POST /failover", func(w http.ResponseWriter, r *http.Request) {
+		var req moveReq
+		json.NewDecoder(r.Body).Decode(&req)
+		reply, err := n.Move(r.Context(), req.FS, req.To)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		json.NewEncoder(w).Encode(reply)
+	})
 	c := &nodeControl{srv: &http.Server{Handler: mux}, path: path}
 	go c.srv.Serve(ln)
 	return c, nil
@@ -79,24 +94,60 @@ func (c *nodeControl) close() {
 	os.Remove(c.path)
 }
 
+// nodeClient talks HTTP to a node's control socket.
+func nodeClient(sock string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+}
+
 // LocalNodes asks every node daemon on this host for its cluster status.
 func LocalNodes(runDir string) []Status {
 	socks, _ := filepath.Glob(filepath.Join(runDir, "node@*.sock"))
 	var out []Status
 	for _, s := range socks {
-		cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, "unix", s)
-			}}}
-		resp, err := cl.Get("http://node/cluster")
+		resp, err := nodeClient(s, 10*time.Second).Get("http://node/cluster")
 		if err != nil {
 			continue
 		}
 		var st Status
 		if json.NewDecoder(resp.Body).Decode(&st) == nil {
+			st.sock = s
 			out = append(out, st)
 		}
 		resp.Body.Close()
 	}
 	return out
+}
+
+// RequestMove asks a node of this host (of the cluster whose repository is
+// repoDir, if given) to move filesystem fs to node to.
+func RequestMove(runDir, repoDir, fs, to string) (owner string, epoch uint64, err error) {
+	for _, st := range LocalNodes(runDir) {
+		if repoDir != "" && !SameDir(st.Repo, repoDir) {
+			continue
+		}
+		body, _ := json.Marshal(moveReq{FS: fs, To: to})
+		resp, err := nodeClient(st.sock, 2*time.Minute).Post("http://node/failover", "application/json", bytes.NewReader(body))
+		if err != nil {
+			return "", 0, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			msg, _ := io.ReadAll(resp.Body)
+			return "", 0, errors.New(strings.TrimSpace(string(msg)))
+		}
+		var reply moveReply
+		err = json.NewDecoder(resp.Body).Decode(&reply)
+		return reply.Owner, reply.Epoch, err
+	}
+	return "", 0, errors.New("no node of that cluster runs on this host")
+}
+
+// SameDir reports whether two paths name the same directory.
+func SameDir(a, b string) bool {
+	x, err1 := filepath.Abs(a)
+	y, err2 := filepath.Abs(b)
+	return err1 == nil && err2 == nil && filepath.Clean(x) == filepath.Clean(y)
 }

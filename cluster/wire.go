@@ -16,6 +16,8 @@ const (
 	pathUnhold     = "/unhold"
 	pathInvalidate = "/invalidate"
 	pathWake       = "/wake"
+	pathTakeover   = "/takeover"
+	pathHandover   = "/handover"
 )
 
 // codeNotOwner: the called node does not run the filesystem's DM session

@@ -381,3 +381,35 @@ func TestFailoverActiveWhenBackingDisappears(t *testing.T) {
 		t.Fatalf("reader still waiting 60s after %s took the filesystem", owner)
 	}
 }
+
+// cascadefs failover NAME --to NODE moves a filesystem by hand; a node
+// that is not a candidate, or an unknown filesystem, is refused.
+func TestFailoverByHand(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2", "n3")
+	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "candidates=n1,n2")
+	c.Start("n1", "n2") // n3 is no candidate any more: it would mount nothing
+	want := writeRandom(t, c.Nodes["n1"].M("a"), 1<<20)
+	c.MustCLI("migrate", c.Nodes["n1"].M("a"))
+	for _, args := range [][]string{{"failover", testenv.FSName, "--to", "n3"}, {"failover", "nope", "--to", "n2"}, {"failover", testenv.FSName}} {
+		if _, e, err := c.CLI(args...); err == nil || strings.Count(strings.TrimSpace(e), "\n") != 0 {
+			t.Errorf("%v: want one line and a failure, got %v %q", args, err, e)
+		}
+	}
+	if owner, epoch := fsOwner(t, c, testenv.FSName); owner != "n1" || epoch != 1 {
+		t.Fatalf("refused moves changed the owner: %s at %d", owner, epoch)
+	}
+	out := c.MustCLI("failover", testenv.FSName, "--to", "n2")
+	if owner, epoch := fsOwner(t, c, testenv.FSName); owner != "n2" || epoch != 2 || !strings.Contains(out, "n2") {
+		t.Fatalf("after failover --to n2: %s at %d (%s)", owner, epoch, out)
+	}
+	testenv.DropCaches()
+	if sumFile(t, c.Nodes["n1"].M("a")) != want {
+		t.Fatal("wrong bytes after the move")
+	}
+	if st, _, _ := c.CLI("status"); !strings.Contains(st, "moved by hand to n2") {
+		t.Fatalf("status does not show the move:\n%s", st)
+	}
+	if !strings.Contains(c.Nodes["n2"].Log(), "DM session started") || !strings.Contains(c.Nodes["n1"].Log(), "handed filesystem over") {
+		t.Fatal("the session did not move")
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -178,7 +177,7 @@ func cmdStatus(args []string) error {
 	}
 	var rep StatusReport
 	for _, st := range cluster.LocalNodes(daemon.RunDir()) {
-		if *repoDir == "" || sameDir(st.Repo, *repoDir) {
+		if *repoDir == "" || cluster.SameDir(st.Repo, *repoDir) {
 			rep.Cluster = &st
 			break
 		}
@@ -294,12 +293,6 @@ func printSession(prefix string, s daemon.SessionInfo) {
 		}
 		fmt.Printf("%s  %s %s [%d,+%d]%s %s, %d waiter(s)\n", prefix[:len(prefix)-len(strings.TrimLeft(prefix, " "))], p.Event.Type, p.Event.Path, p.Event.Offset, p.Event.Length, from, state, p.Waiters)
 	}
-}
-
-func sameDir(a, b string) bool {
-	x, err1 := filepath.Abs(a)
-	y, err2 := filepath.Abs(b)
-	return err1 == nil && err2 == nil && filepath.Clean(x) == filepath.Clean(y)
 }
 
 func human(n int64) string {

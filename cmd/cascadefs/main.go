@@ -16,6 +16,7 @@ Usage:
   cascadefs node --name N --bind HOST:PORT --rpc HOST:PORT [--join HOST:PORT,...] --repo DIR
                  --mount-root DIR [--key-file F] [--credentials-file F]   (or --config F)
   cascadefs keygen
+  cascadefs failover NAME --to NODE [--repo DIR]
   cascadefs migrate [-r] [--premigrate] [-j N] PATH...
   cascadefs recall [-r] [-j N] PATH...
   cascadefs ls [-r] [--json] PATH...
@@ -35,7 +36,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus,
+		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus,
 	}
 	cmd, ok := cmds[os.Args[1]]
 	if !ok {

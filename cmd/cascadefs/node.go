@@ -15,6 +15,7 @@ import (
 
 	"github.com/cascadefs/cascadefs/cluster"
 	"github.com/cascadefs/cascadefs/cluster/member"
+	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -139,5 +140,26 @@ func cmdKeygen(args []string) error {
 	key := make([]byte, 32)
 	rand.Read(key)
 	fmt.Println(base64.StdEncoding.EncodeToString(key))
+	return nil
+}
+
+// cmdFailover moves a filesystem to another node by hand, through a node
+// daemon of this host (the same takeover path as a failure).
+func cmdFailover(args []string) error {
+	fl := newFlags("failover", "NAME --to NODE [--repo DIR]")
+	to := fl.String("to", "", "the node that takes the filesystem")
+	repoDir := fl.String("repo", "", "the cluster whose repository is DIR (default: any node on this host)")
+	pos, err := parseInterleaved(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || *to == "" {
+		return errors.New("need NAME --to NODE")
+	}
+	owner, epoch, err := cluster.RequestMove(daemon.RunDir(), *repoDir, pos[0], *to)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s is served by %s (epoch %d)\n", pos[0], owner, epoch)
 	return nil
 }
