@@ -98,6 +98,10 @@ func (n *Node) handleFailover(req failoverReq) {
 			continue
 		}
 		delete(n.declined, fs.Name)
+		if fs.Settings["failover"] == "sync" {
+			n.takeOverSync(fs, req.node, req.reason)
+			continue
+		}
 		n.takeOver(fs.Name, req.node, req.reason)
 	}
 }

@@ -38,6 +38,8 @@ type Config struct {
 	Tune func(*memberlist.Config)
 	// MaxFilesystems bounds the sessions this node takes (0: no bound).
 	MaxFilesystems int
+	// Weight biases this node's priority key in synchronous votes.
+	Weight float64
 	// LockTimeout: a filesystem lock older than this is taken by force
 	// (its holder died mid-takeover). Default 60 s, as in the patent.
 	LockTimeout time.Duration
@@ -116,6 +118,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	n.register()
 	n.member, err = member.Start(member.Config{Name: cfg.Name, Bind: cfg.Bind, RPC: n.server.Addr(), Key: cfg.Key,
 		Log: n.log, Tune: cfg.Tune, OnChange: n.kick, OnMember: n.onMember,
+		OnQuery: n.onQuery,
 		OnUserEvent: func(name string, payload []byte) {
 			if name == userEventFailover && string(payload) != cfg.Name {
 				n.log.Info("active failover request", "from", string(payload))

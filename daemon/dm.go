@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
@@ -119,24 +120,47 @@ func (d *DM) Close() {
 	d.session.Close()
 }
 
-// Router is the DMAccess of a mount whose DM application may change
-// (started after the mount, or moved to another node).
+// Router is the DMAccess of a single-node mount, whose DM application
+// starts just after the mount: calls in between wait for it.
 type Router struct {
-	dm atomicAccess
+	dm    atomicAccess
+	once  sync.Once
+	ready chan struct{}
 }
 
-// Set points the router at dm (nil: no session for now).
-func (r *Router) Set(dm DMAccess) { r.dm.Store(dm) }
+func (r *Router) readyCh() chan struct{} {
+	r.once.Do(func() { r.ready = make(chan struct{}) })
+	return r.ready
+}
 
-func (r *Router) get() (DMAccess, error) {
+// Set points the router at dm.
+func (r *Router) Set(dm DMAccess) {
+	r.dm.Store(dm)
+	select {
+	case <-r.readyCh():
+	default:
+		close(r.readyCh())
+	}
+}
+
+// routerWait bounds how long a call waits for the DM application to start.
+const routerWait = 30 * time.Second
+
+func (r *Router) get(ctx context.Context) (DMAccess, error) {
+	select {
+	case <-r.readyCh():
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(routerWait):
+	}
 	if dm := r.dm.Load(); dm != nil {
 		return dm, nil
 	}
-	return nil, fmt.Errorf("no DM session for this filesystem yet")
+	return nil, fmt.Errorf("no DM session for this filesystem")
 }
 
 func (r *Router) Raise(ctx context.Context, ev *dmapi.Event) error {
-	dm, err := r.get()
+	dm, err := r.get(ctx)
 	if err != nil {
 		return err
 	}
@@ -144,7 +168,7 @@ func (r *Router) Raise(ctx context.Context, ev *dmapi.Event) error {
 }
 
 func (r *Router) Migrate(ctx context.Context, rel string, premigrate bool) (migrate.Result, error) {
-	dm, err := r.get()
+	dm, err := r.get(ctx)
 	if err != nil {
 		return migrate.Result{Path: rel}, err
 	}
@@ -152,7 +176,7 @@ func (r *Router) Migrate(ctx context.Context, rel string, premigrate bool) (migr
 }
 
 func (r *Router) Session(ctx context.Context) SessionInfo {
-	dm, err := r.get()
+	dm, err := r.get(ctx)
 	if err != nil {
 		return SessionInfo{State: err.Error()}
 	}

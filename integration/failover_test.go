@@ -413,3 +413,22 @@ func TestFailoverByHand(t *testing.T) {
 		t.Fatal("the session did not move")
 	}
 }
+
+// failover=sync: the eligible nodes vote with their priority keys and the
+// best key takes over (here n3, weighted up, over n2).
+func TestFailoverSyncVote(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2", "n3")
+	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "failover=sync")
+	c.Nodes["n3"].Args = []string{"--weight", "100"}
+	c.Start("n1", "n2", "n3")
+	c.Nodes["n1"].Kill9()
+	owner, epoch := waitOwner(t, c, testenv.FSName, func(o string) bool { return o != "n1" })
+	if owner != "n3" || epoch != 2 {
+		t.Fatalf("after the vote: owner %s at epoch %d, want n3 (best key) at 2", owner, epoch)
+	}
+	for _, n := range []string{"n2", "n3"} {
+		if l := c.Nodes[n].Log(); !strings.Contains(l, "failover vote") || !strings.Contains(l, "winner=n3") {
+			t.Fatalf("%s did not take part in a vote won by n3:\n%s", n, l)
+		}
+	}
+}

@@ -56,6 +56,8 @@ type Config struct {
 	OnMember func(name string, st Status)
 	// OnUserEvent is told of every Serf user event.
 	OnUserEvent func(name string, payload []byte)
+	// OnQuery answers a Serf query; ok=false sends no answer.
+	OnQuery func(name string, payload []byte) (answer []byte, ok bool)
 }
 
 // Member is this node's membership.
@@ -209,6 +211,14 @@ func (m *Member) watch(events <-chan serf.Event) {
 		case <-m.stop:
 			return
 		case e := <-events:
+			if q, ok := e.(*serf.Query); ok {
+				if m.cfg.OnQuery != nil {
+					if answer, ok := m.cfg.OnQuery(q.Name, q.Payload); ok {
+						q.Respond(answer)
+					}
+				}
+				continue
+			}
 			if ue, ok := e.(serf.UserEvent); ok {
 				if m.cfg.OnUserEvent != nil {
 					m.cfg.OnUserEvent(ue.Name, ue.Payload)
