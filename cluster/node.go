@@ -40,6 +40,9 @@ type Config struct {
 	MaxFilesystems int
 	// Weight biases this node's priority key in synchronous votes.
 	Weight float64
+	// Lease: a node that cannot read the repository for this long stops
+	// its sessions, since another node may have taken them meanwhile.
+	Lease time.Duration
 	// LockTimeout: a filesystem lock older than this is taken by force
 	// (its holder died mid-takeover). Default 60 s, as in the patent.
 	LockTimeout time.Duration
@@ -72,6 +75,7 @@ type Node struct {
 	failQueue []failoverReq
 	failWake  chan struct{}
 	declined  map[string]string // fs -> why this node did not take it (failover loop only)
+	repoSeen  time.Time         // last successful read of the repository (reconcile loop only)
 }
 
 // Start starts a node: checks its name, joins the cluster and mounts its
@@ -98,6 +102,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 	if cfg.LockTimeout <= 0 {
 		cfg.LockTimeout = time.Minute
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = 10 * time.Second
 	}
 	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), repo: r, fss: map[string]*mounted{},
 		wake: make(chan struct{}, 1), failWake: make(chan struct{}, 1), declined: map[string]string{}}
@@ -199,8 +206,10 @@ func (n *Node) reconcile() {
 	list, err := n.repo.ListFS()
 	if err != nil {
 		n.log.Warn("repository unreadable; keeping the current state", "reason", err)
+		n.checkLease(err)
 		return
 	}
+	n.repoSeen = time.Now()
 	want := map[string]repo.FS{}
 	for _, fs := range list {
 		if fs.IsCandidate(n.cfg.Name) {
@@ -247,6 +256,24 @@ func (n *Node) reconcile() {
 		} else if m.currentDM() != nil {
 			n.log.Warn("replaced: another node owns the filesystem now; stopping its session here", "fs", name, "owner", fs.Owner, "epoch", fs.Epoch)
 			m.stopDM("owner is now " + fs.Owner)
+		}
+	}
+}
+
+// checkLease stops every session once the repository stayed unreadable
+// for longer than the lease: this node can no longer tell whether it still
+// owns what it serves. The sessions start again when it can.
+func (n *Node) checkLease(err error) {
+	if n.repoSeen.IsZero() || time.Since(n.repoSeen) < n.cfg.Lease {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range n.fss {
+		if m.currentDM() != nil {
+			n.log.Error("lease expired: repository unreadable; stopping the session", "fs", m.name,
+				"for", time.Since(n.repoSeen).Round(time.Second).String(), "reason", err)
+			m.stopDM("lease expired")
 		}
 	}
 }

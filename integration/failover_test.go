@@ -432,3 +432,48 @@ func TestFailoverSyncVote(t *testing.T) {
 		}
 	}
 }
+
+// A node that cannot read the repository for longer than its lease stops
+// its sessions (it could have been replaced), and serves again once it can.
+func TestFailoverLeaseOnLostRepository(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	for _, n := range c.Nodes {
+		n.Args = []string{"--lease", "2s"}
+	}
+	c.Start("n1", "n2")
+	n1 := c.Nodes["n1"]
+	want := writeRandom(t, n1.M("a"), 1<<20)
+	c.MustCLI("migrate", n1.M("a"))
+	db := c.Repo + "/" + repo.FileName
+	good, err := os.ReadFile(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(db, []byte("the shared disk returns garbage now......"), 0o600)
+	restored := false
+	defer func() {
+		if !restored {
+			os.WriteFile(db, good, 0o600)
+		}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(n1.Log(), "lease expired") {
+		if time.Now().After(deadline) {
+			t.Fatal("the owner kept its session with the repository unreadable")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	os.WriteFile(db, good, 0o600)
+	restored = true
+	deadline = time.Now().Add(30 * time.Second)
+	for strings.Count(n1.Log(), "DM session started") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the owner did not serve again once the repository was back")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	testenv.DropCaches()
+	if sumFile(t, c.Nodes["n2"].M("a")) != want {
+		t.Fatal("wrong bytes after the repository came back")
+	}
+}
