@@ -125,6 +125,9 @@ func (n *Node) ineligibleLocked(fs repo.FS) string {
 	if why := m.unhealthy(); why != "" {
 		return why
 	}
+	if t, ok := n.gaveUp[fs.Name]; ok && time.Since(t) < giveUpCooldown {
+		return "gave it up " + time.Since(t).Round(time.Second).String() + " ago"
+	}
 	if max := n.cfg.MaxFilesystems; max > 0 && n.ownedCountLocked() >= max {
 		return fmt.Sprintf("serves %d filesystem(s) already (max-filesystems)", max)
 	}

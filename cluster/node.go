@@ -43,6 +43,9 @@ type Config struct {
 	// Lease: a node that cannot read the repository for this long stops
 	// its sessions, since another node may have taken them meanwhile.
 	Lease time.Duration
+	// StuckAfter: DM workers that finish no event for this long while
+	// events wait are restarted once, then the filesystem is given up.
+	StuckAfter time.Duration
 	// LockTimeout: a filesystem lock older than this is taken by force
 	// (its holder died mid-takeover). Default 60 s, as in the patent.
 	LockTimeout time.Duration
@@ -74,8 +77,9 @@ type Node struct {
 	failMu    sync.Mutex
 	failQueue []failoverReq
 	failWake  chan struct{}
-	declined  map[string]string // fs -> why this node did not take it (failover loop only)
-	repoSeen  time.Time         // last successful read of the repository (reconcile loop only)
+	declined  map[string]string    // fs -> why this node did not take it (failover loop only)
+	repoSeen  time.Time            // last successful read of the repository (reconcile loop only)
+	gaveUp    map[string]time.Time // fs -> when this node gave it up (guarded by mu)
 }
 
 // Start starts a node: checks its name, joins the cluster and mounts its
@@ -106,8 +110,11 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if cfg.Lease <= 0 {
 		cfg.Lease = 10 * time.Second
 	}
+	if cfg.StuckAfter <= 0 {
+		cfg.StuckAfter = 5 * time.Minute
+	}
 	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), repo: r, fss: map[string]*mounted{},
-		wake: make(chan struct{}, 1), failWake: make(chan struct{}, 1), declined: map[string]string{}}
+		wake: make(chan struct{}, 1), failWake: make(chan struct{}, 1), declined: map[string]string{}, gaveUp: map[string]time.Time{}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	key := rpc.NewKey(cfg.Key)
 	n.client = rpc.NewClient(cfg.Name, key)
@@ -219,6 +226,20 @@ func (n *Node) reconcile() {
 			}
 		}
 	}
+	type start struct {
+		m  *mounted
+		fs repo.FS
+	}
+	var starts []start
+	defer func() {
+		// Sessions start outside the lock: opening the archive may take a while.
+		for _, s := range starts {
+			if err := s.m.ensureDM(s.fs); err != nil {
+				n.log.Error("cannot start DM session", "fs", s.fs.Name, "reason", err)
+				n.giveUp(s.m, "its DM session cannot start: "+err.Error())
+			}
+		}
+	}()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.ctx.Err() != nil {
@@ -250,10 +271,8 @@ func (n *Node) reconcile() {
 		}
 		m.setConf(fs)
 		if fs.Owner == n.cfg.Name && m.unhealthy() == "" {
-			if err := m.ensureDM(fs); err != nil {
-				n.log.Error("cannot start DM session", "fs", name, "reason", err)
-			}
-		} else if m.currentDM() != nil {
+			starts = append(starts, start{m, fs})
+		} else if fs.Owner != n.cfg.Name && m.currentDM() != nil {
 			n.log.Warn("replaced: another node owns the filesystem now; stopping its session here", "fs", name, "owner", fs.Owner, "epoch", fs.Epoch)
 			m.stopDM("owner is now " + fs.Owner)
 		}

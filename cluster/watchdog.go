@@ -23,7 +23,8 @@ func (n *Node) watchdog() {
 	defer n.wg.Done()
 	t := time.NewTicker(watchEvery)
 	defer t.Stop()
-	restarted := map[string]bool{}
+	restarted := map[string]bool{}   // FUSE servers remounted once
+	dmRestarted := map[string]bool{} // DM sessions restarted once
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -37,6 +38,22 @@ func (n *Node) watchdog() {
 		}
 		n.mu.Unlock()
 		for _, m := range all {
+			if dm := m.currentDM(); dm != nil {
+				switch {
+				case !dm.Stuck(n.cfg.StuckAfter):
+					delete(dmRestarted, m.name)
+				case !dmRestarted[m.name]:
+					dmRestarted[m.name] = true
+					n.log.Warn("watchdog: DM workers are stuck; restarting the session once", "fs", m.name, "after", n.cfg.StuckAfter.String())
+					m.stopDM("workers stuck")
+					n.kick() // the reconcile loop starts it again
+					continue
+				default:
+					delete(dmRestarted, m.name)
+					n.giveUp(m, "its DM workers stay stuck after a restart")
+					continue
+				}
+			}
 			why := m.unhealthy()
 			if why == "" {
 				continue
@@ -55,6 +72,9 @@ func (n *Node) watchdog() {
 }
 
 const fuseDied = "its FUSE server is not running"
+
+// giveUpCooldown: a node does not take back what it gave up for this long.
+const giveUpCooldown = time.Minute
 
 // unhealthy says why this node cannot serve the filesystem now ("" if it can).
 func (m *mounted) unhealthy() string {
@@ -85,6 +105,9 @@ func (n *Node) remount(m *mounted) {
 // asks the others to take it.
 func (n *Node) giveUp(m *mounted, why string) {
 	n.log.Error("watchdog: cannot serve the filesystem any more; active failover", "fs", m.name, "reason", why)
+	n.mu.Lock()
+	n.gaveUp[m.name] = time.Now()
+	n.mu.Unlock()
 	m.stopDM("cannot serve: " + why)
 	m.handOver(n.cfg.Name + " cannot serve it: " + why)
 	payload := []byte(n.cfg.Name)

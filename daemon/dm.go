@@ -113,6 +113,10 @@ func (d *DM) Session(context.Context) SessionInfo {
 		PendingEvents: d.session.Pending(), PendingDestroy: d.cfg.Queue.Pending()}
 }
 
+// Stuck reports DM workers that finished no event for longer than after
+// although events wait.
+func (d *DM) Stuck(after time.Duration) bool { return d.session.Stuck(after) }
+
 // Close stops the DM application; queued DESTROY events stay stored.
 func (d *DM) Close() {
 	d.cfg.Queue.Stop()

@@ -47,6 +47,7 @@ type Session struct {
 	inflight map[dedupeKey]*call
 	running  int
 	closed   bool
+	progress time.Time // last completion, or when the session last became busy
 }
 
 type call struct {
@@ -120,6 +121,9 @@ func (s *Session) enqueue(ev *Event) (*call, error) {
 		return c, nil
 	}
 	c := &call{ev: ev, done: make(chan struct{}), waiters: 1}
+	if len(s.inflight) == 0 {
+		s.progress = time.Now() // idle until now: nothing was late
+	}
 	s.inflight[k] = c
 	s.queue = append(s.queue, c)
 	s.cond.Signal()
@@ -151,6 +155,7 @@ func (s *Session) worker() {
 
 		s.mu.Lock()
 		s.running--
+		s.progress = time.Now()
 		delete(s.inflight, c.ev.dedupeKey())
 		c.err = err
 		close(c.done)
@@ -166,6 +171,14 @@ func (s *Session) handle(ev *Event) (err error) {
 		}
 	}()
 	return s.handler(s.ctx, ev)
+}
+
+// Stuck reports a session that has events to handle but finished none
+// for longer than after: its workers hang (the watchdog restarts it).
+func (s *Session) Stuck(after time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.inflight) > 0 && time.Since(s.progress) > after
 }
 
 // PendingEvent is a snapshot of one event for status.

@@ -156,3 +156,31 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+func TestSessionStuck(t *testing.T) {
+	release := make(chan struct{})
+	s := NewSession("fs", Config{Workers: 1}, func(ctx context.Context, ev *Event) error {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	}, nil)
+	defer s.Close()
+	if s.Stuck(10 * time.Millisecond) {
+		t.Fatal("an idle session is stuck")
+	}
+	go s.Raise(context.Background(), &Event{Type: Read, Ino: 1, Length: -1})
+	time.Sleep(50 * time.Millisecond)
+	if !s.Stuck(10 * time.Millisecond) {
+		t.Fatal("a session whose only worker hangs is not stuck")
+	}
+	if s.Stuck(time.Hour) {
+		t.Fatal("stuck before the limit")
+	}
+	close(release)
+	time.Sleep(20 * time.Millisecond)
+	if s.Stuck(10 * time.Millisecond) {
+		t.Fatal("stuck after its work finished")
+	}
+}

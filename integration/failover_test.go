@@ -477,3 +477,43 @@ func TestFailoverLeaseOnLostRepository(t *testing.T) {
 		t.Fatal("wrong bytes after the repository came back")
 	}
 }
+
+// DM workers that stay stuck are restarted once by the watchdog, then the
+// filesystem is given up to another node; the waiting reader gets its bytes.
+func TestFailoverStuckWorkers(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	c := testenv.NewCluster(t, m.Bucket(t, "hsm"), m.EnvList(), "n1", "n2")
+	c.Nodes["n1"].Args = []string{"--stuck-after", "2s"}
+	c.Start("n1", "n2")
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	want := writeRandom(t, n1.M("a"), 1<<20)
+	c.MustCLI("migrate", n1.M("a"))
+	testenv.DropCaches()
+	m.Pause() // every recall hangs: n1's workers finish nothing
+	resumed := false
+	defer func() {
+		if !resumed {
+			m.Resume()
+		}
+	}()
+	done := make(chan [32]byte, 1)
+	go func() {
+		b, _ := os.ReadFile(n2.M("a"))
+		done <- sha256.Sum256(b)
+	}()
+	waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" })
+	l := n1.Log()
+	if !strings.Contains(l, "restarting the session once") || !strings.Contains(l, "active failover") {
+		t.Fatalf("n1 did not restart its session once and then give up:\n%s", l)
+	}
+	m.Resume()
+	resumed = true
+	select {
+	case sum := <-done:
+		if sum != want {
+			t.Fatal("wrong bytes")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("reader still waiting after the failover")
+	}
+}

@@ -39,6 +39,7 @@ func cmdNode(args []string) error {
 	fl.DurationVar(&cfg.LockTimeout, "lock-timeout", time.Minute, "a filesystem lock older than this is taken by force")
 	fl.Float64Var(&cfg.Weight, "weight", 0, "bias of this node's key in synchronous failover votes (higher wins)")
 	fl.DurationVar(&cfg.Lease, "lease", 10*time.Second, "stop serving after the repository stayed unreadable this long")
+	fl.DurationVar(&cfg.StuckAfter, "stuck-after", 5*time.Minute, "DM workers that finish nothing this long are restarted once, then the filesystem is given up")
 	probe := fl.Duration("probe-interval", 200*time.Millisecond, "failure detection: how often each member is probed")
 	probeTimeout := fl.Duration("probe-timeout", 100*time.Millisecond, "failure detection: how long a probe waits for its ack")
 	suspicion := fl.Int("suspicion-mult", 2, "failure detection: suspicion timeout in probe intervals (scaled by cluster size)")
