@@ -119,9 +119,11 @@ func (m *mounted) stop(handOver bool) {
 
 // handOver leaves the filesystem without owner (once the session stopped,
 // so that its events go elsewhere) and wakes the other nodes to take it.
-func (m *mounted) handOver(why string) {
-	err := m.n.repo.UpdateFS(m.name, func(f *repo.FS) error {
-		if f.Owner == m.n.cfg.Name {
+func (m *mounted) handOver(why string) { m.n.handOverByName(m.name, why) }
+
+func (n *Node) handOverByName(name, why string) {
+	err := n.repo.UpdateFS(name, func(f *repo.FS) error {
+		if f.Owner == n.cfg.Name {
 			f.Takeovers = append(f.Takeovers, repo.Takeover{At: time.Now(), From: f.Owner, Epoch: f.Epoch,
 				Reason: "handed over: " + why})
 			f.Owner = ""
@@ -129,10 +131,12 @@ func (m *mounted) handOver(why string) {
 		return nil
 	})
 	if err != nil {
-		m.n.log.Warn("could not hand the filesystem over", "fs", m.name, "reason", err)
+		n.log.Warn("could not hand the filesystem over", "fs", name, "reason", err)
 		return
 	}
-	m.n.fanout(m.n.peers(m.config()), pathWake, struct{}{}, time.Second, "wake-up for the handover not delivered")
+	if fs, err := n.repo.GetFS(name); err == nil {
+		n.fanout(n.peers(fs), pathWake, struct{}{}, time.Second, "wake-up for the handover not delivered")
+	}
 }
 
 // fence lets a commit through only while this node owns the filesystem at

@@ -258,6 +258,10 @@ func (n *Node) reconcile() {
 			var err error
 			if m, err = n.mountFS(fs); err != nil {
 				n.log.Error("cannot mount filesystem", "fs", name, "reason", err)
+				if fs.Owner == n.cfg.Name { // cannot serve what it owns: let the others take it
+					n.gaveUp[name] = time.Now()
+					go n.handOverByName(name, n.cfg.Name+" cannot mount it: "+err.Error())
+				}
 				continue
 			}
 			n.fss[name] = m

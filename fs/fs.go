@@ -221,13 +221,29 @@ func (n *node) backingPath() string {
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	flags &^= syscall.O_APPEND | fuse.FMODE_EXEC
 	p := n.backingPath()
-	fd, err := unix.Open(p, int(flags)&^unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, 0, gofs.ToErrno(err)
-	}
-	h, fuseFlags, errno := n.fs.newHandle(ctx, fd, p, flags)
-	if errno != 0 {
-		return nil, 0, errno
+	var h *handle
+	var fuseFlags uint32
+	for round := 0; ; round++ {
+		fd, err := unix.Open(p, int(flags)&^unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, 0, gofs.ToErrno(err)
+		}
+		var errno syscall.Errno
+		h, fuseFlags, errno = n.fs.newHandle(ctx, fd, p, flags)
+		if errno == 0 {
+			break
+		}
+		if errno != errNeedResident || round == 2 {
+			if errno == errNeedResident {
+				errno = syscall.EIO
+			}
+			return nil, 0, errno
+		}
+		// Open for passthrough elsewhere: make the file resident (drop its
+		// record), then it can be opened for passthrough too.
+		if errno := n.fs.makeResident(ctx, p); errno != 0 {
+			return nil, 0, errno
+		}
 	}
 	if flags&unix.O_TRUNC != 0 {
 		if errno := h.truncate(ctx, 0); errno != 0 {

@@ -20,7 +20,8 @@ type gate struct {
 	passthrough int // handles the kernel serves directly (FOPEN_PASSTHROUGH)
 	cached      int // handles in the kernel's cached I/O mode
 	held        int // releases in progress: new opens wait
-	refs        int // guarded by gates.mu
+
+	refs int // guarded by gates.mu
 }
 
 type gates struct {

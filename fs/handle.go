@@ -20,9 +20,13 @@ type ioMode uint8
 const (
 	modeNone        ioMode = iota // internal handle, not seen by the kernel
 	modeCached                    // kernel page cache, reads come to us
-	modeDirect                    // FOPEN_DIRECT_IO: coexists with passthrough handles
-	modePassthrough               // the kernel reads the backing file itself
+	modePassthrough               // the kernel reads and writes the backing file itself
 )
+
+// errNeedResident: the file has passthrough handles open, so the kernel
+// accepts only passthrough opens of it, and this one needs the file made
+// resident first (a write open of a premigrated file).
+const errNeedResident = syscall.EAGAIN
 
 // handle is an open file of the mount. Reads of migrated regions raise READ
 // events; the first change of a file with a stub record raises WRITE or
@@ -77,15 +81,18 @@ func (f *FS) newHandle(ctx context.Context, fd int, path string, flags uint32) (
 		unix.Close(fd)
 		return nil, 0, gofs.ToErrno(err)
 	}
+	// Passthrough for what needs no event: reads of data that is all here,
+	// writes of files without a stub record.
 	mode := modeCached
-	if st.Mode&unix.S_IFMT == unix.S_IFREG && f.passthrough && flags&unix.O_ACCMODE == unix.O_RDONLY {
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && f.passthrough {
 		rec, err := stub.ReadRecord(fd)
 		if err != nil {
 			f.log.Error("stub record unreadable", "file", f.rel(path), "reason", err)
 			unix.Close(fd)
 			return nil, 0, syscall.EIO
 		}
-		if rec == nil || rec.State == stub.Premigrated {
+		readOnly := flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_TRUNC == 0
+		if rec == nil || (readOnly && rec.State == stub.Premigrated) {
 			mode = modePassthrough
 		}
 	}
@@ -107,28 +114,34 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 		unix.Close(fd)
 		return nil, 0, syscall.EINTR
 	}
-	// g.mu is held
-	var fuseFlags uint32
+	// g.mu is held. The kernel's rule: while an inode has passthrough
+	// opens, every open of it must be passthrough (else EIO). And go-fuse
+	// (v2.12.1) drops its backing-file reference on every release, so a
+	// passthrough open may only join passthrough opens, never cached ones.
 	switch {
 	case mode == modePassthrough && g.cached > 0:
-		mode = modeDirect
+		mode = modeCached
 	case mode == modeCached && g.passthrough > 0:
-		mode = modeDirect
+		g.mu.Unlock()
+		f.gates.put(st.Ino)
+		unix.Close(fd)
+		return nil, 0, errNeedResident
 	}
 	switch mode {
 	case modePassthrough:
 		g.passthrough++
 	case modeCached:
 		g.cached++
-	case modeDirect:
-		fuseFlags |= fuse.FOPEN_DIRECT_IO
 	}
 	if mode != modeNone {
 		g.opens++
 	}
 	g.mu.Unlock()
 	h := &handle{lf: gofs.NewLoopbackFile(fd).(*gofs.LoopbackFile), fd: fd, fs: f, path: path, ino: st.Ino, g: g, mode: mode}
-	return h, fuseFlags, 0
+	if mode == modePassthrough && flags&unix.O_ACCMODE != unix.O_RDONLY {
+		h.wrote.Store(true) // its writes bypass us: assume it changes the file
+	}
+	return h, 0, 0
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
@@ -216,6 +229,21 @@ func (h *handle) ensureResident(ctx context.Context, off, n int64) syscall.Errno
 			return errno // resident now: any hole left is a real one
 		}
 	}
+}
+
+// makeResident raises a WRITE event for the file at path (backing) so that
+// the DM application drops its stub record.
+func (f *FS) makeResident(ctx context.Context, path string) syscall.Errno {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	h, _, errno := f.newHandleMode(ctx, fd, path, unix.O_RDONLY, modeNone)
+	if errno != 0 {
+		return errno
+	}
+	defer h.Release(ctx)
+	return h.raise(ctx, h.event(dmapi.Write, 0, -1))
 }
 
 // forChange runs change with the file resident and writes through the mount

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -328,5 +329,60 @@ func TestRenameWhileRecallQueued(t *testing.T) {
 	}
 	if e := state(t, d, "renamed"); e.State != "premigrated" {
 		t.Fatalf("renamed file after its recall: %+v", e)
+	}
+}
+
+// Passthrough and other opens of one file, interleaved: a read-write
+// handle closed while a passthrough handle stays open must not break the
+// next passthrough open (go-fuse would drop the inode's backing file).
+func TestPassthroughWithOtherOpens(t *testing.T) {
+	d := testenv.NewDaemon(t, "", nil)
+	d.Start()
+	want := writeRandom(t, d.M("f"), 1<<20)
+	p1, err := os.Open(d.M("f")) // passthrough
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p1.Close()
+	rw, err := os.OpenFile(d.M("f"), os.O_RDWR, 0) // not passthrough
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw.Close()
+	time.Sleep(100 * time.Millisecond) // let its release reach the daemon
+	for i := range 3 {
+		p2, err := os.Open(d.M("f"))
+		if err != nil {
+			t.Fatalf("passthrough open %d after a read-write handle closed: %v", i, err)
+		}
+		b, err := io.ReadAll(p2)
+		p2.Close()
+		if err != nil || sha256.Sum256(b) != want {
+			t.Fatalf("read %d: %v", i, err)
+		}
+	}
+	// A premigrated file read in passthrough, then opened for writing: its
+	// record goes (the archive copy is stale), and the write lands.
+	d.MustCLI("migrate", "--premigrate", d.M("f"))
+	p3, err := os.Open(d.M("f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p3.Close()
+	w, err := os.OpenFile(d.M("f"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatalf("write open of a premigrated file read in passthrough: %v", err)
+	}
+	if _, err := w.WriteAt([]byte("new"), 0); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if e := state(t, d, "f"); e.State != "resident" {
+		t.Fatalf("after a write: %+v", e)
+	}
+	got := make([]byte, 3)
+	p3.ReadAt(got, 0)
+	if string(got) != "new" {
+		t.Fatalf("passthrough reader sees %q after the write", got)
 	}
 }

@@ -449,11 +449,17 @@ func TestFailoverLeaseOnLostRepository(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(db, []byte("the shared disk returns garbage now......"), 0o600)
+	// Replaced whole (temp file + rename): a node opening the file in the
+	// middle of a rewrite must not see a torn one.
+	replace := func(b []byte) {
+		os.WriteFile(db+".new", b, 0o600)
+		os.Rename(db+".new", db)
+	}
+	replace([]byte("the shared disk returns garbage now......"))
 	restored := false
 	defer func() {
 		if !restored {
-			os.WriteFile(db, good, 0o600)
+			replace(good)
 		}
 	}()
 	deadline := time.Now().Add(30 * time.Second)
@@ -463,7 +469,7 @@ func TestFailoverLeaseOnLostRepository(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	os.WriteFile(db, good, 0o600)
+	replace(good)
 	restored = true
 	deadline = time.Now().Add(30 * time.Second)
 	for strings.Count(n1.Log(), "DM session started") < 2 {
