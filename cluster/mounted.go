@@ -29,9 +29,15 @@ type mounted struct {
 
 	mu      sync.Mutex
 	conf    repo.FS
+	confAt  time.Time  // when conf was read from the repository
 	dm      *daemon.DM // while this node owns the filesystem
 	dmEpoch uint64     // the epoch dm runs at
 }
+
+// ownerFresh: how long a looked-up owner is used without reading the
+// repository again (a read per event costs a bbolt open); any failure to
+// reach that owner looks it up again at once.
+const ownerFresh = 200 * time.Millisecond
 
 var _ daemon.DMAccess = (*mounted)(nil)
 
@@ -56,7 +62,7 @@ func (n *Node) mountFS(fs repo.FS) (*mounted, error) {
 
 func (m *mounted) setConf(fs repo.FS) {
 	m.mu.Lock()
-	m.conf = fs
+	m.conf, m.confAt = fs, time.Now()
 	m.mu.Unlock()
 }
 
@@ -187,13 +193,28 @@ func (m *mounted) owner() (repo.FS, error) {
 	return fs, err
 }
 
+// cachedOwner is owner, answered from the last lookup if it is fresh.
+func (m *mounted) cachedOwner() (repo.FS, error) {
+	m.mu.Lock()
+	fs, at := m.conf, m.confAt
+	m.mu.Unlock()
+	if time.Since(at) < ownerFresh {
+		return fs, nil
+	}
+	return m.owner()
+}
+
 // route calls local when this node owns the filesystem, else remote with
 // the owner's RPC address; it follows owner changes until ctx ends. A
 // handler's own error (a failed recall) is final; a node that is not (or
 // no longer) the owner, or cannot be reached, makes it look again.
 func (m *mounted) route(ctx context.Context, local func(*daemon.DM) error, remote func(addr string) error) error {
 	for attempt := 0; ; attempt++ {
-		fs, err := m.owner()
+		lookup := m.owner
+		if attempt == 0 {
+			lookup = m.cachedOwner
+		}
+		fs, err := lookup()
 		switch {
 		case err != nil:
 			m.n.log.Warn("repository unreadable, retrying", "fs", m.name, "reason", err)
