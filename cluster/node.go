@@ -72,7 +72,7 @@ type Node struct {
 
 	mu      sync.Mutex
 	fss     map[string]*mounted
-	control *nodeControl
+	control *daemon.ControlServer
 
 	failMu    sync.Mutex
 	failQueue []failoverReq
@@ -343,7 +343,7 @@ func (n *Node) Stop() {
 		delete(n.fss, name)
 	}
 	n.mu.Unlock()
-	n.control.close()
+	n.control.Close()
 	n.member.Leave()
 	n.server.Close()
 	n.log.Info("node stopped")

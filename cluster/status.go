@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -56,18 +54,8 @@ func (n *Node) Status(ctx context.Context) Status {
 // NodeSocket is the control socket of node name.
 func NodeSocket(runDir, name string) string { return daemon.SocketPath(runDir, "node@"+name) }
 
-// nodeControl is the node's root-only control socket.
-type nodeControl struct {
-	srv  *http.Server
-	path string
-}
-
-func startNodeControl(n *Node) (*nodeControl, error) {
-	path := NodeSocket(n.cfg.RunDir, n.cfg.Name)
-	ln, err := daemon.ListenControl(path)
-	if err != nil {
-		return nil, err
-	}
+// startNodeControl serves the node's root-only control socket.
+func startNodeControl(n *Node) (*daemon.ControlServer, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /cluster", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(n.Status(r.Context()))
@@ -82,24 +70,7 @@ func startNodeControl(n *Node) (*nodeControl, error) {
 		}
 		json.NewEncoder(w).Encode(reply)
 	})
-	c := &nodeControl{srv: &http.Server{Handler: mux}, path: path}
-	go c.srv.Serve(ln)
-	return c, nil
-}
-
-func (c *nodeControl) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	c.srv.Shutdown(ctx)
-	os.Remove(c.path)
-}
-
-// nodeClient talks HTTP to a node's control socket.
-func nodeClient(sock string, timeout time.Duration) *http.Client {
-	return &http.Client{Timeout: timeout, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		}}}
+	return daemon.ServeControl(NodeSocket(n.cfg.RunDir, n.cfg.Name), mux)
 }
 
 // LocalNodes asks every node daemon on this host for its cluster status.
@@ -107,7 +78,7 @@ func LocalNodes(runDir string) []Status {
 	socks, _ := filepath.Glob(filepath.Join(runDir, "node@*.sock"))
 	var out []Status
 	for _, s := range socks {
-		resp, err := nodeClient(s, 10*time.Second).Get("http://node/cluster")
+		resp, err := daemon.UnixClient(s, 10*time.Second).Get("http://node/cluster")
 		if err != nil {
 			continue
 		}
@@ -129,7 +100,7 @@ func RequestMove(runDir, repoDir, fs, to string) (owner string, epoch uint64, er
 			continue
 		}
 		body, _ := json.Marshal(moveReq{FS: fs, To: to})
-		resp, err := nodeClient(st.sock, 2*time.Minute).Post("http://node/failover", "application/json", bytes.NewReader(body))
+		resp, err := daemon.UnixClient(st.sock, 2*time.Minute).Post("http://node/failover", "application/json", bytes.NewReader(body))
 		if err != nil {
 			return "", 0, err
 		}

@@ -3,7 +3,6 @@ package daemon
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -95,13 +94,7 @@ type Client struct {
 
 // Dial returns a client for filesystem name.
 func Dial(runDir, name string) *Client {
-	sock := SocketPath(runDir, name)
-	return &Client{Name: name, http: &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-	}}}
+	return &Client{Name: name, http: UnixClient(SocketPath(runDir, name), 0)}
 }
 
 func (c *Client) do(method, path string, body any) (*http.Response, error) {

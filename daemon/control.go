@@ -71,9 +71,40 @@ type Status struct {
 	SessionInfo
 }
 
-type controlServer struct {
+// ControlServer serves HTTP on a root-only control socket.
+type ControlServer struct {
 	ln  net.Listener
 	srv *http.Server
+}
+
+// ServeControl serves handler on a control socket at path (ListenControl).
+func ServeControl(path string, handler http.Handler) (*ControlServer, error) {
+	ln, err := ListenControl(path)
+	if err != nil {
+		return nil, err
+	}
+	c := &ControlServer{ln: ln, srv: &http.Server{Handler: handler}}
+	go c.srv.Serve(ln)
+	return c, nil
+}
+
+// Close stops serving (calls in progress get 2 s) and removes the socket.
+func (c *ControlServer) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c.srv.Shutdown(ctx)
+	os.Remove(c.ln.Addr().String())
+}
+
+// UnixClient is an HTTP client whose every request goes to the unix
+// socket sock (the URL's host is ignored); timeout 0 means none.
+func UnixClient(sock string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
 }
 
 // ListenControl opens a root-only control socket at path, refusing one
@@ -95,11 +126,7 @@ func ListenControl(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-func startControl(d *Mount) (*controlServer, error) {
-	ln, err := ListenControl(SocketPath(d.cfg.RunDir, d.cfg.Source))
-	if err != nil {
-		return nil, err
-	}
+func startControl(d *Mount) (*ControlServer, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /migrate", d.serveMigrate)
 	mux.HandleFunc("POST /recall", d.serveRecall)
@@ -107,16 +134,7 @@ func startControl(d *Mount) (*controlServer, error) {
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(d.Status(r.Context()))
 	})
-	c := &controlServer{ln: ln, srv: &http.Server{Handler: mux}}
-	go c.srv.Serve(ln)
-	return c, nil
-}
-
-func (c *controlServer) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	c.srv.Shutdown(ctx)
-	os.Remove(c.ln.Addr().String())
+	return ServeControl(SocketPath(d.cfg.RunDir, d.cfg.Source), mux)
 }
 
 // Status reports the filesystem's state.

@@ -67,7 +67,7 @@ type Mount struct {
 	fs      *cfs.FS
 	dm      DMAccess
 	archive string // for status, without credentials
-	control *controlServer
+	control *ControlServer
 	started time.Time
 }
 
@@ -128,7 +128,7 @@ func (m *Mount) Wait() { m.fs.Wait() }
 // Stop closes the control socket and unmounts.
 func (m *Mount) Stop() {
 	if m.control != nil {
-		m.control.close()
+		m.control.Close()
 	}
 	for i := 0; ; i++ {
 		err := m.fs.Unmount()

@@ -125,11 +125,12 @@ func (d *DM) Close() {
 }
 
 // Router is the DMAccess of a single-node mount, whose DM application
-// starts just after the mount: calls in between wait for it.
+// starts just after the mount: calls in between wait for it. Set is called
+// once; the closed channel publishes dm to every reader.
 type Router struct {
-	dm    atomicAccess
 	once  sync.Once
 	ready chan struct{}
+	dm    DMAccess
 }
 
 func (r *Router) readyCh() chan struct{} {
@@ -137,14 +138,10 @@ func (r *Router) readyCh() chan struct{} {
 	return r.ready
 }
 
-// Set points the router at dm.
+// Set points the router at dm; call it once.
 func (r *Router) Set(dm DMAccess) {
-	r.dm.Store(dm)
-	select {
-	case <-r.readyCh():
-	default:
-		close(r.readyCh())
-	}
+	r.dm = dm
+	close(r.readyCh())
 }
 
 // routerWait bounds how long a call waits for the DM application to start.
@@ -156,11 +153,9 @@ func (r *Router) get(ctx context.Context) (DMAccess, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-time.After(routerWait):
+		return nil, fmt.Errorf("no DM session for this filesystem")
 	}
-	if dm := r.dm.Load(); dm != nil {
-		return dm, nil
-	}
-	return nil, fmt.Errorf("no DM session for this filesystem")
+	return r.dm, nil
 }
 
 func (r *Router) Raise(ctx context.Context, ev *dmapi.Event) error {
