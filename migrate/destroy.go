@@ -40,8 +40,8 @@ type DestroyQueue struct {
 	wake    chan struct{}
 	mu      sync.Mutex
 	mine    map[string]destroyEntry // prepared here, not yet committed or aborted
-	once    sync.Once
-	stop    chan struct{}
+	runMu   sync.Mutex              // guards stop and done: a queue outlives its DM sessions
+	stop    chan struct{}           // nil while no worker runs
 	done    chan struct{}
 }
 
@@ -74,7 +74,7 @@ func NewDestroyQueue(store Store, fsName, self, root string, raise func(context.
 		alive = func(string) bool { return false }
 	}
 	return &DestroyQueue{store: store, fs: fsName, self: self, root: root, raise: raise, alive: alive, started: time.Now(), log: log, mine: map[string]destroyEntry{},
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+		wake: make(chan struct{}, 1)}
 }
 
 // Prepare records that the object key will be garbage unless the file rel
@@ -135,15 +135,28 @@ func (q *DestroyQueue) Pending() int {
 }
 
 // Start resolves entries left by a crash and runs the worker until Stop.
+// Each DM session of the filesystem starts it anew.
 func (q *DestroyQueue) Start() {
-	go q.run()
+	q.runMu.Lock()
+	defer q.runMu.Unlock()
+	if q.stop != nil {
+		return // running
+	}
+	q.stop, q.done = make(chan struct{}), make(chan struct{})
+	go q.run(q.stop, q.done)
 	q.kick()
 }
 
 // Stop ends the worker; unfinished entries stay stored for the next start.
 func (q *DestroyQueue) Stop() {
-	q.once.Do(func() { close(q.stop) })
+	q.runMu.Lock()
+	defer q.runMu.Unlock()
+	if q.stop == nil {
+		return
+	}
+	close(q.stop)
 	<-q.done
+	q.stop, q.done = nil, nil
 }
 
 func (q *DestroyQueue) kick() {
@@ -153,17 +166,17 @@ func (q *DestroyQueue) kick() {
 	}
 }
 
-func (q *DestroyQueue) run() {
-	defer close(q.done)
+func (q *DestroyQueue) run(stop, done chan struct{}) {
+	defer close(done)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { <-q.stop; cancel() }()
+	go func() { <-stop; cancel() }()
 	retry := time.NewTicker(2 * time.Second) // entries from other nodes come without a kick
 	defer retry.Stop()
 	for {
 		q.drain(ctx)
 		select {
-		case <-q.stop:
+		case <-stop:
 			return
 		case <-q.wake:
 		case <-retry.C:
