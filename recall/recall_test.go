@@ -15,26 +15,12 @@ import (
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/fakes"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
-
-// openGate lets every commit and release through: no mount in these tests.
-type openGate struct{}
-
-func (openGate) Commit(ino uint64, fn func() error) error { return fn() }
-func (openGate) Release(ctx context.Context, ino uint64, wait time.Duration, fn func() error) error {
-	return fn()
-}
-
-// keptGarbage records nothing: no object becomes garbage in these tests.
-type keptGarbage struct{}
-
-func (keptGarbage) Prepare(rel string, ino uint64, key string) (string, error) { return key, nil }
-func (keptGarbage) Commit(token string)                                        {}
-func (keptGarbage) Abort(token string)                                         {}
 
 // faulty wraps an archive: it can break the first GET after some bytes
 // (a transient network fault) or flip one byte of every GET that covers it.
@@ -114,7 +100,7 @@ func migrated(t *testing.T, size int64) (root string, arch *faulty, data []byte,
 	if err := os.WriteFile(filepath.Join(root, "f"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m := migrate.New(root, arch, &dmapi.Rights{}, openGate{}, keptGarbage{}, migrate.Config{FS: "t"}, slog.Default())
+	m := migrate.New(root, arch, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, migrate.Config{FS: "t"}, slog.Default())
 	if _, err := m.Migrate(context.Background(), "f", false); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +112,7 @@ func migrated(t *testing.T, size int64) (root string, arch *faulty, data []byte,
 }
 
 func newManager(t *testing.T, root string, arch archive.Archive) *recall.Manager {
-	m := recall.NewManager(root, arch, &dmapi.Rights{}, keptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
+	m := recall.NewManager(root, arch, &dmapi.Rights{}, fakes.KeptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
 	t.Cleanup(m.Close)
 	return m
 }
@@ -209,7 +195,7 @@ func TestStreamHoldsTheRight(t *testing.T) {
 	root, arch, _, ino := migrated(t, size)
 	arch.slow = 5 * time.Millisecond // streams take a while
 	rights := &dmapi.Rights{}
-	m := recall.NewManager(root, arch, rights, keptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
+	m := recall.NewManager(root, arch, rights, fakes.KeptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
 	defer m.Close()
 	ev := &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: 0, Length: 1 << 20}
 	if err := m.Handle(context.Background(), ev); err != nil {

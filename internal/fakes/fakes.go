@@ -1,0 +1,23 @@
+// Package fakes holds the test doubles that unit tests of several packages
+// share: they stand where a FUSE mount or a durable queue would.
+package fakes
+
+import (
+	"context"
+	"time"
+)
+
+// OpenGate lets every commit and release through: no mount in unit tests.
+type OpenGate struct{}
+
+func (OpenGate) Commit(ino uint64, fn func() error) error { return fn() }
+func (OpenGate) Release(ctx context.Context, ino uint64, wait time.Duration, fn func() error) error {
+	return fn()
+}
+
+// KeptGarbage records nothing: no object becomes garbage in unit tests.
+type KeptGarbage struct{}
+
+func (KeptGarbage) Prepare(rel string, ino uint64, key string) (string, error) { return key, nil }
+func (KeptGarbage) Commit(token string)                                        {}
+func (KeptGarbage) Abort(token string)                                         {}
