@@ -1,0 +1,69 @@
+package metrics
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func TestTextFormat(t *testing.T) {
+	r := NewNode()
+	r.Add(MigratedFiles, 2, "fs", "a")
+	r.Add(MigratedFiles, 1, "fs", "a")
+	r.Add(MigratedBytes, 1<<20, "fs", "b")
+	r.Observe(RecallSeconds, 0.003, "fs", "a")
+	r.Observe(RecallSeconds, 2, "fs", "a")
+	r.Observe(RecallSeconds, 1000, "fs", "a") // past the last bucket: only +Inf
+	r.OnCollect(func(r *Registry) { r.Set(Usage, 42, "fs", "a") })
+
+	ln, err := Serve("127.0.0.1:0", r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	resp, err := http.Get("http://" + ln.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	text := string(body)
+	for _, line := range []string{
+		"# TYPE cascadefs_migrated_files_total counter",
+		`cascadefs_migrated_files_total{fs="a"} 3`,
+		`cascadefs_migrated_bytes_total{fs="b"} 1.048576e+06`,
+		`cascadefs_usage_bytes{fs="a"} 42`,
+		"# TYPE cascadefs_recall_seconds histogram",
+		`cascadefs_recall_seconds_bucket{fs="a",le="0.001"} 0`,
+		`cascadefs_recall_seconds_bucket{fs="a",le="0.005"} 1`,
+		`cascadefs_recall_seconds_bucket{fs="a",le="2.5"} 2`,
+		`cascadefs_recall_seconds_bucket{fs="a",le="60"} 2`,
+		`cascadefs_recall_seconds_bucket{fs="a",le="+Inf"} 3`,
+		`cascadefs_recall_seconds_sum{fs="a"} 1002.003`,
+		`cascadefs_recall_seconds_count{fs="a"} 3`,
+	} {
+		if !strings.Contains(text, line+"\n") {
+			t.Errorf("missing %q in:\n%s", line, text)
+		}
+	}
+}
+
+func TestNilRegistryIgnoresReports(t *testing.T) {
+	var r *Registry
+	r.Add(MigratedFiles, 1, "fs", "a")
+	r.Observe(RecallSeconds, 1, "fs", "a")
+	r.Set(Usage, 1)
+	if r.Get(Usage) != 0 {
+		t.Fatal("nil registry kept a value")
+	}
+}
+
+func TestUndefinedFamilyPanics(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Fatal("a report to an undefined family did not panic")
+		}
+	}()
+	New().Add("cascadefs_typo_total", 1)
+}
