@@ -7,6 +7,7 @@ import (
 
 	"github.com/cascadefs/cascadefs/cluster/member"
 	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/metrics"
 )
 
 // A failover request asks this node to take what a failed node owned. They
@@ -176,6 +177,7 @@ func (n *Node) takeOver(name, failed, reason string) {
 			}
 			if err == nil {
 				n.log.Info("took over filesystem", "fs", name, "from", failed, "epoch", fs.Epoch, "reason", reason)
+				n.metrics.Add(metrics.Takeovers, 1, "fs", name)
 				n.startOwned(fs)
 				return
 			}

@@ -30,7 +30,7 @@ func (g *clusterGate) Release(ctx context.Context, ino uint64, wait time.Duratio
 	peers := g.n.peers(g.m.config())
 	for _, p := range peers {
 		if p.Status != member.Alive {
-			return fmt.Errorf("node %s is %s and cannot confirm the file is closed there: %w", p.Name, p.Status, dmapi.ErrBusy)
+			return fmt.Errorf("node %s is %s and cannot confirm the file is closed there: %w", p.Name, p.Status, dmapi.ErrPeerDown)
 		}
 	}
 	var tb [12]byte

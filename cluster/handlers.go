@@ -33,6 +33,7 @@ func (n *Node) register() {
 		}
 		return dm.Session(ctx), nil
 	})
+	n.server.Handle(pathSpace, n.onSpace)
 	n.server.Handle(pathHold, n.onHold)
 	n.server.Handle(pathUnhold, func(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
 		var req holdReq
@@ -69,6 +70,25 @@ func (n *Node) owned(raw json.RawMessage, req any, fs *string) (*daemon.DM, erro
 		return nil, rpc.Coded(codeNotOwner, fmt.Errorf("%s does not run the DM session of %s", n.cfg.Name, *fs))
 	}
 	return dm, nil
+}
+
+// onSpace serves a space query or an out-of-space event from another node.
+func (n *Node) onSpace(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+	var req spaceReq
+	dm, err := n.owned(raw, &req, &req.FS)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := dm.Space(ctx, req.Need)
+	switch {
+	case errors.Is(err, dmapi.ErrNoSpace):
+		return spaceReply{Space: sp, NoSpace: true}, nil
+	case errors.Is(err, dmapi.ErrClosed):
+		return nil, rpc.Coded(codeNotOwner, err) // ask the next owner
+	case err != nil:
+		return nil, err
+	}
+	return spaceReply{Space: sp}, nil
 }
 
 // onEvent serves a synchronous event from another node: the caller waits

@@ -53,7 +53,9 @@ func (n *Node) mountFS(fs repo.FS) (*mounted, error) {
 	cfg := daemon.Config{Name: fs.Name, Backing: fs.Backing, Mountpoint: mp, ArchiveURL: fs.Archive,
 		Source: fs.Name + "@" + n.cfg.Name, RunDir: n.cfg.RunDir, Recall: s.recall, Workers: s.workers,
 		EventTimeout: s.eventTimeout, ReleaseWait: s.releaseWait, NoPassthrough: n.cfg.NoPassthrough,
-		Written: func(ino uint64) { n.invalidatePeers(fs.Name, ino) }}
+		Written: func(ino uint64) { n.invalidatePeers(fs.Name, ino) },
+		Policy:  func() migrate.Policy { return settingsOf(m.config()).policy },
+		Metrics: n.metrics}
 	if m.mount, err = daemon.StartMount(cfg, m, m.queue, n.log); err != nil {
 		return nil, err
 	}
@@ -82,6 +84,7 @@ func (m *mounted) currentDM() *daemon.DM {
 func (m *mounted) ensureDM(fs repo.FS) error {
 	m.mu.Lock()
 	if m.dm != nil && m.dmEpoch == fs.Epoch {
+		m.dm.SetPolicy(settingsOf(fs).policy) // `fs set` applies without a restart
 		m.mu.Unlock()
 		return nil
 	}
@@ -92,7 +95,7 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	s := settingsOf(fs)
 	dm, err := daemon.StartDM(m.n.ctx, daemon.DMConfig{Name: fs.Name, Backing: fs.Backing, ArchiveURL: fs.Archive,
 		Owner: m.n.cfg.Name, Epoch: fs.Epoch, Queue: m.queue, Gate: &clusterGate{n: m.n, m: m}, Fence: m.fence(fs.Epoch),
-		Recall: s.recall, Workers: s.workers, EventTimeout: s.eventTimeout, ReleaseWait: s.releaseWait}, m.n.log)
+		Recall: s.recall, Workers: s.workers, EventTimeout: s.eventTimeout, ReleaseWait: s.releaseWait, Policy: s.policy, Metrics: m.n.metrics}, m.n.log)
 	if err != nil {
 		return err
 	}
@@ -295,6 +298,35 @@ func (m *mounted) Migrate(ctx context.Context, rel string, premigrate bool) (mig
 	return res, remoteErr
 }
 
+// Space asks the owner's space monitor; an out-of-space event (need > 0)
+// follows the owner like any synchronous event.
+func (m *mounted) Space(ctx context.Context, need int64) (dmapi.Space, error) {
+	var sp dmapi.Space
+	var noSpace error
+	err := m.route(ctx,
+		func(dm *daemon.DM) (err error) {
+			sp, err = dm.Space(ctx, need)
+			if errors.Is(err, dmapi.ErrNoSpace) {
+				noSpace, err = err, nil
+			}
+			return err
+		},
+		func(addr string) error {
+			var reply spaceReply
+			if err := m.n.client.Call(ctx, addr, pathSpace, spaceReq{FS: m.name, Need: need}, &reply); err != nil {
+				return err
+			}
+			if sp = reply.Space; reply.NoSpace {
+				noSpace = dmapi.ErrNoSpace
+			}
+			return nil
+		})
+	if err != nil {
+		return sp, err
+	}
+	return sp, noSpace
+}
+
 // Session describes the owner's session.
 func (m *mounted) Session(ctx context.Context) daemon.SessionInfo {
 	fs, err := m.owner()
@@ -324,6 +356,7 @@ type settings struct {
 	workers      int
 	eventTimeout time.Duration
 	releaseWait  time.Duration
+	policy       migrate.Policy
 }
 
 // settingsOf reads the repository settings (checked when they were set).
@@ -352,5 +385,9 @@ func settingsOf(fs repo.FS) settings {
 	}
 	dur("event-timeout", &s.eventTimeout)
 	dur("release-wait", &s.releaseWait)
+	var err error
+	if s.policy, err = migrate.ParsePolicy(fs.Settings); err != nil {
+		s.policy = migrate.DefaultPolicy() // checked when set; a hand-edited repository gets the defaults
+	}
 	return s
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"github.com/cascadefs/cascadefs/cluster/repo"
 	"github.com/cascadefs/cascadefs/cluster/rpc"
 	"github.com/cascadefs/cascadefs/daemon"
+	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -36,6 +38,8 @@ type Config struct {
 	NoPassthrough bool
 	// Tune adjusts memberlist timing (failure detection).
 	Tune func(*memberlist.Config)
+	// Metrics: serve Prometheus metrics at http://Metrics/metrics ("": off).
+	Metrics string
 	// MaxFilesystems bounds the sessions this node takes (0: no bound).
 	MaxFilesystems int
 	// Weight biases this node's priority key in synchronous votes.
@@ -80,6 +84,9 @@ type Node struct {
 	declined  map[string]string    // fs -> why this node did not take it (failover loop only)
 	repoSeen  time.Time            // last successful read of the repository (reconcile loop only)
 	gaveUp    map[string]time.Time // fs -> when this node gave it up (guarded by mu)
+
+	metrics   *metrics.Registry // nil when not served
+	metricsLn net.Listener
 }
 
 // Start starts a node: checks its name, joins the cluster and mounts its
@@ -127,6 +134,14 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	defer func() {
 		if err != nil {
 			n.server.Close()
+		}
+	}()
+	if err := n.serveMetrics(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil && n.metricsLn != nil {
+			n.metricsLn.Close()
 		}
 	}()
 	n.register()
@@ -346,7 +361,38 @@ func (n *Node) Stop() {
 	n.control.Close()
 	n.member.Leave()
 	n.server.Close()
+	if n.metricsLn != nil {
+		n.metricsLn.Close()
+	}
 	n.log.Info("node stopped")
+}
+
+// serveMetrics starts the Prometheus endpoint, if configured. The gauges
+// of the filesystems this node owns are read at each scrape.
+func (n *Node) serveMetrics() error {
+	if n.cfg.Metrics == "" {
+		return nil
+	}
+	n.metrics = metrics.NewNode()
+	n.metrics.OnCollect(func(r *metrics.Registry) {
+		for _, g := range []string{metrics.Usage, metrics.Capacity, metrics.PendingEvents} {
+			r.Forget(g)
+		}
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		for _, m := range n.fss {
+			if dm := m.currentDM(); dm != nil {
+				dm.Gauges(r)
+			}
+		}
+	})
+	ln, err := metrics.Serve(n.cfg.Metrics, n.metrics)
+	if err != nil {
+		return err
+	}
+	n.metricsLn = ln
+	n.log.Info("serving metrics", "addr", "http://"+ln.Addr().String()+"/metrics")
+	return nil
 }
 
 // Wait blocks until the node is stopped.

@@ -18,6 +18,7 @@ const (
 	pathWake       = "/wake"
 	pathTakeover   = "/takeover"
 	pathHandover   = "/handover"
+	pathSpace      = "/space"
 )
 
 // codeNotOwner: the called node does not run the filesystem's DM session
@@ -43,6 +44,16 @@ type migrateReply struct {
 	Result migrate.Result `json:"result"`
 	Error  string         `json:"error,omitempty"`
 	Busy   bool           `json:"busy,omitempty"` // the release was skipped: open somewhere
+}
+
+type spaceReq struct {
+	FS   string `json:"fs"`
+	Need int64  `json:"need"` // 0: the last measurement; else an out-of-space event
+}
+
+type spaceReply struct {
+	Space   dmapi.Space `json:"space"`
+	NoSpace bool        `json:"no_space,omitempty"` // the monitor could not free enough
 }
 
 type fsReq struct {

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cascadefs/cascadefs/migrate"
 )
 
 // MountInfo is a cascadefs mount found in the mount table: Name is its
@@ -134,13 +136,23 @@ func (c *Client) Status() (Status, error) {
 
 // Ls lists the state of the files under paths.
 func (c *Client) Ls(req Request) ([]Entry, error) {
-	resp, err := c.do("POST", "/ls", req)
+	var entries []Entry
+	return entries, c.call("/ls", req, &entries)
+}
+
+// Plan says what the space monitor's policy would pick under paths.
+func (c *Client) Plan(req Request) ([]migrate.Verdict, error) {
+	var verdicts []migrate.Verdict
+	return verdicts, c.call("/plan", req, &verdicts)
+}
+
+func (c *Client) call(path string, req Request, reply any) error {
+	resp, err := c.do("POST", path, req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
-	var entries []Entry
-	return entries, json.NewDecoder(resp.Body).Decode(&entries)
+	return json.NewDecoder(resp.Body).Decode(reply)
 }
 
 // Batch runs a migrate or recall ("migrate" or "recall") and calls fn for

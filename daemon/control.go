@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -131,6 +132,7 @@ func startControl(d *Mount) (*ControlServer, error) {
 	mux.HandleFunc("POST /migrate", d.serveMigrate)
 	mux.HandleFunc("POST /recall", d.serveRecall)
 	mux.HandleFunc("POST /ls", d.serveLs)
+	mux.HandleFunc("POST /plan", d.servePlan)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(d.Status(r.Context()))
 	})
@@ -185,6 +187,22 @@ func (d *Mount) expand(req *Request) ([]string, error) {
 	return files, nil
 }
 
+// request decodes an admin request and lists its files; bad input is
+// answered with 400 and ok false, before anything is done.
+func (d *Mount) request(w http.ResponseWriter, r *http.Request) (req *Request, files []string, ok bool) {
+	req = &Request{}
+	if err := json.NewDecoder(r.Body).Decode(req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return nil, nil, false
+	}
+	files, err := d.expand(req)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil, nil, false
+	}
+	return req, files, true
+}
+
 func (d *Mount) serveMigrate(w http.ResponseWriter, r *http.Request) {
 	d.serveBatch(w, r, func(ctx context.Context, req *Request, rel string) Entry {
 		res, err := d.dm.Migrate(ctx, rel, req.Premigrate)
@@ -223,14 +241,8 @@ func (d *Mount) serveRecall(w http.ResponseWriter, r *http.Request) {
 // serveBatch runs fn over the request's files with bounded parallelism and
 // streams the results.
 func (d *Mount) serveBatch(w http.ResponseWriter, r *http.Request, fn func(context.Context, *Request, string) Entry) {
-	var req Request
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	files, err := d.expand(&req)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	req, files, ok := d.request(w, r)
+	if !ok {
 		return
 	}
 	out := newStream(w)
@@ -252,7 +264,7 @@ func (d *Mount) serveBatch(w http.ResponseWriter, r *http.Request, fn func(conte
 		go func() {
 			defer wg.Done()
 			for rel := range work {
-				e := fn(r.Context(), &req, rel)
+				e := fn(r.Context(), req, rel)
 				mu.Lock()
 				switch {
 				case e.Error != "":
@@ -280,15 +292,23 @@ func (d *Mount) serveBatch(w http.ResponseWriter, r *http.Request, fn func(conte
 	out.send(Message{Type: "done", Sum: &sum})
 }
 
-func (d *Mount) serveLs(w http.ResponseWriter, r *http.Request) {
-	var req Request
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+// servePlan answers `migrate --dry-run`: what the space monitor's policy
+// would pick among the files, in order, and why the others not.
+func (d *Mount) servePlan(w http.ResponseWriter, r *http.Request) {
+	_, files, ok := d.request(w, r)
+	if !ok {
 		return
 	}
-	files, err := d.expand(&req)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	policy := migrate.DefaultPolicy()
+	if d.cfg.Policy != nil {
+		policy = d.cfg.Policy()
+	}
+	json.NewEncoder(w).Encode(policy.Plan(d.cfg.Backing, files, time.Now()))
+}
+
+func (d *Mount) serveLs(w http.ResponseWriter, r *http.Request) {
+	_, files, ok := d.request(w, r)
+	if !ok {
 		return
 	}
 	entries := make([]Entry, 0, len(files))

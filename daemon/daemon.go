@@ -18,6 +18,7 @@ import (
 	"github.com/cascadefs/cascadefs/cluster/repo"
 	"github.com/cascadefs/cascadefs/dmapi"
 	cfs "github.com/cascadefs/cascadefs/fs"
+	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
 	"github.com/cascadefs/cascadefs/stub"
@@ -43,6 +44,15 @@ type Config struct {
 	ReleaseWait   time.Duration // how long a release waits for open handles
 	NoPassthrough bool
 	Debug         bool
+	// Settings are the filesystem's settings (quota, high, low, ...) of a
+	// single node; a cluster keeps them in its repository.
+	Settings map[string]string
+	// Policy returns the space monitor's current policy (for dry runs).
+	Policy func() migrate.Policy
+	// Metrics receives the mount's and DM's metrics (nil: none). A single
+	// node serves them at MetricsAddr.
+	Metrics     *metrics.Registry
+	MetricsAddr string
 	// Written is told when a file changed through this mount is closed.
 	Written func(ino uint64)
 }
@@ -107,6 +117,7 @@ func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger
 		Backing: backing, Name: cfg.Name, Source: cfg.Source, Events: events{dm, garbage}, Log: log,
 		SmallFile: small, Region: stub.DefaultChunkSize,
 		NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, Written: cfg.Written,
+		Space: dm, SpaceWait: cfg.EventTimeout, Metrics: cfg.Metrics,
 	})
 	if err != nil {
 		return nil, err
@@ -149,7 +160,8 @@ func (m *Mount) Stop() {
 // the state directory; the DM application runs in the same process.
 type Daemon struct {
 	*Mount
-	dm *DM
+	dm        *DM
+	metricsLn net.Listener
 }
 
 // localNode names the node of a single-node daemon in its repository.
@@ -175,27 +187,47 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if _, err := OpenArchive(ctx, cfg.ArchiveURL); err != nil {
 		return nil, err
 	}
-	r, err := localRepo(cfg)
+	policy, err := migrate.ParsePolicy(cfg.Settings)
 	if err != nil {
 		return nil, err
+	}
+	cfg.Policy = func() migrate.Policy { return policy }
+	var metricsLn net.Listener
+	if cfg.MetricsAddr != "" {
+		cfg.Metrics = metrics.NewNode()
+		if metricsLn, err = metrics.Serve(cfg.MetricsAddr, cfg.Metrics); err != nil {
+			return nil, err
+		}
+		log.Info("serving metrics", "addr", "http://"+metricsLn.Addr().String()+"/metrics")
+	}
+	fail := func(err error) (*Daemon, error) {
+		if metricsLn != nil {
+			metricsLn.Close()
+		}
+		return nil, err
+	}
+	r, err := localRepo(cfg)
+	if err != nil {
+		return fail(err)
 	}
 	router := &Router{}
 	raise := func(ctx context.Context, ev *dmapi.Event) error { return router.Raise(ctx, ev) }
 	queue := migrate.NewDestroyQueue(repo.Entries{Repo: r, FS: cfg.Name}, cfg.Name, localNode, backing, raise, nil, log)
 	mount, err := StartMount(cfg, router, queue, log)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	dm, err := StartDM(ctx, DMConfig{Name: cfg.Name, Backing: backing, ArchiveURL: cfg.ArchiveURL, Owner: localNode, Epoch: 1,
 		Queue: queue, Gate: mount.FS(), Recall: cfg.Recall, Workers: cfg.Workers,
-		EventTimeout: cfg.EventTimeout, ReleaseWait: cfg.ReleaseWait}, log)
+		EventTimeout: cfg.EventTimeout, ReleaseWait: cfg.ReleaseWait, Policy: policy, Metrics: cfg.Metrics}, log)
 	if err != nil {
 		mount.Stop()
-		return nil, err
+		return fail(err)
 	}
 	router.Set(dm)
 	mount.archive = dm.Archive()
-	return &Daemon{Mount: mount, dm: dm}, nil
+	cfg.Metrics.OnCollect(dm.Gauges)
+	return &Daemon{Mount: mount, dm: dm, metricsLn: metricsLn}, nil
 }
 
 // localRepo opens (creating) the single-node repository and registers the
@@ -213,7 +245,9 @@ func localRepo(cfg Config) (repo.Repository, error) {
 	if err := r.AddFS(fs); err != nil && !errors.Is(err, repo.ErrExists) {
 		return nil, err
 	}
-	return r, nil
+	// The flags of this start are the settings (shown by fs list).
+	err = r.UpdateFS(cfg.Name, func(f *repo.FS) error { f.Settings = cfg.Settings; return nil })
+	return r, err
 }
 
 // Stop unmounts and stops the DM application. Queued DESTROY events stay
@@ -221,6 +255,9 @@ func localRepo(cfg Config) (repo.Repository, error) {
 func (d *Daemon) Stop() {
 	d.Mount.Stop()
 	d.dm.Close()
+	if d.metricsLn != nil {
+		d.metricsLn.Close()
+	}
 }
 
 // CleanDeadMount detaches cascadefs mounts at mountpoint that no daemon

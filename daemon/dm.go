@@ -10,6 +10,7 @@ import (
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
 )
@@ -23,6 +24,9 @@ type DMAccess interface {
 	Migrate(ctx context.Context, rel string, premigrate bool) (migrate.Result, error)
 	// Session describes the DM session serving the filesystem.
 	Session(ctx context.Context) SessionInfo
+	// Space returns the space monitor's last measurement (need 0), or
+	// raises an out-of-space event for need bytes and waits for the cycle.
+	Space(ctx context.Context, need int64) (dmapi.Space, error)
 }
 
 // SessionInfo is what status shows of a DM session.
@@ -33,6 +37,7 @@ type SessionInfo struct {
 	Workers        int                  `json:"workers,omitempty"`
 	PendingEvents  []dmapi.PendingEvent `json:"pending_events"`
 	PendingDestroy int                  `json:"pending_destroy"`
+	Space          *migrate.SpaceStatus `json:"space,omitempty"`
 }
 
 // DMConfig is the DM side of one filesystem.
@@ -49,6 +54,8 @@ type DMConfig struct {
 	Workers      int
 	EventTimeout time.Duration
 	ReleaseWait  time.Duration
+	Policy       migrate.Policy    // of the space monitor
+	Metrics      *metrics.Registry // nil: none
 }
 
 // DM is the DM application of one filesystem on its owner: the session,
@@ -60,6 +67,7 @@ type DM struct {
 	session  *dmapi.Session
 	recall   *recall.Manager
 	migrator *migrate.Migrator
+	monitor  *migrate.Monitor
 }
 
 var _ DMAccess = (*DM)(nil)
@@ -95,8 +103,36 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
 	d.migrator = migrate.New(backing, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
 	d.migrator.Fence = cfg.Fence
+	d.count(cfg.Metrics)
 	cfg.Queue.Start()
+	d.monitor = migrate.NewMonitor(backing, cfg.Policy, d.migrator, log.With("fs", cfg.Name))
+	d.monitor.Cycled = func(migrate.Cycle) { cfg.Metrics.Add(metrics.SpaceCycles, 1, "fs", cfg.Name) }
+	d.monitor.Start(ctx)
 	return d, nil
+}
+
+// count reports migrations and recalls to the node's metrics.
+func (d *DM) count(r *metrics.Registry) {
+	fs := d.cfg.Name
+	d.migrator.Counted = func(res migrate.Result) {
+		if res.Released > 0 {
+			r.Add(metrics.MigratedFiles, 1, "fs", fs)
+			r.Add(metrics.MigratedBytes, float64(res.Released), "fs", fs)
+		}
+		r.Add(metrics.UploadedBytes, float64(res.Uploaded), "fs", fs)
+	}
+	d.recall.Counted = func(files int, bytes int64) {
+		r.Add(metrics.RecalledFiles, float64(files), "fs", fs)
+		r.Add(metrics.RecalledBytes, float64(bytes), "fs", fs)
+	}
+}
+
+// Gauges sets the gauges of an owned filesystem (at a scrape).
+func (d *DM) Gauges(r *metrics.Registry) {
+	sp := d.monitor.Space()
+	r.Set(metrics.Usage, float64(sp.Usage), "fs", d.cfg.Name)
+	r.Set(metrics.Capacity, float64(sp.Capacity), "fs", d.cfg.Name)
+	r.Set(metrics.PendingEvents, float64(len(d.session.Pending())), "fs", d.cfg.Name)
 }
 
 // Archive names the archive (without credentials).
@@ -109,9 +145,20 @@ func (d *DM) Migrate(ctx context.Context, rel string, premigrate bool) (migrate.
 }
 
 func (d *DM) Session(context.Context) SessionInfo {
+	space := d.monitor.Status()
 	return SessionInfo{Owner: d.cfg.Owner, Epoch: d.cfg.Epoch, State: "active", Workers: d.cfg.Workers,
-		PendingEvents: d.session.Pending(), PendingDestroy: d.cfg.Queue.Pending()}
+		PendingEvents: d.session.Pending(), PendingDestroy: d.cfg.Queue.Pending(), Space: &space}
 }
+
+func (d *DM) Space(ctx context.Context, need int64) (dmapi.Space, error) {
+	if need <= 0 {
+		return d.monitor.Space(), nil
+	}
+	return d.monitor.OutOfSpace(ctx, need)
+}
+
+// SetPolicy changes the space monitor's policy.
+func (d *DM) SetPolicy(p migrate.Policy) { d.monitor.SetPolicy(p) }
 
 // Stuck reports DM workers that finished no event for longer than after
 // although events wait.
@@ -119,6 +166,7 @@ func (d *DM) Stuck(after time.Duration) bool { return d.session.Stuck(after) }
 
 // Close stops the DM application; queued DESTROY events stay stored.
 func (d *DM) Close() {
+	d.monitor.Close() // first: a cycle stops between files
 	d.cfg.Queue.Stop()
 	d.recall.Close() // first: streams stuck on the archive end, so handlers can
 	d.session.Close()
@@ -172,6 +220,14 @@ func (r *Router) Migrate(ctx context.Context, rel string, premigrate bool) (migr
 		return migrate.Result{Path: rel}, err
 	}
 	return dm.Migrate(ctx, rel, premigrate)
+}
+
+func (r *Router) Space(ctx context.Context, need int64) (dmapi.Space, error) {
+	dm, err := r.get(ctx)
+	if err != nil {
+		return dmapi.Space{}, err
+	}
+	return dm.Space(ctx, need)
 }
 
 func (r *Router) Session(ctx context.Context) SessionInfo {

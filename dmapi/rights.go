@@ -2,12 +2,18 @@ package dmapi
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 )
 
 // ErrBusy: the file stayed open through the mount, so its data could not be
 // released; the release was skipped.
 var ErrBusy = errors.New("file is open")
+
+// ErrPeerDown: a node that mounts the filesystem is not alive, so nobody
+// can confirm the file is closed there; no release can happen until it is
+// back (or has left). It is a kind of ErrBusy.
+var ErrPeerDown = fmt.Errorf("a node that mounts the filesystem is down: %w", ErrBusy)
 
 // Rights are the per-file DM access rights: a migration holds a file's
 // right exclusively, recalls hold it shared, so no migration runs while a

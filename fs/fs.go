@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/stub"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -46,6 +47,13 @@ type Options struct {
 	// NoPassthrough disables kernel passthrough for resident files.
 	NoPassthrough bool
 	Debug         bool
+	// Space, if set, is the filesystem's space monitor: writes keep its
+	// quota, and out-of-space writes wait up to SpaceWait (default 5m) for
+	// its cycle.
+	Space     Space
+	SpaceWait time.Duration
+	// Metrics receives how long readers wait for recalls (nil: none).
+	Metrics *metrics.Registry
 	// Written, if set, is told when a handle that changed a file closes
 	// (before close returns), so other nodes can drop their caches of it.
 	Written func(ino uint64)
@@ -63,6 +71,7 @@ type FS struct {
 	log     *slog.Logger
 	// passthrough is true when the kernel accepted passthrough.
 	passthrough bool
+	space       *spaceGuard // nil without a space monitor
 }
 
 // Mount mounts the backing directory at mountpoint.
@@ -87,7 +96,13 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	if st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
 		return nil, fmt.Errorf("backing directory %s: not a directory", root)
 	}
+	if opts.SpaceWait <= 0 {
+		opts.SpaceWait = 5 * time.Minute
+	}
 	f := &FS{opts: opts, root: root, log: opts.Log, nodes: map[uint64]*node{}}
+	if opts.Space != nil {
+		f.space = &spaceGuard{src: opts.Space}
+	}
 	rootData := &gofs.LoopbackRoot{Path: root, Dev: uint64(st.Dev)}
 	rootData.NewNode = func(rd *gofs.LoopbackRoot, parent *gofs.Inode, name string, st *syscall.Stat_t) gofs.InodeEmbedder {
 		return &node{LoopbackNode: gofs.LoopbackNode{RootData: rd}, fs: f}

@@ -6,8 +6,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/stub"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -21,6 +23,9 @@ const (
 	modeNone        ioMode = iota // internal handle, not seen by the kernel
 	modeCached                    // kernel page cache, reads come to us
 	modePassthrough               // the kernel reads and writes the backing file itself
+	// modeCountedWrites asks for modeCached so that writes are counted
+	// against the quota, unless the file has passthrough opens already.
+	modeCountedWrites
 )
 
 // errNeedResident: the file has passthrough handles open, so the kernel
@@ -92,7 +97,11 @@ func (f *FS) newHandle(ctx context.Context, fd int, path string, flags uint32) (
 			return nil, 0, syscall.EIO
 		}
 		readOnly := flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_TRUNC == 0
-		if rec == nil || (readOnly && rec.State == stub.Premigrated) {
+		switch {
+		case rec == nil && !readOnly && f.space.quota(ctx):
+			// Under a quota, writes must come to us to be counted.
+			mode = modeCountedWrites
+		case rec == nil || (readOnly && rec.State == stub.Premigrated):
 			mode = modePassthrough
 		}
 	}
@@ -119,6 +128,10 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 	// (v2.12.1) drops its backing-file reference on every release, so a
 	// passthrough open may only join passthrough opens, never cached ones.
 	switch {
+	case mode == modeCountedWrites && g.passthrough > 0:
+		mode = modePassthrough // the kernel insists; these writes go uncounted
+	case mode == modeCountedWrites:
+		mode = modeCached
 	case mode == modePassthrough && g.cached > 0:
 		mode = modeCached
 	case mode == modeCached && g.passthrough > 0:
@@ -178,7 +191,11 @@ func (h *handle) event(t dmapi.Type, off, length int64) *dmapi.Event {
 
 // raise sends an event and maps its outcome to an errno.
 func (h *handle) raise(ctx context.Context, ev *dmapi.Event) syscall.Errno {
+	start := time.Now()
 	err := h.fs.opts.Events.Raise(ctx, ev)
+	if ev.Type == dmapi.Read {
+		h.fs.opts.Metrics.Observe(metrics.RecallSeconds, time.Since(start).Seconds(), "fs", ev.FS)
+	}
 	switch {
 	case err == nil:
 		return 0
@@ -273,13 +290,49 @@ func (h *handle) forChange(ctx context.Context, t dmapi.Type, change func() sysc
 	}
 }
 
+// Write keeps the filesystem's quota: a write that would pass it, or that
+// fails with ENOSPC, raises an out-of-space event, waits for the space
+// monitor's cycle and is tried once more.
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	var n uint32
-	errno := h.forChange(ctx, dmapi.Write, func() (e syscall.Errno) {
-		n, e = h.lf.Write(ctx, data, off)
-		return e
-	})
-	return n, errno
+	space := h.fs.space
+	for try := 0; ; try++ {
+		var n uint32
+		var need int64
+		errno := h.forChange(ctx, dmapi.Write, func() (e syscall.Errno) {
+			growth := h.growth(off, len(data))
+			if space.wouldPass(ctx, growth) {
+				need = growth
+				return syscall.ENOSPC
+			}
+			n, e = h.lf.Write(ctx, data, off)
+			if e == syscall.ENOSPC {
+				need = int64(len(data))
+			} else {
+				space.grew(growth)
+			}
+			return e
+		})
+		if errno != syscall.ENOSPC || try > 0 || space == nil {
+			return n, errno
+		}
+		// Not under the file's I/O lock: the cycle may need other files' locks.
+		wait, cancel := context.WithTimeout(ctx, h.fs.opts.SpaceWait)
+		errno = space.outOfSpace(wait, need)
+		cancel()
+		if errno != 0 {
+			h.fs.log.Warn("write refused: out of space", "file", h.fs.rel(h.path), "bytes", need)
+			return 0, errno
+		}
+	}
+}
+
+// growth is how many bytes a write of n at off adds to the file's size.
+func (h *handle) growth(off int64, n int) int64 {
+	var st unix.Stat_t
+	if h.fs.space == nil || unix.Fstat(h.fd, &st) != nil {
+		return 0
+	}
+	return max(0, off+int64(n)-st.Size)
 }
 
 func (h *handle) truncate(ctx context.Context, size uint64) syscall.Errno {

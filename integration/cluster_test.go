@@ -236,6 +236,14 @@ func TestFSCommandErrors(t *testing.T) {
 		{"fs", "set", "--repo", c.Repo, testenv.FSName, "workers=0"},
 		{"fs", "set", "--repo", c.Repo, testenv.FSName, "candidates=n2"}, // leaves out the owner n1
 		{"fs", "set", "--repo", c.Repo, testenv.FSName, "colour=red"},
+		{"fs", "set", "--repo", c.Repo, testenv.FSName, "low=80"}, // over the default high, 70
+		{"fs", "set", "--repo", c.Repo, testenv.FSName, "high=50", "low=50"},
+		{"fs", "set", "--repo", c.Repo, testenv.FSName, "high=150"},
+		{"fs", "set", "--repo", c.Repo, testenv.FSName, "quota=lots"},
+		{"fs", "set", "--repo", c.Repo, testenv.FSName, "interval=0s"},
+		{"fs", "set", "--repo", c.Repo, testenv.FSName, "min-age=-1h"},
+		{"fs", "set", "--repo", c.Repo, testenv.FSName, "exclude=[abc"},
+		{"fs", "set", "--repo", c.Repo, testenv.FSName, "premigrate=101"},
 		{"fs", "remove", "--repo", c.Repo, "nope"},
 		{"fs", "list", "--repo", c.Dir + "/nope"},
 	}

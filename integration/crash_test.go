@@ -149,13 +149,21 @@ func TestAdminCommandErrors(t *testing.T) {
 	if err == nil || !strings.Contains(e, "archive") {
 		t.Fatalf("mount with an unreachable archive: %v %q", err, e)
 	}
+	// Space settings that make no sense are refused before anything is mounted.
+	os.MkdirAll(d2.Dir+"/archive", 0o755)
+	for flags, why := range map[string]string{"--quota=-5": "quota=-5", "--high=40 --low=50": "low=50 must be under high=40", "--exclude=[": "glob"} {
+		args := append([]string{"mount", "--backing", d2.Backing, "--archive", "file://" + d2.Dir + "/archive"}, strings.Fields(flags)...)
+		if _, e, err := d2.CLI(append(args, d2.Mountpoint)...); err == nil || !strings.Contains(e, why) {
+			t.Fatalf("mount %s: %v %q, want %q", flags, err, e, why)
+		}
+	}
 	for _, args := range [][]string{{"mount", d2.Mountpoint}, {"mount", "--backing", "/nonexistent", "--archive", "file:///tmp/x", d2.Mountpoint}} {
 		if _, e, err := d2.CLI(args...); err == nil || e == "" {
 			t.Fatalf("mount %v: accepted", args)
 		}
 	}
-	// status names the mount and its session.
-	if out := d.MustCLI("status"); !strings.Contains(out, "t1 on "+d.Mountpoint) {
+	// status names the mount, its session and its space.
+	if out := d.MustCLI("status"); !strings.Contains(out, "t1 on "+d.Mountpoint) || !strings.Contains(out, "of the backing filesystem's") {
 		t.Fatalf("status: %s", out)
 	}
 }

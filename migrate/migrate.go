@@ -57,6 +57,8 @@ type Migrator struct {
 	garbage dmapi.Garbage
 	// Fence guards every commit (nil: a single node, no fencing).
 	Fence dmapi.Fence
+	// Counted, if set, is told of every migration that succeeded.
+	Counted func(Result)
 }
 
 // New returns a migrator for backing directory root.
@@ -82,6 +84,24 @@ type Result struct {
 // Migrate copies the file at rel (relative to the backing directory) to
 // the archive and, unless premigrateOnly, releases its data.
 func (m *Migrator) Migrate(ctx context.Context, rel string, premigrateOnly bool) (Result, error) {
+	return m.migrate(ctx, rel, premigrateOnly, m.cfg.ReleaseWait)
+}
+
+// MigrateIdle is Migrate for the space monitor: a file open anywhere is not
+// waited for (dmapi.ErrBusy at once); the next cycle will see it again.
+func (m *Migrator) MigrateIdle(ctx context.Context, rel string, premigrateOnly bool) (Result, error) {
+	return m.migrate(ctx, rel, premigrateOnly, 0)
+}
+
+func (m *Migrator) migrate(ctx context.Context, rel string, premigrateOnly bool, wait time.Duration) (Result, error) {
+	res, err := m.migrateFile(ctx, rel, premigrateOnly, wait)
+	if err == nil && m.Counted != nil {
+		m.Counted(res)
+	}
+	return res, err
+}
+
+func (m *Migrator) migrateFile(ctx context.Context, rel string, premigrateOnly bool, wait time.Duration) (Result, error) {
 	res := Result{Path: rel}
 	fd, err := unix.Open(filepath.Join(m.root, rel), unix.O_RDWR|unix.O_NOATIME|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -127,7 +147,7 @@ func (m *Migrator) Migrate(ctx context.Context, rel string, premigrateOnly bool)
 	if premigrateOnly {
 		return res, nil
 	}
-	released, err := m.release(ctx, fd, rec)
+	released, err := m.release(ctx, fd, rec, wait)
 	if err != nil {
 		return res, fmt.Errorf("migrate %s: %w", rel, err)
 	}
@@ -222,12 +242,12 @@ func (m *Migrator) verifyCopy(ctx context.Context, rec *stub.Record) error {
 // record says migrated before the punch, so a crash in between leaves a
 // migrated file whose data is still all there, never a premigrated file
 // with holes.
-func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record) (int64, error) {
+func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait time.Duration) (int64, error) {
 	if err := m.verifyCopy(ctx, rec); err != nil {
 		return 0, err
 	}
 	var released int64
-	err := m.gate.Release(ctx, rec.Ino, m.cfg.ReleaseWait, func() error {
+	err := m.gate.Release(ctx, rec.Ino, wait, func() error {
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil {
 			return err

@@ -65,6 +65,8 @@ type Manager struct {
 	garbage dmapi.Garbage
 	// Fence guards every commit (nil: a single node, no fencing).
 	Fence dmapi.Fence
+	// Counted, if set, is told of bytes fetched and of files recalled whole.
+	Counted func(files int, bytes int64)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -300,4 +302,10 @@ func isNotFound(err error) bool { return errors.Is(err, archive.ErrNotFound) }
 
 func isCanceled(err error) bool {
 	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+func (m *Manager) count(files int, bytes int64) {
+	if m.Counted != nil {
+		m.Counted(files, bytes)
+	}
 }

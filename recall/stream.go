@@ -346,6 +346,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		f.mu.Lock()
 		s.next = p.off + int64(len(p.buf))
 		f.fetched += int64(len(p.buf))
+		f.m.count(0, int64(len(p.buf)))
 		f.cond.Broadcast()
 		f.mu.Unlock()
 		free <- p.buf[:cap(p.buf)]
@@ -380,6 +381,7 @@ func (f *fileRecall) commitIfComplete() error {
 	rec := *f.rec
 	rec.State = stub.Premigrated
 	f.m.log.Info("recalled", "file", f.path, "bytes", rec.Size, "fetched", f.fetched)
+	f.m.count(1, 0)
 	if err := f.m.Fence.Run(func() error { return stub.WriteRecord(f.fd, &rec) }); err != nil {
 		return err
 	}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: mount a demo directory with a
 # directory archive, migrate a few files, show their state, read them back
-# transparently, unmount. Then the same on a cluster of three node
+# transparently, unmount; mount again with a quota and watch the space
+# monitor migrate by itself. Then the same on a cluster of three node
 # processes sharing one backing directory and one repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,24 @@ sync; echo 3 > /proc/sys/vm/drop_caches
 (cd "$demo/mnt" && sha256sum -c "$demo/sums")
 "$bin" ls -r "$demo/mnt"
 "$bin" status
+echo "== what the space monitor's policy would pick, in order (nothing is changed)"
+"$bin" migrate --dry-run -r "$demo/mnt"
 echo "== unmount"
+kill -TERM "$pid"; wait "$pid"; pid=
+
+echo
+echo "== the space monitor: mount again with a 64 MiB quota (high 70%, low 40%, premigrate 10%)"
+"$bin" mount --backing "$demo/backing" --archive "file://$demo/archive" --state-dir "$demo/state" \
+  --name demo --quota 64MiB --high 70 --low 40 --interval 1s --premigrate 10 "$demo/mnt" 2>>"$demo/daemon.log" &
+pid=$!
+for _ in $(seq 100); do [[ -S $demo/run/demo.sock ]] && break; sleep 0.1; done
+echo "== 56 MiB of 64 is over the high threshold: the monitor migrates by itself"
+for _ in $(seq 50); do grep -q "space monitor cycle" "$demo/daemon.log" && break; sleep 0.2; done
+"$bin" ls -r "$demo/mnt"
+echo "== a 60 MiB write passes the quota: it waits for a cycle and succeeds"
+head -c $((60 << 20)) /dev/urandom > "$demo/mnt/new.bin" && echo "new.bin written"
+"$bin" status | sed -n '/space:/,$p'
+(cd "$demo/mnt" && sha256sum -c "$demo/sums")
 kill -TERM "$pid"; wait "$pid"; pid=
 
 echo

@@ -3,6 +3,10 @@ package stub
 import (
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,14 +22,71 @@ const (
 // file has none (it is resident). A record that does not decode is an error
 // wrapping ErrCorrupt or ErrVersion: never trusted, never ignored.
 func ReadRecord(fd int) (*Record, error) {
-	buf := make([]byte, 4096)
+	return readRecord(func(buf []byte) (int, error) { return unix.Fgetxattr(fd, XattrName, buf) })
+}
+
+// ReadRecordAt is ReadRecord by path, without following a symlink and
+// without opening the file (the space monitor's scan).
+func ReadRecordAt(path string) (*Record, error) {
+	return readRecord(func(buf []byte) (int, error) { return unix.Lgetxattr(path, XattrName, buf) })
+}
+
+// ReadRecordIn is ReadRecordAt for the entry name of the open directory
+// dirfd: no path walk per file where the kernel has getxattrat (6.13+),
+// else by path (dir/name).
+func ReadRecordIn(dirfd int, dir, name string) (*Record, error) {
+	if noGetxattrat.Load() {
+		return ReadRecordAt(dir + "/" + name)
+	}
+	rec, err := readRecord(func(buf []byte) (int, error) { return getxattrat(dirfd, name, XattrName, buf) })
+	if errors.Is(err, unix.ENOSYS) {
+		noGetxattrat.Store(true)
+		return ReadRecordAt(dir + "/" + name)
+	}
+	return rec, err
+}
+
+var noGetxattrat atomic.Bool
+
+// getxattrat(2): struct xattr_args { u64 value; u32 size; u32 flags; }.
+func getxattrat(dirfd int, name, attr string, buf []byte) (int, error) {
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return 0, err
+	}
+	a, err := unix.BytePtrFromString(attr)
+	if err != nil {
+		return 0, err
+	}
+	args := struct {
+		value uint64
+		size  uint32
+		flags uint32
+	}{uint64(uintptr(unsafe.Pointer(&buf[0]))), uint32(len(buf)), 0}
+	n, _, errno := unix.Syscall6(unix.SYS_GETXATTRAT, uintptr(dirfd), uintptr(unsafe.Pointer(p)), unix.AT_SYMLINK_NOFOLLOW,
+		uintptr(unsafe.Pointer(a)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
+	runtime.KeepAlive(buf)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+// recordBufs: a scan reads a million records; one buffer each would be
+// gigabytes of garbage. Decode copies what it keeps.
+var recordBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
+
+func readRecord(get func([]byte) (int, error)) (*Record, error) {
+	bp := recordBufs.Get().(*[]byte)
+	defer recordBufs.Put(bp)
+	buf := *bp
 	for {
-		n, err := unix.Fgetxattr(fd, XattrName, buf)
+		n, err := get(buf)
 		switch {
 		case errors.Is(err, unix.ENODATA):
 			return nil, nil
 		case errors.Is(err, unix.ERANGE):
-			buf = make([]byte, 2*len(buf))
+			buf = make([]byte, 2*len(buf)) // rare: not pooled
 			if len(buf) > 1<<20 {
 				return nil, fmt.Errorf("%w: oversized", ErrCorrupt)
 			}

@@ -43,3 +43,35 @@ func TestHandleFollowsRename(t *testing.T) {
 		t.Fatalf("short handle: %v", err)
 	}
 }
+
+// The scan's ways of reading a record by name agree with ReadRecord, with
+// getxattrat and without it.
+func TestReadRecordByName(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "stub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	os.WriteFile(filepath.Join(dir, "plain"), []byte("x"), 0o644)
+	rec := &Record{State: Premigrated, Key: "fs/1/2", Size: 1, ChunkSize: DefaultChunkSize, SumsCount: 1, Sums: []uint32{7}}
+	if err := WriteRecord(int(f.Fd()), rec); err != nil {
+		t.Fatal(err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, fallback := range []bool{false, true} {
+		noGetxattrat.Store(fallback)
+		got, err := ReadRecordIn(int(d.Fd()), dir, "stub")
+		if err != nil || got == nil || got.Key != rec.Key || got.Sums[0] != 7 {
+			t.Fatalf("fallback=%v: record %+v, %v", fallback, got, err)
+		}
+		if got, err := ReadRecordIn(int(d.Fd()), dir, "plain"); got != nil || err != nil {
+			t.Fatalf("fallback=%v: file without a record: %+v, %v", fallback, got, err)
+		}
+	}
+	noGetxattrat.Store(false)
+}

@@ -2,10 +2,13 @@ package repo
 
 import (
 	"fmt"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cascadefs/cascadefs/internal/units"
 )
 
 // A setting of a filesystem (`cascadefs fs set NAME KEY=VALUE`): each key
@@ -24,6 +27,15 @@ var settings = map[string]setting{
 	"event-timeout": {"a reader waits this long for its recall, then EIO (default 5m)", checkDuration},
 	"release-wait":  {"a release waits this long for open handles (default 5s)", checkDuration},
 	"failover":      {"async (lock race, default) or sync (vote, then lock)", oneOf("async", "sync")},
+	// The space monitor (see migrate.ParsePolicy for how they combine).
+	"quota":      {"space the filesystem may use, such as 100GiB (default: the backing filesystem's size)", checkSize},
+	"high":       {"usage percentage that starts a migration cycle (default 70)", checkPercent(1, 100)},
+	"low":        {"usage percentage a migration cycle brings usage under (default 60)", checkPercent(0, 99)},
+	"interval":   {"how often the space monitor checks usage (default 1m)", checkDuration},
+	"min-size":   {"files smaller than this are never migrated by the monitor (default 1B)", checkSize},
+	"min-age":    {"files used (read or written) within this long are never migrated by the monitor (default 0s)", checkAge},
+	"exclude":    {"comma-separated glob patterns of paths the monitor never migrates, such as *.db,tmp/*", checkGlobs},
+	"premigrate": {"percentage of the quota kept premigrated after a cycle, for instant releases (default 0)", checkPercent(0, 100)},
 }
 
 // CheckSetting validates one KEY=VALUE of a filesystem.
@@ -80,29 +92,35 @@ func checkDuration(v string) error {
 	return nil
 }
 
+func checkPercent(lo, hi int) func(string) error {
+	return func(v string) error {
+		_, err := units.ParsePercent(v, lo, hi)
+		return err
+	}
+}
+
+// checkAge: a duration that may be zero.
+func checkAge(v string) error {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return fmt.Errorf("want a duration such as 0s, 1h or 720h")
+	}
+	return nil
+}
+
+func checkGlobs(v string) error {
+	for _, pat := range strings.Split(v, ",") {
+		if _, err := path.Match(strings.TrimSpace(pat), ""); err != nil || strings.TrimSpace(pat) == "" {
+			return fmt.Errorf("bad glob pattern %q", pat)
+		}
+	}
+	return nil
+}
+
 func checkSize(v string) error {
 	_, err := ParseSize(v)
 	return err
 }
 
-// ParseSize reads a byte count with an optional unit: 4096, 64KiB, 16MiB,
-// 2GiB, 1TiB (also KB, MB, GB, TB as powers of ten).
-func ParseSize(v string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1}}
-	num, mult := v, int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(v, u.suffix) {
-			num, mult = strings.TrimSpace(strings.TrimSuffix(v, u.suffix)), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("want a size such as 4096, 64KiB or 16MiB")
-	}
-	return n * mult, nil
-}
+// ParseSize reads a byte count with an optional unit (see units.ParseSize).
+func ParseSize(v string) (int64, error) { return units.ParseSize(v) }

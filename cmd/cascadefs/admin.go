@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -12,6 +13,8 @@ import (
 	"github.com/cascadefs/cascadefs/cluster"
 	"github.com/cascadefs/cascadefs/cluster/repo"
 	"github.com/cascadefs/cascadefs/daemon"
+	"github.com/cascadefs/cascadefs/internal/units"
+	"github.com/cascadefs/cascadefs/migrate"
 	"golang.org/x/sys/unix"
 )
 
@@ -50,18 +53,65 @@ func resolve(paths []string) ([]target, error) {
 }
 
 func cmdMigrate(args []string) error {
-	fl := newFlags("migrate", "[-r] [--premigrate] [-j N] PATH...")
+	fl := newFlags("migrate", "[-r] [--premigrate] [-j N] [--dry-run] PATH...")
 	r := fl.Bool("r", false, "descend into directories")
 	pre := fl.Bool("premigrate", false, "copy to the archive but keep the data")
 	jobs := fl.Int("j", 4, "files migrated in parallel")
+	dry := fl.Bool("dry-run", false, "change nothing: show what the space monitor's policy would pick, in order, and why")
+	asJSON := fl.Bool("json", false, "with --dry-run: print JSON")
 	if err := fl.Parse(args); err != nil {
 		return errReported
+	}
+	if *dry {
+		return dryRun(fl.Args(), *r, *asJSON)
 	}
 	verb := "migrated"
 	if *pre {
 		verb = "premigrated"
 	}
 	return batch("migrate", verb, fl.Args(), daemon.Request{Recursive: *r, Premigrate: *pre, Jobs: *jobs})
+}
+
+// dryRun prints the policy's verdict on each file: the candidates in the
+// order a cycle would take them, then the files it would leave, and why.
+func dryRun(paths []string, recursive, asJSON bool) error {
+	targets, err := resolve(paths)
+	if err != nil {
+		return err
+	}
+	var all []migrate.Verdict
+	for _, t := range targets {
+		verdicts, err := daemon.Dial(daemon.RunDir(), t.mount.Name).Plan(daemon.Request{Paths: t.rels, Recursive: recursive})
+		if err != nil {
+			return err
+		}
+		for i := range verdicts {
+			verdicts[i].Path = filepath.Join(t.mount.Mountpoint, verdicts[i].Path)
+		}
+		all = append(all, verdicts...)
+	}
+	if asJSON {
+		if all == nil {
+			all = []migrate.Verdict{}
+		}
+		return json.NewEncoder(os.Stdout).Encode(all)
+	}
+	picked := 0
+	var bytes int64
+	for _, v := range all {
+		if v.Skip == "" {
+			fmt.Printf("%4d  %s\n", v.Rank, describe(v.Candidate))
+			picked++
+			bytes += v.Alloc
+		}
+	}
+	for _, v := range all {
+		if v.Skip != "" {
+			fmt.Printf("   -  %s  skipped: %s\n", v.Path, v.Skip)
+		}
+	}
+	fmt.Printf("the policy would pick %d of %d file(s), %s allocated; nothing was changed\n", picked, len(all), human(bytes))
+	return nil
 }
 
 func cmdRecall(args []string) error {
@@ -276,6 +326,7 @@ func printCluster(rep *StatusReport) {
 }
 
 func printSession(prefix string, s daemon.SessionInfo) {
+	indent := prefix[:len(prefix)-len(strings.TrimLeft(prefix, " "))]
 	owner := ""
 	if s.Owner != "" {
 		owner = fmt.Sprintf(" on %s (epoch %d)", s.Owner, s.Epoch)
@@ -291,19 +342,64 @@ func printSession(prefix string, s daemon.SessionInfo) {
 		if p.Event.Node != "" {
 			from = " from " + p.Event.Node
 		}
-		fmt.Printf("%s  %s %s [%d,+%d]%s %s, %d waiter(s)\n", prefix[:len(prefix)-len(strings.TrimLeft(prefix, " "))], p.Event.Type, p.Event.Path, p.Event.Offset, p.Event.Length, from, state, p.Waiters)
+		fmt.Printf("%s  %s %s [%d,+%d]%s %s, %d waiter(s)\n", indent, p.Event.Type, p.Event.Path, p.Event.Offset, p.Event.Length, from, state, p.Waiters)
+	}
+	if s.Space != nil {
+		printSpace(indent+"  ", s.Space)
 	}
 }
 
-func human(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
+// printSpace shows the space monitor: usage against thresholds, the last
+// cycle and the files the next cycle would take first.
+func printSpace(indent string, sp *migrate.SpaceStatus) {
+	limit := "of the backing filesystem's " + human(sp.Capacity)
+	if sp.Quota > 0 {
+		limit = "of quota " + human(sp.Quota)
 	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
+	pct := 0.0
+	if sp.Capacity > 0 {
+		pct = float64(sp.Usage) * 100 / float64(sp.Capacity)
 	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	fmt.Printf("%sspace: %s used %s (%.1f%%); high %d%%, low %d%%, premigrate %d%%, checked every %s, last %s ago\n",
+		indent, human(sp.Usage), limit, pct, sp.High, sp.Low, sp.Premigrate, sp.Interval, ago(sp.MeasuredAt))
+	if sp.Error != "" {
+		fmt.Printf("%s  last check failed: %s\n", indent, sp.Error)
+	}
+	if c := sp.LastCycle; c != nil {
+		fmt.Printf("%s  last cycle %s ago (%s): %d file(s) migrated, %s released, %d premigrated (%s), %d open, %d failed, %s -> %s, took %s\n",
+			indent, ago(c.Start), c.Reason, c.Files, human(c.Bytes), c.Premigrated, human(c.PremigratedB), c.Busy, c.Failed,
+			human(c.UsageBefore), human(c.UsageAfter), c.Duration.Round(time.Millisecond))
+		if c.Blocked != "" {
+			fmt.Printf("%s    releases blocked: %s\n", indent, c.Blocked)
+		}
+		for _, f := range c.FirstFailures {
+			fmt.Printf("%s    failed: %s\n", indent, f)
+		}
+	} else {
+		fmt.Printf("%s  no cycle yet (%d so far)\n", indent, sp.Cycles)
+	}
+	if len(sp.Next) > 0 {
+		fmt.Printf("%s  next candidates (scanned %s ago):\n", indent, ago(sp.ScannedAt))
+		for _, c := range sp.Next {
+			fmt.Printf("%s    %s\n", indent, describe(c))
+		}
+	}
 }
+
+// describe says why the policy ranks a candidate where it does.
+func describe(c migrate.Candidate) string {
+	how := "needs an upload"
+	if c.Instant {
+		how = "premigrated: instant release"
+	}
+	return fmt.Sprintf("%s  %s allocated, last used %s ago, score %.4g, %s", c.Path, human(c.Alloc), ago(c.Used), c.Score, how)
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return time.Since(t).Round(time.Second).String()
+}
+
+func human(n int64) string { return units.Human(n) }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/migrate"
 )
 
 const fsUsage = `Usage:
@@ -194,6 +195,9 @@ func fsSet(args []string) error {
 				f.Settings = map[string]string{}
 			}
 			f.Settings[k] = v
+		}
+		if _, err := migrate.ParsePolicy(f.Settings); err != nil {
+			return err // thresholds that contradict each other
 		}
 		if f.Owner != "" && !f.IsCandidate(f.Owner) {
 			return fmt.Errorf("candidates %s leave out the owner %s", changes["candidates"], f.Owner)

@@ -12,12 +12,12 @@ import (
 const usage = `cascadefs: hierarchical storage management over FUSE
 
 Usage:
-  cascadefs mount --backing DIR --archive URL [--name FS] MOUNTPOINT
+  cascadefs mount --backing DIR --archive URL [--name FS] [--quota SIZE --high PCT --low PCT ...] [--metrics HOST:PORT] MOUNTPOINT
   cascadefs node --name N --bind HOST:PORT --rpc HOST:PORT [--join HOST:PORT,...] --repo DIR
                  --mount-root DIR [--key-file F] [--credentials-file F]   (or --config F)
   cascadefs keygen
   cascadefs failover NAME --to NODE [--repo DIR]
-  cascadefs migrate [-r] [--premigrate] [-j N] PATH...
+  cascadefs migrate [-r] [--premigrate] [-j N] [--dry-run [--json]] PATH...
   cascadefs recall [-r] [-j N] PATH...
   cascadefs ls [-r] [--json] PATH...
   cascadefs status [--json]

@@ -2,14 +2,17 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
+	"github.com/cascadefs/cascadefs/cluster/repo"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/recall"
 )
@@ -30,8 +33,27 @@ func cmdMount(args []string) error {
 	fl.Int64Var(&cfg.Recall.MaxWindow, "max-window", d.MaxWindow, "largest streaming window for sequential readers, bytes")
 	fl.BoolVar(&cfg.NoPassthrough, "no-passthrough", false, "never open resident files in kernel passthrough")
 	fl.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request")
+	fl.StringVar(&cfg.MetricsAddr, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
+	// The space monitor's settings, spelled as in `cascadefs fs set`.
+	spaceKeys := []string{"quota", "high", "low", "interval", "min-size", "min-age", "exclude", "premigrate"}
+	for _, k := range spaceKeys {
+		fl.String(k, "", repo.SettingHelp(k))
+	}
 	if err := fl.Parse(args); err != nil {
 		return errReported
+	}
+	cfg.Settings = map[string]string{}
+	var bad error
+	fl.Visit(func(f *flag.Flag) {
+		if slices.Contains(spaceKeys, f.Name) {
+			if err := repo.CheckSetting(f.Name, f.Value.String()); err != nil && bad == nil {
+				bad = err
+			}
+			cfg.Settings[f.Name] = f.Value.String()
+		}
+	})
+	if bad != nil {
+		return bad
 	}
 	if fl.NArg() != 1 || cfg.Backing == "" || cfg.ArchiveURL == "" {
 		fl.Usage()

@@ -35,6 +35,7 @@ func cmdNode(args []string) error {
 	credsFile := fl.String("credentials-file", "", "KEY=VALUE lines put into the environment (archive credentials)")
 	configFile := fl.String("config", "", "file with these settings, one KEY = VALUE per line")
 	fl.BoolVar(&cfg.NoPassthrough, "no-passthrough", false, "never use kernel FUSE passthrough")
+	fl.StringVar(&cfg.Metrics, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
 	fl.IntVar(&cfg.MaxFilesystems, "max-filesystems", 0, "take at most this many DM sessions (0: no bound)")
 	fl.DurationVar(&cfg.LockTimeout, "lock-timeout", time.Minute, "a filesystem lock older than this is taken by force")
 	fl.Float64Var(&cfg.Weight, "weight", 0, "bias of this node's key in synchronous failover votes (higher wins)")

@@ -1,0 +1,280 @@
+package migrate
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cascadefs/cascadefs/archive"
+	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/fakes"
+	"github.com/cascadefs/cascadefs/stub"
+)
+
+func newMigrator(t *testing.T, root string) *Migrator {
+	t.Helper()
+	arch, err := archive.NewDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	return New(root, arch, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, Config{FS: "t"}, log)
+}
+
+// writeFile writes size random bytes at rel and dates its last use age ago.
+func writeFile(t *testing.T, root, rel string, size int, age time.Duration) []byte {
+	t.Helper()
+	p := filepath.Join(root, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, size)
+	rand.Read(data)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	when := time.Now().Add(-age)
+	if err := os.Chtimes(p, when, when); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func paths(cs []Candidate) string {
+	var s []string
+	for _, c := range cs {
+		s = append(s, c.Path)
+	}
+	return strings.Join(s, " ")
+}
+
+func TestParsePolicy(t *testing.T) {
+	p, err := ParsePolicy(map[string]string{"quota": "100MiB", "high": "80", "low": "50%", "interval": "5s",
+		"min-size": "4KiB", "min-age": "1h", "exclude": "*.db, tmp/*", "premigrate": "10", "recall": "whole"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Quota != 100<<20 || p.High != 80 || p.Low != 50 || p.Interval != 5*time.Second || p.MinSize != 4096 ||
+		p.MinAge != time.Hour || len(p.Exclude) != 2 || p.Exclude[1] != "tmp/*" || p.Premigrate != 10 {
+		t.Fatalf("parsed %+v", p)
+	}
+	for _, bad := range []map[string]string{
+		{"high": "50", "low": "60"}, // low over high
+		{"low": "65", "high": "65"},
+		{"high": "101"},
+		{"quota": "-1"},
+		{"interval": "0s"},
+		{"min-age": "-1h"},
+		{"exclude": "a,[x"},
+	} {
+		if _, err := ParsePolicy(bad); err == nil {
+			t.Errorf("ParsePolicy(%v) accepted", bad)
+		}
+	}
+}
+
+func TestScanRanksLeastRecentlyUsedAndHonoursThePolicy(t *testing.T) {
+	root := t.TempDir()
+	day := 24 * time.Hour
+	writeFile(t, root, "old", 64<<10, 30*day)
+	writeFile(t, root, "older", 64<<10, 60*day)
+	writeFile(t, root, "big-recent", 1<<20, 2*day) // 16x the size at 1/15 the age: ranks above old
+	writeFile(t, root, "fresh", 64<<10, time.Minute)
+	writeFile(t, root, "tiny", 100, 90*day)
+	writeFile(t, root, "keep.db", 64<<10, 90*day)
+	writeFile(t, root, "tmp/x", 64<<10, 90*day)
+	writeFile(t, root, "sub/deep/file", 64<<10, 10*day)
+	os.WriteFile(filepath.Join(root, "empty"), nil, 0o644)
+
+	p := DefaultPolicy()
+	p.MinAge, p.MinSize, p.Exclude = time.Hour, 4096, []string{"*.db", "tmp"}
+	s, err := p.Scan(context.Background(), root, ScanOptions{Keep: 100}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := paths(s.Candidates), "older big-recent old sub/deep/file"; got != want {
+		t.Fatalf("candidates %q, want %q", got, want)
+	}
+	if s.Files != 9 || s.Eligible != 4 {
+		t.Fatalf("files %d eligible %d, want 9 and 4", s.Files, s.Eligible)
+	}
+	// Usage counts everything, excluded or not.
+	if s.Usage < 64<<10*6+1<<20 {
+		t.Fatalf("usage %d too small", s.Usage)
+	}
+
+	// The bound: only as many as add up to Want.
+	s, err = p.Scan(context.Background(), root, ScanOptions{Want: 100 << 10, Keep: 1}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := paths(s.Candidates); got != "older big-recent" {
+		t.Fatalf("bounded candidates %q", got)
+	}
+
+	// A premigrated file goes first, whatever its age.
+	m := newMigrator(t, root)
+	if _, err := m.Migrate(context.Background(), "sub/deep/file", true); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = p.Scan(context.Background(), root, ScanOptions{Keep: 100}, time.Now())
+	if !strings.HasPrefix(paths(s.Candidates), "sub/deep/file ") || !s.Candidates[0].Instant {
+		t.Fatalf("premigrated file not first: %q", paths(s.Candidates))
+	}
+}
+
+func TestScanStopsWithItsContext(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, root, "a/b", 10, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	p := DefaultPolicy()
+	if _, err := p.Scan(ctx, root, ScanOptions{}, time.Now()); !errors.Is(err, context.Canceled) {
+		t.Fatalf("scan with a cancelled context: %v", err)
+	}
+}
+
+// A filesystem over its quota: one check brings it under low, oldest
+// files first, every file still whole (data or a verified archive copy).
+func TestMonitorCycleBringsUsageUnderLow(t *testing.T) {
+	root := t.TempDir()
+	day := 24 * time.Hour
+	content := map[string][]byte{}
+	for i, name := range []string{"f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7"} {
+		content[name] = writeFile(t, root, name, 256<<10, time.Duration(10-i)*day) // f0 oldest
+	}
+	p := DefaultPolicy()
+	p.Quota, p.High, p.Low, p.Interval = 2<<20, 70, 40, time.Hour
+	p.Premigrate = 15 // after the cycle, keep ~300 KiB premigrated: 2 more files
+	mig := newMigrator(t, root)
+	mon := NewMonitor(root, p, mig, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var seenMu sync.Mutex
+	seen := 0
+	mon.Measured = func(dmapi.Space) { seenMu.Lock(); seen++; seenMu.Unlock() } // a kicked check may still run
+	mon.Start(context.Background())
+	defer mon.Close()
+	// OutOfSpace waits for a check; the first one is the start's.
+	sp, err := mon.OutOfSpace(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := mon.Status()
+	if st.LastCycle == nil {
+		t.Fatalf("no cycle at usage %d of %d", sp.Usage, sp.Capacity)
+	}
+	if sp.Usage > p.Quota*40/100 {
+		t.Fatalf("usage %d after the cycle, over low %d", sp.Usage, p.Quota*40/100)
+	}
+	states := map[string]stub.State{}
+	for name := range content {
+		states[name] = stateOf(t, filepath.Join(root, name))
+	}
+	// 8 x 256 KiB = 2 MiB, low = 819 KiB: at least 5 files go, the oldest.
+	for _, name := range []string{"f0", "f1", "f2", "f3", "f4"} {
+		if states[name] != stub.Migrated {
+			t.Errorf("%s is %v, want migrated (states %v)", name, states[name], states)
+		}
+	}
+	if states["f7"] != stub.Resident && states["f7"] != stub.Premigrated {
+		t.Errorf("newest file f7 is %v", states["f7"])
+	}
+	if st.LastCycle.Premigrated == 0 {
+		t.Errorf("nothing premigrated after the cycle: %+v", st.LastCycle)
+	}
+	seenMu.Lock()
+	if seen == 0 || len(st.Next) == 0 {
+		t.Errorf("measurements %d, next candidates %d", seen, len(st.Next))
+	}
+	seenMu.Unlock()
+	// A premigrated file is released first by the next cycle.
+	var premigrated string
+	for name, s := range states {
+		if s == stub.Premigrated {
+			premigrated = name
+		}
+	}
+	if premigrated == "" {
+		t.Fatalf("no premigrated file: %v", states)
+	}
+	big := writeFile(t, root, "new", 1<<20, 0)
+	content["new"] = big
+	if _, err := mon.OutOfSpace(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := stateOf(t, filepath.Join(root, premigrated)); got != stub.Migrated {
+		t.Errorf("premigrated %s is %v after the second cycle", premigrated, got)
+	}
+	if c := mon.Status().LastCycle; c.Uploaded >= c.Bytes+c.PremigratedB {
+		t.Errorf("second cycle uploaded %d for %d released: no instant release", c.Uploaded, c.Bytes)
+	}
+	// Every byte is still there: resident, or in the archive.
+	for name, want := range content {
+		if got := readBack(t, mig, root, name); !bytes.Equal(got, want) {
+			t.Errorf("%s reads back wrong", name)
+		}
+	}
+}
+
+func TestMonitorOutOfSpaceThatCannotBeFreed(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, root, "young", 512<<10, 0)
+	p := DefaultPolicy()
+	p.Quota, p.MinAge, p.Interval = 1<<20, time.Hour, time.Hour
+	mon := NewMonitor(root, p, newMigrator(t, root), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	mon.Start(context.Background())
+	defer mon.Close()
+	if _, err := mon.OutOfSpace(context.Background(), 100<<10); err != nil {
+		t.Fatalf("100 KiB fits in the quota: %v", err)
+	}
+	if _, err := mon.OutOfSpace(context.Background(), 1<<20); !errors.Is(err, dmapi.ErrNoSpace) {
+		t.Fatalf("1 MiB more with nothing old enough to migrate: %v, want ErrNoSpace", err)
+	}
+	if got := stateOf(t, filepath.Join(root, "young")); got != stub.Resident {
+		t.Fatalf("file within min-age is %v", got)
+	}
+}
+
+func stateOf(t *testing.T, p string) stub.State {
+	t.Helper()
+	rec, err := stub.ReadRecordAt(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec == nil {
+		return stub.Resident
+	}
+	return rec.State
+}
+
+// readBack returns a file's bytes: from the file if resident, else from
+// its archive object.
+func readBack(t *testing.T, m *Migrator, root, rel string) []byte {
+	t.Helper()
+	rec, err := stub.ReadRecordAt(filepath.Join(root, rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec == nil || rec.State == stub.Premigrated {
+		b, err := os.ReadFile(filepath.Join(root, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	r, err := m.arch.Get(context.Background(), rec.Key, 0, rec.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, _ := io.ReadAll(r)
+	return b
+}

@@ -1,0 +1,238 @@
+package migrate
+
+import (
+	"fmt"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/cascadefs/cascadefs/internal/units"
+	"github.com/cascadefs/cascadefs/stub"
+	"golang.org/x/sys/unix"
+)
+
+// Policy is how the space monitor keeps a filesystem's space in bounds:
+// when to act, and which files it may pick.
+type Policy struct {
+	// Quota is the space the filesystem may use, in bytes; 0 means the
+	// size of the backing filesystem.
+	Quota int64
+	// High starts a cycle when usage passes it (percent of capacity, default 70).
+	High int
+	// Low is where a cycle stops (percent of capacity, default 60).
+	Low int
+	// Interval between checks (default 1m).
+	Interval time.Duration
+	// MinSize: smaller files are never picked (default 1 byte).
+	MinSize int64
+	// MinAge: files used (read or written) more recently are never picked.
+	MinAge time.Duration
+	// Exclude: glob patterns. A pattern without "/" matches a file or
+	// directory name anywhere; one with "/" matches the path from the root.
+	// An excluded directory excludes everything under it.
+	Exclude []string
+	// Premigrate: after a cycle, candidates are premigrated until this
+	// percentage of capacity is premigrated, so the next cycle only
+	// releases (default 0).
+	Premigrate int
+	// Workers: migrations at once (default 4).
+	Workers int
+	// MaxCandidates bounds the candidate heap of one scan (default 100000).
+	MaxCandidates int
+}
+
+// DefaultPolicy returns the defaults documented on Policy.
+func DefaultPolicy() Policy {
+	return Policy{High: 70, Low: 60, Interval: time.Minute, MinSize: 1, Workers: 4, MaxCandidates: 100_000}
+}
+
+// ParsePolicy reads a filesystem's settings (quota, high, low, interval,
+// min-size, min-age, exclude, premigrate) over the defaults; other keys
+// are ignored.
+func ParsePolicy(settings map[string]string) (Policy, error) {
+	p := DefaultPolicy()
+	var err error
+	for k, v := range settings {
+		switch k {
+		case "quota":
+			p.Quota, err = units.ParseSize(v)
+		case "high":
+			p.High, err = units.ParsePercent(v, 1, 100)
+		case "low":
+			p.Low, err = units.ParsePercent(v, 0, 99)
+		case "premigrate":
+			p.Premigrate, err = units.ParsePercent(v, 0, 100)
+		case "min-size":
+			p.MinSize, err = units.ParseSize(v)
+		case "interval":
+			p.Interval, err = time.ParseDuration(v)
+			if err == nil && p.Interval <= 0 {
+				err = fmt.Errorf("want a positive duration")
+			}
+		case "min-age":
+			p.MinAge, err = time.ParseDuration(v)
+			if err == nil && p.MinAge < 0 {
+				err = fmt.Errorf("want a duration of 0s or more")
+			}
+		case "exclude":
+			p.Exclude = nil
+			for _, pat := range strings.Split(v, ",") {
+				pat = strings.TrimSpace(pat)
+				if _, perr := path.Match(pat, ""); perr != nil || pat == "" {
+					err = fmt.Errorf("bad glob pattern %q", pat)
+				}
+				p.Exclude = append(p.Exclude, pat)
+			}
+		}
+		if err != nil {
+			return p, fmt.Errorf("setting %s=%s: %w", k, v, err)
+		}
+	}
+	if p.Low >= p.High {
+		return p, fmt.Errorf("setting low=%d must be under high=%d", p.Low, p.High)
+	}
+	return p, nil
+}
+
+// Excluded returns the pattern that excludes the backing-relative path
+// rel, or "".
+func (p *Policy) Excluded(rel string) string {
+	name := path.Base(rel)
+	for _, pat := range p.Exclude {
+		target := name
+		if strings.Contains(pat, "/") {
+			target = rel
+		}
+		if ok, _ := path.Match(pat, target); ok {
+			return pat
+		}
+	}
+	return ""
+}
+
+// Candidate is a file the policy may migrate, with why it ranks where it does.
+type Candidate struct {
+	Path  string    `json:"path"`  // backing-relative
+	Size  int64     `json:"size"`  // bytes
+	Alloc int64     `json:"alloc"` // allocated bytes: what a release frees
+	Used  time.Time `json:"used"`  // last read or write
+	// Instant: the file has a verified archive copy (premigrated, or a
+	// partly recalled stub), so a release needs no upload. These go first.
+	Instant bool    `json:"instant"`
+	Score   float64 `json:"score"` // allocated KiB × days since last use
+}
+
+// frees is what releasing the candidate frees for sure: its stub may keep
+// a block for its record.
+func (c Candidate) frees() int64 { return max(0, c.Alloc-xattrBlock) }
+
+// Verdict is what the policy says of one file: a candidate, or why not.
+type Verdict struct {
+	Candidate
+	Skip string `json:"skip,omitempty"` // why the file is not a candidate
+	Rank int    `json:"rank,omitempty"` // 1 for the first pick (Plan)
+}
+
+// Plan is what `cascadefs migrate --dry-run` shows: the policy's verdict on
+// each file at root/rels, candidates first in the order a cycle takes them.
+func (p *Policy) Plan(root string, rels []string, now time.Time) []Verdict {
+	out := make([]Verdict, 0, len(rels))
+	for _, rel := range rels {
+		full := filepath.Join(root, rel)
+		var st unix.Stat_t
+		if err := unix.Lstat(full, &st); err != nil {
+			out = append(out, Verdict{Candidate: Candidate{Path: rel}, Skip: err.Error()})
+			continue
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			out = append(out, Verdict{Candidate: Candidate{Path: rel}, Skip: "not a regular file"})
+			continue
+		}
+		rec, err := stub.ReadRecordAt(full)
+		if err != nil {
+			out = append(out, Verdict{Candidate: Candidate{Path: rel}, Skip: err.Error()})
+			continue
+		}
+		v := p.judge(rel, &st, rec, now)
+		if v.Skip == "" && p.excludedDir(rel) != "" {
+			v.Skip = "in a directory excluded by " + p.excludedDir(rel)
+		}
+		out = append(out, v)
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := &out[i], &out[j]
+		if (a.Skip == "") != (b.Skip == "") {
+			return a.Skip == ""
+		}
+		return a.Skip == "" && before(&a.Candidate, &b.Candidate)
+	})
+	for i := range out {
+		if out[i].Skip == "" {
+			out[i].Rank = i + 1
+		}
+	}
+	return out
+}
+
+// excludedDir returns the pattern that excludes a directory above rel.
+func (p *Policy) excludedDir(rel string) string {
+	for dir := path.Dir(rel); dir != "." && dir != "/"; dir = path.Dir(dir) {
+		if pat := p.Excluded(dir); pat != "" {
+			return pat
+		}
+	}
+	return ""
+}
+
+// lastUse is the later of a file's access and modification times.
+func lastUse(st *unix.Stat_t) time.Time {
+	at, mt := time.Unix(st.Atim.Unix()), time.Unix(st.Mtim.Unix())
+	if mt.After(at) {
+		return mt
+	}
+	return at
+}
+
+// xattrBlock: a stub may keep one block for its record (ext4 puts an
+// xattr that does not fit the inode in a block of its own).
+const xattrBlock = 4096
+
+// judge applies the policy to one regular file. hasRecord and premigrated
+// come from its stub record; the score follows the common GPFS ILM weight
+// KB_ALLOCATED × DAYS_SINCE_LAST_ACCESS, so the least recently used files
+// go first and, among files of one age, the larger ones.
+func (p *Policy) judge(rel string, st *unix.Stat_t, rec *stub.Record, now time.Time) Verdict {
+	v := Verdict{Candidate: Candidate{Path: rel, Size: st.Size, Alloc: st.Blocks * 512, Used: lastUse(st), Instant: rec != nil}}
+	age := now.Sub(v.Used)
+	switch {
+	case p.Excluded(rel) != "":
+		v.Skip = "excluded by " + p.Excluded(rel)
+	case st.Size == 0:
+		v.Skip = "empty"
+	case v.Alloc == 0 || (rec != nil && rec.State == stub.Migrated && v.Alloc <= xattrBlock):
+		v.Skip = "migrated: no data here"
+	case st.Size < p.MinSize:
+		v.Skip = fmt.Sprintf("smaller than min-size %d", p.MinSize)
+	case age < p.MinAge:
+		v.Skip = fmt.Sprintf("used %s ago, within min-age %s", age.Round(time.Second), p.MinAge)
+	}
+	if age < 0 {
+		age = 0
+	}
+	v.Score = float64(v.Alloc) / 1024 * age.Hours() / 24
+	return v
+}
+
+// before ranks candidates: instant releases first, then by score, then by
+// path so that equal files rank the same way in every scan.
+func before(a, b *Candidate) bool {
+	if a.Instant != b.Instant {
+		return a.Instant
+	}
+	if a.Score != b.Score {
+		return a.Score > b.Score
+	}
+	return a.Path < b.Path
+}

@@ -1,0 +1,240 @@
+package migrate
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/cascadefs/cascadefs/stub"
+	"golang.org/x/sys/unix"
+)
+
+// Scan is one walk of a backing tree.
+type Scan struct {
+	Files       int64         `json:"files"`           // regular files seen
+	Usage       int64         `json:"usage"`           // allocated bytes of everything, as du counts them
+	Instant     int64         `json:"instant"`         // allocated bytes of files with an archive copy
+	Candidates  []Candidate   `json:"candidates"`      // best first
+	Eligible    int64         `json:"eligible"`        // files the policy would pick, before the bound
+	Duration    time.Duration `json:"duration_ns"`     // wall time of the walk
+	Incomplete  int64         `json:"incomplete"`      // entries that could not be read (vanished, no access)
+	CandidatesB int64         `json:"candidate_bytes"` // what releasing them all would free
+}
+
+// ScanOptions bound a scan's candidate list.
+type ScanOptions struct {
+	// Want: keep the best candidates whose releases free at least this
+	// much (0: only Keep of them).
+	Want int64
+	// Keep at least this many candidates, if there are that many.
+	Keep int
+	// NoRecords skips reading stub records: usage only, no candidates.
+	NoRecords bool
+}
+
+// scanWorkers walk directories side by side: a cold walk waits on the
+// disk for each inode, and a warm one is two system calls per file.
+const scanWorkers = 4
+
+// Scan walks the backing tree at root: usage, and the best candidates by
+// the policy. It holds at most what opt asks for (bounded by
+// MaxCandidates), plus the names of the directories being read, so a tree
+// of millions of files scans in little memory.
+func (p *Policy) Scan(ctx context.Context, root string, opt ScanOptions, now time.Time) (*Scan, error) {
+	start := time.Now()
+	limit := p.MaxCandidates
+	if limit <= 0 {
+		limit = DefaultPolicy().MaxCandidates
+	}
+	q := &dirQueue{}
+	q.cond = sync.NewCond(&q.mu)
+	q.push(dirJob{path: root})
+	best := &bestCandidates{want: opt.Want, keep: opt.Keep, limit: limit}
+	parts := make([]*scanPart, scanWorkers)
+	var wg sync.WaitGroup
+	for w := range parts {
+		parts[w] = &scanPart{p: p, opt: opt, now: now, ctx: ctx, best: best}
+		wg.Add(1)
+		go func(part *scanPart) {
+			defer wg.Done()
+			for job, ok := q.pop(); ok; job, ok = q.pop() {
+				if ctx.Err() == nil {
+					part.readDir(job, q)
+				}
+				q.done()
+			}
+		}(parts[w])
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s := &Scan{CandidatesB: best.frees}
+	for _, part := range parts {
+		s.Files += part.Files
+		s.Usage += part.Usage
+		s.Instant += part.Instant
+		s.Eligible += part.Eligible
+		s.Incomplete += part.Incomplete
+	}
+	s.Candidates = make([]Candidate, len(best.heap))
+	copy(s.Candidates, best.heap)
+	sort.Slice(s.Candidates, func(i, j int) bool { return before(&s.Candidates[i], &s.Candidates[j]) })
+	s.Duration = time.Since(start)
+	return s, nil
+}
+
+// dirJob is a directory to read; under an excluded one only usage counts.
+type dirJob struct {
+	path, rel string
+	excluded  bool
+}
+
+// dirQueue hands directories to the workers until none is left and none
+// is being read (a directory being read may add more).
+type dirQueue struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	jobs    []dirJob
+	pending int // queued or being read
+}
+
+func (q *dirQueue) push(j dirJob) {
+	q.mu.Lock()
+	q.jobs = append(q.jobs, j)
+	q.pending++
+	q.mu.Unlock()
+	q.cond.Signal()
+}
+
+func (q *dirQueue) pop() (dirJob, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.jobs) == 0 && q.pending > 0 {
+		q.cond.Wait()
+	}
+	if len(q.jobs) == 0 {
+		return dirJob{}, false
+	}
+	j := q.jobs[len(q.jobs)-1] // depth first: the stack stays short
+	q.jobs = q.jobs[:len(q.jobs)-1]
+	return j, true
+}
+
+func (q *dirQueue) done() {
+	q.mu.Lock()
+	q.pending--
+	last := q.pending == 0
+	q.mu.Unlock()
+	if last {
+		q.cond.Broadcast()
+	}
+}
+
+// scanPart is one worker's share of a scan (its counters; the candidates
+// are shared).
+type scanPart struct {
+	Scan
+	p    *Policy
+	opt  ScanOptions
+	now  time.Time
+	ctx  context.Context
+	best *bestCandidates
+}
+
+// bestCandidates keeps the best candidates that free want (at least keep,
+// at most limit); heap[0] is the worst kept, dropped while the rest still
+// free enough.
+type bestCandidates struct {
+	mu          sync.Mutex
+	heap        candidateHeap
+	frees, want int64
+	keep, limit int
+}
+
+func (b *bestCandidates) consider(c Candidate) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	heap.Push(&b.heap, c)
+	b.frees += c.frees()
+	for b.heap.Len() > b.keep && (b.heap.Len() > b.limit || b.frees-b.heap[0].frees() >= b.want) {
+		b.frees -= heap.Pop(&b.heap).(Candidate).frees()
+	}
+}
+
+func (s *scanPart) readDir(job dirJob, q *dirQueue) {
+	d, err := os.Open(job.path)
+	if err != nil {
+		s.Incomplete++
+		return
+	}
+	defer d.Close()
+	dfd := int(d.Fd())
+	for s.ctx.Err() == nil {
+		ents, err := d.ReadDir(1024)
+		for _, e := range ents {
+			s.entry(dfd, job, e.Name(), q)
+		}
+		if errors.Is(err, io.EOF) || (err == nil && len(ents) == 0) {
+			return
+		}
+		if err != nil {
+			s.Incomplete++
+			return
+		}
+	}
+}
+
+func (s *scanPart) entry(dfd int, job dirJob, name string, q *dirQueue) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		s.Incomplete++ // vanished meanwhile, or no access
+		return
+	}
+	s.Usage += st.Blocks * 512
+	rel := path.Join(job.rel, name)
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		// An excluded directory still counts in usage, never for candidates.
+		q.push(dirJob{path: filepath.Join(job.path, name), rel: rel, excluded: job.excluded || s.p.Excluded(rel) != ""})
+	case unix.S_IFREG:
+		s.Files++
+		if s.opt.NoRecords || job.excluded || st.Blocks == 0 {
+			return
+		}
+		rec, err := stub.ReadRecordIn(dfd, job.path, name)
+		if err != nil {
+			s.Incomplete++ // a corrupt record: never touched by the monitor
+			return
+		}
+		v := s.p.judge(rel, &st, rec, s.now)
+		if v.Instant {
+			s.Instant += v.Alloc
+		}
+		if v.Skip == "" {
+			s.Eligible++
+			s.best.consider(v.Candidate)
+		}
+	}
+}
+
+// candidateHeap keeps the worst kept candidate on top, to be dropped first.
+type candidateHeap []Candidate
+
+func (h candidateHeap) Len() int           { return len(h) }
+func (h candidateHeap) Less(i, j int) bool { return before(&h[j], &h[i]) }
+func (h candidateHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *candidateHeap) Push(x any)        { *h = append(*h, x.(Candidate)) }
+func (h *candidateHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return c
+}
