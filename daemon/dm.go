@@ -107,6 +107,10 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	cfg.Queue.Start()
 	d.monitor = migrate.NewMonitor(backing, cfg.Policy, d.migrator, log.With("fs", cfg.Name))
 	d.monitor.Cycled = func(migrate.Cycle) { cfg.Metrics.Add(metrics.SpaceCycles, 1, "fs", cfg.Name) }
+	d.recall.NoSpace = func(ctx context.Context, need int64) error {
+		_, err := d.monitor.OutOfSpace(ctx, need)
+		return err
+	}
 	d.monitor.Start(ctx)
 	return d, nil
 }

@@ -71,6 +71,20 @@ func (r *Rights) Exclusive(ino uint64) (release func()) {
 	}
 }
 
+// TryExclusive takes the file's right exclusively if nobody holds or waits
+// for it; ok is false otherwise (the space monitor skips such a file).
+func (r *Rights) TryExclusive(ino uint64) (release func(), ok bool) {
+	r.mu.Lock()
+	e := r.get(ino)
+	if e.exclusive || e.shared > 0 || e.waiting > 0 {
+		r.done(ino, e)
+		r.mu.Unlock()
+		return nil, false
+	}
+	r.mu.Unlock()
+	return r.Exclusive(ino), true
+}
+
 // Shared takes the file's right shared and returns its release.
 func (r *Rights) Shared(ino uint64) (release func()) {
 	r.mu.Lock()

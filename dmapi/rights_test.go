@@ -71,3 +71,28 @@ func TestRightsShareNeedsHolder(t *testing.T) {
 	}()
 	r.Share(7)
 }
+
+func TestTryExclusive(t *testing.T) {
+	var r Rights
+	rel, ok := r.TryExclusive(1)
+	if !ok {
+		t.Fatal("free right not taken")
+	}
+	if _, ok := r.TryExclusive(1); ok {
+		t.Fatal("exclusive right taken twice")
+	}
+	rel()
+	shared := r.Shared(1)
+	if _, ok := r.TryExclusive(1); ok {
+		t.Fatal("exclusive right taken while shared")
+	}
+	shared()
+	rel, ok = r.TryExclusive(1)
+	if !ok {
+		t.Fatal("right not taken after its holders left")
+	}
+	rel()
+	if len(r.files) != 0 {
+		t.Fatalf("entries left behind: %d", len(r.files))
+	}
+}

@@ -12,7 +12,9 @@ type Space struct {
 	// Quota is set when the filesystem has one; usage then counts the
 	// backing tree's blocks (what du reports), else the whole backing
 	// filesystem's.
-	Quota      int64     `json:"quota,omitempty"`
+	Quota int64 `json:"quota,omitempty"`
+	// High is the high threshold in bytes: past it the monitor migrates.
+	High       int64     `json:"high_bytes,omitempty"`
 	MeasuredAt time.Time `json:"measured_at"`
 }
 

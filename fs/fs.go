@@ -101,7 +101,7 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	}
 	f := &FS{opts: opts, root: root, log: opts.Log, nodes: map[uint64]*node{}}
 	if opts.Space != nil {
-		f.space = &spaceGuard{src: opts.Space}
+		f.space = &spaceGuard{src: opts.Space, root: root}
 	}
 	rootData := &gofs.LoopbackRoot{Path: root, Dev: uint64(st.Dev)}
 	rootData.NewNode = func(rd *gofs.LoopbackRoot, parent *gofs.Inode, name string, st *syscall.Stat_t) gofs.InodeEmbedder {

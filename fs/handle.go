@@ -98,8 +98,8 @@ func (f *FS) newHandle(ctx context.Context, fd int, path string, flags uint32) (
 		}
 		readOnly := flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_TRUNC == 0
 		switch {
-		case rec == nil && !readOnly && f.space.quota(ctx):
-			// Under a quota, writes must come to us to be counted.
+		case rec == nil && !readOnly && f.space.countWrites(ctx):
+			// Under a quota or near full, writes must come to us.
 			mode = modeCountedWrites
 		case rec == nil || (readOnly && rec.State == stub.Premigrated):
 			mode = modePassthrough

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/dmapi"
+	"golang.org/x/sys/unix"
 )
 
 // Space is how the FUSE layer reaches the space monitor of its filesystem.
@@ -29,7 +30,8 @@ const spaceRefresh = time.Second
 // measurements are not in it, so across nodes the quota is soft by up to
 // what they write in one monitor interval.
 type spaceGuard struct {
-	src Space
+	src  Space
+	root string // the backing directory: statfs when there is no quota
 
 	mu      sync.Mutex
 	known   dmapi.Space
@@ -46,10 +48,11 @@ type growth struct {
 // maxWindows bounds the growth history (a minute of refreshes and more).
 const maxWindows = 128
 
-// refresh asks for the monitor's measurement at most every spaceRefresh.
+// refresh asks for the monitor's measurement at most every spaceRefresh,
+// or until there is one (a monitor measures first right after it starts).
 func (g *spaceGuard) refresh(ctx context.Context) {
 	g.mu.Lock()
-	stale := time.Since(g.fetched) >= spaceRefresh
+	stale := time.Since(g.fetched) >= spaceRefresh || g.known.MeasuredAt.IsZero()
 	if stale {
 		g.fetched = time.Now() // one asker at a time; the others use known
 		g.windows = append(g.windows, growth{start: g.fetched})
@@ -91,15 +94,31 @@ func (g *spaceGuard) grown() int64 {
 	return n
 }
 
-// quota reports whether the filesystem has a quota to keep.
-func (g *spaceGuard) quota(ctx context.Context) bool {
+// countWrites reports whether writes must come through the daemon rather
+// than kernel passthrough: under a quota (to keep it), and past the high
+// threshold (where ENOSPC is near, and a write that hits it can wait for
+// the monitor instead of failing).
+func (g *spaceGuard) countWrites(ctx context.Context) bool {
 	if g == nil {
 		return false
 	}
 	g.refresh(ctx)
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.known.Quota > 0
+	known, grown := g.known, g.grown()
+	g.mu.Unlock()
+	if known.Quota > 0 || known.MeasuredAt.IsZero() {
+		return true // a quota to keep, or not known yet whether there is one
+	}
+	if known.High <= 0 {
+		return false
+	}
+	// Without a quota usage is the backing filesystem's: ask it now, as
+	// passthrough writes since the last measurement went uncounted.
+	var st unix.Statfs_t
+	if g.root == "" || unix.Statfs(g.root, &st) != nil {
+		return known.Usage+grown >= known.High
+	}
+	return int64(st.Blocks-st.Bfree)*st.Frsize >= known.High
 }
 
 // wouldPass reports whether growing by n bytes would pass the quota.

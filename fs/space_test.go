@@ -78,8 +78,18 @@ func TestSpaceGuardCountsWritesSinceTheMeasurementBegan(t *testing.T) {
 	if e := g.outOfSpace(ctx, 500); e != syscall.ENOSPC {
 		t.Fatalf("nothing freed: errno %v, want ENOSPC", e)
 	}
+	// Without a quota, writes come through the daemon once usage passes high.
+	nq := &monitorStub{space: dmapi.Space{Capacity: 100, High: 80, Usage: 70, MeasuredAt: time.Now()}}
+	gq := &spaceGuard{src: nq}
+	if gq.countWrites(ctx) || gq.wouldPass(ctx, 1000) {
+		t.Fatal("70 of 100, high 80, no quota: writes counted or refused")
+	}
+	gq.grew(10)
+	if !gq.countWrites(ctx) {
+		t.Fatal("80 of 100 with high 80: writes not counted")
+	}
 	var none *spaceGuard
-	if none.wouldPass(ctx, 1<<40) || none.quota(ctx) {
+	if none.wouldPass(ctx, 1<<40) || none.countWrites(ctx) {
 		t.Fatal("a mount without a monitor refuses writes")
 	}
 }

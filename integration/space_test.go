@@ -364,3 +364,56 @@ func clusterSpace(t *testing.T, c *testenv.Cluster, source string) *migrate.Spac
 	}
 	return nil
 }
+
+// A backing filesystem that really fills up (a 32 MiB tmpfs, no quota): a
+// writer that hits ENOSPC waits for the monitor's cycle and succeeds, and
+// a recall that hits ENOSPC has the monitor free space (releasing an old
+// premigrated file) and delivers the right bytes.
+func TestSpaceMonitorOnAFullFilesystem(t *testing.T) {
+	testenv.RequireRoot(t)
+	const mib = 1 << 20
+	d := testenv.NewDaemon(t, "", nil, "--high", "90", "--low", "40", "--interval", "1h", "--min-age", "1h")
+	if err := syscall.Mount("tmpfs", d.Backing, "tmpfs", 0, "size=32m"); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(d.Backing, syscall.MNT_DETACH) })
+	d.Start()
+
+	want := map[string][32]byte{}
+	want["a"] = writeRandom(t, d.M("a"), 15*mib)
+	want["b"] = writeRandom(t, d.M("b"), 15*mib)
+	old := func(rel string) {
+		when := time.Now().Add(-48 * time.Hour)
+		if err := os.Chtimes(d.M(rel), when, when); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old("a")
+	old("b")
+	// 30 of 32 MiB used: this 10 MiB writer hits ENOSPC, and goes on.
+	want["c"] = writeRandom(t, d.M("c"), 10*mib)
+	for _, rel := range []string{"a", "b"} {
+		if s := state(t, d, rel).State; s != "migrated" {
+			t.Fatalf("%s is %s after the out-of-space cycle", rel, s)
+		}
+	}
+	if !strings.Contains(d.Log(), "out of space: a write needs") {
+		t.Fatal("the writer did not raise an out-of-space event")
+	}
+
+	// a comes back (25 of 32 MiB), is made old again; then b needs 15 MiB
+	// more than there is: its recall asks the monitor, which releases a.
+	if sumFile(t, d.M("a")) != want["a"] {
+		t.Fatal("a reads back wrong")
+	}
+	old("a")
+	if sumFile(t, d.M("b")) != want["b"] {
+		t.Fatal("b reads back wrong after its recall hit ENOSPC")
+	}
+	if s := state(t, d, "a").State; s != "migrated" {
+		t.Fatalf("a is %s: the recall of b should have had it released", s)
+	}
+	if sumFile(t, d.M("c")) != want["c"] {
+		t.Fatal("c reads back wrong")
+	}
+}

@@ -87,8 +87,9 @@ func (m *Migrator) Migrate(ctx context.Context, rel string, premigrateOnly bool)
 	return m.migrate(ctx, rel, premigrateOnly, m.cfg.ReleaseWait)
 }
 
-// MigrateIdle is Migrate for the space monitor: a file open anywhere is not
-// waited for (dmapi.ErrBusy at once); the next cycle will see it again.
+// MigrateIdle is Migrate for the space monitor: a file open anywhere, or
+// being recalled or migrated, is not waited for (dmapi.ErrBusy at once);
+// the next cycle will see it again.
 func (m *Migrator) MigrateIdle(ctx context.Context, rel string, premigrateOnly bool) (Result, error) {
 	return m.migrate(ctx, rel, premigrateOnly, 0)
 }
@@ -119,7 +120,17 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, premigrateOnly b
 	if st.Size == 0 {
 		return res, nil // nothing to release: an empty file stays resident
 	}
-	defer m.rights.Exclusive(st.Ino)()
+	if wait > 0 {
+		defer m.rights.Exclusive(st.Ino)()
+	} else {
+		// Idle migrations never wait: a recall may itself be waiting for
+		// the space this migration is to free.
+		release, ok := m.rights.TryExclusive(st.Ino)
+		if !ok {
+			return res, fmt.Errorf("migrate %s: a recall or migration of it is in progress: %w", rel, dmapi.ErrBusy)
+		}
+		defer release()
+	}
 
 	rec, err := stub.ReadRecord(fd)
 	if err != nil {

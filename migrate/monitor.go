@@ -202,9 +202,25 @@ func (m *Monitor) Status() SpaceStatus {
 }
 
 // Space returns the last measurement.
+// Without a quota, usage is one statfs away: a measurement older than a
+// second is taken again, so that the mounts see writes that went by kernel
+// passthrough (which they cannot count) before the filesystem is full.
 func (m *Monitor) Space() dmapi.Space {
 	m.mu.Lock()
+	sp, p := m.space, m.policy
+	m.mu.Unlock()
+	if p.Quota > 0 || time.Since(sp.MeasuredAt) < time.Second || m.ctx == nil || m.ctx.Err() != nil {
+		return sp
+	}
+	fresh, _, err := m.statfs(&p)
+	if err != nil {
+		return sp
+	}
+	m.mu.Lock()
 	defer m.mu.Unlock()
+	if fresh.MeasuredAt.After(m.space.MeasuredAt) {
+		m.space = fresh
+	}
 	return m.space
 }
 
@@ -261,16 +277,25 @@ func (m *Monitor) measure(ctx context.Context, p *Policy, candidates bool) (dmap
 	}
 	if p.Quota > 0 {
 		sp.Usage, sp.Capacity = scan.Usage, p.Quota
+		sp.High = sp.Capacity * int64(p.High) / 100
 		return sp, scan, nil
 	}
+	sp, _, err := m.statfs(p)
+	return sp, scan, err
+}
+
+// statfs measures the whole backing filesystem, as df counts it: blocks
+// reserved for root are not capacity.
+func (m *Monitor) statfs(p *Policy) (dmapi.Space, *Scan, error) {
+	sp := dmapi.Space{MeasuredAt: time.Now()}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(m.root, &fs); err != nil {
 		return sp, nil, fmt.Errorf("statfs %s: %w", m.root, err)
 	}
-	// As df counts: blocks reserved for root are not capacity.
 	sp.Usage = int64(fs.Blocks-fs.Bfree) * fs.Frsize
 	sp.Capacity = sp.Usage + int64(fs.Bavail)*fs.Frsize
-	return sp, scan, nil
+	sp.High = sp.Capacity * int64(p.High) / 100
+	return sp, nil, nil
 }
 
 // candidatesEvery: how many intervals the candidates shown in status may age.

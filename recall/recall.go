@@ -67,6 +67,9 @@ type Manager struct {
 	Fence dmapi.Fence
 	// Counted, if set, is told of bytes fetched and of files recalled whole.
 	Counted func(files int, bytes int64)
+	// NoSpace, if set, is asked to free need bytes when a recall's write
+	// fails with ENOSPC (the space monitor's out-of-space event).
+	NoSpace func(ctx context.Context, need int64) error
 
 	ctx    context.Context
 	cancel context.CancelFunc

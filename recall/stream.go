@@ -2,6 +2,7 @@ package recall
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -340,7 +341,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		if i := p.off / chunk; i >= int64(len(sums)) || stub.ChunkCRC(p.buf) != sums[i] {
 			return p.off, fmt.Errorf("%s chunk at %d: %w", f.rec.Key, p.off, ErrIntegrity), false
 		}
-		if err := f.write(p.buf, p.off); err != nil {
+		if err := f.write(ctx, p.buf, p.off); err != nil {
 			return p.off, err, true
 		}
 		f.mu.Lock()
@@ -355,10 +356,19 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 }
 
 // write is invisible I/O: it writes verified bytes into a hole and puts the
-// file's times back.
-func (f *fileRecall) write(b []byte, off int64) error {
+// file's times back. Out of space, it asks the space monitor to free some
+// (NoSpace) and tries once more.
+func (f *fileRecall) write(ctx context.Context, b []byte, off int64) error {
+	asked := false
 	for len(b) > 0 {
 		n, err := unix.Pwrite(f.fd, b, off)
+		if errors.Is(err, unix.ENOSPC) && !asked && f.m.NoSpace != nil {
+			asked = true
+			if err := f.m.NoSpace(ctx, int64(len(b))); err != nil {
+				return fmt.Errorf("write backing file: out of space: %w", err)
+			}
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("write backing file: %w", err)
 		}
