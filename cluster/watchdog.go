@@ -44,13 +44,13 @@ func (n *Node) watchdog() {
 					delete(dmRestarted, m.name)
 				case !dmRestarted[m.name]:
 					dmRestarted[m.name] = true
-					n.log.Warn("watchdog: DM workers are stuck; restarting the session once", "fs", m.name, "after", n.cfg.StuckAfter.String())
-					m.stopDM("workers stuck")
+					n.log.Warn("watchdog: DM workers or space monitor stuck; restarting the session once", "fs", m.name, "after", n.cfg.StuckAfter.String())
+					m.stopDM("workers or space monitor stuck")
 					n.kick() // the reconcile loop starts it again
 					continue
 				default:
 					delete(dmRestarted, m.name)
-					n.giveUp(m, "its DM workers stay stuck after a restart")
+					n.giveUp(m, "its DM workers or space monitor stay stuck after a restart")
 					continue
 				}
 			}

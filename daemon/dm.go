@@ -165,8 +165,10 @@ func (d *DM) Space(ctx context.Context, need int64) (dmapi.Space, error) {
 func (d *DM) SetPolicy(p migrate.Policy) { d.monitor.SetPolicy(p) }
 
 // Stuck reports DM workers that finished no event for longer than after
-// although events wait.
-func (d *DM) Stuck(after time.Duration) bool { return d.session.Stuck(after) }
+// although events wait, or a space monitor cycle that finished no file.
+func (d *DM) Stuck(after time.Duration) bool {
+	return d.session.Stuck(after) || d.monitor.Stuck(after)
+}
 
 // Close stops the DM application; queued DESTROY events stay stored.
 func (d *DM) Close() {

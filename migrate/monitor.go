@@ -32,8 +32,10 @@ type Monitor struct {
 	done   chan struct{}
 	kick   chan struct{}
 
-	mu      sync.Mutex
-	policy  Policy // read through current(): SetPolicy changes it
+	mu       sync.Mutex
+	busy     bool      // a check is running
+	progress time.Time // when the running check began or last finished a file
+	policy   Policy    // read through current(): SetPolicy changes it
 	space   dmapi.Space
 	need    int64           // largest out-of-space request since the last check
 	waiters []chan struct{} // out-of-space requests waiting for the next check
@@ -192,6 +194,21 @@ func (m *Monitor) checkSafely() {
 	m.check()
 }
 
+// Stuck reports a check that has finished no file for longer than after
+// (an archive or a backing directory that hangs): the watchdog restarts
+// the DM session, then gives the filesystem up.
+func (m *Monitor) Stuck(after time.Duration) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.busy && time.Since(m.progress) > after
+}
+
+func (m *Monitor) setBusy(busy bool) {
+	m.mu.Lock()
+	m.busy, m.progress = busy, time.Now()
+	m.mu.Unlock()
+}
+
 // Status is the monitor's state for `cascadefs status`.
 func (m *Monitor) Status() SpaceStatus {
 	m.mu.Lock()
@@ -324,6 +341,8 @@ func (m *Monitor) check() {
 	waiters, need := m.waiters, m.need
 	m.waiters, m.need = nil, 0
 	m.mu.Unlock()
+	m.setBusy(true)
+	defer m.setBusy(false)
 	defer func() {
 		for _, w := range waiters {
 			close(w)
@@ -468,6 +487,7 @@ func (m *Monitor) run(p *Policy, batch []Candidate, premigrateOnly bool, c *Cycl
 		go func(cand Candidate) {
 			defer func() { <-sema; wg.Done() }()
 			res, err := m.mig.MigrateIdle(m.ctx, cand.Path, premigrateOnly)
+			m.setBusy(true) // progress
 			mu.Lock()
 			defer mu.Unlock()
 			if errors.Is(err, dmapi.ErrPeerDown) {

@@ -278,3 +278,40 @@ func readBack(t *testing.T, m *Migrator, root, rel string) []byte {
 	b, _ := io.ReadAll(r)
 	return b
 }
+
+// hangingMigrater stands for an archive that stops answering.
+type hangingMigrater struct{ release chan struct{} }
+
+func (h hangingMigrater) MigrateIdle(ctx context.Context, rel string, premigrateOnly bool) (Result, error) {
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+	}
+	return Result{}, errors.New("archive hangs")
+}
+
+// A cycle that finishes no file is reported stuck, for the watchdog.
+func TestMonitorStuck(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, root, "f", 64<<10, 48*time.Hour)
+	p := DefaultPolicy()
+	p.Quota, p.Interval = 64<<10, time.Hour // 100% used: a cycle at once
+	h := hangingMigrater{release: make(chan struct{})}
+	mon := NewMonitor(root, p, h, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	mon.Start(context.Background())
+	defer mon.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !mon.Stuck(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a hanging cycle is not reported stuck")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(h.release)
+	for mon.Stuck(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("still stuck after the archive answered")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
