@@ -166,11 +166,12 @@ func TestSpaceMonitorKeepsTheQuota(t *testing.T) {
 // scrape reads the Prometheus endpoint that a daemon's log announces.
 func scrape(t *testing.T, log string) map[string]float64 {
 	t.Helper()
-	i := strings.Index(log, `msg="serving metrics" addr=`)
-	if i < 0 {
+	i := strings.Index(log, `msg="serving metrics"`)
+	j := strings.Index(log[max(i, 0):], "addr=")
+	if i < 0 || j < 0 {
 		t.Fatalf("no metrics endpoint in the log")
 	}
-	url := strings.Fields(log[i+len(`msg="serving metrics" addr=`):])[0]
+	url := strings.Fields(log[i+j+len("addr="):])[0]
 	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
@@ -267,6 +268,9 @@ func TestSpaceMonitorMovesWithFailover(t *testing.T) {
 	m := testenv.StartMinIO(t)
 	c := testenv.NewCluster(t, m.Bucket(t, "hsm"), m.EnvList(), "n1", "n2")
 	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "quota=20MiB", "high=60", "low=30", "interval=300ms", "min-age=1h")
+	for _, n := range c.Nodes {
+		n.Args = []string{"--metrics", "127.0.0.1:0"}
+	}
 	c.Start("n1", "n2")
 	owner, _ := waitOwner(t, c, testenv.FSName, func(o string) bool { return o != "" })
 	other := "n2"
@@ -344,6 +348,18 @@ func TestSpaceMonitorMovesWithFailover(t *testing.T) {
 	for name, sum := range want {
 		if sumFile(t, survivor.M(name)) != sum {
 			t.Errorf("%s reads back wrong after the failover", name)
+		}
+	}
+	// The new owner's metrics count its takeover, its cycles and the space.
+	got := scrape(t, survivor.Log())
+	for name, atLeast := range map[string]float64{
+		`cascadefs_takeovers_total{fs="fs1"}`:      1,
+		`cascadefs_space_cycles_total{fs="fs1"}`:   1,
+		`cascadefs_migrated_files_total{fs="fs1"}`: float64(migrated),
+		`cascadefs_capacity_bytes{fs="fs1"}`:       20 * mib,
+	} {
+		if got[name] < atLeast {
+			t.Errorf("%s metric %s = %v, want at least %v", other, name, got[name], atLeast)
 		}
 	}
 }
