@@ -218,9 +218,8 @@ func (m *Monitor) Status() SpaceStatus {
 	return s
 }
 
-// Space returns the last measurement.
-// Without a quota, usage is one statfs away: a measurement older than a
-// second is taken again, so that the mounts see writes that went by kernel
+// Space returns the last measurement. Without a quota, usage is one statfs
+// away: a measurement older than a second is taken again, so that the mounts see writes that went by kernel
 // passthrough (which they cannot count) before the filesystem is full.
 func (m *Monitor) Space() dmapi.Space {
 	m.mu.Lock()
@@ -248,6 +247,10 @@ func (m *Monitor) Space() dmapi.Space {
 func (m *Monitor) OutOfSpace(ctx context.Context, need int64) (dmapi.Space, error) {
 	w := make(chan struct{})
 	m.mu.Lock()
+	if m.ctx.Err() != nil { // closed: Close answered the waiters already
+		m.mu.Unlock()
+		return m.space, dmapi.ErrClosed
+	}
 	if need > m.need {
 		m.need = need
 	}

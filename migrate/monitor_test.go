@@ -315,3 +315,17 @@ func TestMonitorStuck(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// After Close, an out-of-space event is answered at once (the cluster
+// sends it to the next owner).
+func TestMonitorClosedAnswersAtOnce(t *testing.T) {
+	root := t.TempDir()
+	mon := NewMonitor(root, DefaultPolicy(), newMigrator(t, root), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	mon.Start(context.Background())
+	mon.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := mon.OutOfSpace(ctx, 1); !errors.Is(err, dmapi.ErrClosed) {
+		t.Fatalf("out of space after close: %v, want ErrClosed", err)
+	}
+}
