@@ -13,8 +13,8 @@ type Space struct {
 	// backing tree's blocks (what du reports), else the whole backing
 	// filesystem's.
 	Quota int64 `json:"quota,omitempty"`
-	// High is the high threshold in bytes: past it the monitor migrates.
-	High       int64     `json:"high_bytes,omitempty"`
+	// HighBytes is the high threshold in bytes: past it the monitor migrates.
+	HighBytes  int64     `json:"high_bytes,omitempty"`
 	MeasuredAt time.Time `json:"measured_at"`
 }
 

@@ -109,16 +109,16 @@ func (g *spaceGuard) countWrites(ctx context.Context) bool {
 	if known.Quota > 0 || known.MeasuredAt.IsZero() {
 		return true // a quota to keep, or not known yet whether there is one
 	}
-	if known.High <= 0 {
+	if known.HighBytes <= 0 {
 		return false
 	}
 	// Without a quota usage is the backing filesystem's: ask it now, as
 	// passthrough writes since the last measurement went uncounted.
 	var st unix.Statfs_t
 	if g.root == "" || unix.Statfs(g.root, &st) != nil {
-		return known.Usage+grown >= known.High
+		return known.Usage+grown >= known.HighBytes
 	}
-	return int64(st.Blocks-st.Bfree)*st.Frsize >= known.High
+	return int64(st.Blocks-st.Bfree)*st.Frsize >= known.HighBytes
 }
 
 // wouldPass reports whether growing by n bytes would pass the quota.

@@ -79,7 +79,7 @@ func TestSpaceGuardCountsWritesSinceTheMeasurementBegan(t *testing.T) {
 		t.Fatalf("nothing freed: errno %v, want ENOSPC", e)
 	}
 	// Without a quota, writes come through the daemon once usage passes high.
-	nq := &monitorStub{space: dmapi.Space{Capacity: 100, High: 80, Usage: 70, MeasuredAt: time.Now()}}
+	nq := &monitorStub{space: dmapi.Space{Capacity: 100, HighBytes: 80, Usage: 70, MeasuredAt: time.Now()}}
 	gq := &spaceGuard{src: nq}
 	if gq.countWrites(ctx) || gq.wouldPass(ctx, 1000) {
 		t.Fatal("70 of 100, high 80, no quota: writes counted or refused")

@@ -344,6 +344,12 @@ func TestSpaceMonitorMovesWithFailover(t *testing.T) {
 	if migrated < 10 {
 		t.Fatalf("%d files migrated; 16 MiB must go under 6 MiB", migrated)
 	}
+	// New thresholds apply to the running monitor, without a restart.
+	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "high=20", "low=5")
+	waitFor(t, "the new thresholds applied", 30*time.Second, func() bool {
+		sp = clusterSpace(t, c, testenv.FSName+"@"+other)
+		return sp != nil && sp.High == 20 && sp.Usage <= 20*mib*5/100
+	})
 	testenv.DropCaches()
 	for name, sum := range want {
 		if sumFile(t, survivor.M(name)) != sum {

@@ -297,7 +297,7 @@ func (m *Monitor) measure(ctx context.Context, p *Policy, candidates bool) (dmap
 	}
 	if p.Quota > 0 {
 		sp.Usage, sp.Capacity = scan.Usage, p.Quota
-		sp.High = sp.Capacity * int64(p.High) / 100
+		sp.HighBytes = sp.Capacity * int64(p.High) / 100
 		return sp, scan, nil
 	}
 	sp, _, err := m.statfs(p)
@@ -314,7 +314,7 @@ func (m *Monitor) statfs(p *Policy) (dmapi.Space, *Scan, error) {
 	}
 	sp.Usage = int64(fs.Blocks-fs.Bfree) * fs.Frsize
 	sp.Capacity = sp.Usage + int64(fs.Bavail)*fs.Frsize
-	sp.High = sp.Capacity * int64(p.High) / 100
+	sp.HighBytes = sp.Capacity * int64(p.High) / 100
 	return sp, nil, nil
 }
 
