@@ -49,7 +49,7 @@ func (n *Node) register() {
 			return nil, err
 		}
 		if m := n.lookup(req.FS); m != nil {
-			m.mount.FS().Invalidate(req.Ino)
+			m.mount.FS().Invalidate(req.Change)
 		}
 		return struct{}{}, nil
 	})

@@ -14,6 +14,7 @@ import (
 	"github.com/cascadefs/cascadefs/cluster/rpc"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/dmapi"
+	cfs "github.com/cascadefs/cascadefs/fs"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
 )
@@ -53,7 +54,7 @@ func (n *Node) mountFS(fs repo.FS) (*mounted, error) {
 	cfg := daemon.Config{Name: fs.Name, Backing: fs.Backing, Mountpoint: mp, ArchiveURL: fs.Archive,
 		Source: fs.Name + "@" + n.cfg.Name, RunDir: n.cfg.RunDir, Recall: s.recall, Workers: s.workers,
 		EventTimeout: s.eventTimeout, ReleaseWait: s.releaseWait, NoPassthrough: n.cfg.NoPassthrough,
-		Written: func(ino uint64) { n.invalidatePeers(fs.Name, ino) },
+		Changed: func(c cfs.Change) { n.invalidatePeers(fs.Name, c) },
 		Policy:  func() migrate.Policy { return settingsOf(m.config()).policy },
 		Metrics: n.metrics}
 	if m.mount, err = daemon.StartMount(cfg, m, m.queue, n.log); err != nil {

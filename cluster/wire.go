@@ -3,6 +3,7 @@ package cluster
 import (
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/dmapi"
+	cfs "github.com/cascadefs/cascadefs/fs"
 	"github.com/cascadefs/cascadefs/migrate"
 )
 
@@ -70,6 +71,6 @@ type holdReq struct {
 }
 
 type invalidateReq struct {
-	FS  string `json:"fs"`
-	Ino uint64 `json:"ino"`
+	FS string `json:"fs"`
+	cfs.Change
 }

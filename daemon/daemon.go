@@ -53,8 +53,9 @@ type Config struct {
 	// node serves them at MetricsAddr.
 	Metrics     *metrics.Registry
 	MetricsAddr string
-	// Written is told when a file changed through this mount is closed.
-	Written func(ino uint64)
+	// Changed is told of changes through this mount that other nodes'
+	// caches must drop (see fs.Options.Changed).
+	Changed func(cfs.Change)
 }
 
 // RunDir is where control sockets live: $CASCADEFS_RUN_DIR or /run/cascadefs.
@@ -116,7 +117,7 @@ func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger
 	m.fs, err = cfs.Mount(cfg.Mountpoint, cfs.Options{
 		Backing: backing, Name: cfg.Name, Source: cfg.Source, Events: events{dm, garbage}, Log: log,
 		SmallFile: small, Region: stub.DefaultChunkSize,
-		NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, Written: cfg.Written,
+		NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, Changed: cfg.Changed,
 		Space: dm, SpaceWait: cfg.EventTimeout, Metrics: cfg.Metrics,
 	})
 	if err != nil {

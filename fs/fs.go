@@ -54,9 +54,10 @@ type Options struct {
 	SpaceWait time.Duration
 	// Metrics receives how long readers wait for recalls (nil: none).
 	Metrics *metrics.Registry
-	// Written, if set, is told when a handle that changed a file closes
-	// (before close returns), so other nodes can drop their caches of it.
-	Written func(ino uint64)
+	// Changed, if set, is told when a handle that changed a file closes
+	// (before close returns), and after each change of attributes or of
+	// names through this mount, so other nodes can drop their caches.
+	Changed func(Change)
 }
 
 // FS is one mounted managed filesystem.
@@ -205,22 +206,54 @@ func (n *node) OnForget() {
 	n.fs.nodesMu.Unlock()
 }
 
-// Invalidate drops the kernel's cached attributes and pages of the file
-// with backing inode ino: it was changed through another node.
-func (f *FS) Invalidate(ino uint64) {
-	f.nodesMu.Lock()
-	n := f.nodes[ino]
-	f.nodesMu.Unlock()
-	if n != nil {
-		n.NotifyContent(0, 0)
+// Change is what a change through one mount makes stale in the others'
+// kernel caches: a file's attributes and pages (Ino), and names (an entry
+// of directory Parent, both by backing inode number).
+type Change struct {
+	Ino     uint64  `json:"ino,omitempty"`
+	Entries []Entry `json:"entries,omitempty"`
+}
+
+// Entry is a name in a directory.
+type Entry struct {
+	Parent uint64 `json:"parent"`
+	Name   string `json:"name"`
+}
+
+func (f *FS) changed(c Change) {
+	if f.opts.Changed != nil {
+		f.opts.Changed(c)
 	}
 }
+
+// Invalidate drops what the kernel caches of a change made through another
+// node: the attributes and pages of the file, the names.
+func (f *FS) Invalidate(c Change) {
+	f.nodesMu.Lock()
+	n := f.nodes[c.Ino]
+	parents := make([]*node, len(c.Entries))
+	for i, e := range c.Entries {
+		parents[i] = f.nodes[e.Parent]
+	}
+	f.nodesMu.Unlock()
+	if n != nil && c.Ino != 0 {
+		n.NotifyContent(0, 0)
+	}
+	for i, p := range parents {
+		if p != nil {
+			p.NotifyEntry(c.Entries[i].Name)
+		}
+	}
+}
+
+func (n *node) ino() uint64 { return n.StableAttr().Ino }
 
 var (
 	_ = (gofs.NodeOpener)((*node)(nil))
 	_ = (gofs.NodeCreater)((*node)(nil))
 	_ = (gofs.NodeSetattrer)((*node)(nil))
 	_ = (gofs.NodeUnlinker)((*node)(nil))
+	_ = (gofs.NodeRmdirer)((*node)(nil))
 	_ = (gofs.NodeRenamer)((*node)(nil))
 	_ = (gofs.NodeGetxattrer)((*node)(nil))
 	_ = (gofs.NodeSetxattrer)((*node)(nil))
@@ -290,6 +323,14 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 }
 
 func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	errno := n.setattr(ctx, f, in, out)
+	if errno == 0 {
+		n.fs.changed(Change{Ino: n.ino()})
+	}
+	return errno
+}
+
+func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if f == nil {
 		if _, ok := in.GetSize(); ok || hasTimes(in) {
 			// Size and time changes of a possible stub go through a handle.
@@ -319,22 +360,40 @@ func hasTimes(in *fuse.SetAttrIn) bool {
 // Unlink of the last link of a stub queues a durable DESTROY of its object.
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	p := filepath.Join(n.backingPath(), name)
-	return n.fs.destroying(p, func() error { return unix.Unlink(p) })
+	errno := n.fs.destroying(p, func() error { return unix.Unlink(p) })
+	if errno == 0 {
+		n.fs.changed(Change{Entries: []Entry{{n.ino(), name}}})
+	}
+	return errno
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	errno := n.LoopbackNode.Rmdir(ctx, name)
+	if errno == 0 {
+		n.fs.changed(Change{Entries: []Entry{{n.ino(), name}}})
+	}
+	return errno
 }
 
 // Rename over an existing stub destroys the stub's object like an unlink.
 func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	if flags&unix.RENAME_EXCHANGE != 0 {
-		return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
-	}
 	np, ok := newParent.(*node)
 	if !ok {
 		return syscall.EXDEV
 	}
-	target := filepath.Join(np.backingPath(), newName)
-	return n.fs.destroying(target, func() error {
-		return errnoErr(n.LoopbackNode.Rename(ctx, name, newParent, newName, flags))
-	})
+	var errno syscall.Errno
+	if flags&unix.RENAME_EXCHANGE != 0 {
+		errno = n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
+	} else {
+		target := filepath.Join(np.backingPath(), newName)
+		errno = n.fs.destroying(target, func() error {
+			return errnoErr(n.LoopbackNode.Rename(ctx, name, newParent, newName, flags))
+		})
+	}
+	if errno == 0 {
+		n.fs.changed(Change{Entries: []Entry{{n.ino(), name}, {np.ino(), newName}}})
+	}
+	return errno
 }
 
 // destroying runs op, which removes the name p, and destroys the archive

@@ -138,6 +138,52 @@ func TestClusterSharedFilesystem(t *testing.T) {
 	})
 }
 
+// Names and attributes changed through one node are seen at once by the
+// others, although their kernels had them cached (for a second otherwise).
+func TestClusterSeesNamesAndAttributesAtOnce(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	c.Start("n1", "n2")
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	for _, name := range []string{"gone", "old", "mode", "short"} {
+		if err := os.WriteFile(n1.M(name), []byte("some bytes"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Mkdir(n1.M("dir"), 0o755)
+	for _, name := range []string{"gone", "old", "new", "mode", "short", "dir"} {
+		os.Stat(n2.M(name)) // cached by n2's kernel (a miss is not cached)
+	}
+	if err := os.Remove(n1.M("gone")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(n1.M("old"), n1.M("new")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(n1.M("mode"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(n1.M("short"), 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(n1.M("dir")); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"gone", "old", "dir"} {
+		if _, err := os.Stat(n2.M(name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("n2 still sees %s after n1 removed it: %v", name, err)
+		}
+	}
+	if _, err := os.Stat(n2.M("new")); err != nil {
+		t.Errorf("n2 does not see the new name: %v", err)
+	}
+	if st, err := os.Stat(n2.M("mode")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("n2 sees mode %v after chmod 600 through n1 (%v)", st.Mode().Perm(), err)
+	}
+	if st, err := os.Stat(n2.M("short")); err != nil || st.Size() != 4 {
+		t.Errorf("n2 sees size %d after a truncate to 4 through n1 (%v)", st.Size(), err)
+	}
+}
+
 // A release waits while the file is open on another node, and is skipped
 // if it stays open; once closed everywhere, it goes through.
 func TestClusterReleaseWaitsForOtherNodes(t *testing.T) {

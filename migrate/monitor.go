@@ -36,10 +36,10 @@ type Monitor struct {
 	busy     bool      // a check is running
 	progress time.Time // when the running check began or last finished a file
 	policy   Policy    // read through current(): SetPolicy changes it
-	space   dmapi.Space
-	need    int64           // largest out-of-space request since the last check
-	waiters []chan struct{} // out-of-space requests waiting for the next check
-	status  SpaceStatus
+	space    dmapi.Space
+	need     int64           // largest out-of-space request since the last check
+	waiters  []chan struct{} // out-of-space requests waiting for the next check
+	status   SpaceStatus
 }
 
 // migrater is what the monitor needs of a Migrator.
