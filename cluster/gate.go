@@ -10,7 +10,6 @@ import (
 
 	"github.com/cascadefs/cascadefs/cluster/member"
 	"github.com/cascadefs/cascadefs/dmapi"
-	cfs "github.com/cascadefs/cascadefs/fs"
 )
 
 // clusterGate is the migrate.Gate of an owned filesystem: a release needs
@@ -50,7 +49,7 @@ func (g *clusterGate) Release(ctx context.Context, ino uint64, wait time.Duratio
 		return err
 	}
 	// Their cached attributes (allocated blocks) are stale now.
-	g.n.fanout(held, pathInvalidate, invalidateReq{FS: g.m.name, Change: cfs.Change{Ino: ino}}, 2*time.Second, "cache invalidation not delivered")
+	g.n.fanout(held, pathInvalidate, invalidateReq{FS: g.m.name, Ino: ino}, 2*time.Second, "cache invalidation not delivered")
 	return nil
 }
 
@@ -76,10 +75,13 @@ func (n *Node) unholdAll(peers []member.Info, fs, token string) {
 	n.fanout(peers, pathUnhold, holdReq{FS: fs, Token: token}, 5*time.Second, "unhold failed; the hold ends with its lease")
 }
 
-// invalidatePeers tells the other nodes that mount fs to drop what their
-// kernels cache of a change made here (pages and attributes of a file,
-// names), before the call that made it returns.
-func (n *Node) invalidatePeers(fs string, c cfs.Change) {
+// invalidatePeers tells the other nodes that mount fs to drop their cached
+// pages and attributes of a file changed here, before close returns.
+func (n *Node) invalidatePeers(fs string, ino uint64) {
+	n.sendChanges(fs, invalidateReq{FS: fs, Ino: ino})
+}
+
+func (n *Node) sendChanges(fs string, req invalidateReq) {
 	m := n.lookup(fs)
 	if m == nil {
 		return
@@ -90,7 +92,7 @@ func (n *Node) invalidatePeers(fs string, c cfs.Change) {
 			alive = append(alive, p)
 		}
 	}
-	n.fanout(alive, pathInvalidate, invalidateReq{FS: fs, Change: c}, 2*time.Second, "cache invalidation not delivered")
+	n.fanout(alive, pathInvalidate, req, 2*time.Second, "cache invalidation not delivered")
 }
 
 // holds are this node's holds for other nodes' releases, by token, each

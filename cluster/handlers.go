@@ -10,6 +10,7 @@ import (
 	"github.com/cascadefs/cascadefs/cluster/rpc"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/dmapi"
+	cfs "github.com/cascadefs/cascadefs/fs"
 )
 
 // register installs the node RPC handlers.
@@ -49,7 +50,12 @@ func (n *Node) register() {
 			return nil, err
 		}
 		if m := n.lookup(req.FS); m != nil {
-			m.mount.FS().Invalidate(req.Change)
+			if req.Ino != 0 {
+				m.mount.FS().Invalidate(cfs.Change{Ino: req.Ino})
+			}
+			for _, c := range req.Changes {
+				m.mount.FS().Invalidate(c)
+			}
 		}
 		return struct{}{}, nil
 	})

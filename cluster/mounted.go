@@ -14,7 +14,6 @@ import (
 	"github.com/cascadefs/cascadefs/cluster/rpc"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/dmapi"
-	cfs "github.com/cascadefs/cascadefs/fs"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
 )
@@ -27,6 +26,8 @@ type mounted struct {
 	name  string
 	mount *daemon.Mount
 	queue *migrate.DestroyQueue
+	// changes sends attribute and name changes made here to the other nodes.
+	changes *changeQueue
 
 	mu      sync.Mutex
 	conf    repo.FS
@@ -48,16 +49,19 @@ func (n *Node) mountFS(fs repo.FS) (*mounted, error) {
 		return nil, err
 	}
 	m := &mounted{n: n, name: fs.Name, conf: fs}
+	m.changes = newChangeQueue(n, fs.Name)
 	raise := func(ctx context.Context, ev *dmapi.Event) error { return m.Raise(ctx, ev) }
 	m.queue = migrate.NewDestroyQueue(repo.Entries{Repo: n.repo, FS: fs.Name}, fs.Name, n.cfg.Name, fs.Backing, raise, n.alive, n.log)
 	s := settingsOf(fs)
 	cfg := daemon.Config{Name: fs.Name, Backing: fs.Backing, Mountpoint: mp, ArchiveURL: fs.Archive,
 		Source: fs.Name + "@" + n.cfg.Name, RunDir: n.cfg.RunDir, Recall: s.recall, Workers: s.workers,
 		EventTimeout: s.eventTimeout, ReleaseWait: s.releaseWait, NoPassthrough: n.cfg.NoPassthrough,
-		Changed: func(c cfs.Change) { n.invalidatePeers(fs.Name, c) },
+		Written: func(ino uint64) { n.invalidatePeers(fs.Name, ino) },
+		Changed: m.changes.add,
 		Policy:  func() migrate.Policy { return settingsOf(m.config()).policy },
 		Metrics: n.metrics}
 	if m.mount, err = daemon.StartMount(cfg, m, m.queue, n.log); err != nil {
+		m.changes.stop()
 		return nil, err
 	}
 	return m, nil
@@ -125,6 +129,7 @@ func (m *mounted) stop(handOver bool) {
 		m.handOver(m.n.cfg.Name + " is stopping")
 	}
 	m.mount.Stop()
+	m.changes.stop()
 }
 
 // handOver leaves the filesystem without owner (once the session stopped,

@@ -92,6 +92,7 @@ func (n *Node) remount(m *mounted) {
 	owned := m.currentDM() != nil
 	m.stopDM("remounting")
 	m.mount.Stop()
+	m.changes.stop()
 	n.mu.Lock()
 	delete(n.fss, m.name)
 	n.mu.Unlock()

@@ -71,6 +71,7 @@ type holdReq struct {
 }
 
 type invalidateReq struct {
-	FS string `json:"fs"`
-	cfs.Change
+	FS      string       `json:"fs"`
+	Ino     uint64       `json:"ino,omitempty"`     // written data, at close
+	Changes []cfs.Change `json:"changes,omitempty"` // attributes and names, batched
 }

@@ -53,8 +53,9 @@ type Config struct {
 	// node serves them at MetricsAddr.
 	Metrics     *metrics.Registry
 	MetricsAddr string
-	// Changed is told of changes through this mount that other nodes'
-	// caches must drop (see fs.Options.Changed).
+	// Written and Changed are told of changes through this mount that other
+	// nodes' caches must drop (see fs.Options).
+	Written func(ino uint64)
 	Changed func(cfs.Change)
 }
 
@@ -117,7 +118,7 @@ func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger
 	m.fs, err = cfs.Mount(cfg.Mountpoint, cfs.Options{
 		Backing: backing, Name: cfg.Name, Source: cfg.Source, Events: events{dm, garbage}, Log: log,
 		SmallFile: small, Region: stub.DefaultChunkSize,
-		NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, Changed: cfg.Changed,
+		NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, Written: cfg.Written, Changed: cfg.Changed,
 		Space: dm, SpaceWait: cfg.EventTimeout, Metrics: cfg.Metrics,
 	})
 	if err != nil {

@@ -54,9 +54,13 @@ type Options struct {
 	SpaceWait time.Duration
 	// Metrics receives how long readers wait for recalls (nil: none).
 	Metrics *metrics.Registry
-	// Changed, if set, is told when a handle that changed a file closes
-	// (before close returns), and after each change of attributes or of
-	// names through this mount, so other nodes can drop their caches.
+	// Written, if set, is told when a handle that changed a file closes
+	// (before close returns), so other nodes can drop their caches of it
+	// (close-to-open consistency).
+	Written func(ino uint64)
+	// Changed, if set, is told after each change of attributes or names
+	// through this mount, so other nodes can drop their cached copies; it
+	// need not wait for them.
 	Changed func(Change)
 }
 

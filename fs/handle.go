@@ -410,8 +410,8 @@ func (h *handle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 // nodes before close returns (close-to-open consistency).
 func (h *handle) Flush(ctx context.Context) syscall.Errno {
 	errno := h.lf.Flush(ctx)
-	if h.wrote.Swap(false) {
-		h.fs.changed(Change{Ino: h.ino})
+	if h.wrote.Swap(false) && h.fs.opts.Written != nil {
+		h.fs.opts.Written(h.ino)
 	}
 	return errno
 }
