@@ -16,6 +16,30 @@ import (
 // and hands the filesystem to the target at epoch+1; an owner that does not
 // answer is taken over as a failed one (the same lock and checks).
 
+// Expel takes a failed node out of the cluster by an admin's word that it
+// is down (powered off, or its processes killed), as GPFS's mmexpelnode:
+// releases stop waiting for it to confirm its files are closed. A node
+// that is alive or only suspect is refused.
+func (n *Node) Expel(name string) error {
+	if name == n.cfg.Name {
+		return fmt.Errorf("%s cannot expel itself", name)
+	}
+	i, ok := n.member.Lookup(name)
+	switch {
+	case !ok:
+		return fmt.Errorf("no node %s in the cluster", name)
+	case i.Status == member.Left:
+		return nil
+	case i.Status != member.Failed:
+		return fmt.Errorf("node %s is %s: only a failed node can be expelled", name, i.Status)
+	}
+	if err := n.member.ForceLeave(name); err != nil {
+		return fmt.Errorf("expel %s: %w", name, err)
+	}
+	n.log.Warn("node expelled by an admin: releases no longer wait for it", "expelled", name)
+	return nil
+}
+
 type moveReq struct {
 	FS     string `json:"fs"`
 	To     string `json:"to"`

@@ -70,7 +70,20 @@ func startNodeControl(n *Node) (*daemon.ControlServer, error) {
 		}
 		json.NewEncoder(w).Encode(reply)
 	})
+	mux.HandleFunc("POST /expel", func(w http.ResponseWriter, r *http.Request) {
+		var req expelReq
+		json.NewDecoder(r.Body).Decode(&req)
+		if err := n.Expel(req.Node); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		json.NewEncoder(w).Encode(struct{}{})
+	})
 	return daemon.ServeControl(NodeSocket(n.cfg.RunDir, n.cfg.Name), mux)
+}
+
+type expelReq struct {
+	Node string `json:"node"`
 }
 
 // LocalNodes asks every node daemon on this host for its cluster status.
@@ -95,25 +108,36 @@ func LocalNodes(runDir string) []Status {
 // RequestMove asks a node of this host (of the cluster whose repository is
 // repoDir, if given) to move filesystem fs to node to.
 func RequestMove(runDir, repoDir, fs, to string) (owner string, epoch uint64, err error) {
+	var reply moveReply
+	err = askLocalNode(runDir, repoDir, "/failover", moveReq{FS: fs, To: to}, &reply)
+	return reply.Owner, reply.Epoch, err
+}
+
+// RequestExpel asks a node of this host to expel a failed node.
+func RequestExpel(runDir, repoDir, node string) error {
+	return askLocalNode(runDir, repoDir, "/expel", expelReq{Node: node}, &struct{}{})
+}
+
+// askLocalNode posts req to a node daemon of this host (of the cluster
+// whose repository is repoDir, if given) and decodes its reply.
+func askLocalNode(runDir, repoDir, path string, req, reply any) error {
 	for _, st := range LocalNodes(runDir) {
 		if repoDir != "" && !SameDir(st.Repo, repoDir) {
 			continue
 		}
-		body, _ := json.Marshal(moveReq{FS: fs, To: to})
-		resp, err := daemon.UnixClient(st.sock, 2*time.Minute).Post("http://node/failover", "application/json", bytes.NewReader(body))
+		body, _ := json.Marshal(req)
+		resp, err := daemon.UnixClient(st.sock, 2*time.Minute).Post("http://node"+path, "application/json", bytes.NewReader(body))
 		if err != nil {
-			return "", 0, err
+			return err
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			msg, _ := io.ReadAll(resp.Body)
-			return "", 0, errors.New(strings.TrimSpace(string(msg)))
+			return errors.New(strings.TrimSpace(string(msg)))
 		}
-		var reply moveReply
-		err = json.NewDecoder(resp.Body).Decode(&reply)
-		return reply.Owner, reply.Epoch, err
+		return json.NewDecoder(resp.Body).Decode(reply)
 	}
-	return "", 0, errors.New("no node of that cluster runs on this host")
+	return errors.New("no node of that cluster runs on this host")
 }
 
 // SameDir reports whether two paths name the same directory.

@@ -262,8 +262,9 @@ func TestMigrateDryRun(t *testing.T) {
 // The owner is killed in the middle of a cycle (its uploads hang on a
 // paused MinIO): the new owner's monitor carries on. While the killed node
 // is down nobody can confirm a file is closed there, so the monitor only
-// premigrates; once it is back, the releases bring usage under the low
-// threshold, least recently used first. Every file reads back whole.
+// premigrates; once an admin expels it, the releases bring usage under the
+// low threshold, least recently used first. Every file reads back whole,
+// also through the expelled node once it starts again.
 func TestSpaceMonitorMovesWithFailover(t *testing.T) {
 	m := testenv.StartMinIO(t)
 	c := testenv.NewCluster(t, m.Bucket(t, "hsm"), m.EnvList(), "n1", "n2")
@@ -313,7 +314,12 @@ func TestSpaceMonitorMovesWithFailover(t *testing.T) {
 	if sp.Usage < 16*mib {
 		t.Fatalf("data released while %s was down: usage %d", owner, sp.Usage)
 	}
-	c.Nodes[owner].Start() // the crashed node comes back
+	// An alive node cannot be expelled; the dead one can, by an admin who
+	// knows it is down, and the releases go on without it.
+	if _, e, err := c.CLI("expel", other); err == nil {
+		t.Fatalf("expel of the alive node %s accepted: %q", other, e)
+	}
+	c.MustCLI("expel", owner)
 	waitFor(t, "usage under low on the new owner", 60*time.Second, func() bool {
 		sp = clusterSpace(t, c, testenv.FSName+"@"+other)
 		return sp != nil && sp.LastCycle != nil && sp.Usage <= 20*mib*30/100
@@ -355,6 +361,10 @@ func TestSpaceMonitorMovesWithFailover(t *testing.T) {
 		if sumFile(t, survivor.M(name)) != sum {
 			t.Errorf("%s reads back wrong after the failover", name)
 		}
+	}
+	c.Nodes[owner].Start() // the expelled node rejoins
+	if sumFile(t, c.Nodes[owner].M(order[0])) != want[order[0]] {
+		t.Errorf("%s reads back wrong through the node that rejoined", order[0])
 	}
 	// The new owner's metrics count its takeover, its cycles and the space.
 	got := scrape(t, survivor.Log())

@@ -183,6 +183,10 @@ func (m *Member) Lookup(name string) (Info, bool) {
 	return Info{}, false
 }
 
+// ForceLeave turns a failed member into one that left (Serf's
+// force-leave): the cluster stops waiting for it. An alive member refutes it.
+func (m *Member) ForceLeave(name string) error { return m.serf.RemoveFailedNode(name) }
+
 // Serf gives the underlying Serf (user events and queries).
 func (m *Member) Serf() *serf.Serf { return m.serf }
 

@@ -17,6 +17,7 @@ Usage:
                  --mount-root DIR [--key-file F] [--credentials-file F]   (or --config F)
   cascadefs keygen
   cascadefs failover NAME --to NODE [--repo DIR]
+  cascadefs expel NODE [--repo DIR]          (a failed node known to be down)
   cascadefs migrate [-r] [--premigrate] [-j N] [--dry-run [--json]] PATH...
   cascadefs recall [-r] [-j N] PATH...
   cascadefs ls [-r] [--json] PATH...
@@ -36,7 +37,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus,
+		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "expel": cmdExpel, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus,
 	}
 	cmd, ok := cmds[os.Args[1]]
 	if !ok {

@@ -149,6 +149,30 @@ func cmdKeygen(args []string) error {
 
 // cmdFailover moves a filesystem to another node by hand, through a node
 // daemon of this host (the same takeover path as a failure).
+func cmdExpel(args []string) error {
+	fl := newFlags("expel", "NODE [--repo DIR]")
+	repoDir := fl.String("repo", "", "the cluster whose repository is DIR (default: any node on this host)")
+	fl.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: cascadefs expel NODE [--repo DIR]\n"+
+			"Takes a failed node out of the cluster, so that releases (migrations) stop waiting for it.\n"+
+			"Only for a node known to be down (powered off, or its cascadefs processes killed): a node\n"+
+			"that still serves reads by kernel passthrough could read released data as zeros.\n")
+		fl.PrintDefaults()
+	}
+	pos, err := parseInterleaved(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("need NODE")
+	}
+	if err := cluster.RequestExpel(daemon.RunDir(), *repoDir, pos[0]); err != nil {
+		return err
+	}
+	fmt.Printf("%s is out of the cluster; it rejoins when it starts again\n", pos[0])
+	return nil
+}
+
 func cmdFailover(args []string) error {
 	fl := newFlags("failover", "NAME --to NODE [--repo DIR]")
 	to := fl.String("to", "", "the node that takes the filesystem")
