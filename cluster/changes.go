@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"sync"
 	"time"
 
 	cfs "github.com/cascadefs/cascadefs/fs"
@@ -18,6 +19,7 @@ type changeQueue struct {
 	ch   chan cfs.Change
 	quit chan struct{}
 	done chan struct{}
+	once sync.Once
 }
 
 // maxBatch bounds the changes of one call to each node; linger is how long
@@ -42,7 +44,7 @@ func (q *changeQueue) add(c cfs.Change) {
 }
 
 func (q *changeQueue) stop() {
-	close(q.quit)
+	q.once.Do(func() { close(q.quit) })
 	<-q.done
 }
 
