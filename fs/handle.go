@@ -326,10 +326,11 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 	}
 }
 
-// growth is how many bytes a write of n at off adds to the file's size.
+// growth is how many bytes a write of n at off adds to the file's size;
+// it costs an fstat, so only under a quota (or before one is known).
 func (h *handle) growth(off int64, n int) int64 {
 	var st unix.Stat_t
-	if h.fs.space == nil || unix.Fstat(h.fd, &st) != nil {
+	if !h.fs.space.mayHaveQuota() || unix.Fstat(h.fd, &st) != nil {
 		return 0
 	}
 	return max(0, off+int64(n)-st.Size)

@@ -121,6 +121,17 @@ func (g *spaceGuard) countWrites(ctx context.Context) bool {
 	return int64(st.Blocks-st.Bfree)*st.Frsize >= known.HighBytes
 }
 
+// mayHaveQuota reports a quota, or that none is known yet (no refresh:
+// it is asked on every write).
+func (g *spaceGuard) mayHaveQuota() bool {
+	if g == nil {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.known.Quota > 0 || g.known.MeasuredAt.IsZero()
+}
+
 // wouldPass reports whether growing by n bytes would pass the quota.
 func (g *spaceGuard) wouldPass(ctx context.Context, n int64) bool {
 	if g == nil || n <= 0 {
