@@ -141,16 +141,6 @@ func (r *Registry) Observe(name string, v float64, labels ...string) {
 	s.count++
 }
 
-// Get returns a counter's or gauge's value (for tests and status).
-func (r *Registry) Get(name string, labels ...string) float64 {
-	if r == nil {
-		return 0
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.series(name, labels).value
-}
-
 func renderLabels(labels []string) string {
 	if len(labels) == 0 {
 		return ""

@@ -24,8 +24,6 @@ type Monitor struct {
 	log  *slog.Logger
 	// Cycled, if set, is told of every cycle.
 	Cycled func(Cycle)
-	// Measured, if set, is told of every measurement (the mount's quota guard).
-	Measured func(dmapi.Space)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -332,9 +330,6 @@ func (m *Monitor) publish(sp dmapi.Space, scan *Scan) {
 		m.status.ScannedAt = sp.MeasuredAt
 	}
 	m.mu.Unlock()
-	if m.Measured != nil {
-		m.Measured(sp)
-	}
 }
 
 // check measures, runs a cycle when needed, and answers the out-of-space

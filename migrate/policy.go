@@ -77,14 +77,7 @@ func ParsePolicy(settings map[string]string) (Policy, error) {
 				err = fmt.Errorf("want a duration of 0s or more")
 			}
 		case "exclude":
-			p.Exclude = nil
-			for _, pat := range strings.Split(v, ",") {
-				pat = strings.TrimSpace(pat)
-				if _, perr := path.Match(pat, ""); perr != nil || pat == "" {
-					err = fmt.Errorf("bad glob pattern %q", pat)
-				}
-				p.Exclude = append(p.Exclude, pat)
-			}
+			p.Exclude, err = units.ParseGlobs(v)
 		}
 		if err != nil {
 			return p, fmt.Errorf("setting %s=%s: %w", k, v, err)

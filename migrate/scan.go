@@ -18,14 +18,13 @@ import (
 
 // Scan is one walk of a backing tree.
 type Scan struct {
-	Files       int64         `json:"files"`           // regular files seen
-	Usage       int64         `json:"usage"`           // allocated bytes of everything, as du counts them
-	Instant     int64         `json:"instant"`         // allocated bytes of files with an archive copy
-	Candidates  []Candidate   `json:"candidates"`      // best first
-	Eligible    int64         `json:"eligible"`        // files the policy would pick, before the bound
-	Duration    time.Duration `json:"duration_ns"`     // wall time of the walk
-	Incomplete  int64         `json:"incomplete"`      // entries that could not be read (vanished, no access)
-	CandidatesB int64         `json:"candidate_bytes"` // what releasing them all would free
+	Files      int64         `json:"files"`       // regular files seen
+	Usage      int64         `json:"usage"`       // allocated bytes of everything, as du counts them
+	Instant    int64         `json:"instant"`     // allocated bytes of files with an archive copy
+	Candidates []Candidate   `json:"candidates"`  // best first
+	Eligible   int64         `json:"eligible"`    // files the policy would pick, before the bound
+	Duration   time.Duration `json:"duration_ns"` // wall time of the walk
+	Incomplete int64         `json:"incomplete"`  // entries that could not be read (vanished, no access)
 }
 
 // ScanOptions bound a scan's candidate list.
@@ -76,7 +75,7 @@ func (p *Policy) Scan(ctx context.Context, root string, opt ScanOptions, now tim
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s := &Scan{CandidatesB: best.frees}
+	s := &Scan{}
 	for _, part := range parts {
 		s.Files += part.Files
 		s.Usage += part.Usage

@@ -2,7 +2,6 @@ package repo
 
 import (
 	"fmt"
-	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -109,12 +108,8 @@ func checkAge(v string) error {
 }
 
 func checkGlobs(v string) error {
-	for _, pat := range strings.Split(v, ",") {
-		if _, err := path.Match(strings.TrimSpace(pat), ""); err != nil || strings.TrimSpace(pat) == "" {
-			return fmt.Errorf("bad glob pattern %q", pat)
-		}
-	}
-	return nil
+	_, err := units.ParseGlobs(v)
+	return err
 }
 
 func checkSize(v string) error {

@@ -1,9 +1,11 @@
-// Package units reads and writes the byte counts and percentages of
-// settings and flags, so that every command spells them the same way.
+// Package units reads and writes the values of settings and flags (byte
+// counts, percentages, glob lists), so that every command spells them the
+// same way.
 package units
 
 import (
 	"fmt"
+	"path"
 	"strconv"
 	"strings"
 )
@@ -52,4 +54,18 @@ func Human(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// ParseGlobs reads a comma-separated list of glob patterns (path.Match
+// syntax), refusing an empty or malformed one.
+func ParseGlobs(v string) ([]string, error) {
+	var out []string
+	for _, pat := range strings.Split(v, ",") {
+		pat = strings.TrimSpace(pat)
+		if _, err := path.Match(pat, ""); err != nil || pat == "" {
+			return nil, fmt.Errorf("bad glob pattern %q", pat)
+		}
+		out = append(out, pat)
+	}
+	return out, nil
 }
