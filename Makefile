@@ -17,13 +17,13 @@ $(TOOLS)/minio:
 
 test: tools build
 	scripts/need-fuse.sh
-	CASCADEFS_REQUIRE_MINIO=1 $(GO) test -count=1 -timeout 45m ./...
+	CASCADEFS_REQUIRE_ALL=1 $(GO) test -count=1 -timeout 45m ./...
 
 unit:
 	$(GO) test -count=1 ./stub ./dmapi ./archive
 
 bench: tools build
-	CASCADEFS_REQUIRE_MINIO=1 $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration
+	CASCADEFS_REQUIRE_ALL=1 $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration
 
 demo: build
 	scripts/demo.sh

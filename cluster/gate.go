@@ -40,7 +40,7 @@ func (g *clusterGate) Release(ctx context.Context, ino uint64, wait time.Duratio
 	defer func() { g.n.unholdAll(held, g.m.name, token) }()
 	for _, p := range peers {
 		req := holdReq{FS: g.m.name, Ino: ino, Token: token, WaitMs: wait.Milliseconds()}
-		if err := g.n.client.Call(ctx, p.RPC, pathHold, req, nil); err != nil {
+		if err := g.n.client.Call(ctx, p.Name, p.RPC, pathHold, req, nil); err != nil {
 			return fmt.Errorf("node %s: %v: %w", p.Name, err, dmapi.ErrBusy)
 		}
 		held = append(held, p)
@@ -63,7 +63,7 @@ func (n *Node) fanout(peers []member.Info, path string, req any, timeout time.Du
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			if err := n.client.Call(ctx, p.RPC, path, req, nil); err != nil {
+			if err := n.client.Call(ctx, p.Name, p.RPC, path, req, nil); err != nil {
 				n.log.Warn(what, "peer", p.Name, "reason", err)
 			}
 		}()

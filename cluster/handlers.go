@@ -11,6 +11,7 @@ import (
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/dmapi"
 	cfs "github.com/cascadefs/cascadefs/fs"
+	"github.com/cascadefs/cascadefs/internal/beneath"
 )
 
 // register installs the node RPC handlers.
@@ -106,6 +107,9 @@ func (n *Node) onEvent(ctx context.Context, caller string, raw json.RawMessage) 
 	if err != nil {
 		return nil, err
 	}
+	if err := checkEventPath(&req.Event); err != nil {
+		return nil, rpc.Coded(codeBadRequest, err)
+	}
 	if err := dm.Raise(ctx, &req.Event); err != nil {
 		if errors.Is(err, dmapi.ErrClosed) || errors.Is(err, dmapi.ErrFenced) {
 			return nil, rpc.Coded(codeNotOwner, err) // send it to the next owner
@@ -121,12 +125,29 @@ func (n *Node) onMigrate(ctx context.Context, caller string, raw json.RawMessage
 	if err != nil {
 		return nil, err
 	}
-	res, err := dm.Migrate(ctx, req.Path, req.Premigrate)
+	// Refused here with a clear error; the migrator resolves it beneath
+	// the backing root again, without following symlinks.
+	if _, err := beneath.Clean(req.Path); err != nil {
+		return nil, rpc.Coded(codeBadRequest, fmt.Errorf("migrate: %w", err))
+	}
+	res, err := dm.Migrate(ctx, req.Path, req.Ino, req.Premigrate)
 	reply := migrateReply{Result: res}
 	if err != nil {
 		reply.Error, reply.Busy = err.Error(), errors.Is(err, dmapi.ErrBusy)
 	}
 	return reply, nil
+}
+
+// checkEventPath refuses an event whose path could name something outside
+// the backing tree (the recall opens it beneath the root anyway).
+func checkEventPath(ev *dmapi.Event) error {
+	if ev.Path == "" && len(ev.Handle) > 0 {
+		return nil
+	}
+	if _, err := beneath.Clean(ev.Path); err != nil {
+		return fmt.Errorf("event: %w", err)
+	}
+	return nil
 }
 
 // holdLease bounds a hold whose releaser vanished (crashed mid-release).

@@ -70,7 +70,7 @@ func (n *Node) Move(ctx context.Context, fs, to string) (moveReply, error) {
 	}
 	var reply moveReply
 	req := moveReq{FS: fs, To: to, Reason: "moved by hand to " + to}
-	err = n.client.Call(ctx, addr, pathTakeover, req, &reply)
+	err = n.client.Call(ctx, to, addr, pathTakeover, req, &reply)
 	return reply, err
 }
 
@@ -96,7 +96,7 @@ func (n *Node) onTakeover(ctx context.Context, caller string, raw json.RawMessag
 		n.takeOver(req.FS, fs.Owner, req.Reason)
 	default:
 		hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := n.client.Call(hctx, n.rpcAddr(fs.Owner), pathHandover, moveReq{FS: req.FS, To: n.cfg.Name, Reason: req.Reason}, nil)
+		err := n.client.Call(hctx, fs.Owner, n.rpcAddr(fs.Owner), pathHandover, moveReq{FS: req.FS, To: n.cfg.Name, Reason: req.Reason}, nil)
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("owner %s did not hand %s over: %w", fs.Owner, req.FS, err)

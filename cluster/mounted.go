@@ -217,7 +217,7 @@ func (m *mounted) cachedOwner() (repo.FS, error) {
 // the owner's RPC address; it follows owner changes until ctx ends. A
 // handler's own error (a failed recall) is final; a node that is not (or
 // no longer) the owner, or cannot be reached, makes it look again.
-func (m *mounted) route(ctx context.Context, local func(*daemon.DM) error, remote func(addr string) error) error {
+func (m *mounted) route(ctx context.Context, local func(*daemon.DM) error, remote func(to, addr string) error) error {
 	for attempt := 0; ; attempt++ {
 		lookup := m.owner
 		if attempt == 0 {
@@ -237,7 +237,7 @@ func (m *mounted) route(ctx context.Context, local func(*daemon.DM) error, remot
 			m.n.kick() // we own it but run no session (any more)
 		case fs.Owner != "":
 			if addr := m.n.rpcAddr(fs.Owner); addr != "" {
-				err := remote(addr)
+				err := remote(fs.Owner, addr)
 				if err == nil || ctx.Err() != nil {
 					return err
 				}
@@ -273,20 +273,20 @@ func (m *mounted) Raise(ctx context.Context, ev *dmapi.Event) error {
 	defer cancel()
 	return m.route(ctx,
 		func(dm *daemon.DM) error { return dm.Raise(ctx, ev) },
-		func(addr string) error {
-			return m.n.client.Call(ctx, addr, pathEvent, eventReq{FS: m.name, Event: *ev}, nil)
+		func(to, addr string) error {
+			return m.n.client.Call(ctx, to, addr, pathEvent, eventReq{FS: m.name, Event: *ev}, nil)
 		})
 }
 
 // Migrate runs a migration on the owner.
-func (m *mounted) Migrate(ctx context.Context, rel string, premigrate bool) (migrate.Result, error) {
+func (m *mounted) Migrate(ctx context.Context, rel string, ino uint64, premigrate bool) (migrate.Result, error) {
 	res := migrate.Result{Path: rel}
 	var remoteErr error
 	err := m.route(ctx,
-		func(dm *daemon.DM) (err error) { res, remoteErr = dm.Migrate(ctx, rel, premigrate); return nil },
-		func(addr string) error {
+		func(dm *daemon.DM) (err error) { res, remoteErr = dm.Migrate(ctx, rel, ino, premigrate); return nil },
+		func(to, addr string) error {
 			var reply migrateReply
-			if err := m.n.client.Call(ctx, addr, pathMigrate, migrateReq{FS: m.name, Path: rel, Premigrate: premigrate}, &reply); err != nil {
+			if err := m.n.client.Call(ctx, to, addr, pathMigrate, migrateReq{FS: m.name, Path: rel, Ino: ino, Premigrate: premigrate}, &reply); err != nil {
 				return err
 			}
 			res = reply.Result
@@ -317,9 +317,9 @@ func (m *mounted) Space(ctx context.Context, need int64) (dmapi.Space, error) {
 			}
 			return err
 		},
-		func(addr string) error {
+		func(to, addr string) error {
 			var reply spaceReply
-			if err := m.n.client.Call(ctx, addr, pathSpace, spaceReq{FS: m.name, Need: need}, &reply); err != nil {
+			if err := m.n.client.Call(ctx, to, addr, pathSpace, spaceReq{FS: m.name, Need: need}, &reply); err != nil {
 				return err
 			}
 			if sp = reply.Space; reply.NoSpace {
@@ -350,7 +350,7 @@ func (m *mounted) Session(ctx context.Context) daemon.SessionInfo {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	var reply sessionReply
-	if err := m.n.client.Call(ctx, m.n.rpcAddr(fs.Owner), pathSession, fsReq{FS: m.name}, &reply); err != nil {
+	if err := m.n.client.Call(ctx, fs.Owner, m.n.rpcAddr(fs.Owner), pathSession, fsReq{FS: m.name}, &reply); err != nil {
 		return daemon.SessionInfo{Owner: fs.Owner, Epoch: fs.Epoch, State: "owner unreachable: " + err.Error()}
 	}
 	return reply
@@ -381,6 +381,9 @@ func settingsOf(fs repo.FS) settings {
 		}
 	}
 	size("small-file", &s.recall.SmallFile)
+	if s.recall.SmallFile == 0 {
+		s.recall.SmallFile = 1 // none: a 1-byte file is one region anyway
+	}
 	size("window", &s.recall.Window)
 	size("max-window", &s.recall.MaxWindow)
 	if fs.Settings["recall"] == "whole" {
@@ -390,6 +393,11 @@ func settingsOf(fs repo.FS) settings {
 		s.workers = w
 	}
 	dur("event-timeout", &s.eventTimeout)
+	if fs.Settings["release-wait"] != "" {
+		if d, err := time.ParseDuration(fs.Settings["release-wait"]); err == nil && d == 0 {
+			s.releaseWait = -1 // skip open files at once
+		}
+	}
 	dur("release-wait", &s.releaseWait)
 	var err error
 	if s.policy, err = migrate.ParsePolicy(fs.Settings); err != nil {

@@ -32,7 +32,7 @@ type Config struct {
 	Join      []string // members to join at start
 	RepoDir   string   // repository directory (shared storage)
 	MountRoot string   // filesystems are mounted at MountRoot/NAME
-	Key       []byte   // cluster key; nil: gossip and RPC unprotected
+	Key       []byte   // cluster key (required): encrypts gossip, signs the node RPC
 	RunDir    string   // control sockets (default daemon.RunDir())
 	// NoPassthrough disables kernel passthrough for resident files.
 	NoPassthrough bool
@@ -108,8 +108,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Key == nil {
-		log.Warn("no cluster key (--key-file): gossip and node RPC are NOT protected")
+	if len(cfg.Key) == 0 {
+		return nil, errors.New("no cluster key: gossip and the node RPC must be protected (--key-file)")
 	}
 	if cfg.LockTimeout <= 0 {
 		cfg.LockTimeout = time.Minute
@@ -128,7 +128,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err := n.checkNameFree(); err != nil {
 		return nil, err
 	}
-	if n.server, err = rpc.Listen(cfg.RPC, key, n.log); err != nil {
+	if n.server, err = rpc.Listen(cfg.RPC, cfg.Name, key, n.log); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -190,7 +190,7 @@ func (n *Node) checkNameFree() error {
 		}
 		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)
 		var reply pingReply
-		err := n.client.Call(ctx, other.RPC, pathPing, struct{}{}, &reply)
+		err := n.client.Call(ctx, other.Name, other.RPC, pathPing, struct{}{}, &reply)
 		cancel()
 		if err == nil && reply.Name == n.cfg.Name {
 			return fmt.Errorf("node name %s is taken by a live node (RPC %s)", n.cfg.Name, other.RPC)
@@ -417,7 +417,7 @@ func (n *Node) ownerDead(name string) bool {
 	ctx, cancel := context.WithTimeout(n.ctx, time.Second)
 	defer cancel()
 	var reply pingReply
-	return n.client.Call(ctx, addr, pathPing, struct{}{}, &reply) != nil || reply.Name != name
+	return n.client.Call(ctx, name, addr, pathPing, struct{}{}, &reply) != nil || reply.Name != name
 }
 
 // rpcAddr is the RPC address of a node: from gossip, else the repository.

@@ -24,7 +24,10 @@ const (
 
 // codeNotOwner: the called node does not run the filesystem's DM session
 // (any more); the caller looks the owner up again.
-const codeNotOwner = "not-owner"
+const (
+	codeNotOwner   = "not-owner"
+	codeBadRequest = "bad-request" // a path or event that could leave the backing tree
+)
 
 type pingReply struct {
 	Name string `json:"name"`
@@ -38,6 +41,7 @@ type eventReq struct {
 type migrateReq struct {
 	FS         string `json:"fs"`
 	Path       string `json:"path"`
+	Ino        uint64 `json:"ino,omitempty"` // the file found at Path (0: any)
 	Premigrate bool   `json:"premigrate"`
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
@@ -74,8 +74,9 @@ type Status struct {
 
 // ControlServer serves HTTP on a root-only control socket.
 type ControlServer struct {
-	ln  net.Listener
-	srv *http.Server
+	path string
+	ln   net.Listener
+	srv  *http.Server
 }
 
 // ServeControl serves handler on a control socket at path (ListenControl).
@@ -84,7 +85,7 @@ func ServeControl(path string, handler http.Handler) (*ControlServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &ControlServer{ln: ln, srv: &http.Server{Handler: handler}}
+	c := &ControlServer{path: path, ln: ln, srv: &http.Server{Handler: handler}}
 	go c.srv.Serve(ln)
 	return c, nil
 }
@@ -94,7 +95,7 @@ func (c *ControlServer) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	c.srv.Shutdown(ctx)
-	os.Remove(c.ln.Addr().String())
+	os.Remove(c.path)
 }
 
 // UnixClient is an HTTP client whose every request goes to the unix
@@ -110,21 +111,60 @@ func UnixClient(sock string, timeout time.Duration) *http.Client {
 
 // ListenControl opens a root-only control socket at path, refusing one
 // that another live process answers on (a leftover of a dead one goes).
+// The socket never exists with looser permissions, not even for a moment:
+// it is made in a private directory, restricted, then renamed into place.
 func ListenControl(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := checkRunDir(dir); err != nil {
+		return nil, err
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("%s is already served (its control socket %s answers)", strings.TrimSuffix(filepath.Base(path), ".sock"), path)
 	}
-	os.Remove(path)
-	ln, err := net.Listen("unix", path)
+	private, err := os.MkdirTemp(dir, ".new-")
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	os.Chmod(path, 0o600) // root only: the admin commands act on any file
+	defer os.RemoveAll(private)
+	if err := os.Chmod(private, 0o700); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	tmp := filepath.Join(private, "sock")
+	ln, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false) // it is renamed; Close removes the final path
+	fail := func(err error) (net.Listener, error) {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	// Root only: the admin commands act on any file.
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return fail(err)
+	}
+	os.Remove(path)
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(err)
+	}
 	return ln, nil
+}
+
+// checkRunDir refuses a directory of control sockets that someone other
+// than this user could write to: they could put their own socket in place.
+func checkRunDir(dir string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return fmt.Errorf("control socket directory: %w", err)
+	}
+	if int(st.Uid) != os.Geteuid() || st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0 {
+		return fmt.Errorf("control socket directory %s is owned by uid %d with mode %o: want owner uid %d, not writable by others", dir, st.Uid, st.Mode&0o7777, os.Geteuid())
+	}
+	return nil
 }
 
 func startControl(d *Mount) (*ControlServer, error) {
@@ -147,39 +187,42 @@ func (d *Mount) Status(ctx context.Context) Status {
 	}
 }
 
+// target is a regular file an admin request names, as found.
+type target struct {
+	rel  string
+	ino  uint64
+	size int64
+}
+
 // expand checks every path first (so bad input changes nothing) and lists
-// the regular files they name.
-func (d *Mount) expand(req *Request) ([]string, error) {
-	var files []string
+// the regular files they name, never through a symlink.
+func (d *Mount) expand(req *Request) ([]target, error) {
+	var files []target
 	for _, p := range req.Paths {
-		p = filepath.Clean(p)
-		if !filepath.IsLocal(p) && p != "." {
+		rel, err := beneath.Clean(p)
+		if err != nil {
 			return nil, fmt.Errorf("%s: outside the filesystem", p)
 		}
-		full := filepath.Join(d.cfg.Backing, p)
-		st, err := os.Lstat(full)
-		if err != nil {
-			return nil, fmt.Errorf("%s: no such file or directory", p)
-		}
+		st, err := d.root.Lstat(rel)
 		switch {
-		case st.IsDir() && !req.Recursive:
+		case errors.Is(err, beneath.ErrSymlink):
+			return nil, fmt.Errorf("%s: goes through a symlink", p)
+		case err != nil:
+			return nil, fmt.Errorf("%s: no such file or directory", p)
+		case st.Mode&unix.S_IFMT == unix.S_IFDIR && !req.Recursive:
 			return nil, fmt.Errorf("%s: is a directory (use -r)", p)
-		case st.IsDir():
-			err := filepath.WalkDir(full, func(path string, de fs.DirEntry, err error) error {
-				if err != nil {
-					return err
-				}
-				if de.Type().IsRegular() {
-					rel, _ := filepath.Rel(d.cfg.Backing, path)
-					files = append(files, rel)
+		case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+			err := d.root.Walk(rel, func(rel string, st *unix.Stat_t) error {
+				if st.Mode&unix.S_IFMT == unix.S_IFREG {
+					files = append(files, target{rel, st.Ino, st.Size})
 				}
 				return nil
 			})
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", p, err)
 			}
-		case st.Mode().IsRegular():
-			files = append(files, p)
+		case st.Mode&unix.S_IFMT == unix.S_IFREG:
+			files = append(files, target{rel, st.Ino, st.Size})
 		default:
 			return nil, fmt.Errorf("%s: not a regular file", p)
 		}
@@ -189,7 +232,7 @@ func (d *Mount) expand(req *Request) ([]string, error) {
 
 // request decodes an admin request and lists its files; bad input is
 // answered with 400 and ok false, before anything is done.
-func (d *Mount) request(w http.ResponseWriter, r *http.Request) (req *Request, files []string, ok bool) {
+func (d *Mount) request(w http.ResponseWriter, r *http.Request) (req *Request, files []target, ok bool) {
 	req = &Request{}
 	if err := json.NewDecoder(r.Body).Decode(req); err != nil {
 		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
@@ -203,9 +246,18 @@ func (d *Mount) request(w http.ResponseWriter, r *http.Request) (req *Request, f
 	return req, files, true
 }
 
+func rels(files []target) []string {
+	out := make([]string, len(files))
+	for i, f := range files {
+		out[i] = f.rel
+	}
+	return out
+}
+
 func (d *Mount) serveMigrate(w http.ResponseWriter, r *http.Request) {
-	d.serveBatch(w, r, func(ctx context.Context, req *Request, rel string) Entry {
-		res, err := d.dm.Migrate(ctx, rel, req.Premigrate)
+	d.serveBatch(w, r, func(ctx context.Context, req *Request, t target) Entry {
+		rel := t.rel
+		res, err := d.dm.Migrate(ctx, rel, t.ino, req.Premigrate)
 		e := Entry{Path: rel, State: res.State.String(), Moved: res.Uploaded, Object: res.Key}
 		if errors.Is(err, dmapi.ErrBusy) {
 			e.Skipped = fmt.Sprintf("still open (%v); data not released", err)
@@ -217,7 +269,8 @@ func (d *Mount) serveMigrate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Mount) serveRecall(w http.ResponseWriter, r *http.Request) {
-	d.serveBatch(w, r, func(ctx context.Context, req *Request, rel string) Entry {
+	d.serveBatch(w, r, func(ctx context.Context, req *Request, t target) Entry {
+		rel := t.rel
 		e := d.inspect(rel)
 		if e.Error != "" || e.State != stub.Migrated.String() {
 			return e
@@ -240,7 +293,7 @@ func (d *Mount) serveRecall(w http.ResponseWriter, r *http.Request) {
 
 // serveBatch runs fn over the request's files with bounded parallelism and
 // streams the results.
-func (d *Mount) serveBatch(w http.ResponseWriter, r *http.Request, fn func(context.Context, *Request, string) Entry) {
+func (d *Mount) serveBatch(w http.ResponseWriter, r *http.Request, fn func(context.Context, *Request, target) Entry) {
 	req, files, ok := d.request(w, r)
 	if !ok {
 		return
@@ -248,14 +301,12 @@ func (d *Mount) serveBatch(w http.ResponseWriter, r *http.Request, fn func(conte
 	out := newStream(w)
 	var total int64
 	for _, f := range files {
-		if st, err := os.Lstat(filepath.Join(d.cfg.Backing, f)); err == nil {
-			total += st.Size()
-		}
+		total += f.size
 	}
 	out.send(Message{Type: "plan", Files: len(files), Bytes: total})
 	jobs := max(1, min(req.Jobs, 64))
 	start := time.Now()
-	work := make(chan string)
+	work := make(chan target)
 	var wg sync.WaitGroup
 	sum := Summary{}
 	var mu sync.Mutex
@@ -263,8 +314,8 @@ func (d *Mount) serveBatch(w http.ResponseWriter, r *http.Request, fn func(conte
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for rel := range work {
-				e := fn(r.Context(), req, rel)
+			for t := range work {
+				e := fn(r.Context(), req, t)
 				mu.Lock()
 				switch {
 				case e.Error != "":
@@ -303,7 +354,7 @@ func (d *Mount) servePlan(w http.ResponseWriter, r *http.Request) {
 	if d.cfg.Policy != nil {
 		policy = d.cfg.Policy()
 	}
-	json.NewEncoder(w).Encode(policy.Plan(d.cfg.Backing, files, time.Now()))
+	json.NewEncoder(w).Encode(policy.Plan(d.root, rels(files), time.Now()))
 }
 
 func (d *Mount) serveLs(w http.ResponseWriter, r *http.Request) {
@@ -313,7 +364,7 @@ func (d *Mount) serveLs(w http.ResponseWriter, r *http.Request) {
 	}
 	entries := make([]Entry, 0, len(files))
 	for _, f := range files {
-		entries = append(entries, d.inspect(f))
+		entries = append(entries, d.inspect(f.rel))
 	}
 	json.NewEncoder(w).Encode(entries)
 }
@@ -321,7 +372,7 @@ func (d *Mount) serveLs(w http.ResponseWriter, r *http.Request) {
 // inspect reads a file's state without raising any event.
 func (d *Mount) inspect(rel string) Entry {
 	e := Entry{Path: rel}
-	fd, err := unix.Open(filepath.Join(d.cfg.Backing, rel), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOATIME, 0)
+	fd, err := d.root.OpenFD(rel, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOATIME)
 	if err != nil {
 		e.Error = err.Error()
 		return e
@@ -357,7 +408,7 @@ func (d *Mount) inspect(rel string) Entry {
 
 // identify fills in the inode and file handle of an event raised for a path.
 func (d *Mount) identify(ev *dmapi.Event) error {
-	fd, err := unix.Open(filepath.Join(d.cfg.Backing, ev.Path), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	fd, err := d.root.OpenFD(ev.Path, unix.O_RDONLY|unix.O_NONBLOCK)
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/cascadefs/cascadefs/cluster/repo"
 	"github.com/cascadefs/cascadefs/dmapi"
 	cfs "github.com/cascadefs/cascadefs/fs"
+	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
@@ -77,6 +78,7 @@ type Mount struct {
 	cfg     Config
 	log     *slog.Logger
 	fs      *cfs.FS
+	root    *beneath.Root // the backing tree, for the admin requests
 	dm      DMAccess
 	archive string // for status, without credentials
 	control *ControlServer
@@ -106,7 +108,11 @@ func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger
 	if err := CleanDeadMount(cfg.Mountpoint, cfg.RunDir); err != nil {
 		return nil, err
 	}
-	m := &Mount{cfg: cfg, log: log, dm: dm, archive: cfg.ArchiveURL, started: time.Now()}
+	root, err := beneath.Open(backing)
+	if err != nil {
+		return nil, fmt.Errorf("backing directory: %w", err)
+	}
+	m := &Mount{cfg: cfg, log: log, root: root, dm: dm, archive: cfg.ArchiveURL, started: time.Now()}
 	if u, err := url.Parse(cfg.ArchiveURL); err == nil {
 		u.RawQuery = "" // the endpoint is shown by the DM side; keep the mount line short
 		m.archive = u.String()
@@ -122,6 +128,7 @@ func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger
 		Space: dm, SpaceWait: cfg.EventTimeout, Metrics: cfg.Metrics,
 	})
 	if err != nil {
+		root.Close()
 		return nil, err
 	}
 	if m.control, err = startControl(m); err != nil {
@@ -155,6 +162,7 @@ func (m *Mount) Stop() {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	m.root.Close()
 	m.log.Info("unmounted", "fs", m.cfg.Name, "mountpoint", m.cfg.Mountpoint)
 }
 

@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
@@ -21,7 +21,8 @@ type DMAccess interface {
 	// Raise sends a synchronous event and waits for its answer.
 	Raise(ctx context.Context, ev *dmapi.Event) error
 	// Migrate migrates (or premigrates) one file, by backing-relative path.
-	Migrate(ctx context.Context, rel string, premigrate bool) (migrate.Result, error)
+	// A non-zero ino is the inode found at rel: another file there is refused.
+	Migrate(ctx context.Context, rel string, ino uint64, premigrate bool) (migrate.Result, error)
 	// Session describes the DM session serving the filesystem.
 	Session(ctx context.Context) SessionInfo
 	// Space returns the space monitor's last measurement (need 0), or
@@ -62,6 +63,7 @@ type DMConfig struct {
 // the recall workers, migration and the DESTROY queue worker.
 type DM struct {
 	cfg      DMConfig
+	root     *beneath.Root
 	log      *slog.Logger
 	arch     archive.Archive
 	session  *dmapi.Session
@@ -92,20 +94,20 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	if err != nil {
 		return nil, err
 	}
-	backing, err := filepath.Abs(cfg.Backing)
+	root, err := beneath.Open(cfg.Backing)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("backing directory: %w", err)
 	}
-	d := &DM{cfg: cfg, log: log, arch: arch}
+	d := &DM{cfg: cfg, root: root, log: log, arch: arch}
 	rights := &dmapi.Rights{}
-	d.recall = recall.NewManager(backing, arch, rights, cfg.Queue, cfg.Recall, log)
+	d.recall = recall.NewManager(root, arch, rights, cfg.Queue, cfg.Recall, log)
 	d.recall.Fence = cfg.Fence
 	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
-	d.migrator = migrate.New(backing, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
+	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
 	d.migrator.Fence = cfg.Fence
 	d.count(cfg.Metrics)
 	cfg.Queue.Start()
-	d.monitor = migrate.NewMonitor(backing, cfg.Policy, d.migrator, log.With("fs", cfg.Name))
+	d.monitor = migrate.NewMonitor(root, cfg.Policy, d.migrator, log.With("fs", cfg.Name))
 	d.monitor.Cycled = func(migrate.Cycle) { cfg.Metrics.Add(metrics.SpaceCycles, 1, "fs", cfg.Name) }
 	d.recall.NoSpace = func(ctx context.Context, need int64) error {
 		_, err := d.monitor.OutOfSpace(ctx, need)
@@ -144,8 +146,8 @@ func (d *DM) Archive() string { return d.arch.String() }
 
 func (d *DM) Raise(ctx context.Context, ev *dmapi.Event) error { return d.session.Raise(ctx, ev) }
 
-func (d *DM) Migrate(ctx context.Context, rel string, premigrate bool) (migrate.Result, error) {
-	return d.migrator.Migrate(ctx, rel, premigrate)
+func (d *DM) Migrate(ctx context.Context, rel string, ino uint64, premigrate bool) (migrate.Result, error) {
+	return d.migrator.Migrate(ctx, rel, ino, premigrate)
 }
 
 func (d *DM) Session(context.Context) SessionInfo {
@@ -176,6 +178,7 @@ func (d *DM) Close() {
 	d.cfg.Queue.Stop()
 	d.recall.Close() // first: streams stuck on the archive end, so handlers can
 	d.session.Close()
+	d.root.Close()
 }
 
 // Router is the DMAccess of a single-node mount, whose DM application
@@ -220,12 +223,12 @@ func (r *Router) Raise(ctx context.Context, ev *dmapi.Event) error {
 	return dm.Raise(ctx, ev)
 }
 
-func (r *Router) Migrate(ctx context.Context, rel string, premigrate bool) (migrate.Result, error) {
+func (r *Router) Migrate(ctx context.Context, rel string, ino uint64, premigrate bool) (migrate.Result, error) {
 	dm, err := r.get(ctx)
 	if err != nil {
 		return migrate.Result{Path: rel}, err
 	}
-	return dm.Migrate(ctx, rel, premigrate)
+	return dm.Migrate(ctx, rel, ino, premigrate)
 }
 
 func (r *Router) Space(ctx context.Context, need int64) (dmapi.Space, error) {

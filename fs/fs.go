@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/stub"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -70,6 +71,7 @@ type FS struct {
 	nodes   map[uint64]*node // backing inode -> kernel inode
 	opts    Options
 	root    string
+	tree    *beneath.Root // the backing tree: the daemon's own opens resolve beneath it
 	server  *fuse.Server
 	served  chan struct{} // closed when the server has ended
 	gates   gates
@@ -104,7 +106,11 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	if opts.SpaceWait <= 0 {
 		opts.SpaceWait = 5 * time.Minute
 	}
-	f := &FS{opts: opts, root: root, log: opts.Log, nodes: map[uint64]*node{}}
+	tree, err := beneath.Open(root)
+	if err != nil {
+		return nil, fmt.Errorf("backing directory: %w", err)
+	}
+	f := &FS{opts: opts, root: root, tree: tree, log: opts.Log, nodes: map[uint64]*node{}}
 	if opts.Space != nil {
 		f.space = &spaceGuard{src: opts.Space, root: root}
 	}
@@ -139,11 +145,12 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 		NullPermissions: true,
 	})
 	if err != nil {
+		tree.Close()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	f.server = server
 	f.served = make(chan struct{})
-	go func() { server.Wait(); close(f.served) }()
+	go func() { server.Wait(); tree.Close(); close(f.served) }()
 	f.passthrough = !opts.NoPassthrough && server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0
 	return f, nil
 }
@@ -178,15 +185,6 @@ func (f *FS) Unmount() error {
 
 // Wait blocks until the filesystem is unmounted.
 func (f *FS) Wait() { <-f.served }
-
-// rel returns a backing path relative to the root.
-func (f *FS) rel(p string) string {
-	r, err := filepath.Rel(f.root, p)
-	if err != nil {
-		return p
-	}
-	return r
-}
 
 // node is one file or directory of the mount.
 type node struct {
@@ -270,13 +268,23 @@ func (n *node) backingPath() string {
 	return filepath.Join(n.RootData.Path, n.Path(n.Root()))
 }
 
+// relPath is the node's path relative to the backing root; the daemon's
+// own opens resolve it beneath the root, never through a symlink, so a
+// directory swapped for a symlink by a racing rename cannot lead out.
+func (n *node) relPath() string {
+	if p := n.Path(n.Root()); p != "" {
+		return p
+	}
+	return "."
+}
+
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	flags &^= syscall.O_APPEND | fuse.FMODE_EXEC
-	p := n.backingPath()
+	p := n.relPath()
 	var h *handle
 	var fuseFlags uint32
 	for round := 0; ; round++ {
-		fd, err := unix.Open(p, int(flags)&^unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		fd, err := n.fs.tree.OpenFD(p, int(flags)&^unix.O_TRUNC)
 		if err != nil {
 			return nil, 0, gofs.ToErrno(err)
 		}
@@ -319,7 +327,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if err != nil {
 		return nil, nil, 0, gofs.ToErrno(err)
 	}
-	h, fuseFlags, errno := n.fs.newHandle(ctx, dup, filepath.Join(n.backingPath(), name), flags)
+	h, fuseFlags, errno := n.fs.newHandle(ctx, dup, filepath.Join(n.relPath(), name), flags)
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
@@ -338,16 +346,16 @@ func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	if f == nil {
 		if _, ok := in.GetSize(); ok || hasTimes(in) {
 			// Size and time changes of a possible stub go through a handle.
-			fd, err := unix.Open(n.backingPath(), unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			fd, err := n.fs.tree.OpenFD(n.relPath(), unix.O_RDWR|unix.O_NONBLOCK)
 			if err == nil {
-				h, _, errno := n.fs.newHandleMode(ctx, fd, n.backingPath(), unix.O_RDWR, modeNone)
+				h, _, errno := n.fs.newHandleMode(ctx, fd, n.relPath(), unix.O_RDWR, modeNone)
 				if errno != 0 {
 					return errno
 				}
 				defer h.Release(ctx)
 				return h.Setattr(ctx, in, out)
 			}
-			if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.ELOOP) && !errors.Is(err, unix.ENXIO) && !errors.Is(err, unix.EACCES) {
+			if !errors.Is(err, unix.EISDIR) && !errors.Is(err, beneath.ErrSymlink) && !errors.Is(err, unix.ENXIO) && !errors.Is(err, unix.EACCES) {
 				return gofs.ToErrno(err)
 			}
 		}
@@ -363,8 +371,9 @@ func hasTimes(in *fuse.SetAttrIn) bool {
 
 // Unlink of the last link of a stub queues a durable DESTROY of its object.
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
-	p := filepath.Join(n.backingPath(), name)
-	errno := n.fs.destroying(p, func() error { return unix.Unlink(p) })
+	errno := n.fs.destroying(filepath.Join(n.relPath(), name), func() error {
+		return errnoErr(n.LoopbackNode.Unlink(ctx, name))
+	})
 	if errno == 0 {
 		n.fs.changed(Change{Entries: []Entry{{n.ino(), name}}})
 	}
@@ -389,7 +398,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if flags&unix.RENAME_EXCHANGE != 0 {
 		errno = n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
 	} else {
-		target := filepath.Join(np.backingPath(), newName)
+		target := filepath.Join(np.relPath(), newName)
 		errno = n.fs.destroying(target, func() error {
 			return errnoErr(n.LoopbackNode.Rename(ctx, name, newParent, newName, flags))
 		})
@@ -400,27 +409,28 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	return errno
 }
 
-// destroying runs op, which removes the name p, and destroys the archive
-// object of the stub it named if that was the file's last link.
+// destroying runs op, which removes the name p (backing-relative), and
+// destroys the archive object of the stub it named if that was the file's
+// last link.
 func (f *FS) destroying(p string, op func() error) syscall.Errno {
 	var st unix.Stat_t
 	var rec *stub.Record
-	if unix.Lstat(p, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1 {
-		if fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0); err == nil {
+	if fd, err := f.tree.OpenFD(p, unix.O_RDONLY|unix.O_NONBLOCK); err == nil {
+		if unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1 {
 			var rerr error
 			rec, rerr = stub.ReadRecord(fd)
 			if rerr != nil {
-				f.log.Error("unlink of a file whose stub record is unreadable; its archive object is left", "file", f.rel(p), "reason", rerr)
+				f.log.Error("unlink of a file whose stub record is unreadable; its archive object is left", "file", p, "reason", rerr)
 			}
-			unix.Close(fd)
 		}
+		unix.Close(fd)
 	}
 	if rec == nil {
 		return gofs.ToErrno(op())
 	}
-	token, err := f.opts.Events.Prepare(f.rel(p), st.Ino, rec.Key)
+	token, err := f.opts.Events.Prepare(p, st.Ino, rec.Key)
 	if err != nil {
-		f.log.Error("cannot queue DESTROY; unlink refused", "file", f.rel(p), "reason", err)
+		f.log.Error("cannot queue DESTROY; unlink refused", "file", p, "reason", err)
 		return syscall.EIO
 	}
 	if err := op(); err != nil {

@@ -40,7 +40,7 @@ type handle struct {
 	lf   *gofs.LoopbackFile
 	fd   int
 	fs   *FS
-	path string // backing path at open
+	path string // backing-relative path at open
 	ino  uint64
 	g    *gate
 	mode ioMode
@@ -92,7 +92,7 @@ func (f *FS) newHandle(ctx context.Context, fd int, path string, flags uint32) (
 	if st.Mode&unix.S_IFMT == unix.S_IFREG && f.passthrough {
 		rec, err := stub.ReadRecord(fd)
 		if err != nil {
-			f.log.Error("stub record unreadable", "file", f.rel(path), "reason", err)
+			f.log.Error("stub record unreadable", "file", path, "reason", err)
 			unix.Close(fd)
 			return nil, 0, syscall.EIO
 		}
@@ -178,7 +178,7 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 func (h *handle) record() (*stub.Record, syscall.Errno) {
 	rec, err := stub.ReadRecord(h.fd)
 	if err != nil {
-		h.fs.log.Error("stub record unreadable", "file", h.fs.rel(h.path), "reason", err)
+		h.fs.log.Error("stub record unreadable", "file", h.path, "reason", err)
 		return nil, syscall.EIO
 	}
 	return rec, 0
@@ -186,7 +186,7 @@ func (h *handle) record() (*stub.Record, syscall.Errno) {
 
 func (h *handle) event(t dmapi.Type, off, length int64) *dmapi.Event {
 	h.fhOnce.Do(func() { h.fh, _ = stub.HandleOf(h.fd) }) // without one, the path serves
-	return &dmapi.Event{Type: t, FS: h.fs.opts.Name, Path: h.fs.rel(h.path), Ino: h.ino, Offset: off, Length: length, Handle: h.fh}
+	return &dmapi.Event{Type: t, FS: h.fs.opts.Name, Path: h.path, Ino: h.ino, Offset: off, Length: length, Handle: h.fh}
 }
 
 // raise sends an event and maps its outcome to an errno.
@@ -251,7 +251,7 @@ func (h *handle) ensureResident(ctx context.Context, off, n int64) syscall.Errno
 // makeResident raises a WRITE event for the file at path (backing) so that
 // the DM application drops its stub record.
 func (f *FS) makeResident(ctx context.Context, path string) syscall.Errno {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	fd, err := f.tree.OpenFD(path, unix.O_RDONLY|unix.O_NONBLOCK)
 	if err != nil {
 		return gofs.ToErrno(err)
 	}
@@ -269,7 +269,7 @@ func (f *FS) makeResident(ctx context.Context, path string) syscall.Errno {
 func (h *handle) forChange(ctx context.Context, t dmapi.Type, change func() syscall.Errno) syscall.Errno {
 	for round := 0; ; round++ {
 		if round == 3 {
-			h.fs.log.Error("file keeps a stub record after being made resident", "file", h.fs.rel(h.path))
+			h.fs.log.Error("file keeps a stub record after being made resident", "file", h.path)
 			return syscall.EIO
 		}
 		h.g.io.RLock()
@@ -320,7 +320,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		errno = space.outOfSpace(wait, need)
 		cancel()
 		if errno != 0 {
-			h.fs.log.Warn("write refused: out of space", "file", h.fs.rel(h.path), "bytes", need)
+			h.fs.log.Warn("write refused: out of space", "file", h.path, "bytes", need)
 			return 0, errno
 		}
 	}

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -61,9 +62,16 @@ func BenchmarkHSM(b *testing.B) {
 	for range b.N {
 		// Raw PUT and GET of the same bytes: the baselines.
 		src := d.B("src.bin")
-		f, _ := os.Create(src)
-		io.CopyN(f, rand.Reader, size)
-		f.Close()
+		f, err := os.Create(src)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.CopyN(f, rand.Reader, size); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
 		testenv.DropCaches()
 		start := time.Now()
 		if _, err := m.Client.FPutObject(ctx, "bench", "raw", src, minio.PutObjectOptions{PartSize: 64 << 20, NumThreads: 4}); err != nil {
@@ -74,16 +82,25 @@ func BenchmarkHSM(b *testing.B) {
 		// serves from disk as it would after a real migration.
 		testenv.DropCaches()
 		start = time.Now()
-		obj, _ := m.Client.GetObject(ctx, "bench", "raw", minio.GetObjectOptions{})
-		io.CopyBuffer(discard{}, obj, make([]byte, 1<<20))
+		obj, err := m.Client.GetObject(ctx, "bench", "raw", minio.GetObjectOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n, err := io.CopyBuffer(discard{}, obj, make([]byte, 1<<20)); err != nil || n != size {
+			b.Fatalf("raw GET: %d of %d bytes: %v", n, size, err)
+		}
 		obj.Close()
 		rawGet := time.Since(start)
 		testenv.DropCaches()
 		start = time.Now()
 		var opts minio.GetObjectOptions
 		opts.SetRange(size/2, size/2+4095)
-		obj, _ = m.Client.GetObject(ctx, "bench", "raw", opts)
-		io.ReadAll(obj)
+		if obj, err = m.Client.GetObject(ctx, "bench", "raw", opts); err != nil {
+			b.Fatal(err)
+		}
+		if got, err := io.ReadAll(obj); err != nil || len(got) != 4096 {
+			b.Fatalf("ranged GET: %d bytes: %v", len(got), err)
+		}
 		obj.Close()
 		rawRanged := time.Since(start)
 
@@ -100,7 +117,10 @@ func BenchmarkHSM(b *testing.B) {
 		// First 4 KiB at a random offset of the stub vs one ranged GET.
 		testenv.DropCaches()
 		start = time.Now()
-		sf, _ := os.Open(d.M("src.bin"))
+		sf, err := os.Open(d.M("src.bin"))
+		if err != nil {
+			b.Fatal(err)
+		}
 		buf := make([]byte, 4096)
 		if _, err := sf.ReadAt(buf, size/2); err != nil {
 			b.Fatal(err)
@@ -198,12 +218,16 @@ func BenchmarkFailover(b *testing.B) {
 			}
 		}
 		var paths []string
+		want := map[string][]byte{}
 		for j := range 10 {
 			p := readers[0].M(fmt.Sprintf("r%d-%d", i, j))
-			f, _ := os.Create(p)
-			io.CopyN(f, rand.Reader, 256<<10)
-			f.Close()
+			data := make([]byte, 256<<10)
+			rand.Read(data)
+			if err := os.WriteFile(p, data, 0o644); err != nil {
+				b.Fatal(err)
+			}
 			paths = append(paths, p)
+			want[filepath.Base(p)] = data
 		}
 		c.MustCLI(append([]string{"migrate"}, paths...)...)
 		testenv.DropCaches()
@@ -214,8 +238,11 @@ func BenchmarkFailover(b *testing.B) {
 			go func() {
 				defer wg.Done()
 				p := readers[j%2].M(filepath.Base(p))
-				if _, err := os.ReadFile(p); err != nil {
+				got, err := os.ReadFile(p)
+				if err != nil {
 					b.Errorf("reader of %s: %v", p, err)
+				} else if !bytes.Equal(got, want[filepath.Base(p)]) {
+					b.Errorf("reader of %s got other bytes than were written", p)
 				}
 			}()
 		}

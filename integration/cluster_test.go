@@ -247,7 +247,7 @@ func TestClusterRefusesBadNodes(t *testing.T) {
 	}
 	// Nor call: the RPC refuses a caller without the key, and says so in its log.
 	cl := rpc.NewClient("x", rpc.NewKey([]byte("another key of thirty-two bytes!")))
-	if err := cl.Call(context.Background(), n1.RPC, "/ping", struct{}{}, nil); !errors.Is(err, rpc.ErrUnauthorized) {
+	if err := cl.Call(context.Background(), "n1", n1.RPC, "/ping", struct{}{}, nil); !errors.Is(err, rpc.ErrUnauthorized) {
 		t.Fatalf("call with another key: %v", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -257,6 +257,9 @@ func TestClusterRefusesBadNodes(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	openKey := c.Dir + "/open.key"
+	os.WriteFile(openKey, []byte(c.MustCLI("keygen")), 0o644)
+	os.Chmod(openKey, 0o644)
 	cases := map[string][]string{
 		"taken": {"node", "--name", "n1", "--bind", x.Bind, "--rpc", x.RPC, "--repo", c.Repo,
 			"--mount-root", x.MountRoot, "--key-file", c.KeyFile},
@@ -266,6 +269,10 @@ func TestClusterRefusesBadNodes(t *testing.T) {
 			"--mount-root", x.MountRoot, "--key-file", c.KeyFile},
 		"key": {"node", "--name", "x", "--bind", x.Bind, "--rpc", x.RPC, "--repo", c.Repo,
 			"--mount-root", x.MountRoot, "--key-file", c.Dir + "/nokey"},
+		"no key": {"node", "--name", "x", "--bind", x.Bind, "--rpc", x.RPC, "--repo", c.Repo,
+			"--mount-root", x.MountRoot},
+		"open key": {"node", "--name", "x", "--bind", x.Bind, "--rpc", x.RPC, "--repo", c.Repo,
+			"--mount-root", x.MountRoot, "--key-file", openKey},
 	}
 	for name, args := range cases {
 		_, e, err := c.CLI(args...)
@@ -301,7 +308,7 @@ func TestFSCommandErrors(t *testing.T) {
 		{"fs", "set", "--repo", c.Repo, testenv.FSName, "high=50", "low=50"},
 		{"fs", "set", "--repo", c.Repo, testenv.FSName, "high=150"},
 		{"fs", "set", "--repo", c.Repo, testenv.FSName, "quota=lots"},
-		{"fs", "set", "--repo", c.Repo, testenv.FSName, "interval=0s"},
+		{"fs", "set", "--repo", c.Repo, testenv.FSName, "interval=-1s"},
 		{"fs", "set", "--repo", c.Repo, testenv.FSName, "min-age=-1h"},
 		{"fs", "set", "--repo", c.Repo, testenv.FSName, "exclude=[abc"},
 		{"fs", "set", "--repo", c.Repo, testenv.FSName, "premigrate=101"},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -163,7 +164,7 @@ func TestFailoverNoFalseAlarm(t *testing.T) {
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for range 4 { // two per core
+	for range 2 * runtime.NumCPU() { // every core of this machine, twice over
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -21,8 +21,12 @@ import (
 // TestMain lets the test binary serve as a helper process (a reader that
 // can be interrupted by a signal).
 func TestMain(m *testing.M) {
-	if os.Getenv("CASCADEFS_TEST_HELPER") == "interruptible-read" {
+	switch os.Getenv("CASCADEFS_TEST_HELPER") {
+	case "interruptible-read":
 		interruptibleRead(os.Getenv("CASCADEFS_TEST_FILE"))
+		return
+	case "swap-loop":
+		swapLoop(os.Getenv("CASCADEFS_TEST_FILE"))
 		return
 	}
 	os.Exit(m.Run())

@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -232,9 +232,14 @@ func (q *DestroyQueue) orphaned(e *destroyEntry) bool {
 // fileStillUses reports whether the file of a prepared entry still exists
 // with the same object: the change did not happen.
 func (q *DestroyQueue) fileStillUses(ev *dmapi.Event) bool {
-	fd, err := unix.Open(filepath.Join(q.root, ev.Path), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	root, err := beneath.Open(q.root)
 	if err != nil {
-		return !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, unix.ELOOP)
+		return true // cannot tell: keep the object
+	}
+	defer root.Close()
+	fd, err := root.OpenFD(ev.Path, unix.O_RDONLY|unix.O_NONBLOCK)
+	if err != nil {
+		return !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, beneath.ErrSymlink)
 	}
 	defer unix.Close(fd)
 	rec, err := stub.ReadRecord(fd)

@@ -13,11 +13,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -39,14 +39,16 @@ var ErrChanged = errors.New("file changed during migration")
 
 // Config holds the migration settings.
 type Config struct {
-	FS          string        // filesystem name, part of every object key
-	ChunkSize   int64         // verification chunk (default stub.DefaultChunkSize)
-	ReleaseWait time.Duration // how long a release waits for open handles (default 5s)
+	FS        string // filesystem name, part of every object key
+	ChunkSize int64  // verification chunk (default stub.DefaultChunkSize)
+	// ReleaseWait: how long a release waits for open handles (0: the
+	// default, 5s; negative: not at all, a file open anywhere is skipped).
+	ReleaseWait time.Duration
 }
 
 // Migrator migrates the files of one managed filesystem.
 type Migrator struct {
-	root   string
+	root   *beneath.Root
 	arch   archive.Archive
 	rights *dmapi.Rights
 	gate   Gate
@@ -61,12 +63,12 @@ type Migrator struct {
 	Counted func(Result)
 }
 
-// New returns a migrator for backing directory root.
-func New(root string, arch archive.Archive, rights *dmapi.Rights, gate Gate, garbage dmapi.Garbage, cfg Config, log *slog.Logger) *Migrator {
+// New returns a migrator for the backing tree root.
+func New(root *beneath.Root, arch archive.Archive, rights *dmapi.Rights, gate Gate, garbage dmapi.Garbage, cfg Config, log *slog.Logger) *Migrator {
 	if cfg.ChunkSize <= 0 {
 		cfg.ChunkSize = stub.DefaultChunkSize
 	}
-	if cfg.ReleaseWait <= 0 {
+	if cfg.ReleaseWait == 0 {
 		cfg.ReleaseWait = 5 * time.Second
 	}
 	return &Migrator{root: root, arch: arch, rights: rights, gate: gate, garbage: garbage, cfg: cfg, log: log}
@@ -81,30 +83,33 @@ type Result struct {
 	Key      string     `json:"key,omitempty"`
 }
 
-// Migrate copies the file at rel (relative to the backing directory) to
-// the archive and, unless premigrateOnly, releases its data.
-func (m *Migrator) Migrate(ctx context.Context, rel string, premigrateOnly bool) (Result, error) {
-	return m.migrate(ctx, rel, premigrateOnly, m.cfg.ReleaseWait)
+// Migrate copies the file at rel (relative to the backing directory,
+// never through a symlink) to the archive and, unless premigrateOnly,
+// releases its data. A non-zero ino is the inode found earlier at rel: a
+// file put in its place since is refused (beneath.ErrReplaced).
+func (m *Migrator) Migrate(ctx context.Context, rel string, ino uint64, premigrateOnly bool) (Result, error) {
+	return m.migrate(ctx, rel, ino, premigrateOnly, m.cfg.ReleaseWait)
 }
 
 // MigrateIdle is Migrate for the space monitor: a file open anywhere, or
 // being recalled or migrated, is not waited for (dmapi.ErrBusy at once);
 // the next cycle will see it again.
-func (m *Migrator) MigrateIdle(ctx context.Context, rel string, premigrateOnly bool) (Result, error) {
-	return m.migrate(ctx, rel, premigrateOnly, 0)
+func (m *Migrator) MigrateIdle(ctx context.Context, rel string, ino uint64, premigrateOnly bool) (Result, error) {
+	return m.migrate(ctx, rel, ino, premigrateOnly, 0)
 }
 
-func (m *Migrator) migrate(ctx context.Context, rel string, premigrateOnly bool, wait time.Duration) (Result, error) {
-	res, err := m.migrateFile(ctx, rel, premigrateOnly, wait)
+func (m *Migrator) migrate(ctx context.Context, rel string, ino uint64, premigrateOnly bool, wait time.Duration) (Result, error) {
+	wait = max(wait, 0)
+	res, err := m.migrateFile(ctx, rel, ino, premigrateOnly, wait)
 	if err == nil && m.Counted != nil {
 		m.Counted(res)
 	}
 	return res, err
 }
 
-func (m *Migrator) migrateFile(ctx context.Context, rel string, premigrateOnly bool, wait time.Duration) (Result, error) {
+func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, premigrateOnly bool, wait time.Duration) (Result, error) {
 	res := Result{Path: rel}
-	fd, err := unix.Open(filepath.Join(m.root, rel), unix.O_RDWR|unix.O_NOATIME|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := m.root.OpenAt(rel, unix.O_RDWR|unix.O_NOATIME|unix.O_NONBLOCK, ino)
 	if err != nil {
 		return res, fmt.Errorf("migrate %s: %w", rel, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/beneath"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,7 +20,7 @@ import (
 // migrates the policy's candidates until usage is under the low threshold,
 // then premigrates more for the next cycle.
 type Monitor struct {
-	root string
+	root *beneath.Root
 	mig  migrater
 	log  *slog.Logger
 	// Cycled, if set, is told of every cycle.
@@ -42,7 +43,7 @@ type Monitor struct {
 
 // migrater is what the monitor needs of a Migrator.
 type migrater interface {
-	MigrateIdle(ctx context.Context, rel string, premigrateOnly bool) (Result, error)
+	MigrateIdle(ctx context.Context, rel string, ino uint64, premigrateOnly bool) (Result, error)
 }
 
 // SpaceStatus is what `cascadefs status` shows of a monitor.
@@ -85,7 +86,7 @@ type Cycle struct {
 const statusCandidates = 10
 
 // NewMonitor returns a monitor of the backing tree at root; Start runs it.
-func NewMonitor(root string, policy Policy, mig migrater, log *slog.Logger) *Monitor {
+func NewMonitor(root *beneath.Root, policy Policy, mig migrater, log *slog.Logger) *Monitor {
 	m := &Monitor{root: root, mig: mig, log: log, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	m.setPolicy(policy)
 	return m
@@ -186,7 +187,7 @@ func (m *Monitor) loop() {
 func (m *Monitor) checkSafely() {
 	defer func() {
 		if r := recover(); r != nil {
-			m.log.Error("space monitor check failed", "fs", m.root, "panic", r)
+			m.log.Error("space monitor check failed", "fs", m.root.Path(), "panic", r)
 		}
 	}()
 	m.check()
@@ -307,8 +308,8 @@ func (m *Monitor) measure(ctx context.Context, p *Policy, candidates bool) (dmap
 func (m *Monitor) statfs(p *Policy) (dmapi.Space, *Scan, error) {
 	sp := dmapi.Space{MeasuredAt: time.Now()}
 	var fs unix.Statfs_t
-	if err := unix.Statfs(m.root, &fs); err != nil {
-		return sp, nil, fmt.Errorf("statfs %s: %w", m.root, err)
+	if err := unix.Fstatfs(m.root.FD(), &fs); err != nil {
+		return sp, nil, fmt.Errorf("statfs %s: %w", m.root.Path(), err)
 	}
 	sp.Usage = int64(fs.Blocks-fs.Bfree) * fs.Frsize
 	sp.Capacity = sp.Usage + int64(fs.Bavail)*fs.Frsize
@@ -351,7 +352,7 @@ func (m *Monitor) check() {
 	m.setError(err)
 	if err != nil {
 		if m.ctx.Err() == nil {
-			m.log.Warn("space monitor cannot measure usage", "root", m.root, "err", err)
+			m.log.Warn("space monitor cannot measure usage", "root", m.root.Path(), "err", err)
 		}
 		return
 	}
@@ -379,7 +380,7 @@ func (m *Monitor) check() {
 	if m.Cycled != nil {
 		m.Cycled(c)
 	}
-	m.log.Info("space monitor cycle", "root", m.root, "reason", reason, "files", c.Files, "bytes", c.Bytes,
+	m.log.Info("space monitor cycle", "root", m.root.Path(), "reason", reason, "files", c.Files, "bytes", c.Bytes,
 		"premigrated", c.Premigrated, "failed", c.Failed, "usage_before", c.UsageBefore, "usage_after", c.UsageAfter,
 		"duration", c.Duration.Round(time.Millisecond), "stopped", c.Stopped)
 }
@@ -484,7 +485,7 @@ func (m *Monitor) run(p *Policy, batch []Candidate, premigrateOnly bool, c *Cycl
 		wg.Add(1)
 		go func(cand Candidate) {
 			defer func() { <-sema; wg.Done() }()
-			res, err := m.mig.MigrateIdle(m.ctx, cand.Path, premigrateOnly)
+			res, err := m.mig.MigrateIdle(m.ctx, cand.Path, cand.Ino, premigrateOnly)
 			m.setBusy(true) // progress
 			mu.Lock()
 			defer mu.Unlock()

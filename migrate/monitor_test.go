@@ -26,7 +26,7 @@ func newMigrator(t *testing.T, root string) *Migrator {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	return New(root, arch, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, Config{FS: "t"}, log)
+	return New(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, Config{FS: "t"}, log)
 }
 
 // writeFile writes size random bytes at rel and dates its last use age ago.
@@ -66,12 +66,17 @@ func TestParsePolicy(t *testing.T) {
 		p.MinAge != time.Hour || len(p.Exclude) != 2 || p.Exclude[1] != "tmp/*" || p.Premigrate != 10 {
 		t.Fatalf("parsed %+v", p)
 	}
+	// 0 is a size and a duration like any other.
+	zero, err := ParsePolicy(map[string]string{"quota": "0", "min-size": "0", "min-age": "0s", "interval": "0s"})
+	if err != nil || zero.Quota != 0 || zero.MinSize != 0 || zero.Interval != DefaultPolicy().Interval {
+		t.Fatalf("zero settings: %+v %v", zero, err)
+	}
 	for _, bad := range []map[string]string{
 		{"high": "50", "low": "60"}, // low over high
 		{"low": "65", "high": "65"},
 		{"high": "101"},
 		{"quota": "-1"},
-		{"interval": "0s"},
+		{"interval": "-1s"},
 		{"min-age": "-1h"},
 		{"exclude": "a,[x"},
 	} {
@@ -96,7 +101,7 @@ func TestScanRanksLeastRecentlyUsedAndHonoursThePolicy(t *testing.T) {
 
 	p := DefaultPolicy()
 	p.MinAge, p.MinSize, p.Exclude = time.Hour, 4096, []string{"*.db", "tmp"}
-	s, err := p.Scan(context.Background(), root, ScanOptions{Keep: 100}, time.Now())
+	s, err := p.Scan(context.Background(), fakes.Root(t, root), ScanOptions{Keep: 100}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +117,7 @@ func TestScanRanksLeastRecentlyUsedAndHonoursThePolicy(t *testing.T) {
 	}
 
 	// The bound: only as many as add up to Want.
-	s, err = p.Scan(context.Background(), root, ScanOptions{Want: 100 << 10, Keep: 1}, time.Now())
+	s, err = p.Scan(context.Background(), fakes.Root(t, root), ScanOptions{Want: 100 << 10, Keep: 1}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,10 +127,10 @@ func TestScanRanksLeastRecentlyUsedAndHonoursThePolicy(t *testing.T) {
 
 	// A premigrated file goes first, whatever its age.
 	m := newMigrator(t, root)
-	if _, err := m.Migrate(context.Background(), "sub/deep/file", true); err != nil {
+	if _, err := m.Migrate(context.Background(), "sub/deep/file", 0, true); err != nil {
 		t.Fatal(err)
 	}
-	s, _ = p.Scan(context.Background(), root, ScanOptions{Keep: 100}, time.Now())
+	s, _ = p.Scan(context.Background(), fakes.Root(t, root), ScanOptions{Keep: 100}, time.Now())
 	if !strings.HasPrefix(paths(s.Candidates), "sub/deep/file ") || !s.Candidates[0].Instant {
 		t.Fatalf("premigrated file not first: %q", paths(s.Candidates))
 	}
@@ -137,7 +142,7 @@ func TestScanStopsWithItsContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	p := DefaultPolicy()
-	if _, err := p.Scan(ctx, root, ScanOptions{}, time.Now()); !errors.Is(err, context.Canceled) {
+	if _, err := p.Scan(ctx, fakes.Root(t, root), ScanOptions{}, time.Now()); !errors.Is(err, context.Canceled) {
 		t.Fatalf("scan with a cancelled context: %v", err)
 	}
 }
@@ -155,7 +160,7 @@ func TestMonitorCycleBringsUsageUnderLow(t *testing.T) {
 	p.Quota, p.High, p.Low, p.Interval = 2<<20, 70, 40, time.Hour
 	p.Premigrate = 15 // after the cycle, keep ~300 KiB premigrated: 2 more files
 	mig := newMigrator(t, root)
-	mon := NewMonitor(root, p, mig, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	mon := NewMonitor(fakes.Root(t, root), p, mig, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	mon.Start(context.Background())
 	defer mon.Close()
 	// OutOfSpace waits for a check; the first one is the start's.
@@ -223,7 +228,7 @@ func TestMonitorOutOfSpaceThatCannotBeFreed(t *testing.T) {
 	writeFile(t, root, "young", 512<<10, 0)
 	p := DefaultPolicy()
 	p.Quota, p.MinAge, p.Interval = 1<<20, time.Hour, time.Hour
-	mon := NewMonitor(root, p, newMigrator(t, root), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	mon := NewMonitor(fakes.Root(t, root), p, newMigrator(t, root), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	mon.Start(context.Background())
 	defer mon.Close()
 	if _, err := mon.OutOfSpace(context.Background(), 100<<10); err != nil {
@@ -276,7 +281,7 @@ func readBack(t *testing.T, m *Migrator, root, rel string) []byte {
 // hangingMigrater stands for an archive that stops answering.
 type hangingMigrater struct{ release chan struct{} }
 
-func (h hangingMigrater) MigrateIdle(ctx context.Context, rel string, premigrateOnly bool) (Result, error) {
+func (h hangingMigrater) MigrateIdle(ctx context.Context, rel string, ino uint64, premigrateOnly bool) (Result, error) {
 	select {
 	case <-h.release:
 	case <-ctx.Done():
@@ -291,7 +296,7 @@ func TestMonitorStuck(t *testing.T) {
 	p := DefaultPolicy()
 	p.Quota, p.Interval = 64<<10, time.Hour // 100% used: a cycle at once
 	h := hangingMigrater{release: make(chan struct{})}
-	mon := NewMonitor(root, p, h, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	mon := NewMonitor(fakes.Root(t, root), p, h, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	mon.Start(context.Background())
 	defer mon.Close()
 	deadline := time.Now().Add(10 * time.Second)
@@ -314,7 +319,7 @@ func TestMonitorStuck(t *testing.T) {
 // sends it to the next owner).
 func TestMonitorClosedAnswersAtOnce(t *testing.T) {
 	root := t.TempDir()
-	mon := NewMonitor(root, DefaultPolicy(), newMigrator(t, root), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	mon := NewMonitor(fakes.Root(t, root), DefaultPolicy(), newMigrator(t, root), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	mon.Start(context.Background())
 	mon.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

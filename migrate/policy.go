@@ -1,13 +1,14 @@
 package migrate
 
 import (
+	"errors"
 	"fmt"
 	"path"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/internal/units"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
@@ -68,8 +69,11 @@ func ParsePolicy(settings map[string]string) (Policy, error) {
 			p.MinSize, err = units.ParseSize(v)
 		case "interval":
 			p.Interval, err = time.ParseDuration(v)
-			if err == nil && p.Interval <= 0 {
-				err = fmt.Errorf("want a positive duration")
+			switch {
+			case err == nil && p.Interval < 0:
+				err = fmt.Errorf("want a duration of 0s or more")
+			case p.Interval == 0:
+				p.Interval = DefaultPolicy().Interval
 			}
 		case "min-age":
 			p.MinAge, err = time.ParseDuration(v)
@@ -108,6 +112,7 @@ func (p *Policy) Excluded(rel string) string {
 // Candidate is a file the policy may migrate, with why it ranks where it does.
 type Candidate struct {
 	Path  string    `json:"path"`  // backing-relative
+	Ino   uint64    `json:"ino"`   // the file found: a migration checks it is still the same
 	Size  int64     `json:"size"`  // bytes
 	Alloc int64     `json:"alloc"` // allocated bytes: what a release frees
 	Used  time.Time `json:"used"`  // last read or write
@@ -130,25 +135,16 @@ type Verdict struct {
 
 // Plan is what `cascadefs migrate --dry-run` shows: the policy's verdict on
 // each file at root/rels, candidates first in the order a cycle takes them.
-func (p *Policy) Plan(root string, rels []string, now time.Time) []Verdict {
+func (p *Policy) Plan(root *beneath.Root, rels []string, now time.Time) []Verdict {
 	out := make([]Verdict, 0, len(rels))
 	for _, rel := range rels {
-		full := filepath.Join(root, rel)
-		var st unix.Stat_t
-		if err := unix.Lstat(full, &st); err != nil {
-			out = append(out, Verdict{Candidate: Candidate{Path: rel}, Skip: err.Error()})
-			continue
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFREG {
-			out = append(out, Verdict{Candidate: Candidate{Path: rel}, Skip: "not a regular file"})
-			continue
-		}
-		rec, err := stub.ReadRecordAt(full)
+		st, rec, err := statRecord(root, rel)
 		if err != nil {
 			out = append(out, Verdict{Candidate: Candidate{Path: rel}, Skip: err.Error()})
 			continue
 		}
 		v := p.judge(rel, &st, rec, now)
+		v.Ino = st.Ino
 		if v.Skip == "" && p.excludedDir(rel) != "" {
 			v.Skip = "in a directory excluded by " + p.excludedDir(rel)
 		}
@@ -167,6 +163,24 @@ func (p *Policy) Plan(root string, rels []string, now time.Time) []Verdict {
 		}
 	}
 	return out
+}
+
+// statRecord reads what the policy judges of the regular file rel.
+func statRecord(root *beneath.Root, rel string) (unix.Stat_t, *stub.Record, error) {
+	dir, base, err := root.OpenParent(rel)
+	if err != nil {
+		return unix.Stat_t{}, nil, err
+	}
+	defer unix.Close(dir)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dir, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return st, nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return st, nil, errors.New("not a regular file")
+	}
+	rec, err := stub.ReadRecordIn(dir, base)
+	return st, rec, err
 }
 
 // excludedDir returns the pattern that excludes a directory above rel.

@@ -5,13 +5,12 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os"
 	"path"
-	"path/filepath"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -46,7 +45,7 @@ const scanWorkers = 4
 // the policy. It holds at most what opt asks for (bounded by
 // MaxCandidates), plus the names of the directories being read, so a tree
 // of millions of files scans in little memory.
-func (p *Policy) Scan(ctx context.Context, root string, opt ScanOptions, now time.Time) (*Scan, error) {
+func (p *Policy) Scan(ctx context.Context, root *beneath.Root, opt ScanOptions, now time.Time) (*Scan, error) {
 	start := time.Now()
 	limit := p.MaxCandidates
 	if limit <= 0 {
@@ -54,12 +53,12 @@ func (p *Policy) Scan(ctx context.Context, root string, opt ScanOptions, now tim
 	}
 	q := &dirQueue{}
 	q.cond = sync.NewCond(&q.mu)
-	q.push(dirJob{path: root})
+	q.push(dirJob{rel: "."})
 	best := &bestCandidates{want: opt.Want, keep: opt.Keep, limit: limit}
 	parts := make([]*scanPart, scanWorkers)
 	var wg sync.WaitGroup
 	for w := range parts {
-		parts[w] = &scanPart{p: p, opt: opt, now: now, ctx: ctx, best: best}
+		parts[w] = &scanPart{p: p, root: root, opt: opt, now: now, ctx: ctx, best: best}
 		wg.Add(1)
 		go func(part *scanPart) {
 			defer wg.Done()
@@ -92,8 +91,8 @@ func (p *Policy) Scan(ctx context.Context, root string, opt ScanOptions, now tim
 
 // dirJob is a directory to read; under an excluded one only usage counts.
 type dirJob struct {
-	path, rel string
-	excluded  bool
+	rel      string
+	excluded bool
 }
 
 // dirQueue hands directories to the workers until none is left and none
@@ -142,6 +141,7 @@ func (q *dirQueue) done() {
 type scanPart struct {
 	Scan
 	p    *Policy
+	root *beneath.Root
 	opt  ScanOptions
 	now  time.Time
 	ctx  context.Context
@@ -169,7 +169,9 @@ func (b *bestCandidates) consider(c Candidate) {
 }
 
 func (s *scanPart) readDir(job dirJob, q *dirQueue) {
-	d, err := os.Open(job.path)
+	// Opened beneath the root without following symlinks: a directory
+	// swapped for a symlink since its parent was read is not entered.
+	d, err := s.root.OpenDir(job.rel)
 	if err != nil {
 		s.Incomplete++
 		return
@@ -202,18 +204,19 @@ func (s *scanPart) entry(dfd int, job dirJob, name string, q *dirQueue) {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
 		// An excluded directory still counts in usage, never for candidates.
-		q.push(dirJob{path: filepath.Join(job.path, name), rel: rel, excluded: job.excluded || s.p.Excluded(rel) != ""})
+		q.push(dirJob{rel: rel, excluded: job.excluded || s.p.Excluded(rel) != ""})
 	case unix.S_IFREG:
 		s.Files++
 		if s.opt.NoRecords || job.excluded || st.Blocks == 0 {
 			return
 		}
-		rec, err := stub.ReadRecordIn(dfd, job.path, name)
+		rec, err := stub.ReadRecordIn(dfd, name)
 		if err != nil {
 			s.Incomplete++ // a corrupt record: never touched by the monitor
 			return
 		}
 		v := s.p.judge(rel, &st, rec, s.now)
+		v.Ino = st.Ino
 		if v.Instant {
 			s.Instant += v.Alloc
 		}

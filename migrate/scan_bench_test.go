@@ -3,6 +3,7 @@ package migrate
 import (
 	"context"
 	"fmt"
+	"github.com/cascadefs/cascadefs/internal/fakes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,7 +52,7 @@ func BenchmarkScan(b *testing.B) {
 				dropCaches(b)
 			}
 			usageTime, usageHeap := peakHeap(func() {
-				if _, err := p.Scan(context.Background(), root, ScanOptions{NoRecords: true}, time.Now()); err != nil {
+				if _, err := p.Scan(context.Background(), fakes.Root(b, root), ScanOptions{NoRecords: true}, time.Now()); err != nil {
 					b.Fatal(err)
 				}
 			})
@@ -62,7 +63,7 @@ func BenchmarkScan(b *testing.B) {
 			scanTime, scanHeap := peakHeap(func() {
 				var err error
 				// A cycle that wants 100 MiB freed: the heap keeps ~100 MiB of candidates.
-				scan, err = p.Scan(context.Background(), root, ScanOptions{Want: 100 << 20, Keep: 10}, time.Now())
+				scan, err = p.Scan(context.Background(), fakes.Root(b, root), ScanOptions{Want: 100 << 20, Keep: 10}, time.Now())
 				if err != nil {
 					b.Fatal(err)
 				}

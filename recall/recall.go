@@ -10,12 +10,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -53,13 +53,12 @@ var ErrChanged = errors.New("stub changed behind the DM application")
 
 // Manager handles the DM events of one managed filesystem.
 type Manager struct {
-	root    string
+	root    *beneath.Root
 	arch    archive.Archive
 	rights  *dmapi.Rights
 	cfg     Config
 	log     *slog.Logger
 	streams chan struct{}
-	rootFD  int // the backing directory, for opens by file handle
 	// garbage records archive copies made stale when a recalled file is
 	// about to change, before its record goes.
 	garbage dmapi.Garbage
@@ -94,8 +93,8 @@ type history struct {
 // historySize bounds the files remembered.
 const historySize = 256
 
-// NewManager returns a manager for the backing directory root.
-func NewManager(root string, arch archive.Archive, rights *dmapi.Rights, garbage dmapi.Garbage, cfg Config, log *slog.Logger) *Manager {
+// NewManager returns a manager for the backing tree root.
+func NewManager(root *beneath.Root, arch archive.Archive, rights *dmapi.Rights, garbage dmapi.Garbage, cfg Config, log *slog.Logger) *Manager {
 	d := DefaultConfig()
 	if cfg.SmallFile <= 0 {
 		cfg.SmallFile = d.SmallFile
@@ -115,7 +114,6 @@ func NewManager(root string, arch archive.Archive, rights *dmapi.Rights, garbage
 	m := &Manager{root: root, arch: arch, rights: rights, garbage: garbage, cfg: cfg, log: log,
 		streams: make(chan struct{}, cfg.MaxStreams), files: map[uint64]*fileRecall{}, history: map[uint64]*history{}}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
-	m.rootFD, _ = unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0) // -1: paths only
 	return m
 }
 
@@ -123,22 +121,45 @@ func NewManager(root string, arch archive.Archive, rights *dmapi.Rights, garbage
 func (m *Manager) Close() {
 	m.cancel()
 	m.wg.Wait()
-	if m.rootFD >= 0 {
-		unix.Close(m.rootFD)
-	}
 }
 
 // open opens the file of an event: by its file handle, which survives a
-// rename since the event was raised, else by its path.
+// rename since the event was raised, else by its path; either way only a
+// regular file inside the backing tree (a handle can name any file of the
+// backing filesystem, and events come from peers).
 func (m *Manager) open(ev *dmapi.Event, flags int) (int, error) {
-	if len(ev.Handle) > 0 && m.rootFD >= 0 {
-		fd, err := stub.OpenHandle(m.rootFD, ev.Handle, flags)
-		if err == nil || errors.Is(err, unix.ESTALE) {
-			return fd, err // ESTALE: the file is gone
+	if len(ev.Handle) > 0 {
+		fd, err := stub.OpenHandle(m.root.FD(), ev.Handle, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+		if err == nil {
+			if _, err := m.root.Rel(fd); err != nil {
+				unix.Close(fd)
+				return -1, err
+			}
+			return checkRegular(fd)
+		}
+		if errors.Is(err, unix.ESTALE) {
+			return fd, err // the file is gone
 		}
 		// Not allowed (not root) or not supported: try the path.
 	}
-	return unix.Open(filepath.Join(m.root, ev.Path), flags|unix.O_NOFOLLOW, 0)
+	fd, err := m.root.OpenFD(ev.Path, flags)
+	if err != nil {
+		return -1, err
+	}
+	return checkRegular(fd)
+}
+
+func checkRegular(fd int) (int, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return -1, errors.New("not a regular file")
+	}
+	return fd, nil
 }
 
 // Handle is the session's handler.

@@ -100,8 +100,8 @@ func migrated(t *testing.T, size int64) (root string, arch *faulty, data []byte,
 	if err := os.WriteFile(filepath.Join(root, "f"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m := migrate.New(root, arch, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, migrate.Config{FS: "t"}, slog.Default())
-	if _, err := m.Migrate(context.Background(), "f", false); err != nil {
+	m := migrate.New(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, migrate.Config{FS: "t"}, slog.Default())
+	if _, err := m.Migrate(context.Background(), "f", 0, false); err != nil {
 		t.Fatal(err)
 	}
 	var st unix.Stat_t
@@ -112,7 +112,7 @@ func migrated(t *testing.T, size int64) (root string, arch *faulty, data []byte,
 }
 
 func newManager(t *testing.T, root string, arch archive.Archive) *recall.Manager {
-	m := recall.NewManager(root, arch, &dmapi.Rights{}, fakes.KeptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
+	m := recall.NewManager(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.KeptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
 	t.Cleanup(m.Close)
 	return m
 }
@@ -195,7 +195,7 @@ func TestStreamHoldsTheRight(t *testing.T) {
 	root, arch, _, ino := migrated(t, size)
 	arch.slow = 5 * time.Millisecond // streams take a while
 	rights := &dmapi.Rights{}
-	m := recall.NewManager(root, arch, rights, fakes.KeptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
+	m := recall.NewManager(fakes.Root(t, root), arch, rights, fakes.KeptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
 	defer m.Close()
 	ev := &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: 0, Length: 1 << 20}
 	if err := m.Handle(context.Background(), ev); err != nil {

@@ -74,7 +74,7 @@ echo
 echo "== a cluster of three nodes (n1, n2, n3) sharing $demo/cluster/backing"
 c=$demo/cluster
 mkdir -p "$c"/{backing,archive,repo}
-"$bin" keygen > "$c/cluster.key"
+(umask 077; "$bin" keygen > "$c/cluster.key")
 "$bin" fs add --repo "$c/repo" shared --backing "$c/backing" --archive "file://$c/archive" \
   --candidates n1,n2,n3 --owner n1
 join=

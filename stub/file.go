@@ -25,25 +25,29 @@ func ReadRecord(fd int) (*Record, error) {
 	return readRecord(func(buf []byte) (int, error) { return unix.Fgetxattr(fd, XattrName, buf) })
 }
 
-// ReadRecordAt is ReadRecord by path, without following a symlink and
-// without opening the file (the space monitor's scan).
+// ReadRecordAt is ReadRecord by path, without following a symlink in the
+// last component (tests; the daemon goes through ReadRecordIn).
 func ReadRecordAt(path string) (*Record, error) {
 	return readRecord(func(buf []byte) (int, error) { return unix.Lgetxattr(path, XattrName, buf) })
 }
 
-// ReadRecordIn is ReadRecordAt for the entry name of the open directory
-// dirfd: no path walk per file where the kernel has getxattrat (6.13+),
-// else by path (dir/name).
-func ReadRecordIn(dirfd int, dir, name string) (*Record, error) {
-	if noGetxattrat.Load() {
-		return ReadRecordAt(dir + "/" + name)
-	}
-	rec, err := readRecord(func(buf []byte) (int, error) { return getxattrat(dirfd, name, XattrName, buf) })
-	if errors.Is(err, unix.ENOSYS) {
+// ReadRecordIn is ReadRecord for the entry name of the open directory
+// dirfd, never following a symlink: getxattrat where the kernel has it
+// (6.13+: no open per file), else an O_NOFOLLOW open of the entry.
+func ReadRecordIn(dirfd int, name string) (*Record, error) {
+	if !noGetxattrat.Load() {
+		rec, err := readRecord(func(buf []byte) (int, error) { return getxattrat(dirfd, name, XattrName, buf) })
+		if !errors.Is(err, unix.ENOSYS) {
+			return rec, err
+		}
 		noGetxattrat.Store(true)
-		return ReadRecordAt(dir + "/" + name)
 	}
-	return rec, err
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOATIME|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	return ReadRecord(fd)
 }
 
 var noGetxattrat atomic.Bool

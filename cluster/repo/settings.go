@@ -19,20 +19,20 @@ type setting struct {
 
 var settings = map[string]setting{
 	"recall":        {"stream (by region, default) or whole (always the whole file)", oneOf("stream", "whole")},
-	"small-file":    {"files up to this size are recalled whole (default 16MiB)", checkSize},
-	"window":        {"first GET of a streaming recall (default 4MiB)", checkSize},
-	"max-window":    {"largest GET of a sequential reader (default 256MiB)", checkSize},
+	"small-file":    {"files up to this size are recalled whole (default 16MiB; 0: none)", checkSize},
+	"window":        {"first GET of a streaming recall (default 4MiB; 0: the default)", checkSize},
+	"max-window":    {"largest GET of a sequential reader (default 256MiB; 0: the default)", checkSize},
 	"workers":       {"DM session workers (default 8)", checkInt(1, 1024)},
-	"event-timeout": {"a reader waits this long for its recall, then EIO (default 5m)", checkDuration},
-	"release-wait":  {"a release waits this long for open handles (default 5s)", checkDuration},
+	"event-timeout": {"a reader waits this long for its recall, then EIO (default 5m; 0: the default)", checkDuration},
+	"release-wait":  {"a release waits this long for open handles (default 5s; 0: skip open files at once)", checkDuration},
 	"failover":      {"async (lock race, default) or sync (vote, then lock)", oneOf("async", "sync")},
 	// The space monitor (see migrate.ParsePolicy for how they combine).
-	"quota":      {"space the filesystem may use, such as 100GiB (default: the backing filesystem's size)", checkSize},
+	"quota":      {"space the filesystem may use, such as 100GiB (default, or 0: the backing filesystem's size)", checkSize},
 	"high":       {"usage percentage that starts a migration cycle (default 70)", checkPercent(1, 100)},
 	"low":        {"usage percentage a migration cycle brings usage under (default 60)", checkPercent(0, 99)},
-	"interval":   {"how often the space monitor checks usage (default 1m)", checkDuration},
-	"min-size":   {"files smaller than this are never migrated by the monitor (default 1B)", checkSize},
-	"min-age":    {"files used (read or written) within this long are never migrated by the monitor (default 0s)", checkAge},
+	"interval":   {"how often the space monitor checks usage (default 1m; 0: the default)", checkDuration},
+	"min-size":   {"files smaller than this are never migrated by the monitor (default 1B; 0: any size)", checkSize},
+	"min-age":    {"files used (read or written) within this long are never migrated by the monitor (default 0s)", checkDuration},
 	"exclude":    {"comma-separated glob patterns of paths the monitor never migrates, such as *.db,tmp/*", checkGlobs},
 	"premigrate": {"percentage of the quota kept premigrated after a cycle, for instant releases (default 0)", checkPercent(0, 100)},
 }
@@ -83,10 +83,11 @@ func checkInt(lo, hi int) func(string) error {
 	}
 }
 
+// checkDuration: a duration, 0 included (each key says what 0 means).
 func checkDuration(v string) error {
 	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		return fmt.Errorf("want a duration such as 30s or 5m")
+	if err != nil || d < 0 {
+		return fmt.Errorf("want a duration such as 0s, 30s or 5m")
 	}
 	return nil
 }
@@ -96,15 +97,6 @@ func checkPercent(lo, hi int) func(string) error {
 		_, err := units.ParsePercent(v, lo, hi)
 		return err
 	}
-}
-
-// checkAge: a duration that may be zero.
-func checkAge(v string) error {
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
-		return fmt.Errorf("want a duration such as 0s, 1h or 720h")
-	}
-	return nil
 }
 
 func checkGlobs(v string) error {

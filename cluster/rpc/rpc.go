@@ -1,8 +1,11 @@
 // Package rpc is the node RPC: JSON requests over HTTP between the nodes of
 // a cluster. Every request and every answer is signed with an HMAC key
-// derived from the cluster key, with a timestamp and a nonce, so only
-// holders of the key can call a node or answer as one, and a recorded
-// request cannot be replayed. Anything else is refused and logged.
+// derived from the cluster key, with a timestamp and a nonce. A call's
+// signature covers the receiving node, the method, the path and the body,
+// so only holders of the key can call a node or answer as one, and a
+// recorded request cannot be replayed, to this node or to another, nor
+// sent to another endpoint. Every answer is signed over the call's nonce,
+// errors and refusals included. Anything else is refused and logged.
 package rpc
 
 import (
@@ -89,6 +92,7 @@ type Handler func(ctx context.Context, caller string, req json.RawMessage) (any,
 
 // Server answers signed requests.
 type Server struct {
+	name   string // this node: calls must be signed for it
 	key    Key
 	log    *slog.Logger
 	mux    *http.ServeMux
@@ -98,13 +102,13 @@ type Server struct {
 	nonces map[string]time.Time
 }
 
-// Listen starts a server on addr (HOST:PORT).
-func Listen(addr string, key Key, log *slog.Logger) (*Server, error) {
+// Listen starts the server of node name on addr (HOST:PORT).
+func Listen(addr, name string, key Key, log *slog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("node RPC on %s: %w", addr, err)
 	}
-	s := &Server{key: key, log: log, mux: http.NewServeMux(), ln: ln, nonces: map[string]time.Time{}}
+	s := &Server{name: name, key: key, log: log, mux: http.NewServeMux(), ln: ln, nonces: map[string]time.Time{}}
 	s.srv = &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
 	go s.srv.Serve(ln)
 	return s, nil
@@ -124,13 +128,14 @@ func (s *Server) Handle(path string, fn Handler) {
 			return
 		}
 		caller, nonce := r.Header.Get(hNode), r.Header.Get(hNonce)
-		if err := s.verify(r, body); err != nil {
-			s.log.Warn("node RPC refused", "from", r.RemoteAddr, "caller", caller, "path", path, "reason", err)
-			http.Error(w, err.Error(), http.StatusUnauthorized)
-			return
-		}
 		var out []byte
 		status := http.StatusOK
+		if err := s.verify(r, body); err != nil {
+			s.log.Warn("node RPC refused", "from", r.RemoteAddr, "caller", caller, "path", path, "reason", err)
+			out, _ = json.Marshal(&RemoteError{Msg: err.Error()})
+			s.answer(w, nonce, http.StatusUnauthorized, out)
+			return
+		}
 		res, err := fn(r.Context(), caller, body)
 		if err != nil {
 			var re *RemoteError
@@ -143,11 +148,16 @@ func (s *Server) Handle(path string, fn Handler) {
 			out, _ = json.Marshal(&RemoteError{Msg: err.Error()})
 			status = http.StatusInternalServerError
 		}
-		w.Header().Set(hSig, s.key.sign("answer", nonce, strconv.Itoa(status), bodySum(out)))
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		w.Write(out)
+		s.answer(w, nonce, status, out)
 	})
+}
+
+// answer writes a signed answer: a caller accepts none that is not.
+func (s *Server) answer(w http.ResponseWriter, nonce string, status int, out []byte) {
+	w.Header().Set(hSig, s.key.sign("answer", s.name, nonce, strconv.Itoa(status), bodySum(out)))
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(out)
 }
 
 func (s *Server) verify(r *http.Request, body []byte) error {
@@ -155,7 +165,7 @@ func (s *Server) verify(r *http.Request, body []byte) error {
 	if caller == "" || ts == "" || nonce == "" || sig == "" {
 		return ErrUnauthorized
 	}
-	want := s.key.sign("call", r.URL.Path, caller, ts, nonce, bodySum(body))
+	want := s.key.sign("call", s.name, r.Method, r.URL.Path, caller, ts, nonce, bodySum(body))
 	if !hmac.Equal([]byte(sig), []byte(want)) {
 		return ErrUnauthorized
 	}
@@ -196,9 +206,10 @@ func NewClient(self string, key Key) *Client {
 	}}}
 }
 
-// Call posts req to path on the node at addr and decodes the answer into
-// resp (if not nil). A handler's error comes back as *RemoteError.
-func (c *Client) Call(ctx context.Context, addr, path string, req, resp any) error {
+// Call posts req to path on node to, at addr, and decodes the answer into
+// resp (if not nil). A handler's error comes back as *RemoteError; an
+// answer not signed by a holder of the key for this call, as ErrBadAnswer.
+func (c *Client) Call(ctx context.Context, to, addr, path string, req, resp any) error {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return err
@@ -213,7 +224,7 @@ func (c *Client) Call(ctx context.Context, addr, path string, req, resp any) err
 	hr.Header.Set(hNode, c.self)
 	hr.Header.Set(hTime, ts)
 	hr.Header.Set(hNonce, nonce)
-	hr.Header.Set(hSig, c.key.sign("call", path, c.self, ts, nonce, bodySum(body)))
+	hr.Header.Set(hSig, c.key.sign("call", to, http.MethodPost, path, c.self, ts, nonce, bodySum(body)))
 	r, err := c.http.Do(hr)
 	if err != nil {
 		return fmt.Errorf("node RPC %s%s: %w", addr, path, err)
@@ -223,12 +234,17 @@ func (c *Client) Call(ctx context.Context, addr, path string, req, resp any) err
 	if err != nil {
 		return fmt.Errorf("node RPC %s%s: %w", addr, path, err)
 	}
+	want := c.key.sign("answer", to, nonce, strconv.Itoa(r.StatusCode), bodySum(out))
+	if !hmac.Equal([]byte(r.Header.Get(hSig)), []byte(want)) {
+		if r.StatusCode == http.StatusUnauthorized {
+			// Refused by a node with another key (or not the node named):
+			// said as a refusal, but nothing in it is trusted.
+			return fmt.Errorf("node RPC %s%s: %w (%w)", addr, path, ErrUnauthorized, ErrBadAnswer)
+		}
+		return fmt.Errorf("node RPC %s%s: %w", addr, path, ErrBadAnswer)
+	}
 	if r.StatusCode == http.StatusUnauthorized {
 		return fmt.Errorf("node RPC %s%s: %w", addr, path, ErrUnauthorized)
-	}
-	want := c.key.sign("answer", nonce, strconv.Itoa(r.StatusCode), bodySum(out))
-	if !hmac.Equal([]byte(r.Header.Get(hSig)), []byte(want)) {
-		return fmt.Errorf("node RPC %s%s: %w", addr, path, ErrBadAnswer)
 	}
 	if r.StatusCode != http.StatusOK {
 		re := &RemoteError{}

@@ -26,7 +26,7 @@ func cmdMount(args []string) error {
 	fl.StringVar(&cfg.StateDir, "state-dir", "", "durable DM state (default /var/lib/cascadefs/NAME)")
 	fl.IntVar(&cfg.Workers, "workers", 8, "DM session workers: recalls handled at once")
 	fl.DurationVar(&cfg.EventTimeout, "event-timeout", 10*time.Minute, "how long a reader waits for a recall before EIO")
-	fl.DurationVar(&cfg.ReleaseWait, "release-wait", 5*time.Second, "how long a migration waits for open handles before skipping the release")
+	fl.DurationVar(&cfg.ReleaseWait, "release-wait", 5*time.Second, "how long a migration waits for open handles before skipping the release (0: not at all)")
 	d := recall.DefaultConfig()
 	fl.Int64Var(&cfg.Recall.SmallFile, "small-file", d.SmallFile, "stubs up to this many bytes are recalled whole")
 	fl.Int64Var(&cfg.Recall.Window, "window", d.Window, "first streaming window of a large stub's recall, bytes")
@@ -54,6 +54,12 @@ func cmdMount(args []string) error {
 	})
 	if bad != nil {
 		return bad
+	}
+	if cfg.ReleaseWait == 0 {
+		cfg.ReleaseWait = -1 // 0: skip open files at once
+	}
+	if cfg.Recall.SmallFile == 0 {
+		cfg.Recall.SmallFile = 1 // 0: none is recalled whole (a 1-byte file is one region anyway)
 	}
 	if fl.NArg() != 1 || cfg.Backing == "" || cfg.ArchiveURL == "" {
 		fl.Usage()

@@ -19,7 +19,7 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-const nodeArgs = "--name N --bind HOST:PORT --rpc HOST:PORT [--join HOST:PORT,...] --repo DIR --mount-root DIR [--key-file F] [--credentials-file F] | --config F"
+const nodeArgs = "--name N --bind HOST:PORT --rpc HOST:PORT [--join HOST:PORT,...] --repo DIR --mount-root DIR --key-file F [--credentials-file F] | --config F"
 
 // cmdNode runs a node daemon until SIGINT or SIGTERM.
 func cmdNode(args []string) error {
@@ -67,13 +67,16 @@ func cmdNode(args []string) error {
 	cfg.Tune = func(c *memberlist.Config) {
 		c.ProbeInterval, c.ProbeTimeout, c.SuspicionMult = *probe, *probeTimeout, *suspicion
 	}
-	if *keyFile != "" {
-		key, err := member.ReadKey(*keyFile)
-		if err != nil {
-			return err
-		}
-		cfg.Key = key
+	// No key, no node: without one anybody who reaches the RPC port could
+	// punch files and delete archive objects.
+	if *keyFile == "" {
+		return errors.New("need --key-file: the cluster key protects gossip and the node RPC (cascadefs keygen > FILE; chmod 600 FILE)")
 	}
+	key, err := member.ReadKey(*keyFile)
+	if err != nil {
+		return err
+	}
+	cfg.Key = key
 	if *credsFile != "" {
 		if err := loadEnvFile(*credsFile); err != nil {
 			return err

@@ -4,7 +4,10 @@ package fakes
 
 import (
 	"context"
+	"testing"
 	"time"
+
+	"github.com/cascadefs/cascadefs/internal/beneath"
 )
 
 // OpenGate lets every commit and release through: no mount in unit tests.
@@ -21,3 +24,14 @@ type KeptGarbage struct{}
 func (KeptGarbage) Prepare(rel string, ino uint64, key string) (string, error) { return key, nil }
 func (KeptGarbage) Commit(token string)                                        {}
 func (KeptGarbage) Abort(token string)                                         {}
+
+// Root opens dir as a backing tree, closed when the test ends.
+func Root(tb testing.TB, dir string) *beneath.Root {
+	tb.Helper()
+	r, err := beneath.Open(dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { r.Close() })
+	return r
+}

@@ -50,16 +50,12 @@ func MinIOBinary() string {
 }
 
 // StartMinIO starts MinIO with its own data directory and waits until it is
-// ready. Without the binary the test is skipped, unless
-// CASCADEFS_REQUIRE_MINIO=1 (as `make test` and CI set), where it fails.
+// ready. Without the binary the test fails under `make test` (see Missing).
 func StartMinIO(t testing.TB) *MinIO {
 	t.Helper()
 	bin := MinIOBinary()
 	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("CASCADEFS_REQUIRE_MINIO") == "1" {
-			t.Fatalf("MinIO server not found at %s (run `make tools`)", bin)
-		}
-		t.Skipf("MinIO server not found at %s (run `make tools`)", bin)
+		Missing(t, "MinIO server not found at %s (run `make tools`)", bin)
 	}
 	port := FreePort(t)
 	m := &MinIO{Endpoint: fmt.Sprintf("127.0.0.1:%d", port), AccessKey: "cascadefs-test", SecretKey: "cascadefs-test-secret"}

@@ -26,8 +26,8 @@ func ParseSize(v string) (int64, error) {
 		}
 	}
 	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("want a size such as 4096, 64KiB or 16MiB")
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("want a size such as 0, 4096, 64KiB or 16MiB")
 	}
 	return n * mult, nil
 }
