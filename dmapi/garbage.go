@@ -5,9 +5,12 @@ package dmapi
 // before the change that may orphan the object (an unlink, the removal of
 // a stale record, an upload that may fail), committed once the object is
 // garbage (it will be deleted) or aborted when a file still uses it. A
-// prepared entry found after a crash is resolved by looking at the file.
+// prepared entry found after a crash is resolved by looking at the file,
+// found by its handle (renames and links do not lose it), and no object is
+// deleted while that file's record still names it.
 type Garbage interface {
-	Prepare(rel string, ino uint64, key string) (token string, err error)
+	// Prepare notes that key may stop backing the open file fd (at rel).
+	Prepare(fd int, rel string, key string) (token string, err error)
 	// Commit makes the entry ready; if that cannot be written, the entry
 	// stays prepared and is resolved at the next start.
 	Commit(token string)
@@ -17,8 +20,8 @@ type Garbage interface {
 // Orphan runs change, which stops the file rel from using the object key,
 // between Prepare and Commit: a crash at any moment neither leaks the
 // object nor deletes one that is still in use.
-func Orphan(g Garbage, rel string, ino uint64, key string, change func() error) error {
-	token, err := g.Prepare(rel, ino, key)
+func Orphan(g Garbage, fd int, rel string, key string, change func() error) error {
+	token, err := g.Prepare(fd, rel, key)
 	if err != nil {
 		return err
 	}

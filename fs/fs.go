@@ -410,25 +410,33 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 }
 
 // destroying runs op, which removes the name p (backing-relative), and
-// destroys the archive object of the stub it named if that was the file's
-// last link.
+// destroys the archive object of the stub it named unless the file still
+// uses it afterwards (another hard link: the DESTROY queue looks at the
+// file by its handle before it deletes anything). Record commits of the
+// file wait meanwhile, so a premigration cannot record an object on a
+// file that is being removed.
 func (f *FS) destroying(p string, op func() error) syscall.Errno {
+	fd, err := f.tree.OpenFD(p, unix.O_RDONLY|unix.O_NONBLOCK)
+	if err != nil {
+		return gofs.ToErrno(op())
+	}
+	defer unix.Close(fd)
 	var st unix.Stat_t
-	var rec *stub.Record
-	if fd, err := f.tree.OpenFD(p, unix.O_RDONLY|unix.O_NONBLOCK); err == nil {
-		if unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1 {
-			var rerr error
-			rec, rerr = stub.ReadRecord(fd)
-			if rerr != nil {
-				f.log.Error("unlink of a file whose stub record is unreadable; its archive object is left", "file", p, "reason", rerr)
-			}
-		}
-		unix.Close(fd)
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return gofs.ToErrno(op())
+	}
+	g := f.gates.get(st.Ino)
+	defer f.gates.put(st.Ino)
+	g.io.Lock()
+	defer g.io.Unlock()
+	rec, err := stub.ReadRecord(fd)
+	if err != nil {
+		f.log.Error("unlink of a file whose stub record is unreadable; its archive object is left", "file", p, "reason", err)
 	}
 	if rec == nil {
 		return gofs.ToErrno(op())
 	}
-	token, err := f.opts.Events.Prepare(p, st.Ino, rec.Key)
+	token, err := f.opts.Events.Prepare(fd, p, rec.Key)
 	if err != nil {
 		f.log.Error("cannot queue DESTROY; unlink refused", "file", p, "reason", err)
 		return syscall.EIO

@@ -25,24 +25,30 @@ import (
 // An entry is first "prepared" by the node making the change (an unlink,
 // a record removal, an upload); it becomes ready once the change happened,
 // or is dropped if the file keeps using the object. A prepared entry whose
-// node died (or this node before its restart) is resolved by looking at
-// the file: still there with the same object, the entry is dropped; else
-// the object is garbage.
+// node died, or that this node wrote before it restarted (another
+// incarnation), is resolved by looking at the file. Entries name the file
+// by its handle, which survives renames and names every hard link, and no
+// object is deleted while that file's record still names it: a failed
+// abort, a rename or a link made meanwhile keep the object. Age never
+// resolves an entry: an upload may take longer than any bound.
 type DestroyQueue struct {
-	store   Store
-	fs      string // filesystem name
-	self    string // this node
-	root    string // backing directory
-	raise   func(ctx context.Context, ev *dmapi.Event) error
-	alive   func(node string) bool
-	started time.Time
-	log     *slog.Logger
-	wake    chan struct{}
-	mu      sync.Mutex
-	mine    map[string]destroyEntry // prepared here, not yet committed or aborted
-	runMu   sync.Mutex              // guards stop and done: a queue outlives its DM sessions
-	stop    chan struct{}           // nil while no worker runs
-	done    chan struct{}
+	store Store
+	fs    string // filesystem name
+	self  string // this node
+	root  string // backing directory
+	raise func(ctx context.Context, ev *dmapi.Event) error
+	alive func(node string) bool
+	// incarnation names this run of this node: entries it prepared and
+	// left (a crash) carry an older one.
+	incarnation string
+	log         *slog.Logger
+	wake        chan struct{}
+	mu          sync.Mutex
+	mine        map[string]destroyEntry // prepared here, not yet committed or aborted
+	aborted     map[string]bool         // aborts whose store delete failed: retried
+	runMu       sync.Mutex              // guards stop and done: a queue outlives its DM sessions
+	stop        chan struct{}           // nil while no worker runs
+	done        chan struct{}
 }
 
 // Store keeps the entries of one filesystem durably.
@@ -53,15 +59,12 @@ type Store interface {
 	List() (map[string][]byte, error)
 }
 
-// staleEntry: a prepared entry older than this is resolved even if its
-// node looks alive (the change it guarded is long over).
-const staleEntry = time.Hour
-
 type destroyEntry struct {
-	Event   dmapi.Event `json:"event"`
-	Ready   bool        `json:"ready"`
-	Node    string      `json:"node"`
-	Created time.Time   `json:"created"`
+	Event       dmapi.Event `json:"event"` // Handle names the file, Path is for logs and a fallback
+	Ready       bool        `json:"ready"`
+	Node        string      `json:"node"`
+	Incarnation string      `json:"incarnation,omitempty"`
+	Created     time.Time   `json:"created"` // shown, never used to resolve
 }
 
 var _ dmapi.Garbage = (*DestroyQueue)(nil)
@@ -73,16 +76,24 @@ func NewDestroyQueue(store Store, fsName, self, root string, raise func(context.
 	if alive == nil {
 		alive = func(string) bool { return false }
 	}
-	return &DestroyQueue{store: store, fs: fsName, self: self, root: root, raise: raise, alive: alive, started: time.Now(), log: log, mine: map[string]destroyEntry{},
+	q := &DestroyQueue{store: store, fs: fsName, self: self, root: root, raise: raise, alive: alive,
+		incarnation: dmapi.NewToken(), log: log, mine: map[string]destroyEntry{}, aborted: map[string]bool{},
 		wake: make(chan struct{}, 1)}
+	q.Adopt()
+	return q
 }
 
-// Prepare records that the object key will be garbage unless the file rel
-// (inode ino) uses it: before an unlink, a record removal or an upload.
+// Prepare records that the object key will be garbage unless the open file
+// fd (at rel) uses it: before an unlink, a record removal or an upload.
 // Commit (garbage now) or Abort (the file uses it) follows.
-func (q *DestroyQueue) Prepare(rel string, ino uint64, key string) (token string, err error) {
-	ev := dmapi.Event{Token: dmapi.NewToken(), Type: dmapi.Destroy, FS: q.fs, Path: rel, Ino: ino, Key: key, Length: -1}
-	e := destroyEntry{Event: ev, Node: q.self, Created: time.Now()}
+func (q *DestroyQueue) Prepare(fd int, rel string, key string) (token string, err error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return "", fmt.Errorf("destroy queue: %w", err)
+	}
+	handle, _ := stub.HandleOf(fd) // without one, the path serves
+	ev := dmapi.Event{Token: dmapi.NewToken(), Type: dmapi.Destroy, FS: q.fs, Path: rel, Ino: st.Ino, Handle: handle, Key: key, Length: -1}
+	e := destroyEntry{Event: ev, Node: q.self, Incarnation: q.incarnation, Created: time.Now()}
 	if err := q.write(e); err != nil {
 		return "", err
 	}
@@ -122,10 +133,28 @@ func (q *DestroyQueue) Commit(token string) {
 }
 
 // Abort drops a prepared entry (the unlink failed, or the upload's record
-// was committed).
+// was committed). If the store cannot drop it now, the worker tries again;
+// meanwhile the entry is this live incarnation's, so nothing resolves it.
 func (q *DestroyQueue) Abort(token string) {
 	q.forget(token)
-	q.store.Delete(token)
+	if err := q.store.Delete(token); err != nil {
+		q.log.Warn("DESTROY entry not dropped; retried", "token", token, "reason", err)
+		q.mu.Lock()
+		q.aborted[token] = true
+		q.mu.Unlock()
+		q.kick()
+	}
+}
+
+// retryAborts drops the entries whose Abort could not.
+func (q *DestroyQueue) retryAborts() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for token := range q.aborted {
+		if q.store.Delete(token) == nil {
+			delete(q.aborted, token)
+		}
+	}
 }
 
 // Pending counts the entries not yet done.
@@ -185,6 +214,7 @@ func (q *DestroyQueue) run(stop, done chan struct{}) {
 }
 
 func (q *DestroyQueue) drain(ctx context.Context) {
+	q.retryAborts()
 	all, err := q.store.List()
 	if err != nil {
 		q.log.Warn("destroy queue unreadable, will retry", "reason", err)
@@ -199,14 +229,15 @@ func (q *DestroyQueue) drain(ctx context.Context) {
 			q.log.Error("destroy queue: unreadable entry, left in place", "entry", token, "reason", err)
 			continue
 		}
-		if !e.Ready {
-			if !q.orphaned(&e) {
-				continue // its change is in progress
-			}
-			if q.fileStillUses(&e.Event) {
-				q.store.Delete(token)
-				continue
-			}
+		if !e.Ready && !q.orphaned(&e) {
+			continue // its change is in progress
+		}
+		// Ready or not: no object goes while its file still names it (a
+		// hard link left, a rename after a failed abort).
+		if q.fileStillUses(&e.Event) {
+			q.log.Info("DESTROY dropped: the file still uses the object", "fs", e.Event.FS, "file", e.Event.Path, "key", e.Event.Key)
+			q.store.Delete(token)
+			continue
 		}
 		if err := q.raise(ctx, &e.Event); err != nil {
 			q.log.Warn("destroy failed, will retry", "key", e.Event.Key, "reason", err)
@@ -217,29 +248,67 @@ func (q *DestroyQueue) drain(ctx context.Context) {
 	}
 }
 
-// orphaned: the node that prepared the entry cannot finish it any more.
+// orphaned: the node that prepared the entry cannot finish it any more:
+// this node before its restart, or another node that is not alive. (An
+// entry of another node that restarted is marked by that node: Adopt.)
 func (q *DestroyQueue) orphaned(e *destroyEntry) bool {
-	switch {
-	case time.Since(e.Created) > staleEntry:
-		return true
-	case e.Node == q.self:
-		return e.Created.Before(q.started) // from before this node's restart
-	default:
-		return !q.alive(e.Node)
+	if e.Node == q.self {
+		return e.Incarnation != q.incarnation
+	}
+	return e.Incarnation == orphanMark || !q.alive(e.Node)
+}
+
+// orphanMark replaces the incarnation of entries whose node restarted.
+const orphanMark = "orphaned"
+
+// Adopt marks the prepared entries that an earlier run of this node left,
+// so the owner (which may be another node) resolves them. Every node runs
+// it when it mounts the filesystem.
+func (q *DestroyQueue) Adopt() {
+	all, err := q.store.List()
+	if err != nil {
+		q.log.Warn("destroy queue unreadable at start; left entries are resolved once the node is seen down", "reason", err)
+		return
+	}
+	for _, raw := range all {
+		var e destroyEntry
+		if json.Unmarshal(raw, &e) != nil || e.Ready || e.Node != q.self || e.Incarnation == q.incarnation || e.Incarnation == orphanMark {
+			continue
+		}
+		e.Incarnation = orphanMark
+		if err := q.write(e); err != nil {
+			q.log.Warn("destroy queue: left entry not marked", "token", e.Event.Token, "reason", err)
+		}
 	}
 }
 
-// fileStillUses reports whether the file of a prepared entry still exists
-// with the same object: the change did not happen.
+// fileStillUses reports whether the file of an entry (found by its
+// handle, else its path) still has a record naming the object. When it
+// cannot tell, it says yes: an object kept is found by reconcile, one
+// deleted is data lost.
 func (q *DestroyQueue) fileStillUses(ev *dmapi.Event) bool {
 	root, err := beneath.Open(q.root)
 	if err != nil {
-		return true // cannot tell: keep the object
+		return true
 	}
 	defer root.Close()
-	fd, err := root.OpenFD(ev.Path, unix.O_RDONLY|unix.O_NONBLOCK)
-	if err != nil {
-		return !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, beneath.ErrSymlink)
+	fd := -1
+	if len(ev.Handle) > 0 {
+		fd, err = stub.OpenHandle(root.FD(), ev.Handle, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
+		if errors.Is(err, unix.ESTALE) {
+			return false // the inode is gone: no link of it is left
+		}
+	}
+	if fd < 0 {
+		fd, err = root.OpenFD(ev.Path, unix.O_RDONLY|unix.O_NONBLOCK)
+		if err != nil {
+			return !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, beneath.ErrSymlink)
+		}
+	}
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) == nil && st.Nlink == 0 {
+		unix.Close(fd)
+		return false // removed (still open somewhere)
 	}
 	defer unix.Close(fd)
 	rec, err := stub.ReadRecord(fd)

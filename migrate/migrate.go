@@ -143,7 +143,7 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 	}
 	if rec != nil && rec.State == stub.Premigrated && !rec.Unchanged(&st) {
 		// Changed behind our back since the copy: that copy is stale.
-		err := dmapi.Orphan(m.garbage, rel, st.Ino, rec.Key, func() error {
+		err := dmapi.Orphan(m.garbage, fd, rel, rec.Key, func() error {
 			return m.gate.Commit(st.Ino, func() error {
 				return m.Fence.Run(func() error { return stub.RemoveRecord(fd) })
 			})
@@ -185,7 +185,7 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 	}
 	// Noted before the upload: a crash before the record is written leaves
 	// an object no file uses, deleted at the next start.
-	token, err := m.garbage.Prepare(rel, before.Ino, rec.Key)
+	token, err := m.garbage.Prepare(int(file.Fd()), rel, rec.Key)
 	if err != nil {
 		return nil, err
 	}
@@ -220,7 +220,9 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		if err := unix.Fstat(int(file.Fd()), &now); err != nil {
 			return err
 		}
-		if !rec.Unchanged(&now) {
+		// Removed meanwhile (rm during the upload): a record on a file
+		// without a name would keep its object forever.
+		if !rec.Unchanged(&now) || now.Nlink == 0 {
 			return ErrChanged
 		}
 		return m.Fence.Run(func() error { return stub.WriteRecord(int(file.Fd()), rec) })

@@ -233,7 +233,7 @@ func (m *Manager) dropPremigrated(ev *dmapi.Event) error {
 	if rec.State != stub.Premigrated {
 		return fmt.Errorf("%s: record changed to %s while it was made resident", ev.Path, rec.State)
 	}
-	return dmapi.Orphan(m.garbage, ev.Path, st.Ino, rec.Key, func() error {
+	return dmapi.Orphan(m.garbage, fd, ev.Path, rec.Key, func() error {
 		return m.Fence.Run(func() error { return stub.RemoveRecord(fd) })
 	})
 }

@@ -411,7 +411,7 @@ func (f *fileRecall) makeResident() error {
 	if f.rec == nil {
 		return nil
 	}
-	err := dmapi.Orphan(f.m.garbage, f.path, f.ino, f.rec.Key, func() error {
+	err := dmapi.Orphan(f.m.garbage, f.fd, f.path, f.rec.Key, func() error {
 		return f.m.Fence.Run(func() error { return stub.RemoveRecord(f.fd) })
 	})
 	if err == nil {
