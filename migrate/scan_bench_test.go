@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/cascadefs/cascadefs/internal/fakes"
+	"github.com/cascadefs/cascadefs/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -134,7 +135,7 @@ func makeTree(b *testing.B, root string, files int) {
 func dropCaches(b *testing.B) {
 	syscall.Sync()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
-		b.Skipf("cold runs need root: %v", err)
+		testenv.Missing(b, "cold runs need root: %v", err)
 	}
 }
 
