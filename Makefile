@@ -16,7 +16,7 @@ $(TOOLS)/minio:
 	cd /tmp && GOBIN=$(TOOLS) GOFLAGS=-mod=mod $(GO) install github.com/minio/minio@$(MINIO_VERSION)
 
 test: tools build
-	scripts/need-fuse.sh
+	scripts/need-system.sh
 	CASCADEFS_REQUIRE_ALL=1 $(GO) test -count=1 -timeout 45m ./...
 
 unit:

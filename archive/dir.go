@@ -51,7 +51,7 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) (Obj
 	if err != nil {
 		return ObjectInfo{}, err
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+	if err := d.mkdirSynced(filepath.Dir(p)); err != nil {
 		return ObjectInfo{}, fmt.Errorf("archive put %s: %w", key, err)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(p), tempPrefix(p)+"*")
@@ -130,6 +130,12 @@ func (d *Dir) Delete(ctx context.Context, key string) error {
 	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("archive delete %s: %w", key, err)
+	} else if err == nil {
+		// The queue forgets the entry next: a delete lost in a crash
+		// would leak the object.
+		if err := syncDir(filepath.Dir(p)); err != nil {
+			return fmt.Errorf("archive delete %s: %w", key, err)
+		}
 	}
 	// A Put cut short by a crash leaves its temporary file: it goes too.
 	temps, _ := filepath.Glob(filepath.Join(filepath.Dir(p), globEscape(tempPrefix(p))+"*"))
@@ -144,6 +150,25 @@ func tempPrefix(p string) string { return ".put-" + filepath.Base(p) + "-" }
 
 func globEscape(s string) string {
 	return strings.NewReplacer("*", "\\*", "?", "\\?", "[", "\\[", "\\", "\\\\").Replace(s)
+}
+
+// mkdirSynced makes dir and its missing parents inside the archive, each
+// new entry synced in its parent, so an object renamed into dir survives
+// a crash.
+func (d *Dir) mkdirSynced(dir string) error {
+	if dir == d.root {
+		return nil
+	}
+	if st, err := os.Stat(dir); err == nil && st.IsDir() {
+		return nil
+	}
+	if err := d.mkdirSynced(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return syncDir(filepath.Dir(dir))
 }
 
 func syncDir(dir string) error {

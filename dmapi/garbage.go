@@ -1,5 +1,11 @@
 package dmapi
 
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
 // Garbage is the durable record of archive objects about to stop backing
 // any file: the queue of asynchronous DESTROY events. An entry is prepared
 // before the change that may orphan the object (an unlink, the removal of
@@ -17,9 +23,13 @@ type Garbage interface {
 	Abort(token string)
 }
 
-// Orphan runs change, which stops the file rel from using the object key,
-// between Prepare and Commit: a crash at any moment neither leaks the
-// object nor deletes one that is still in use.
+// Orphan runs change, which stops the file fd (at rel) from using the
+// object key (a record removal), between Prepare and Commit: a crash at
+// any moment neither leaks the object nor deletes one that is still in
+// use. The change is made durable (fsync) before the entry is committed:
+// a record that came back after a crash would name a deleted object. If
+// that sync fails, the entry stays prepared and is resolved by looking at
+// the file at the next start.
 func Orphan(g Garbage, fd int, rel string, key string, change func() error) error {
 	token, err := g.Prepare(fd, rel, key)
 	if err != nil {
@@ -28,6 +38,9 @@ func Orphan(g Garbage, fd int, rel string, key string, change func() error) erro
 	if err := change(); err != nil {
 		g.Abort(token)
 		return err
+	}
+	if err := unix.Fsync(fd); err != nil {
+		return fmt.Errorf("sync record removal: %w", err)
 	}
 	g.Commit(token)
 	return nil

@@ -436,6 +436,11 @@ func (f *FS) destroying(p string, op func() error) syscall.Errno {
 	if rec == nil {
 		return gofs.ToErrno(op())
 	}
+	dir, err := f.tree.OpenFD(filepath.Dir(p), unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	defer unix.Close(dir)
 	token, err := f.opts.Events.Prepare(fd, p, rec.Key)
 	if err != nil {
 		f.log.Error("cannot queue DESTROY; unlink refused", "file", p, "reason", err)
@@ -444,6 +449,14 @@ func (f *FS) destroying(p string, op func() error) syscall.Errno {
 	if err := op(); err != nil {
 		f.opts.Events.Abort(token)
 		return gofs.ToErrno(err)
+	}
+	// The name must be gone for good before its object may go: a crash
+	// that brought the name back would leave a stub without an object.
+	// If the sync fails the entry stays prepared, resolved at the next
+	// start by looking at the file.
+	if err := unix.Fsync(dir); err != nil {
+		f.log.Error("cannot sync the directory of a removed stub; its object is kept until the next start", "file", p, "reason", err)
+		return 0
 	}
 	f.opts.Events.Commit(token)
 	return 0

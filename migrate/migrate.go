@@ -183,6 +183,11 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		sums []uint32
 		err  error
 	}
+	// The copy must match what a crash leaves on disk: written-back data,
+	// not dirty pages that a crash may lose (synced again at the commit).
+	if err := stub.SyncData(int(file.Fd())); err != nil {
+		return nil, err
+	}
 	// Noted before the upload: a crash before the record is written leaves
 	// an object no file uses, deleted at the next start.
 	token, err := m.garbage.Prepare(int(file.Fd()), rel, rec.Key)
@@ -225,7 +230,13 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		if !rec.Unchanged(&now) || now.Nlink == 0 {
 			return ErrChanged
 		}
-		return m.Fence.Run(func() error { return stub.WriteRecord(int(file.Fd()), rec) })
+		// The record claims the local data matches the archive copy, and
+		// it is what keeps the upload's DESTROY entry from being needed:
+		// data durable before it, it durable before the entry goes.
+		if err := stub.SyncData(int(file.Fd())); err != nil {
+			return err
+		}
+		return m.Fence.Run(func() error { return stub.WriteRecordSync(int(file.Fd()), rec) })
 	})
 	if err != nil {
 		discard()
@@ -283,7 +294,9 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 		migrated := *rec
 		migrated.State = stub.Migrated
 		err = m.Fence.Run(func() error {
-			if err := stub.WriteRecord(fd, &migrated); err != nil {
+			// Durable before the punch: a crash must never leave holes
+			// under a record that does not send reads to the archive.
+			if err := stub.WriteRecordSync(fd, &migrated); err != nil {
 				return err
 			}
 			return stub.Punch(fd, st.Size)

@@ -388,6 +388,10 @@ func (f *fileRecall) commitIfComplete() error {
 	if hole, err := stub.FirstHole(f.fd, 0, f.rec.Size); err != nil || hole < f.rec.Size {
 		return err
 	}
+	// The record claims the recalled bytes are local: durable first.
+	if err := stub.SyncData(f.fd); err != nil {
+		return err
+	}
 	rec := *f.rec
 	rec.State = stub.Premigrated
 	f.m.log.Info("recalled", "file", f.path, "bytes", rec.Size, "fetched", f.fetched)
@@ -410,6 +414,10 @@ func (f *fileRecall) makeResident() error {
 	}
 	if f.rec == nil {
 		return nil
+	}
+	// Without its record the file's local bytes are all there is.
+	if err := stub.SyncData(f.fd); err != nil {
+		return err
 	}
 	err := dmapi.Orphan(f.m.garbage, f.fd, f.path, f.rec.Key, func() error {
 		return f.m.Fence.Run(func() error { return stub.RemoveRecord(f.fd) })

@@ -114,6 +114,27 @@ func WriteRecord(fd int, r *Record) error {
 	return nil
 }
 
+// WriteRecordSync is WriteRecord made durable (fsync: an xattr is
+// metadata that fdatasync may leave behind) before it returns.
+func WriteRecordSync(fd int, r *Record) error {
+	if err := WriteRecord(fd, r); err != nil {
+		return err
+	}
+	if err := unix.Fsync(fd); err != nil {
+		return fmt.Errorf("sync stub record: %w", err)
+	}
+	return nil
+}
+
+// SyncData makes the bytes written to the file durable (fdatasync), before
+// a record change claims them.
+func SyncData(fd int) error {
+	if err := unix.Fdatasync(fd); err != nil {
+		return fmt.Errorf("sync data: %w", err)
+	}
+	return nil
+}
+
 // RemoveRecord makes the file resident. Removing a missing record is fine.
 func RemoveRecord(fd int) error {
 	if err := unix.Fremovexattr(fd, XattrName); err != nil && !errors.Is(err, unix.ENODATA) {

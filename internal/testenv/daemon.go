@@ -330,3 +330,6 @@ func (p *proc) Kill9() {
 	p.cmd = nil
 	p.log.Close()
 }
+
+// PID is the process id of the running process.
+func (p *proc) PID() int { return p.cmd.Process.Pid }
