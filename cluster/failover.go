@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/member"
@@ -162,6 +163,11 @@ func (n *Node) takeOver(name, failed, reason string) {
 			n.log.Info("failover: already taken", "fs", name, "owner", fs.Owner, "epoch", fs.Epoch)
 			return
 		} else if ok, err := n.repo.TryLock(lock, n.cfg.Name, n.cfg.LockTimeout); err == nil && ok {
+			if err := failpoint.Hit(failpoint.TakeoverBeforeCommit); err != nil {
+				n.repo.Unlock(lock, n.cfg.Name)
+				n.log.Warn("failover: attempt failed", "fs", name, "reason", err)
+				return
+			}
 			err := n.repo.UpdateFS(name, func(f *repo.FS) error {
 				if f.Owner != failed {
 					return errMoved

@@ -26,6 +26,12 @@ func (g *clusterGate) Commit(ino uint64, fn func() error) error {
 	return g.m.mount.FS().Commit(ino, fn)
 }
 
+// CommitCopy: writers on other nodes are not asked; what they change
+// removes the file's watch (stub.Unwatch), which the commit checks.
+func (g *clusterGate) CommitCopy(ino uint64, fn func() error) error {
+	return g.m.mount.FS().CommitCopy(ino, fn)
+}
+
 func (g *clusterGate) Release(ctx context.Context, ino uint64, wait time.Duration, fn func() error) error {
 	peers := g.n.peers(g.m.config())
 	for _, p := range peers {

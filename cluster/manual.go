@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/member"
@@ -125,6 +126,10 @@ func (n *Node) onHandover(ctx context.Context, caller string, raw json.RawMessag
 		return nil, fmt.Errorf("%s does not run the session of %s", n.cfg.Name, req.FS)
 	}
 	m.stopDM(req.Reason)
+	if err := failpoint.Hit(failpoint.HandoverAfterStop); err != nil {
+		n.kick()
+		return nil, err
+	}
 	err := n.repo.UpdateFS(req.FS, func(f *repo.FS) error {
 		if f.Owner != n.cfg.Name {
 			return errMoved

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"strconv"
 	"sync"
 	"time"
@@ -137,6 +138,10 @@ func (m *mounted) stop(handOver bool) {
 func (m *mounted) handOver(why string) { m.n.handOverByName(m.name, why) }
 
 func (n *Node) handOverByName(name, why string) {
+	if err := failpoint.Hit(failpoint.HandoverAfterStop); err != nil {
+		n.log.Warn("could not hand the filesystem over", "fs", name, "reason", err)
+		return
+	}
 	err := n.repo.UpdateFS(name, func(f *repo.FS) error {
 		if f.Owner == n.cfg.Name {
 			f.Takeovers = append(f.Takeovers, repo.Takeover{At: time.Now(), From: f.Owner, Epoch: f.Epoch,

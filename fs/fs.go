@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -444,6 +445,10 @@ func (f *FS) destroying(p string, op func() error) syscall.Errno {
 	token, err := f.opts.Events.Prepare(fd, p, rec.Key)
 	if err != nil {
 		f.log.Error("cannot queue DESTROY; unlink refused", "file", p, "reason", err)
+		return syscall.EIO
+	}
+	if err := failpoint.Hit(failpoint.DestroyBeforeUnlink); err != nil {
+		f.opts.Events.Abort(token)
 		return syscall.EIO
 	}
 	if err := op(); err != nil {

@@ -20,6 +20,7 @@ type gate struct {
 	passthrough int // handles the kernel serves directly (FOPEN_PASSTHROUGH)
 	cached      int // handles in the kernel's cached I/O mode
 	held        int // releases in progress: new opens wait
+	writers     int // handles open for writing
 
 	refs int // guarded by gates.mu
 }
@@ -76,6 +77,23 @@ func (f *FS) Commit(ino uint64, fn func() error) error {
 	defer f.gates.put(ino)
 	g.io.Lock()
 	defer g.io.Unlock()
+	return fn()
+}
+
+// CommitCopy implements migrate.Gate: Commit, refused (dmapi.ErrBusy)
+// while a handle has the file open for writing, since such a handle may
+// write at any moment without us (kernel passthrough).
+func (f *FS) CommitCopy(ino uint64, fn func() error) error {
+	g := f.gates.get(ino)
+	defer f.gates.put(ino)
+	g.io.Lock()
+	defer g.io.Unlock()
+	g.mu.Lock()
+	writers := g.writers
+	g.mu.Unlock()
+	if writers > 0 {
+		return fmt.Errorf("open for writing: %w", dmapi.ErrBusy)
+	}
 	return fn()
 }
 

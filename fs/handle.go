@@ -48,6 +48,9 @@ type handle struct {
 	fhOnce sync.Once
 	fh     []byte      // file handle, for events (made on first use)
 	wrote  atomic.Bool // changed through this handle since the last flush
+	// writable: open for writing; counted in g.writers, and its close
+	// removes the file's watch.
+	writable bool
 }
 
 // ptHandle is a handle the kernel may serve by passthrough. Only fully
@@ -123,6 +126,19 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 		unix.Close(fd)
 		return nil, 0, syscall.EINTR
 	}
+	// A write open may change the file at any moment (by passthrough,
+	// without us): a copy being made now is stale. Removed before the
+	// open counts, so a commit either sees the writer or misses the watch.
+	writable := mode != modeNone && flags&unix.O_ACCMODE != unix.O_RDONLY && st.Mode&unix.S_IFMT == unix.S_IFREG
+	if writable {
+		if err := stub.Unwatch(fd); err != nil {
+			g.mu.Unlock()
+			f.gates.put(st.Ino)
+			unix.Close(fd)
+			f.log.Error("cannot mark the file changed; write open refused", "file", path, "reason", err)
+			return nil, 0, syscall.EIO
+		}
+	}
 	// g.mu is held. The kernel's rule: while an inode has passthrough
 	// opens, every open of it must be passthrough (else EIO). And go-fuse
 	// (v2.12.1) drops its backing-file reference on every release, so a
@@ -149,8 +165,11 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 	if mode != modeNone {
 		g.opens++
 	}
+	if writable {
+		g.writers++
+	}
 	g.mu.Unlock()
-	h := &handle{lf: gofs.NewLoopbackFile(fd).(*gofs.LoopbackFile), fd: fd, fs: f, path: path, ino: st.Ino, g: g, mode: mode}
+	h := &handle{lf: gofs.NewLoopbackFile(fd).(*gofs.LoopbackFile), fd: fd, fs: f, path: path, ino: st.Ino, g: g, mode: mode, writable: writable}
 	if mode == modePassthrough && flags&unix.O_ACCMODE != unix.O_RDONLY {
 		h.wrote.Store(true) // its writes bypass us: assume it changes the file
 	}
@@ -158,8 +177,18 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
+	if h.writable {
+		// Whatever it wrote by passthrough (unseen) is in now: a copy
+		// made while it was open is stale.
+		if err := stub.Unwatch(h.fd); err != nil {
+			h.fs.log.Error("cannot mark a written file changed", "file", h.path, "reason", err)
+		}
+	}
 	errno := h.lf.Release(ctx)
 	h.g.mu.Lock()
+	if h.writable {
+		h.g.writers--
+	}
 	switch h.mode {
 	case modePassthrough:
 		h.g.passthrough--
@@ -281,6 +310,9 @@ func (h *handle) forChange(ctx context.Context, t dmapi.Type, change func() sysc
 		if rec == nil {
 			defer h.g.io.RUnlock()
 			h.wrote.Store(true)
+			if err := stub.Unwatch(h.fd); err != nil {
+				return gofs.ToErrno(err)
+			}
 			return change()
 		}
 		h.g.io.RUnlock()
@@ -366,10 +398,18 @@ func (h *handle) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.Attr
 	}
 	var before unix.Stat_t
 	unix.Fstat(h.fd, &before)
+	movesRecord := rec != nil && rec.Unchanged(&before)
+	if !movesRecord {
+		// A time change of a file that may be being copied: the copy is
+		// not trusted (a writer may restore the mtime to hide its writes).
+		if err := stub.Unwatch(h.fd); err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
 	if errno := h.lf.Setattr(ctx, in, out); errno != 0 {
 		return errno
 	}
-	if rec != nil && rec.Unchanged(&before) {
+	if movesRecord {
 		var after unix.Stat_t
 		if err := unix.Fstat(h.fd, &after); err != nil {
 			return gofs.ToErrno(err)

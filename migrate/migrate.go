@@ -5,11 +5,13 @@ package migrate
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"io"
 	"log/slog"
 	"os"
@@ -28,6 +30,9 @@ type Gate interface {
 	// Commit runs fn while no write through the mount is in progress on
 	// the file or can start.
 	Commit(ino uint64, fn func() error) error
+	// CommitCopy is Commit for the record of a new archive copy: refused
+	// (dmapi.ErrBusy) while the file is open for writing.
+	CommitCopy(ino uint64, fn func() error) error
 	// Release runs fn when the file is open nowhere through the mount,
 	// holding new opens meanwhile. It waits at most wait for open handles
 	// to close, then gives up with dmapi.ErrBusy.
@@ -141,7 +146,15 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 	if err != nil {
 		return res, fmt.Errorf("migrate %s: %w", rel, err)
 	}
-	if rec != nil && rec.State == stub.Premigrated && !rec.Unchanged(&st) {
+	stale := false
+	if rec != nil && rec.State == stub.Premigrated {
+		watched, err := stub.Watched(fd, "")
+		if err != nil {
+			return res, fmt.Errorf("migrate %s: %w", rel, err)
+		}
+		stale = !watched || !rec.Unchanged(&st)
+	}
+	if stale {
 		// Changed behind our back since the copy: that copy is stale.
 		err := dmapi.Orphan(m.garbage, fd, rel, rec.Key, func() error {
 			return m.gate.Commit(st.Ino, func() error {
@@ -163,6 +176,9 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 	if premigrateOnly {
 		return res, nil
 	}
+	if err := failpoint.Hit(failpoint.MigrateAfterPremigrate); err != nil {
+		return res, fmt.Errorf("migrate %s: %w", rel, err)
+	}
 	released, err := m.release(ctx, fd, rec, wait)
 	if err != nil {
 		return res, fmt.Errorf("migrate %s: %w", rel, err)
@@ -175,6 +191,12 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 // meanwhile.
 func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *unix.Stat_t) (*stub.Record, error) {
 	size := before.Size
+	// Any change through any mount from now on removes the watch; the
+	// commit checks it is still ours.
+	watch, err := stub.Watch(int(file.Fd()))
+	if err != nil {
+		return nil, err
+	}
 	rec := &stub.Record{State: stub.Premigrated, Key: m.newKey(before.Ino), Size: size,
 		MtimeNs: stub.MtimeNs(before), Ino: before.Ino, ChunkSize: m.cfg.ChunkSize, MigratedAt: time.Now().Unix()}
 
@@ -216,11 +238,15 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 			return nil, err
 		}
 	}
-	if err := m.verifyCopy(ctx, rec); err != nil {
+	if err := m.verifyCopy(ctx, rec, false); err != nil {
 		discard()
 		return nil, err
 	}
-	err = m.gate.Commit(before.Ino, func() error {
+	if err := failpoint.Hit(failpoint.MigrateAfterUpload); err != nil {
+		discard()
+		return nil, err
+	}
+	err = m.gate.CommitCopy(before.Ino, func() error {
 		var now unix.Stat_t
 		if err := unix.Fstat(int(file.Fd()), &now); err != nil {
 			return err
@@ -229,6 +255,9 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		// without a name would keep its object forever.
 		if !rec.Unchanged(&now) || now.Nlink == 0 {
 			return ErrChanged
+		}
+		if ok, err := stub.Watched(int(file.Fd()), watch); err != nil || !ok {
+			return cmp.Or(err, ErrChanged)
 		}
 		// The record claims the local data matches the archive copy, and
 		// it is what keeps the upload's DESTROY entry from being needed:
@@ -247,10 +276,14 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 	return rec, nil
 }
 
-// verifyCopy checks that the archive holds the object at its full size (and
-// the checksum object for large files). The bytes themselves were checked
-// in transit (S3 CRC-32C checksums) and are checked again on every recall.
-func (m *Migrator) verifyCopy(ctx context.Context, rec *stub.Record) error {
+// verifyCopy checks that the archive holds the object at its full size
+// (and the checksum object for large files). The bytes themselves were
+// checked in transit (S3 CRC-32C checksums) and are checked again on every
+// recall. Before a release (deep), the object must also be the one
+// uploaded (same ETag, where the archive gives one) and the checksum
+// object must match the record: the punch makes the archive copy the only
+// one.
+func (m *Migrator) verifyCopy(ctx context.Context, rec *stub.Record, deep bool) error {
 	info, err := m.arch.Stat(ctx, rec.Key)
 	if err != nil {
 		return fmt.Errorf("verify archive copy: %w", err)
@@ -258,10 +291,29 @@ func (m *Migrator) verifyCopy(ctx context.Context, rec *stub.Record) error {
 	if info.Size != rec.Size {
 		return fmt.Errorf("verify archive copy: object has %d bytes, file %d", info.Size, rec.Size)
 	}
-	if rec.Sums == nil && rec.SumsCount > 0 {
+	if deep && rec.ETag != "" && info.ETag != "" && info.ETag != rec.ETag {
+		return fmt.Errorf("verify archive copy: object %s was replaced (ETag %s, recorded %s)", rec.Key, info.ETag, rec.ETag)
+	}
+	if rec.InlineSums() {
+		return nil
+	}
+	if !deep {
 		if _, err := m.arch.Stat(ctx, rec.Key+stub.SumsSuffix); err != nil {
 			return fmt.Errorf("verify archive copy: %w", err)
 		}
+		return nil
+	}
+	body, err := m.arch.Get(ctx, rec.Key+stub.SumsSuffix, 0, -1)
+	if err != nil {
+		return fmt.Errorf("verify archive copy: %w", err)
+	}
+	defer body.Close()
+	blob, err := io.ReadAll(io.LimitReader(body, 4*int64(rec.SumsCount)+1))
+	if err != nil {
+		return fmt.Errorf("verify archive copy: %w", err)
+	}
+	if _, err := stub.DecodeSums(rec, blob); err != nil {
+		return fmt.Errorf("verify archive copy: checksum object: %w", err)
 	}
 	return nil
 }
@@ -272,9 +324,6 @@ func (m *Migrator) verifyCopy(ctx context.Context, rec *stub.Record) error {
 // migrated file whose data is still all there, never a premigrated file
 // with holes.
 func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait time.Duration) (int64, error) {
-	if err := m.verifyCopy(ctx, rec); err != nil {
-		return 0, err
-	}
 	var released int64
 	err := m.gate.Release(ctx, rec.Ino, wait, func() error {
 		var st unix.Stat_t
@@ -287,6 +336,15 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 		if st.Size != rec.Size {
 			return ErrChanged
 		}
+		if rec.State == stub.Premigrated {
+			if ok, err := stub.Watched(fd, ""); err != nil || !ok {
+				return cmp.Or(err, ErrChanged)
+			}
+		}
+		// Last look at the archive copy: after the punch it is the only one.
+		if err := m.verifyCopy(ctx, rec, true); err != nil {
+			return err
+		}
 		resident, err := stub.ResidentBytes(fd, st.Size)
 		if err != nil {
 			return err
@@ -297,6 +355,9 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 			// Durable before the punch: a crash must never leave holes
 			// under a record that does not send reads to the archive.
 			if err := stub.WriteRecordSync(fd, &migrated); err != nil {
+				return err
+			}
+			if err := failpoint.Hit(failpoint.MigrateBeforePunch); err != nil {
 				return err
 			}
 			return stub.Punch(fd, st.Size)

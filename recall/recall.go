@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"log/slog"
 	"os"
 	"sync"
@@ -204,6 +205,9 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 func (m *Manager) destroy(ctx context.Context, ev *dmapi.Event) error {
 	if ev.Key == "" {
 		return fmt.Errorf("destroy %s: no object key", ev.Path)
+	}
+	if err := failpoint.Hit(failpoint.DestroyBeforeDelete); err != nil {
+		return err
 	}
 	return m.Fence.Run(func() error {
 		if err := m.arch.Delete(ctx, ev.Key); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"io"
 	"os"
 	"sync"
@@ -374,6 +375,9 @@ func (f *fileRecall) write(ctx context.Context, b []byte, off int64) error {
 		}
 		b, off = b[n:], off+int64(n)
 	}
+	if err := failpoint.Hit(failpoint.RecallAfterWrite); err != nil {
+		return err
+	}
 	return stub.RestoreTimes(f.fd, &f.st)
 }
 
@@ -390,6 +394,14 @@ func (f *fileRecall) commitIfComplete() error {
 	}
 	// The record claims the recalled bytes are local: durable first.
 	if err := stub.SyncData(f.fd); err != nil {
+		return err
+	}
+	if err := failpoint.Hit(failpoint.RecallBeforeRecord); err != nil {
+		return err
+	}
+	// A premigrated record is trusted while its watch is there; nothing
+	// could change a migrated file without removing its record first.
+	if _, err := stub.Watch(f.fd); err != nil {
 		return err
 	}
 	rec := *f.rec

@@ -1,8 +1,11 @@
 package stub
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -135,6 +138,53 @@ func SyncData(fd int) error {
 	return nil
 }
 
+// WatchName holds a token that the migrator sets before it copies a file
+// and that every change through any mount removes (Unwatch): a write
+// open, the close of a written handle, a truncate, an fallocate, a time
+// change. A premigrated record is valid only while the watch is there, so
+// a change that keeps size and mtime (futimens, a rewrite within one
+// timestamp tick) is still seen.
+const WatchName = XattrPrefix + "watch"
+
+// Watch sets a fresh watch token on the file and returns it.
+func Watch(fd int) (string, error) {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	token := hex.EncodeToString(b[:])
+	if err := unix.Fsetxattr(fd, WatchName, []byte(token), 0); err != nil {
+		return "", fmt.Errorf("set watch: %w", err)
+	}
+	return token, nil
+}
+
+// Watched reports whether the file still has the watch token (any token
+// when token is ""): nothing changed it since Watch.
+func Watched(fd int, token string) (bool, error) {
+	var buf [64]byte
+	n, err := unix.Fgetxattr(fd, WatchName, buf[:])
+	switch {
+	case errors.Is(err, unix.ENODATA):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("read watch: %w", err)
+	}
+	return token == "" || string(buf[:n]) == token, nil
+}
+
+// Unwatch removes the watch: the file changes. Cheap when there is none
+// (one getxattr, no metadata write).
+func Unwatch(fd int) error {
+	if ok, err := Watched(fd, ""); !ok {
+		return err
+	}
+	if err := unix.Fremovexattr(fd, WatchName); err != nil && !errors.Is(err, unix.ENODATA) {
+		return fmt.Errorf("remove watch: %w", err)
+	}
+	return nil
+}
+
 // RemoveRecord makes the file resident. Removing a missing record is fine.
 func RemoveRecord(fd int) error {
 	if err := unix.Fremovexattr(fd, XattrName); err != nil && !errors.Is(err, unix.ENODATA) {
@@ -150,9 +200,22 @@ const punchSlack = 1 << 20
 
 // Punch releases all data blocks of the file, keeping its size, and checks
 // that no data remains.
+// It punches in two steps (split at a MiB boundary, so no block is only
+// zeroed), so that a crash between them can be tested: the record says
+// migrated before any punch, so half-punched data is never read as local.
 func Punch(fd int, size int64) error {
+	half := (size / 2) &^ (punchSlack - 1)
+	mode := uint32(unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE)
+	if half > 0 {
+		if err := unix.Fallocate(fd, mode, 0, half); err != nil {
+			return fmt.Errorf("punch: %w", err)
+		}
+		if err := failpoint.Hit(failpoint.MigrateInsidePunch); err != nil {
+			return err
+		}
+	}
 	if size > 0 {
-		if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, size+punchSlack); err != nil {
+		if err := unix.Fallocate(fd, mode, half, size-half+punchSlack); err != nil {
 			return fmt.Errorf("punch: %w", err)
 		}
 	}

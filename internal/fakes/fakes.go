@@ -13,7 +13,8 @@ import (
 // OpenGate lets every commit and release through: no mount in unit tests.
 type OpenGate struct{}
 
-func (OpenGate) Commit(ino uint64, fn func() error) error { return fn() }
+func (OpenGate) Commit(ino uint64, fn func() error) error     { return fn() }
+func (OpenGate) CommitCopy(ino uint64, fn func() error) error { return fn() }
 func (OpenGate) Release(ctx context.Context, ino uint64, wait time.Duration, fn func() error) error {
 	return fn()
 }
