@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // ErrNotFound is returned (wrapped) when an object does not exist.
@@ -16,9 +17,13 @@ var ErrNotFound = errors.New("archive object not found")
 
 // ObjectInfo describes a stored object.
 type ObjectInfo struct {
-	Key  string
-	Size int64
-	ETag string
+	Key      string
+	Size     int64
+	ETag     string
+	Modified time.Time // when it was stored (List only)
+	// Incomplete: an upload cut short (S3 multipart parts, a file
+	// archive's temporary file); List only. Delete(Key) removes it.
+	Incomplete bool
 }
 
 // Archive stores immutable objects by key.
@@ -33,6 +38,9 @@ type Archive interface {
 	Stat(ctx context.Context, key string) (ObjectInfo, error)
 	// Delete removes key; deleting a missing key succeeds.
 	Delete(ctx context.Context, key string) error
+	// List calls fn for every object whose key starts with prefix, and for
+	// every upload under it that was cut short.
+	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
 	// Check verifies that the archive is reachable and usable.
 	Check(ctx context.Context) error
 	// String names the archive without secrets.

@@ -145,6 +145,48 @@ func (d *Dir) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+func (d *Dir) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
+	top := d.root
+	if prefix != "" {
+		p, err := d.path(prefix)
+		if err != nil {
+			return err
+		}
+		top = p
+		if !strings.HasSuffix(prefix, "/") {
+			top = filepath.Dir(p) // a key prefix, not only a directory
+		}
+	}
+	err := filepath.WalkDir(top, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if e.IsDir() || !e.Type().IsRegular() {
+			return nil
+		}
+		key, _ := filepath.Rel(d.root, p)
+		if !strings.HasPrefix(key, prefix) {
+			return nil
+		}
+		info, err := e.Info()
+		if err != nil {
+			return nil // gone meanwhile
+		}
+		return fn(ObjectInfo{Key: key, Size: info.Size(), Modified: info.ModTime(),
+			Incomplete: strings.HasPrefix(e.Name(), ".put-")})
+	})
+	if err != nil {
+		return fmt.Errorf("archive list %s: %w", prefix, err)
+	}
+	return nil
+}
+
 // tempPrefix names the temporary files of a Put of the object at p.
 func tempPrefix(p string) string { return ".put-" + filepath.Base(p) + "-" }
 

@@ -139,6 +139,34 @@ func (s *S3) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+func (s *S3) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops the listing goroutines when fn fails
+	strip := func(k string) string {
+		if s.prefix == "" {
+			return k
+		}
+		return strings.TrimPrefix(k, s.prefix+"/")
+	}
+	for o := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.key(prefix), Recursive: true}) {
+		if o.Err != nil {
+			return s.wrap("list", prefix, o.Err)
+		}
+		if err := fn(ObjectInfo{Key: strip(o.Key), Size: o.Size, ETag: o.ETag, Modified: o.LastModified}); err != nil {
+			return err
+		}
+	}
+	for u := range s.client.ListIncompleteUploads(ctx, s.bucket, s.key(prefix), true) {
+		if u.Err != nil {
+			return s.wrap("list uploads", prefix, u.Err)
+		}
+		if err := fn(ObjectInfo{Key: strip(u.Key), Size: u.Size, Modified: u.Initiated, Incomplete: true}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (s *S3) wrap(op, key string, err error) error {
 	switch minio.ToErrorResponse(err).Code {
 	case minio.NoSuchKey, "NoSuchObject", "NotFound":

@@ -22,6 +22,7 @@ func (n *Node) register() {
 	n.server.Handle(pathEvent, n.onEvent)
 	n.server.Handle(pathTakeover, n.onTakeover)
 	n.server.Handle(pathHandover, n.onHandover)
+	n.server.Handle(pathReconcile, n.onReconcile)
 	n.server.Handle(pathWake, func(ctx context.Context, caller string, _ json.RawMessage) (any, error) {
 		n.kick() // a filesystem was handed over: look at the repository now
 		return struct{}{}, nil
@@ -117,6 +118,20 @@ func (n *Node) onEvent(ctx context.Context, caller string, raw json.RawMessage) 
 		return nil, err
 	}
 	return struct{}{}, nil
+}
+
+func (n *Node) onReconcile(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+	var req reconcileReq
+	dm, err := n.owned(raw, &req, &req.FS)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := dm.Reconcile(ctx, req.Options, nil)
+	reply := reconcileReply{Report: rep}
+	if err != nil {
+		reply.Error = err.Error()
+	}
+	return reply, nil
 }
 
 func (n *Node) onMigrate(ctx context.Context, caller string, raw json.RawMessage) (any, error) {

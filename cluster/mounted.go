@@ -309,6 +309,33 @@ func (m *mounted) Migrate(ctx context.Context, rel string, ino uint64, premigrat
 	return res, remoteErr
 }
 
+// Reconcile runs on the owner. Progress is shown only when this node is
+// the owner; from another node the report comes at the end.
+func (m *mounted) Reconcile(ctx context.Context, opt migrate.ReconcileOptions, progress func(migrate.ReconcileProgress)) (*migrate.ReconcileReport, error) {
+	var rep *migrate.ReconcileReport
+	var runErr error
+	err := m.route(ctx,
+		func(dm *daemon.DM) error { rep, runErr = dm.Reconcile(ctx, opt, progress); return nil },
+		func(to, addr string) error {
+			if progress != nil {
+				progress(migrate.ReconcileProgress{Phase: "running on " + to})
+			}
+			var reply reconcileReply
+			if err := m.n.client.Call(ctx, to, addr, pathReconcile, reconcileReq{FS: m.name, Options: opt}, &reply); err != nil {
+				return err
+			}
+			rep = reply.Report
+			if reply.Error != "" {
+				runErr = errors.New(reply.Error)
+			}
+			return nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	return rep, runErr
+}
+
 // Space asks the owner's space monitor; an out-of-space event (need > 0)
 // follows the owner like any synchronous event.
 func (m *mounted) Space(ctx context.Context, need int64) (dmapi.Space, error) {

@@ -20,6 +20,7 @@ const (
 	pathTakeover   = "/takeover"
 	pathHandover   = "/handover"
 	pathSpace      = "/space"
+	pathReconcile  = "/reconcile"
 )
 
 // codeNotOwner: the called node does not run the filesystem's DM session
@@ -43,6 +44,16 @@ type migrateReq struct {
 	Path       string `json:"path"`
 	Ino        uint64 `json:"ino,omitempty"` // the file found at Path (0: any)
 	Premigrate bool   `json:"premigrate"`
+}
+
+type reconcileReq struct {
+	FS      string                   `json:"fs"`
+	Options migrate.ReconcileOptions `json:"options"`
+}
+
+type reconcileReply struct {
+	Report *migrate.ReconcileReport `json:"report,omitempty"`
+	Error  string                   `json:"error,omitempty"`
 }
 
 type migrateReply struct {

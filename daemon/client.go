@@ -155,6 +155,34 @@ func (c *Client) call(path string, req Request, reply any) error {
 	return json.NewDecoder(resp.Body).Decode(reply)
 }
 
+// Reconcile runs a reconcile and calls fn for each streamed message.
+func (c *Client) Reconcile(opt migrate.ReconcileOptions, fn func(Message)) (*migrate.ReconcileReport, error) {
+	resp, err := c.do("POST", "/reconcile", opt)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<16), 1<<26)
+	for sc.Scan() {
+		var m Message
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			return nil, fmt.Errorf("bad answer from daemon: %w", err)
+		}
+		switch m.Type {
+		case "reconcile":
+			return m.Reconcile, nil
+		case "error":
+			return m.Reconcile, errors.New(m.Error)
+		}
+		fn(m)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("filesystem %s: the daemon stopped before finishing", c.Name)
+}
+
 // Batch runs a migrate or recall ("migrate" or "recall") and calls fn for
 // each streamed message.
 func (c *Client) Batch(op string, req Request, fn func(Message)) error {

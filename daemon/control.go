@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -30,12 +31,15 @@ type Request struct {
 
 // Message is one line of a streamed answer (NDJSON).
 type Message struct {
-	Type  string   `json:"type"` // plan, file, done, error
+	Type  string   `json:"type"` // plan, file, done, error; progress, reconcile
 	Files int      `json:"files,omitempty"`
 	Bytes int64    `json:"bytes,omitempty"`
 	Entry *Entry   `json:"entry,omitempty"`
 	Error string   `json:"error,omitempty"`
 	Sum   *Summary `json:"summary,omitempty"`
+
+	Progress  *migrate.ReconcileProgress `json:"progress,omitempty"`
+	Reconcile *migrate.ReconcileReport   `json:"reconcile,omitempty"`
 }
 
 // Summary closes a migrate or recall.
@@ -173,6 +177,7 @@ func startControl(d *Mount) (*ControlServer, error) {
 	mux.HandleFunc("POST /recall", d.serveRecall)
 	mux.HandleFunc("POST /ls", d.serveLs)
 	mux.HandleFunc("POST /plan", d.servePlan)
+	mux.HandleFunc("POST /reconcile", d.serveReconcile)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(d.Status(r.Context()))
 	})
@@ -341,6 +346,36 @@ func (d *Mount) serveBatch(w http.ResponseWriter, r *http.Request, fn func(conte
 	wg.Wait()
 	sum.Seconds = time.Since(start).Seconds()
 	out.send(Message{Type: "done", Sum: &sum})
+}
+
+// serveReconcile runs a reconcile on the owner and streams its progress
+// (at most one message a second), then the report.
+func (d *Mount) serveReconcile(w http.ResponseWriter, r *http.Request) {
+	var opt migrate.ReconcileOptions
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&opt); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if opt.Grace < 0 {
+		http.Error(w, "grace must not be negative", http.StatusBadRequest)
+		return
+	}
+	out := newStream(w)
+	var last time.Time
+	var mu sync.Mutex
+	rep, err := d.dm.Reconcile(r.Context(), opt, func(p migrate.ReconcileProgress) {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(last) >= time.Second || p.Phase != "walk" && p.Phase != "list" {
+			last = time.Now()
+			out.send(Message{Type: "progress", Progress: &p})
+		}
+	})
+	if err != nil {
+		out.send(Message{Type: "error", Error: err.Error(), Reconcile: rep})
+		return
+	}
+	out.send(Message{Type: "reconcile", Reconcile: rep})
 }
 
 // servePlan answers `migrate --dry-run`: what the space monitor's policy

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
@@ -28,6 +29,9 @@ type DMAccess interface {
 	// Space returns the space monitor's last measurement (need 0), or
 	// raises an out-of-space event for need bytes and waits for the cycle.
 	Space(ctx context.Context, need int64) (dmapi.Space, error)
+	// Reconcile walks the filesystem and its archive side by side (on
+	// the owner), reporting progress as it goes.
+	Reconcile(ctx context.Context, opt migrate.ReconcileOptions, progress func(migrate.ReconcileProgress)) (*migrate.ReconcileReport, error)
 }
 
 // SessionInfo is what status shows of a DM session.
@@ -39,6 +43,8 @@ type SessionInfo struct {
 	PendingEvents  []dmapi.PendingEvent `json:"pending_events"`
 	PendingDestroy int                  `json:"pending_destroy"`
 	Space          *migrate.SpaceStatus `json:"space,omitempty"`
+	// LastReconcile: the last reconcile run by this session (lists cut).
+	LastReconcile *migrate.ReconcileReport `json:"last_reconcile,omitempty"`
 }
 
 // DMConfig is the DM side of one filesystem.
@@ -70,6 +76,9 @@ type DM struct {
 	recall   *recall.Manager
 	migrator *migrate.Migrator
 	monitor  *migrate.Monitor
+
+	reconciling   sync.Mutex // one reconcile at a time
+	lastReconcile atomic.Pointer[migrate.ReconcileReport]
 }
 
 var _ DMAccess = (*DM)(nil)
@@ -153,7 +162,38 @@ func (d *DM) Migrate(ctx context.Context, rel string, ino uint64, premigrate boo
 func (d *DM) Session(context.Context) SessionInfo {
 	space := d.monitor.Status()
 	return SessionInfo{Owner: d.cfg.Owner, Epoch: d.cfg.Epoch, State: "active", Workers: d.cfg.Workers,
-		PendingEvents: d.session.Pending(), PendingDestroy: d.cfg.Queue.Pending(), Space: &space}
+		PendingEvents: d.session.Pending(), PendingDestroy: d.cfg.Queue.Pending(), Space: &space,
+		LastReconcile: d.lastReconcile.Load()}
+}
+
+// Reconcile runs a reconcile of the filesystem; one at a time.
+func (d *DM) Reconcile(ctx context.Context, opt migrate.ReconcileOptions, progress func(migrate.ReconcileProgress)) (*migrate.ReconcileReport, error) {
+	if !d.reconciling.TryLock() {
+		return nil, fmt.Errorf("a reconcile of %s is already running", d.cfg.Name)
+	}
+	defer d.reconciling.Unlock()
+	r := &migrate.Reconciler{FS: d.cfg.Name, Root: d.root, Arch: d.arch, Fence: d.cfg.Fence, Queued: d.cfg.Queue.Keys}
+	d.log.Info("reconcile started", "fs", d.cfg.Name, "dry_run", opt.DryRun, "grace", opt.Grace)
+	rep, err := r.Run(ctx, opt, progress)
+	if rep != nil {
+		d.log.Info("reconcile done", "fs", d.cfg.Name, "files", rep.Files, "stubs", rep.Stubs, "objects", rep.Objects,
+			"orphans", rep.OrphanCount, "deleted", rep.Deleted, "damaged", rep.DamagedCount, "seconds", rep.Duration.Seconds())
+		for _, dmg := range rep.Damaged {
+			d.log.Error("damaged stub: its archive copy cannot give its data back", "fs", d.cfg.Name, "file", dmg.Path, "key", dmg.Key, "problem", dmg.Problem)
+		}
+		summary := *rep
+		summary.Orphans, summary.Damaged = nil, nil
+		d.lastReconcile.Store(&summary)
+		m := d.cfg.Metrics
+		m.Add(metrics.ReconcileRuns, 1, "fs", d.cfg.Name)
+		m.Add(metrics.ReconcileDeleted, float64(rep.Deleted), "fs", d.cfg.Name)
+		m.Set(metrics.ReconcileOrphans, float64(rep.OrphanCount-rep.Deleted), "fs", d.cfg.Name)
+		m.Set(metrics.ReconcileDamaged, float64(rep.DamagedCount), "fs", d.cfg.Name)
+	}
+	if err != nil {
+		d.log.Warn("reconcile stopped", "fs", d.cfg.Name, "reason", err)
+	}
+	return rep, err
 }
 
 func (d *DM) Space(ctx context.Context, need int64) (dmapi.Space, error) {
@@ -237,6 +277,14 @@ func (r *Router) Space(ctx context.Context, need int64) (dmapi.Space, error) {
 		return dmapi.Space{}, err
 	}
 	return dm.Space(ctx, need)
+}
+
+func (r *Router) Reconcile(ctx context.Context, opt migrate.ReconcileOptions, progress func(migrate.ReconcileProgress)) (*migrate.ReconcileReport, error) {
+	dm, err := r.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return dm.Reconcile(ctx, opt, progress)
 }
 
 func (r *Router) Session(ctx context.Context) SessionInfo {

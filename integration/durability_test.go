@@ -59,6 +59,7 @@ func TestDurableBeforeClaimed(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
+	rewriteKey := state(t, d, "rewrite").Object
 	w, err := os.OpenFile(d.M("rewrite"), os.O_WRONLY, 0) // a rewrite: recalled, then resident
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +72,7 @@ func TestDurableBeforeClaimed(t *testing.T) {
 	if err := os.Remove(d.M("gone")); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the removed stub's object deleted", func() bool { return !objectExists(d, goneKey) })
+	waitUntil(t, "the stale objects deleted", func() bool { return !objectExists(d, goneKey) && !objectExists(d, rewriteKey) })
 	calls := tr.Stop(t)
 
 	c := durability{calls: calls, backing: d.Backing, archive: filepath.Join(archiveDir, "t1"), inos: inos}

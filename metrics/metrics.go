@@ -248,6 +248,11 @@ const (
 	RecallSeconds = "cascadefs_recall_seconds"
 	Takeovers     = "cascadefs_takeovers_total"
 	SpaceCycles   = "cascadefs_space_cycles_total"
+
+	ReconcileRuns    = "cascadefs_reconcile_runs_total"
+	ReconcileDeleted = "cascadefs_reconcile_deleted_objects_total"
+	ReconcileOrphans = "cascadefs_reconcile_orphans"
+	ReconcileDamaged = "cascadefs_reconcile_damaged_stubs"
 )
 
 // NewNode returns a registry with the families of a node defined.
@@ -264,5 +269,9 @@ func NewNode() *Registry {
 	r.Define(RecallSeconds, Histogram, "How long readers on this node waited for a READ event's answer.")
 	r.Define(Takeovers, Counter, "Filesystems this node took over from a failed or leaving owner.")
 	r.Define(SpaceCycles, Counter, "Migration cycles of the space monitor on this node.")
+	r.Define(ReconcileRuns, Counter, "Reconciles of the filesystem with its archive run on this node.")
+	r.Define(ReconcileDeleted, Counter, "Orphan archive objects that reconciles on this node deleted.")
+	r.Define(ReconcileOrphans, Gauge, "Orphan objects the last reconcile found and kept (young, queued, dry run, or failed).")
+	r.Define(ReconcileDamaged, Gauge, "Stubs whose archive copy the last reconcile found missing or not matching.")
 	return r
 }

@@ -158,6 +158,23 @@ func (q *DestroyQueue) retryAborts() {
 }
 
 // Pending counts the entries not yet done.
+// Keys returns the object keys that entries name, prepared or ready:
+// uploads in flight and objects already bound for deletion.
+func (q *DestroyQueue) Keys() (map[string]bool, error) {
+	all, err := q.store.List()
+	if err != nil {
+		return nil, err
+	}
+	keys := make(map[string]bool, len(all))
+	for _, raw := range all {
+		var e destroyEntry
+		if json.Unmarshal(raw, &e) == nil {
+			keys[e.Event.Key] = true
+		}
+	}
+	return keys, nil
+}
+
 func (q *DestroyQueue) Pending() int {
 	all, _ := q.store.List()
 	return len(all)

@@ -347,6 +347,14 @@ func printSession(prefix string, s daemon.SessionInfo) {
 	if s.Space != nil {
 		printSpace(indent+"  ", s.Space)
 	}
+	if r := s.LastReconcile; r != nil {
+		dry := ""
+		if r.DryRun {
+			dry = " (dry run)"
+		}
+		fmt.Printf("%s  last reconcile%s %s ago: %d stubs, %d objects, %d orphan(s), %d deleted, %d damaged stub(s)\n",
+			indent, dry, ago(r.Started), r.Stubs, r.Objects, r.OrphanCount, r.Deleted, r.DamagedCount)
+	}
 }
 
 // printSpace shows the space monitor: usage against thresholds, the last

@@ -22,6 +22,7 @@ Usage:
   cascadefs recall [-r] [-j N] PATH...
   cascadefs ls [-r] [--json] PATH...
   cascadefs status [--json]
+  cascadefs reconcile [--dry-run] [--json] [--grace DURATION] PATH
   cascadefs fs add --repo DIR NAME --backing DIR --archive URL [--candidates n1,n2,...] [--owner N]
   cascadefs fs list --repo DIR [--json]
   cascadefs fs set --repo DIR NAME KEY=VALUE...
@@ -37,7 +38,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "expel": cmdExpel, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus,
+		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "expel": cmdExpel, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus, "reconcile": cmdReconcile,
 	}
 	cmd, ok := cmds[os.Args[1]]
 	if !ok {

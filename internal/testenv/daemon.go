@@ -223,15 +223,7 @@ func ArchiveObjects(t testing.TB, archiveURL string, envList []string) []string 
 			return nil
 		})
 	case "s3":
-		env := map[string]string{}
-		for _, kv := range envList {
-			k, v, _ := strings.Cut(kv, "=")
-			env[k] = v
-		}
-		c, err := minio.New(u.Query().Get("endpoint"), &minio.Options{Creds: credentials.NewStaticV4(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], "")})
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := s3Client(t, u, envList)
 		ctx := context.Background()
 		for o := range c.ListObjects(ctx, u.Host, minio.ListObjectsOptions{Recursive: true}) {
 			if o.Err != nil {
@@ -247,6 +239,31 @@ func ArchiveObjects(t testing.TB, archiveURL string, envList []string) []string 
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+func s3Client(t testing.TB, u *url.URL, envList []string) *minio.Client {
+	env := map[string]string{}
+	for _, kv := range envList {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	c, err := minio.New(u.Query().Get("endpoint"), &minio.Options{Creds: credentials.NewStaticV4(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// DeleteObject deletes an object of an S3 archive behind the daemon's back.
+func DeleteObject(t testing.TB, archiveURL string, envList []string, key string) {
+	t.Helper()
+	u, err := url.Parse(archiveURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s3Client(t, u, envList).RemoveObject(context.Background(), u.Host, key, minio.RemoveObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // proc is a cascadefs process under test.
