@@ -4,7 +4,7 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 TOOLS := $(CURDIR)/.tools
 GO ?= go
 
-.PHONY: build tools test unit bench demo clean
+.PHONY: build tools test unit bench crash demo clean
 
 build:
 	$(GO) build -o bin/cascadefs ./cmd/cascadefs
@@ -18,6 +18,18 @@ $(TOOLS)/minio:
 test: tools build
 	scripts/need-system.sh
 	CASCADEFS_REQUIRE_ALL=1 $(GO) test -count=1 -timeout 45m ./...
+
+# The randomized crash suite at full length (a short run is part of make
+# test): kill -9 at named failpoints and random moments under a mixed
+# workload, then every file checked and reconcile run. Outcomes are
+# appended to CRASH_REPORT (see docs/CRASH.md).
+CRASH_TRIALS ?= 100
+CRASH_CLUSTER_TRIALS ?= 30
+CRASH_REPORT ?= $(CURDIR)/crash-report.md
+crash: tools build
+	scripts/need-system.sh
+	CASCADEFS_REQUIRE_ALL=1 CASCADEFS_CRASH_TRIALS=$(CRASH_TRIALS) CASCADEFS_CRASH_CLUSTER_TRIALS=$(CRASH_CLUSTER_TRIALS) \
+		CASCADEFS_CRASH_REPORT=$(CRASH_REPORT) $(GO) test -count=1 -run '^TestCrashSuite' -timeout 80m -v ./integration
 
 unit:
 	$(GO) test -count=1 ./stub ./dmapi ./archive

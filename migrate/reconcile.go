@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"io"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -407,6 +408,8 @@ func (r *Reconciler) walk(ctx context.Context, progress func(files, stubs int64)
 		progress(res.files, stubs.Load())
 	}
 	sort.Slice(res.stubs, func(i, j int) bool { return res.stubs[i].key < res.stubs[j].key })
+	// Hard links share one record: one entry per object.
+	res.stubs = slices.CompactFunc(res.stubs, func(a, b stubRef) bool { return a.key == b.key })
 	sort.Slice(res.inodes, func(i, j int) bool { return res.inodes[i] < res.inodes[j] })
 	sort.Slice(res.doubtful, func(i, j int) bool { return res.doubtful[i] < res.doubtful[j] })
 	return res, nil

@@ -50,7 +50,10 @@ func newReconcileSetup(t *testing.T) *reconcileSetup {
 	if err := os.Link(filepath.Join(root, "linked"), filepath.Join(root, "d/link")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(root, "linked")); err != nil { // the other name keeps it
+	if err := os.Link(filepath.Join(root, "linked"), filepath.Join(root, "d/link3")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(root, "linked")); err != nil { // two other names keep it
 		t.Fatal(err)
 	}
 	return s
@@ -138,7 +141,7 @@ func TestReconcileDeletesOnlyOldOrphans(t *testing.T) {
 			t.Errorf("referenced object %s deleted", k)
 		}
 	}
-	if rep.Deleted != 4 || rep.Stubs != 5 || rep.Files != 7 || rep.DamagedCount != 1 {
+	if rep.Deleted != 4 || rep.Stubs != 5 || rep.Files != 8 || rep.DamagedCount != 1 {
 		t.Errorf("report: deleted %d stubs %d files %d damaged %d", rep.Deleted, rep.Stubs, rep.Files, rep.DamagedCount)
 	}
 	// Everything still reads back.

@@ -350,3 +350,6 @@ func (p *proc) Kill9() {
 
 // PID is the process id of the running process.
 func (p *proc) PID() int { return p.cmd.Process.Pid }
+
+// Running reports whether the process runs (false once it died or was stopped).
+func (p *proc) Running() bool { return p.running() }

@@ -1,0 +1,532 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cascadefs/cascadefs/daemon"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
+	"github.com/cascadefs/cascadefs/internal/testenv"
+	"github.com/cascadefs/cascadefs/migrate"
+	"github.com/cascadefs/cascadefs/stub"
+)
+
+// The randomized crash suite: a mixed workload (writes, rewrites,
+// truncates, renames, hard links, unlinks, reads, and at the same time
+// migrate, premigrate and recall by the admin) runs until the daemon is
+// killed, at a random failpoint's Nth hit or at a random moment. After a
+// restart every file must read back the bytes last written to it (those of
+// an operation cut by the crash may be old or new, never unreadable), no
+// name may appear that nothing created, and reconcile must find no orphan
+// and no damaged stub once the DESTROY queue has drained.
+//
+// CASCADEFS_CRASH_TRIALS sets the number of trials (default 4 here, 100
+// under `make crash`); CASCADEFS_CRASH_SEED replays a run;
+// CASCADEFS_CRASH_REPORT names a file that gets the outcome table.
+
+// singleNodePoints are the failpoints a single node reaches.
+var singleNodePoints = []string{failpoint.MigrateAfterUpload, failpoint.MigrateAfterPremigrate,
+	failpoint.MigrateBeforePunch, failpoint.MigrateInsidePunch, failpoint.RecallAfterWrite,
+	failpoint.RecallBeforeRecord, failpoint.DestroyBeforeUnlink, failpoint.DestroyBeforeDelete, "moment"}
+
+func crashTrials(def int) int {
+	if n, err := strconv.Atoi(os.Getenv("CASCADEFS_CRASH_TRIALS")); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+func crashSeed(t *testing.T) uint64 {
+	seed := uint64(time.Now().UnixNano())
+	if s, err := strconv.ParseUint(os.Getenv("CASCADEFS_CRASH_SEED"), 10, 64); err == nil {
+		seed = s
+	}
+	t.Logf("seed %d (CASCADEFS_CRASH_SEED=%d replays it)", seed, seed)
+	return seed
+}
+
+// crashWorld is what a trial acts on: one daemon, or a cluster.
+type crashWorld interface {
+	mounts() []string // mount roots of the running nodes
+	cli(args ...string) (string, string, error)
+	// arm restarts what must be restarted so that the point kills the
+	// process it is armed in at its hit-th hit ("moment": nothing armed).
+	arm(point string, hit int)
+	// died reports whether the armed process has died.
+	died() bool
+	// crash kills what a trial kills when no failpoint fired in time.
+	crash(rng *rand.Rand)
+	// recover restarts every dead process without failpoints and waits.
+	recover()
+	// destroysPending is the number of DESTROY entries not yet resolved.
+	destroysPending() int
+}
+
+type crashFile struct {
+	names     map[string]bool
+	data      []byte
+	uncertain bool // an operation on it failed: old or new bytes
+	history   []string
+}
+
+func (f *crashFile) did(format string, args ...any) {
+	if f != nil {
+		f.history = append(f.history, fmt.Sprintf(format, args...))
+		if len(f.history) > 12 {
+			f.history = f.history[1:]
+		}
+	}
+}
+
+// crashModel is what the files must hold.
+type crashModel struct {
+	mu     sync.Mutex
+	byName map[string]*crashFile
+	maybe  map[string]bool // names an operation that failed may have made
+	// problems: wrong bytes read while the workload ran.
+	problems []string
+}
+
+func newCrashModel() *crashModel {
+	return &crashModel{byName: map[string]*crashFile{}, maybe: map[string]bool{}}
+}
+
+func (m *crashModel) names() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for n := range m.byName {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// crashNames: two directories, so that renames cross them.
+var crashNames = func() []string {
+	var out []string
+	for i := range 10 {
+		out = append(out, fmt.Sprintf("f%d", i), fmt.Sprintf("sub/g%d", i))
+	}
+	return out
+}()
+
+// userOp runs one random operation of a user through mount root, and
+// applies it to the model. An operation that fails leaves its files
+// uncertain.
+func (m *crashModel) userOp(rng *rand.Rand, root string, failures *int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	name := crashNames[rng.IntN(len(crashNames))]
+	p := filepath.Join(root, name)
+	f := m.byName[name]
+	fail := func(err error, files ...*crashFile) {
+		if err == nil {
+			return
+		}
+		*failures++
+		for _, cf := range files {
+			if cf != nil {
+				cf.uncertain = true
+			}
+		}
+	}
+	switch op := rng.IntN(100); {
+	case f == nil || op < 15: // write a whole new file
+		size := []int{0, 1 + rng.IntN(64<<10), 1<<20 + rng.IntN(2<<20)}[rng.IntN(3)]
+		data := make([]byte, size)
+		fillRandom(rng, data)
+		if f == nil {
+			f = &crashFile{names: map[string]bool{name: true}}
+			m.byName[name] = f
+		}
+		f.data = data // O_TRUNC: the same inode, every hard link sees it
+		err := os.WriteFile(p, data, 0o644)
+		f.did("write %s %d: %v", name, size, err)
+		if err != nil {
+			m.maybe[name] = true
+		}
+		fail(err, f)
+	case op < 35: // rewrite a part
+		off := rng.IntN(len(f.data) + 4096)
+		patch := make([]byte, 1+rng.IntN(256<<10))
+		fillRandom(rng, patch)
+		if need := off + len(patch); need > len(f.data) {
+			f.data = append(f.data, make([]byte, need-len(f.data))...)
+		}
+		copy(f.data[off:], patch)
+		w, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err == nil {
+			_, err = w.WriteAt(patch, int64(off))
+			err = errors.Join(err, w.Close())
+		}
+		f.did("rewrite %s [%d,+%d]: %v", name, off, len(patch), err)
+		fail(err, f)
+	case op < 45: // truncate
+		size := rng.IntN(len(f.data) + 1)
+		if rng.IntN(4) == 0 {
+			size = len(f.data) + rng.IntN(64<<10)
+		}
+		if size <= len(f.data) {
+			f.data = f.data[:size]
+		} else {
+			f.data = append(f.data, make([]byte, size-len(f.data))...)
+		}
+		err := os.Truncate(p, int64(size))
+		f.did("truncate %s %d: %v", name, size, err)
+		fail(err, f)
+	case op < 55: // rename, maybe over another file
+		to := crashNames[rng.IntN(len(crashNames))]
+		if to == name {
+			return
+		}
+		old := m.byName[to]
+		if old == f {
+			return // two links of one file: rename does nothing (POSIX)
+		}
+		if old != nil {
+			delete(old.names, to)
+		}
+		delete(f.names, name)
+		delete(m.byName, name)
+		f.names[to] = true
+		m.byName[to] = f
+		err := os.Rename(p, filepath.Join(root, to))
+		f.did("rename %s %s: %v", name, to, err)
+		old.did("renamed over by %s -> %s: %v", name, to, err)
+		if err != nil {
+			m.maybe[name], m.maybe[to] = true, true
+			fail(err, f, old)
+		}
+	case op < 62: // hard link
+		to := crashNames[rng.IntN(len(crashNames))]
+		if m.byName[to] != nil {
+			return
+		}
+		f.names[to] = true
+		m.byName[to] = f
+		err := os.Link(p, filepath.Join(root, to))
+		f.did("link %s %s: %v", name, to, err)
+		if err != nil {
+			m.maybe[to] = true
+			fail(err, f)
+		}
+	case op < 70: // unlink
+		delete(f.names, name)
+		delete(m.byName, name)
+		err := os.Remove(p)
+		f.did("unlink %s: %v", name, err)
+		if err != nil {
+			m.maybe[name] = true
+			fail(err, f)
+		}
+	default: // read and check
+		got, err := os.ReadFile(p)
+		if err == nil && !f.uncertain && !bytes.Equal(got, f.data) {
+			at := 0
+			for at < len(got) && at < len(f.data) && got[at] == f.data[at] {
+				at++
+			}
+			bp := filepath.Join(root, "..", "backing", name)
+			backing, _ := os.ReadFile(bp)
+			rec, _ := stub.ReadRecordAt(bp)
+			state := "resident"
+			if rec != nil {
+				state = rec.State.String()
+			}
+			m.problems = append(m.problems, fmt.Sprintf("%s: %s read %d bytes other than the %d written (first difference at %d; backing file %s, %d bytes, equal to the written: %v); history %q",
+				root, name, len(got), len(f.data), at, state, len(backing), bytes.Equal(backing, f.data), f.history))
+		}
+	}
+}
+
+func fillRandom(rng *rand.Rand, b []byte) {
+	for i := 0; i < len(b); i += 8 {
+		v := rng.Uint64()
+		for j := 0; j < 8 && i+j < len(b); j++ {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+}
+
+// verify checks the files through every mount against the model, then
+// takes what a failed operation left as the new truth.
+func (m *crashModel) verify(t *testing.T, mounts []string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ok := true
+	for _, root := range mounts {
+		for name, f := range m.byName {
+			got, err := os.ReadFile(filepath.Join(root, name))
+			switch {
+			case f.uncertain && errors.Is(err, fs.ErrNotExist):
+			case err != nil:
+				t.Errorf("%s: %s unreadable after the crash: %v", root, name, err)
+				ok = false
+			case !f.uncertain && !bytes.Equal(got, f.data):
+				t.Errorf("%s: %s holds %d bytes other than the %d last written", root, name, len(got), len(f.data))
+				ok = false
+			}
+		}
+		for _, name := range listFiles(t, root) {
+			if m.byName[name] == nil && !m.maybe[name] {
+				t.Errorf("%s: %s exists, but nothing made it", root, name)
+				ok = false
+			}
+		}
+	}
+	// Rebuild from what is there: the inode groups names, the bytes are read.
+	byIno := map[uint64]*crashFile{}
+	m.byName = map[string]*crashFile{}
+	m.maybe = map[string]bool{}
+	for _, name := range listFiles(t, mounts[0]) {
+		p := filepath.Join(mounts[0], name)
+		var st syscall.Stat_t
+		data, err := os.ReadFile(p)
+		if err != nil || syscall.Stat(p, &st) != nil {
+			continue // reported above
+		}
+		f := byIno[st.Ino]
+		if f == nil {
+			f = &crashFile{names: map[string]bool{}, data: data}
+			byIno[st.Ino] = f
+		}
+		f.names[name] = true
+		m.byName[name] = f
+	}
+	return ok
+}
+
+func listFiles(t *testing.T, root string) []string {
+	var out []string
+	filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err == nil && e.Type().IsRegular() {
+			rel, _ := filepath.Rel(root, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	return out
+}
+
+type crashOutcome struct {
+	point          string
+	trials, fired  int
+	passed, failed int
+	ops, opErrors  int
+}
+
+// runCrashTrials runs the trials on w and reports a table.
+func runCrashTrials(t *testing.T, w crashWorld, points []string, trials int, label string) {
+	rng := rand.New(rand.NewPCG(crashSeed(t), 0))
+	model := newCrashModel()
+	for _, root := range w.mounts() {
+		os.MkdirAll(filepath.Join(root, "sub"), 0o755)
+		break
+	}
+	outcomes := map[string]*crashOutcome{}
+	for trial := range trials {
+		point := points[rng.IntN(len(points))]
+		hit := 1 + rng.IntN(3)
+		o := outcomes[point]
+		if o == nil {
+			o = &crashOutcome{point: point}
+			outcomes[point] = o
+		}
+		o.trials++
+		w.arm(point, hit)
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		var ops, failures int
+		opsRng := rand.New(rand.NewPCG(rng.Uint64(), 1))
+		adminRng := rand.New(rand.NewPCG(rng.Uint64(), 2))
+		wg.Add(2)
+		go func() { // the users
+			defer wg.Done()
+			for ctx.Err() == nil && !w.died() { // after a death ops fail without doing anything
+				mounts := w.mounts()
+				if len(mounts) == 0 {
+					return
+				}
+				model.userOp(opsRng, mounts[opsRng.IntN(len(mounts))], &failures)
+				ops++
+			}
+		}()
+		go func() { // the admin
+			defer wg.Done()
+			for ctx.Err() == nil {
+				names := model.names()
+				mounts := w.mounts()
+				if len(names) == 0 || len(mounts) == 0 {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				var args []string
+				for range 1 + adminRng.IntN(4) {
+					args = append(args, filepath.Join(mounts[adminRng.IntN(len(mounts))], names[adminRng.IntN(len(names))]))
+				}
+				switch adminRng.IntN(3) {
+				case 0:
+					w.cli(append([]string{"migrate"}, args...)...)
+				case 1:
+					w.cli(append([]string{"migrate", "--premigrate"}, args...)...)
+				default:
+					w.cli(append([]string{"recall"}, args...)...)
+				}
+			}
+		}()
+		limit := 4 * time.Second
+		if point == "moment" {
+			limit = time.Duration(200+rng.IntN(2000)) * time.Millisecond
+		}
+		deadline := time.Now().Add(limit)
+		for time.Now().Before(deadline) && !w.died() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		fired := w.died() && point != "moment"
+		if !w.died() {
+			w.crash(rng)
+		}
+		cancel()
+		wg.Wait()
+		if fired {
+			o.fired++
+		}
+		o.ops += ops
+		o.opErrors += failures
+		w.recover()
+		for _, p := range model.problems {
+			t.Errorf("during trial %d: %s", trial, p)
+		}
+		readOK := len(model.problems) == 0
+		model.problems = nil
+		if model.verify(t, w.mounts()) && checkReconciled(t, w) && readOK {
+			o.passed++
+		} else {
+			o.failed++
+			t.Errorf("trial %d (%s @%d) failed", trial, point, hit)
+			if o.failed > 3 {
+				t.FailNow()
+			}
+		}
+	}
+	reportCrash(t, label, outcomes)
+}
+
+// checkReconciled waits for the DESTROY queue to drain, then asks
+// reconcile for orphans and damaged stubs.
+func checkReconciled(t *testing.T, w crashWorld) bool {
+	deadline := time.Now().Add(60 * time.Second)
+	for w.destroysPending() != 0 {
+		if time.Now().After(deadline) {
+			t.Errorf("DESTROY queue not drained after 60s")
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out, stderr, err := w.cli("reconcile", "--json", "--dry-run", "--grace", "0s", w.mounts()[0])
+	var rep migrate.ReconcileReport
+	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil {
+		t.Errorf("reconcile: %v %v %s", err, jerr, stderr)
+		return false
+	}
+	if rep.OrphanCount != 0 || rep.DamagedCount != 0 || rep.Incomplete != 0 {
+		t.Errorf("reconcile after the crash: %d orphans %+v, %d damaged %+v, %d unreadable",
+			rep.OrphanCount, rep.Orphans, rep.DamagedCount, rep.Damaged, rep.Incomplete)
+		return false
+	}
+	return true
+}
+
+func reportCrash(t *testing.T, label string, outcomes map[string]*crashOutcome) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "| %s: point | trials | killed at the point | passed | failed | user ops | user ops failed |\n| --- | --- | --- | --- | --- | --- | --- |\n", label)
+	var keys []string
+	for k := range outcomes {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var total crashOutcome
+	for _, k := range keys {
+		o := outcomes[k]
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %d |\n", k, o.trials, o.fired, o.passed, o.failed, o.ops, o.opErrors)
+		total.trials += o.trials
+		total.fired += o.fired
+		total.passed += o.passed
+		total.failed += o.failed
+		total.ops += o.ops
+		total.opErrors += o.opErrors
+	}
+	fmt.Fprintf(&b, "| all | %d | %d | %d | %d | %d | %d |\n", total.trials, total.fired, total.passed, total.failed, total.ops, total.opErrors)
+	t.Log("\n" + b.String())
+	if p := os.Getenv("CASCADEFS_CRASH_REPORT"); p != "" {
+		f, err := os.OpenFile(p, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err == nil {
+			fmt.Fprintln(f, b.String())
+			f.Close()
+		}
+	}
+}
+
+// singleWorld is one `cascadefs mount` daemon.
+type singleWorld struct {
+	t     *testing.T
+	d     *testenv.Daemon
+	armed bool
+	base  []string
+}
+
+func (w *singleWorld) mounts() []string {
+	if w.died() {
+		return nil
+	}
+	return []string{w.d.Mountpoint}
+}
+func (w *singleWorld) cli(args ...string) (string, string, error) { return w.d.CLI(args...) }
+func (w *singleWorld) died() bool                                 { return !w.d.Running() }
+
+func (w *singleWorld) arm(point string, hit int) {
+	w.d.Stop()
+	w.d.Env = append([]string(nil), w.base...)
+	if point != "moment" {
+		w.d.Env = append(w.d.Env, fmt.Sprintf("CASCADEFS_FAILPOINTS=%s=kill@%d", point, hit))
+	}
+	w.d.Start()
+}
+
+func (w *singleWorld) crash(*rand.Rand) { w.d.Kill9() }
+
+func (w *singleWorld) recover() {
+	w.d.Kill9() // reaps it if a failpoint killed it
+	w.d.Env = append([]string(nil), w.base...)
+	w.d.Start()
+}
+
+func (w *singleWorld) destroysPending() int {
+	out, _, err := w.d.CLI("status", "--json")
+	var rep struct{ Mounts []daemon.Status }
+	if err != nil || json.Unmarshal([]byte(out), &rep) != nil || len(rep.Mounts) != 1 {
+		return -1
+	}
+	return rep.Mounts[0].PendingDestroy
+}
+
+func TestCrashSuiteOneNode(t *testing.T) {
+	d := testenv.NewDaemon(t, "", nil, "--small-file", "65536", "--release-wait", "100ms")
+	d.Start()
+	runCrashTrials(t, &singleWorld{t: t, d: d}, singleNodePoints, crashTrials(4), "one node")
+}
