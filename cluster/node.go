@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -352,12 +353,18 @@ func (n *Node) take(name string) (*repo.FS, error) {
 func (n *Node) Stop() {
 	n.cancel()
 	n.wg.Wait()
+	// Not under n.mu: stopping a mount waits for its change queue, whose
+	// sends look the mount up (a deadlock that hung SIGTERM while files
+	// were being closed).
 	n.mu.Lock()
-	for name, m := range n.fss {
-		m.stop(true)
-		delete(n.fss, name)
-	}
+	fss := maps.Clone(n.fss)
 	n.mu.Unlock()
+	for name, m := range fss {
+		m.stop(true)
+		n.mu.Lock()
+		delete(n.fss, name)
+		n.mu.Unlock()
+	}
 	n.control.Close()
 	n.member.Leave()
 	n.server.Close()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"regexp"
 	"strconv"
@@ -328,4 +329,36 @@ func TestFSCommandErrors(t *testing.T) {
 	if _, e, err := c.CLI("fs", "list", "--repo", c.Repo); err == nil || !strings.Contains(e, "corrupt") {
 		t.Fatalf("corrupt repository: %v %q", err, e)
 	}
+}
+
+// A node stopped (SIGTERM) while files are written and closed through its
+// mount stops: stopping a mount once waited for its change queue, whose
+// sends waited for the lock the stop held (found by the crash suite).
+func TestNodeStopsWhileFilesClose(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	c.Start("n1", "n2")
+	n1 := c.Nodes["n1"]
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			p := n1.M(fmt.Sprintf("f%d", i%10))
+			if os.WriteFile(p, []byte("data"), 0o644) != nil {
+				return // the mount is going away
+			}
+			os.Chmod(p, 0o600)
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	n1.Stop() // fails the test if SIGTERM is ignored for 30s
+	close(stop)
+	<-done
+	t.Logf("stopped in %s", time.Since(start).Round(time.Millisecond))
 }
