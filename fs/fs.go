@@ -315,8 +315,32 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	return h.kernelHandle(), fuseFlags, 0
 }
 
+// Create makes a new file. The kernel sends CREATE when it believes the
+// name is free, but another node may have made it meanwhile: an existing
+// file, maybe a stub, is opened through Open instead, which handles
+// O_TRUNC of a stub (a plain open with O_TRUNC would cut its data under
+// its record).
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	inode, fh, _, errno := n.LoopbackNode.Create(ctx, name, flags, mode, out)
+	inode, fh, _, errno := n.LoopbackNode.Create(ctx, name, flags|unix.O_EXCL, mode, out)
+	for try := 0; errno == syscall.EEXIST && flags&unix.O_EXCL == 0 && try < 3; try++ {
+		child, lerr := n.LoopbackNode.Lookup(ctx, name, out)
+		if lerr == syscall.ENOENT { // removed meanwhile: create again
+			inode, fh, _, errno = n.LoopbackNode.Create(ctx, name, flags|unix.O_EXCL, mode, out)
+			continue
+		}
+		if lerr != 0 {
+			return nil, nil, 0, lerr
+		}
+		existing, ok := child.Operations().(*node)
+		if !ok || out.Attr.Mode&syscall.S_IFMT != syscall.S_IFREG {
+			return nil, nil, 0, syscall.EEXIST
+		}
+		h, fuseFlags, errno := existing.Open(ctx, flags&^unix.O_CREAT)
+		if errno != 0 {
+			return nil, nil, 0, errno
+		}
+		return child, h, fuseFlags, 0
+	}
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
@@ -430,6 +454,14 @@ func (f *FS) destroying(p string, op func() error) syscall.Errno {
 	defer f.gates.put(st.Ino)
 	g.io.Lock()
 	defer g.io.Unlock()
+	// Other nodes' commits too: a premigration committed on the owner
+	// between our look at the record and the unlink would leak its object.
+	unlock, err := stub.LockCommit(fd, true)
+	if err != nil {
+		f.log.Error("cannot take the commit lock; unlink refused", "file", p, "reason", err)
+		return syscall.EIO
+	}
+	defer unlock()
 	rec, err := stub.ReadRecord(fd)
 	if err != nil {
 		f.log.Error("unlink of a file whose stub record is unreadable; its archive object is left", "file", p, "reason", err)

@@ -247,6 +247,13 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		return nil, err
 	}
 	err = m.gate.CommitCopy(before.Ino, func() error {
+		// Held against a removal of the file's name on any node (the
+		// gate covers this node only).
+		unlock, err := stub.LockCommit(int(file.Fd()), false)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 		var now unix.Stat_t
 		if err := unix.Fstat(int(file.Fd()), &now); err != nil {
 			return err

@@ -301,3 +301,37 @@ func RestoreTimes(fd int, st *unix.Stat_t) error {
 func IsCorrupt(err error) bool {
 	return errors.Is(err, ErrCorrupt) || errors.Is(err, ErrVersion) || errors.Is(err, ErrNotStub)
 }
+
+// commitLockOffset is the byte range of the backing file that the commit
+// lock covers: far past any real data, so that it never meets the locks
+// users take through the mount.
+const commitLockOffset = 1 << 62
+
+// LockCommit takes the file's cross-node commit lock (an OFD lock, which
+// every process on every node of the shared filesystem sees), waiting for
+// it; the returned function releases it. A record commit of a new archive
+// copy holds it exclusively (fd open for writing), the removal of a
+// stub's name shared (fd open for reading), so that a name removed on one
+// node and a record written on another can never interleave (the object
+// would leak).
+func LockCommit(fd int, shared bool) (unlock func(), err error) {
+	kind := int16(unix.F_WRLCK)
+	if shared {
+		kind = unix.F_RDLCK
+	}
+	lk := unix.Flock_t{Type: kind, Whence: 0, Start: commitLockOffset, Len: 1}
+	for {
+		err = unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLKW, &lk)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("commit lock: %w", err)
+	}
+	return func() {
+		un := lk
+		un.Type = unix.F_UNLCK
+		unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &un)
+	}, nil
+}

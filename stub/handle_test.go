@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/cascadefs/cascadefs/internal/testenv"
 	"golang.org/x/sys/unix"
@@ -73,4 +74,42 @@ func TestReadRecordByName(t *testing.T) {
 		}
 	}
 	noGetxattrat.Store(false)
+}
+
+// The commit lock excludes a removal (shared) while a commit (exclusive)
+// holds it, across open file descriptions as across nodes.
+func TestCommitLockExcludes(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	r, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	unlock, err := LockCommit(int(w.Fd()), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan struct{})
+	go func() {
+		u, err := LockCommit(int(r.Fd()), true)
+		if err == nil {
+			u()
+		}
+		close(got)
+	}()
+	select {
+	case <-got:
+		t.Fatal("a removal took the lock while a commit held it")
+	case <-time.After(100 * time.Millisecond):
+	}
+	unlock()
+	<-got
 }

@@ -37,6 +37,7 @@ type Node struct {
 	RPC       string
 	MountRoot string
 	Args      []string // extra flags
+	Env       []string // extra environment (failpoints)
 	proc
 }
 
@@ -93,7 +94,8 @@ func (n *Node) Start() {
 	if len(join) > 0 {
 		args = append(args, "--join", strings.Join(join, ","))
 	}
-	n.start(c.t, args, append(c.Env, "CASCADEFS_RUN_DIR="+c.RunDir), n.logPath())
+	env := append(append(append([]string(nil), c.Env...), n.Env...), "CASCADEFS_RUN_DIR="+c.RunDir)
+	n.start(c.t, args, env, n.logPath())
 	deadline := time.Now().Add(30 * time.Second)
 	sock := filepath.Join(c.RunDir, FSName+"@"+n.Name+".sock")
 	for !answers(sock) || !mountedAt(n.M("")) {

@@ -353,3 +353,6 @@ func (p *proc) PID() int { return p.cmd.Process.Pid }
 
 // Running reports whether the process runs (false once it died or was stopped).
 func (p *proc) Running() bool { return p.running() }
+
+// Signal sends sig to the process.
+func (p *proc) Signal(sig os.Signal) { p.cmd.Process.Signal(sig) }
