@@ -126,6 +126,16 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 		unix.Close(fd)
 		return nil, 0, syscall.EINTR
 	}
+	// The record may have changed while we waited (a release that held
+	// this open has since written "migrated" and punched): passthrough
+	// decided from the record read before would read holes as zeros.
+	if mode == modePassthrough {
+		rec, err := stub.ReadRecord(fd)
+		readOnly := flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_TRUNC == 0
+		if err != nil || (rec != nil && !(readOnly && rec.State == stub.Premigrated)) {
+			mode = modeCached
+		}
+	}
 	// A write open may change the file at any moment (by passthrough,
 	// without us): a copy being made now is stale. Removed before the
 	// open counts, so a commit either sees the writer or misses the watch.

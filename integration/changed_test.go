@@ -177,3 +177,27 @@ func TestReleaseReverifiesArchiveCopy(t *testing.T) {
 		t.Fatal("data lost")
 	}
 }
+
+// An open that waited for a release decides its I/O mode after the
+// release, not before: decided before (the file premigrated, all data
+// local: passthrough), it read the holes the release punched as zeros.
+func TestOpenHeldByReleaseReadsRightBytes(t *testing.T) {
+	d, marker := pausedDaemon(t, failpoint.MigrateReleaseHeld)
+	want := writeRandom(t, d.M("f"), 4<<20)
+	d.MustCLI("migrate", "--premigrate", d.M("f"))
+	done := cliAsync(d, "migrate", d.M("f"))
+	waitForFile(t, marker) // new opens are held; the record still says premigrated
+	read := make(chan [32]byte, 1)
+	go func() { read <- sumFile(t, d.M("f")) }() // opens now, waits for the release
+	time.Sleep(200 * time.Millisecond)
+	os.Remove(marker)
+	if res := <-done; res.err != nil || !strings.Contains(res.out, "migrated 1 file") {
+		t.Fatalf("migrate: %v %s", res.err, res.out)
+	}
+	if got := <-read; got != want {
+		t.Fatal("a reader held by a release read other bytes (zeros where the release punched)")
+	}
+	if !strings.Contains(d.Log(), "msg=recalled") {
+		t.Fatal("the held reader's bytes did not come from a recall")
+	}
+}

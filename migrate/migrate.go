@@ -333,6 +333,9 @@ func (m *Migrator) verifyCopy(ctx context.Context, rec *stub.Record, deep bool) 
 func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait time.Duration) (int64, error) {
 	var released int64
 	err := m.gate.Release(ctx, rec.Ino, wait, func() error {
+		if err := failpoint.Hit(failpoint.MigrateReleaseHeld); err != nil {
+			return err
+		}
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil {
 			return err

@@ -30,6 +30,7 @@ import (
 const (
 	MigrateAfterUpload     = "migrate-after-upload"     // object and checksums uploaded, premigrated record not written
 	MigrateAfterPremigrate = "migrate-after-premigrate" // premigrated record written, release not begun
+	MigrateReleaseHeld     = "migrate-release-held"     // new opens held for a release, record unchanged
 	MigrateBeforePunch     = "migrate-before-punch"     // migrated record durable, nothing punched
 	MigrateInsidePunch     = "migrate-inside-punch"     // first half of the data punched
 	RecallAfterWrite       = "recall-after-write"       // verified bytes written, not synced, record unchanged
@@ -41,7 +42,7 @@ const (
 )
 
 // All lists every point, for the crash suite's random picks.
-var All = []string{MigrateAfterUpload, MigrateAfterPremigrate, MigrateBeforePunch, MigrateInsidePunch,
+var All = []string{MigrateAfterUpload, MigrateAfterPremigrate, MigrateReleaseHeld, MigrateBeforePunch, MigrateInsidePunch,
 	RecallAfterWrite, RecallBeforeRecord, DestroyBeforeUnlink, DestroyBeforeDelete,
 	TakeoverBeforeCommit, HandoverAfterStop}
 
