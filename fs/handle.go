@@ -129,6 +129,8 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 	// The record may have changed while we waited (a release that held
 	// this open has since written "migrated" and punched): passthrough
 	// decided from the record read before would read holes as zeros.
+	// Read again even when this open did not wait: a whole release may
+	// have run between that read and now.
 	if mode == modePassthrough {
 		rec, err := stub.ReadRecord(fd)
 		readOnly := flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_TRUNC == 0
@@ -320,8 +322,13 @@ func (h *handle) forChange(ctx context.Context, t dmapi.Type, change func() sysc
 		if rec == nil {
 			defer h.g.io.RUnlock()
 			h.wrote.Store(true)
-			if err := stub.Unwatch(h.fd); err != nil {
-				return gofs.ToErrno(err)
+			// A handle open for writing removed the watch at its open
+			// and does again at its close (and blocks commits meanwhile):
+			// no getxattr per write.
+			if !h.writable {
+				if err := stub.Unwatch(h.fd); err != nil {
+					return gofs.ToErrno(err)
+				}
 			}
 			return change()
 		}
