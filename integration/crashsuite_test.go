@@ -443,6 +443,7 @@ func runCrashTrials(t *testing.T, w crashWorld, points []string, trials int, lab
 		}
 		if provokes { // the survivors take over while users go on
 			time.Sleep(1500 * time.Millisecond)
+			fired = fired || w.fired() // a takeover point fires in this time
 		}
 		cancel()
 		wg.Wait()
@@ -602,6 +603,7 @@ type clusterWorld struct {
 	// SIGTERM, with their count of clean unmounts before.
 	killed  map[string]bool
 	stopped map[string]int
+	markers string // CASCADEFS_FAILPOINT_DIR for once- points
 }
 
 func (w *clusterWorld) mounts() []string {
@@ -688,16 +690,25 @@ func (w *clusterWorld) restartAll(env func(name string) []string) {
 func (w *clusterWorld) arm(point string, hit int) {
 	w.point = point
 	w.killed, w.stopped = map[string]bool{}, map[string]int{}
+	if w.markers == "" {
+		w.markers = w.t.TempDir()
+	}
+	os.Remove(filepath.Join(w.markers, point+".fired"))
 	spec := fmt.Sprintf("CASCADEFS_FAILPOINTS=%s=kill@%d", point, hit)
 	w.restartAll(func(name string) []string {
 		switch point {
 		case "moment":
 			return nil
 		case failpoint.TakeoverBeforeCommit:
-			if name != w.names[1] { // one survivor dies taking over, the last takes it
+			// Both survivors: whichever wins the lock race dies at the
+			// point, and the last takes the filesystem.
+			if name == w.names[0] {
 				return nil
 			}
-			return []string{fmt.Sprintf("CASCADEFS_FAILPOINTS=%s=kill@1", point)}
+			return []string{fmt.Sprintf("CASCADEFS_FAILPOINTS=%s=once-kill@1", point),
+				"CASCADEFS_FAILPOINT_DIR=" + w.markers}
+		case failpoint.HandoverAfterStop:
+			spec = fmt.Sprintf("CASCADEFS_FAILPOINTS=%s=kill@1", point) // one handover per stop
 		}
 		if name != w.names[0] { // the owner: the others take over after it dies
 			return nil

@@ -11,7 +11,10 @@
 // fails with ErrInjected), stop (SIGSTOP to the whole process, as a long
 // GC pause or a frozen VM would; the test sends SIGCONT), kill (SIGKILL).
 // "@N" acts on the Nth hit only (default: every hit); "@N+" on the Nth
-// and every later one.
+// and every later one. A "once-" prefix (once-kill@1) makes the action
+// happen in one process only, the first to create DIR/NAME.fired: armed
+// on every node, the point fires on whichever gets there first and the
+// others run on, so a race won by any node is still hit.
 package failpoint
 
 import (
@@ -53,6 +56,7 @@ type point struct {
 	action string
 	nth    int  // 0: every hit
 	after  bool // nth and every later hit
+	once   bool // only in the process that claims the DIR/NAME.fired marker
 	hits   int
 }
 
@@ -84,6 +88,12 @@ func Setup(spec, pauseDir string) error {
 			return fmt.Errorf("CASCADEFS_FAILPOINTS: unknown failpoint %q (known: %s)", name, strings.Join(All, ", "))
 		}
 		p := &point{action: action}
+		if rest, ok := strings.CutPrefix(p.action, "once-"); ok {
+			if pauseDir == "" {
+				return fmt.Errorf("CASCADEFS_FAILPOINTS: %q: once- needs CASCADEFS_FAILPOINT_DIR", item)
+			}
+			p.once, p.action, action = true, rest, rest
+		}
 		if a, n, ok := strings.Cut(action, "@"); ok {
 			p.action = a
 			p.after = strings.HasSuffix(n, "+")
@@ -135,7 +145,11 @@ func Hit(name string) error {
 		}
 	}
 	pauseDir := dir
+	once := p != nil && p.once
 	mu.Unlock()
+	if act != "" && once && !claim(filepath.Join(pauseDir, name+".fired")) {
+		return nil // another process fired it
+	}
 	switch act {
 	case "error":
 		return fmt.Errorf("%s: %w", name, ErrInjected)
@@ -148,6 +162,17 @@ func Hit(name string) error {
 		pause(filepath.Join(pauseDir, name+".paused"))
 	}
 	return nil
+}
+
+// claim creates the marker; false when it exists already.
+func claim(marker string) bool {
+	f, err := os.OpenFile(marker, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return false
+	}
+	fmt.Fprint(f, os.Getpid())
+	f.Close()
+	return true
 }
 
 // pause makes the marker file and waits until the test removes it.

@@ -71,3 +71,25 @@ func TestBadSpecsRefused(t *testing.T) {
 	}
 	Setup("", "")
 }
+
+// A once- point acts in the first process that claims its marker only;
+// a second Setup on the same directory stands for another process.
+func TestOnceActsInOneProcess(t *testing.T) {
+	dir := t.TempDir()
+	defer Setup("", "")
+	if err := Setup(TakeoverBeforeCommit+"=once-error@1", dir); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(Hit(TakeoverBeforeCommit), ErrInjected) {
+		t.Fatal("first process: not fired")
+	}
+	if err := Setup(TakeoverBeforeCommit+"=once-error@1", dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := Hit(TakeoverBeforeCommit); err != nil {
+		t.Fatalf("second process fired too: %v", err)
+	}
+	if err := Setup(TakeoverBeforeCommit+"=once-kill@1", ""); err == nil {
+		t.Error("once- without a marker directory accepted")
+	}
+}
