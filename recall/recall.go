@@ -70,6 +70,9 @@ type Manager struct {
 	// NoSpace, if set, is asked to free need bytes when a recall's write
 	// fails with ENOSPC (the space monitor's out-of-space event).
 	NoSpace func(ctx context.Context, need int64) error
+	// beforeDrop, in tests, runs between the look at a premigrated file
+	// and its drop (the window a release can hit).
+	beforeDrop func()
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -172,16 +175,29 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 	default:
 		return fmt.Errorf("recall: unexpected event %s", ev)
 	}
-	f, err := m.acquire(ev)
-	if err != nil {
-		m.log.Error("recall failed", "fs", ev.FS, "file", ev.Path, "reason", err)
-		return err
-	}
-	if f == nil {
-		if ev.Type != dmapi.Read {
-			return m.dropPremigrated(ev)
+	var f *fileRecall
+	for attempt := 0; ; attempt++ {
+		var err error
+		if f, err = m.acquire(ev); err != nil {
+			m.log.Error("recall failed", "fs", ev.FS, "file", ev.Path, "reason", err)
+			return err
 		}
-		return nil // resident or premigrated: nothing to recall
+		if f != nil {
+			break
+		}
+		if ev.Type == dmapi.Read {
+			return nil // resident or premigrated: nothing to recall
+		}
+		// A release may punch the premigrated file between the look and
+		// the drop (a truncate by path holds no handle that would stop
+		// it): then the file must be recalled first, as a migrated one.
+		if m.beforeDrop != nil {
+			m.beforeDrop()
+		}
+		err = m.dropPremigrated(ev)
+		if !errors.Is(err, errReleasedMeanwhile) || attempt == 2 {
+			return err
+		}
 	}
 	defer m.releaseFile(f)
 	release := m.rights.Shared(f.ino)
@@ -217,6 +233,10 @@ func (m *Manager) destroy(ctx context.Context, ev *dmapi.Event) error {
 	})
 }
 
+// errReleasedMeanwhile: a premigrated file was released while a change
+// was making it resident.
+var errReleasedMeanwhile = errors.New("released meanwhile")
+
 // dropPremigrated makes a premigrated file resident before it changes:
 // its data is all local, only the record (and the archive copy) go.
 func (m *Manager) dropPremigrated(ev *dmapi.Event) error {
@@ -235,7 +255,7 @@ func (m *Manager) dropPremigrated(ev *dmapi.Event) error {
 		return err
 	}
 	if rec.State != stub.Premigrated {
-		return fmt.Errorf("%s: record changed to %s while it was made resident", ev.Path, rec.State)
+		return fmt.Errorf("%s: record changed to %s while it was made resident: %w", ev.Path, rec.State, errReleasedMeanwhile)
 	}
 	return dmapi.Orphan(m.garbage, fd, ev.Path, rec.Key, func() error {
 		return m.Fence.Run(func() error { return stub.RemoveRecord(fd) })

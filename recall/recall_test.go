@@ -215,3 +215,56 @@ func TestStreamHoldsTheRight(t *testing.T) {
 		t.Fatalf("a recall stream wrote while the exclusive right was held (%d -> %d blocks)", st1.Blocks, st2.Blocks)
 	}
 }
+
+// A truncate of a premigrated file that a release punches between the
+// recall's look and its drop recalls the file first and succeeds (it
+// failed with "record changed to migrated" before).
+func TestTruncateRacingARelease(t *testing.T) {
+	root := t.TempDir()
+	dir, err := archive.Open("file://" + t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 3<<20)
+	rand.Read(data)
+	path := filepath.Join(root, "f")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mig := migrate.New(fakes.Root(t, root), dir, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, migrate.Config{FS: "t"}, slog.Default())
+	if _, err := mig.Migrate(context.Background(), "f", 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := recordState(t, path); st != stub.Premigrated {
+		t.Fatalf("state %s, want premigrated", st)
+	}
+	var st unix.Stat_t
+	unix.Stat(path, &st)
+	m := newManager(t, root, dir)
+	released := false
+	recall.SetBeforeDrop(m, func() {
+		if released {
+			return
+		}
+		released = true
+		if _, err := mig.Migrate(context.Background(), "f", 0, false); err != nil {
+			t.Errorf("release: %v", err)
+		}
+	})
+	ev := &dmapi.Event{Type: dmapi.Truncate, FS: "t", Path: "f", Ino: st.Ino, Offset: 0, Length: -1}
+	if err := m.Handle(context.Background(), ev); err != nil {
+		t.Fatalf("truncate event: %v", err)
+	}
+	if !released {
+		t.Fatal("the release did not run in the window")
+	}
+	got, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("after the event the file holds %d bytes (err %v), not the data", len(got), err)
+	}
+	f, _ := os.Open(path)
+	defer f.Close()
+	if rec, err := stub.ReadRecord(int(f.Fd())); err != nil || rec != nil {
+		t.Fatalf("file not resident: record %v, %v", rec, err)
+	}
+}

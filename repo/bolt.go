@@ -1,0 +1,337 @@
+package repo
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// FileName is the bbolt file inside a repository directory.
+const FileName = "cascadefs.db"
+
+var (
+	bucketFS     = []byte("fs")
+	bucketNodes  = []byte("nodes")
+	bucketLocks  = []byte("locks")
+	bucketEvents = []byte("events")
+	bucketMeta   = []byte("meta")
+	allBuckets   = [][]byte{bucketFS, bucketNodes, bucketLocks, bucketEvents, bucketMeta}
+	formatKey    = []byte("format")
+	formatValue  = []byte("cascadefs-repo-1")
+)
+
+// Bolt is the repository in one bbolt file. Each call opens the file,
+// runs one transaction under bbolt's file lock (flock) and closes it, so
+// node processes on one host share it safely. bbolt is NOT safe over NFS
+// (its lock and mmap need a local or shared-disk filesystem).
+type Bolt struct {
+	path    string
+	timeout time.Duration
+}
+
+var _ Repository = (*Bolt)(nil)
+
+// Open opens the repository in dir; it must have been created.
+func Open(dir string) (*Bolt, error) {
+	b := &Bolt{path: filepath.Join(dir, FileName), timeout: 10 * time.Second}
+	if _, err := os.Stat(b.path); err != nil {
+		return nil, fmt.Errorf("%w in %s (cascadefs fs add creates one)", ErrNoRepo, dir)
+	}
+	return b, b.view(func(*bolt.Tx) error { return nil })
+}
+
+// Create creates the repository in dir (an existing directory) unless it
+// is there already, and opens it.
+func Create(dir string) (*Bolt, error) {
+	st, err := os.Stat(dir)
+	if err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("repository directory %s: not a directory", dir)
+	}
+	b := &Bolt{path: filepath.Join(dir, FileName), timeout: 10 * time.Second}
+	return b, b.update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta != nil && string(meta.Get(formatKey)) == string(formatValue) {
+			return nil
+		}
+		if meta != nil || tx.Bucket(bucketFS) != nil {
+			return fmt.Errorf("%w: %s has an unknown format", ErrCorrupt, b.path)
+		}
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Put(formatKey, formatValue)
+	}, true)
+}
+
+func (b *Bolt) String() string { return filepath.Dir(b.path) }
+
+func (b *Bolt) open(readOnly, create bool) (*bolt.DB, error) {
+	if !create {
+		if _, err := os.Stat(b.path); err != nil {
+			return nil, fmt.Errorf("%w at %s", ErrNoRepo, b.path)
+		}
+	}
+	db, err := bolt.Open(b.path, 0o600, &bolt.Options{Timeout: b.timeout, ReadOnly: readOnly})
+	switch {
+	case err == nil:
+		return db, nil
+	case errors.Is(err, bolterrors.ErrTimeout):
+		return nil, fmt.Errorf("%w: %s stayed locked for %s", ErrBusy, b.path, b.timeout)
+	case errors.Is(err, bolterrors.ErrInvalid), errors.Is(err, bolterrors.ErrChecksum), errors.Is(err, bolterrors.ErrVersionMismatch):
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, b.path, err)
+	default:
+		return nil, fmt.Errorf("repository %s: %w", b.path, err)
+	}
+}
+
+// view runs a read-only transaction; a file without our buckets is corrupt.
+func (b *Bolt) view(fn func(*bolt.Tx) error) (err error) {
+	db, err := b.open(true, false)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	defer func() {
+		if r := recover(); r != nil { // bbolt panics on some damaged pages
+			err = fmt.Errorf("%w: %s: %v", ErrCorrupt, b.path, r)
+		}
+	}()
+	return db.View(func(tx *bolt.Tx) error {
+		if err := checkFormat(tx, b.path); err != nil {
+			return err
+		}
+		return fn(tx)
+	})
+}
+
+func (b *Bolt) update(fn func(*bolt.Tx) error, create ...bool) (err error) {
+	creating := len(create) > 0 && create[0]
+	db, err := b.open(false, creating)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %s: %v", ErrCorrupt, b.path, r)
+		}
+	}()
+	return db.Update(func(tx *bolt.Tx) error {
+		if !creating {
+			if err := checkFormat(tx, b.path); err != nil {
+				return err
+			}
+		}
+		return fn(tx)
+	})
+}
+
+func checkFormat(tx *bolt.Tx, path string) error {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil || string(meta.Get(formatKey)) != string(formatValue) {
+		return fmt.Errorf("%w: %s is not a cascadefs repository", ErrCorrupt, path)
+	}
+	for _, name := range allBuckets {
+		if tx.Bucket(name) == nil {
+			return fmt.Errorf("%w: %s lacks bucket %s", ErrCorrupt, path, name)
+		}
+	}
+	return nil
+}
+
+func get[T any](bk *bolt.Bucket, key, kind string) (T, error) {
+	var v T
+	raw := bk.Get([]byte(key))
+	if raw == nil {
+		return v, fmt.Errorf("%s %q: %w", kind, key, ErrNotFound)
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, fmt.Errorf("%w: %s %q: %v", ErrCorrupt, kind, key, err)
+	}
+	return v, nil
+}
+
+func put(bk *bolt.Bucket, key string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return bk.Put([]byte(key), raw)
+}
+
+func list[T any](bk *bolt.Bucket, kind string) ([]T, error) {
+	var out []T
+	err := bk.ForEach(func(k, raw []byte) error {
+		var v T
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("%w: %s %q: %v", ErrCorrupt, kind, k, err)
+		}
+		out = append(out, v)
+		return nil
+	})
+	return out, err
+}
+
+func (b *Bolt) AddFS(fs FS) error {
+	if err := ValidName("filesystem", fs.Name); err != nil {
+		return err
+	}
+	return b.update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketFS)
+		if bk.Get([]byte(fs.Name)) != nil {
+			return fmt.Errorf("filesystem %q: %w", fs.Name, ErrExists)
+		}
+		return put(bk, fs.Name, fs)
+	})
+}
+
+func (b *Bolt) GetFS(name string) (fs FS, err error) {
+	err = b.view(func(tx *bolt.Tx) error {
+		fs, err = get[FS](tx.Bucket(bucketFS), name, "filesystem")
+		return err
+	})
+	return fs, err
+}
+
+func (b *Bolt) ListFS() (out []FS, err error) {
+	err = b.view(func(tx *bolt.Tx) error {
+		out, err = list[FS](tx.Bucket(bucketFS), "filesystem")
+		return err
+	})
+	return out, err
+}
+
+func (b *Bolt) UpdateFS(name string, fn func(*FS) error) error {
+	return b.update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketFS)
+		fs, err := get[FS](bk, name, "filesystem")
+		if err != nil {
+			return err
+		}
+		if err := fn(&fs); err != nil {
+			return err
+		}
+		fs.Name = name
+		return put(bk, name, fs)
+	})
+}
+
+func (b *Bolt) RemoveFS(name string) error {
+	return b.update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketFS)
+		if bk.Get([]byte(name)) == nil {
+			return fmt.Errorf("filesystem %q: %w", name, ErrNotFound)
+		}
+		if err := bk.Delete([]byte(name)); err != nil {
+			return err
+		}
+		if ev := tx.Bucket(bucketEvents); ev.Bucket([]byte(name)) != nil {
+			return ev.DeleteBucket([]byte(name))
+		}
+		return nil
+	})
+}
+
+func (b *Bolt) PutNode(n Node) error {
+	if err := ValidName("node", n.Name); err != nil {
+		return err
+	}
+	return b.update(func(tx *bolt.Tx) error { return put(tx.Bucket(bucketNodes), n.Name, n) })
+}
+
+func (b *Bolt) ListNodes() (out []Node, err error) {
+	err = b.view(func(tx *bolt.Tx) error {
+		out, err = list[Node](tx.Bucket(bucketNodes), "node")
+		return err
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, err
+}
+
+func (b *Bolt) TryLock(name, holder string, stale time.Duration) (got bool, err error) {
+	err = b.update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketLocks)
+		l, err := get[Lock](bk, name, "lock")
+		if err == nil && l.Holder != holder && time.Since(l.Since) < stale {
+			return nil // held by another, and not stale
+		}
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		got = true
+		return put(bk, name, Lock{Holder: holder, Since: time.Now()})
+	})
+	return got, err
+}
+
+func (b *Bolt) Unlock(name, holder string) error {
+	return b.update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketLocks)
+		l, err := get[Lock](bk, name, "lock")
+		if errors.Is(err, ErrNotFound) || (err == nil && l.Holder != holder) {
+			return nil // not ours (any more): leave it
+		}
+		if err != nil {
+			return err
+		}
+		return bk.Delete([]byte(name))
+	})
+}
+
+func (b *Bolt) PutEntry(fs, token string, data []byte) error {
+	return b.update(func(tx *bolt.Tx) error {
+		bk, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(fs))
+		if err != nil {
+			return err
+		}
+		return bk.Put([]byte(token), data)
+	})
+}
+
+func (b *Bolt) GetEntry(fs, token string) (data []byte, err error) {
+	err = b.view(func(tx *bolt.Tx) error {
+		var v []byte
+		if bk := tx.Bucket(bucketEvents).Bucket([]byte(fs)); bk != nil {
+			v = bk.Get([]byte(token))
+		}
+		if v == nil {
+			return fmt.Errorf("event %q: %w", token, ErrNotFound)
+		}
+		data = append([]byte(nil), v...) // bbolt's memory is gone after the transaction
+		return nil
+	})
+	return data, err
+}
+
+func (b *Bolt) DeleteEntry(fs, token string) error {
+	return b.update(func(tx *bolt.Tx) error {
+		if bk := tx.Bucket(bucketEvents).Bucket([]byte(fs)); bk != nil {
+			return bk.Delete([]byte(token))
+		}
+		return nil
+	})
+}
+
+func (b *Bolt) ListEntries(fs string) (out map[string][]byte, err error) {
+	out = map[string][]byte{}
+	err = b.view(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketEvents).Bucket([]byte(fs))
+		if bk == nil {
+			return nil
+		}
+		return bk.ForEach(func(k, v []byte) error {
+			out[string(k)] = append([]byte(nil), v...)
+			return nil
+		})
+	})
+	return out, err
+}
