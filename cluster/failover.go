@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/member"
-	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/metrics"
 )
 

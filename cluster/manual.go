@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/member"
-	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/repo"
 )
 
 // Moving a filesystem by hand (`cascadefs failover NAME --to NODE`): the

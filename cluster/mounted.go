@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/cluster/rpc"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/dmapi"

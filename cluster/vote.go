@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/repo"
 	"github.com/hashicorp/serf/serf"
 )
 

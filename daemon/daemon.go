@@ -15,7 +15,7 @@ import (
 
 	"net/url"
 
-	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/dmapi"
 	cfs "github.com/cascadefs/cascadefs/fs"
 	"github.com/cascadefs/cascadefs/internal/beneath"

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/internal/testenv"
 )
 

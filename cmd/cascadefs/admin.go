@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster"
-	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/internal/units"
 	"github.com/cascadefs/cascadefs/migrate"

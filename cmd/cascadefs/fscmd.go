@@ -12,7 +12,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/cascadefs/cascadefs/archive"
-	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/migrate"
 )
 

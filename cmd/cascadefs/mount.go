@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cascadefs/cascadefs/cluster/repo"
+	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/recall"
 )
