@@ -1,14 +1,11 @@
 package cluster
 
 import (
-	"errors"
 	"fmt"
-	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/member"
 	"github.com/cascadefs/cascadefs/repo"
-	"github.com/cascadefs/cascadefs/metrics"
 )
 
 // A failover request asks this node to take what a failed node owned. They
@@ -144,75 +141,4 @@ func (n *Node) ownedCountLocked() int {
 		}
 	}
 	return c
-}
-
-// errMoved: the filesystem's owner is no longer the failed node.
-var errMoved = errors.New("owner changed")
-
-// takeOver races the other candidates for the filesystem's lock; the
-// winner checks the owner is still the failed node, makes itself owner at
-// epoch+1 and starts the session. A lock whose holder died is taken by
-// force once older than the lock timeout.
-func (n *Node) takeOver(name, failed, reason string) {
-	lock := "fs/" + name
-	for n.ctx.Err() == nil {
-		fs, err := n.repo.GetFS(name)
-		if err != nil {
-			n.log.Warn("failover: repository unreadable", "fs", name, "reason", err)
-		} else if fs.Owner != failed {
-			n.log.Info("failover: already taken", "fs", name, "owner", fs.Owner, "epoch", fs.Epoch)
-			return
-		} else if ok, err := n.repo.TryLock(lock, n.cfg.Name, n.cfg.LockTimeout); err == nil && ok {
-			if err := failpoint.Hit(failpoint.TakeoverBeforeCommit); err != nil {
-				n.repo.Unlock(lock, n.cfg.Name)
-				n.log.Warn("failover: attempt failed", "fs", name, "reason", err)
-				return
-			}
-			err := n.repo.UpdateFS(name, func(f *repo.FS) error {
-				if f.Owner != failed {
-					return errMoved
-				}
-				f.SetOwner(n.cfg.Name, reason)
-				fs = *f
-				return nil
-			})
-			n.repo.Unlock(lock, n.cfg.Name)
-			if errors.Is(err, errMoved) {
-				n.log.Info("failover: owner changed meanwhile; dropping the attempt", "fs", name)
-				return
-			}
-			if err == nil {
-				n.log.Info("took over filesystem", "fs", name, "from", failed, "epoch", fs.Epoch, "reason", reason)
-				n.metrics.Add(metrics.Takeovers, 1, "fs", name)
-				n.startOwned(fs)
-				return
-			}
-			n.log.Warn("failover: update failed", "fs", name, "reason", err)
-		}
-		select {
-		case <-n.ctx.Done():
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// startOwned starts the session of a filesystem this node now owns; if it
-// cannot, it gives the filesystem up so that the next candidate takes it.
-func (n *Node) startOwned(fs repo.FS) {
-	m := n.lookup(fs.Name)
-	if m != nil {
-		m.setConf(fs)
-		if err := m.ensureDM(fs); err == nil {
-			return
-		} else {
-			n.log.Error("cannot serve the filesystem taken over; giving it up", "fs", fs.Name, "reason", err)
-		}
-	}
-	n.repo.UpdateFS(fs.Name, func(f *repo.FS) error {
-		if f.Owner == n.cfg.Name && f.Epoch == fs.Epoch {
-			f.Takeovers = append(f.Takeovers, repo.Takeover{At: time.Now(), From: f.Owner, Epoch: f.Epoch, Reason: "given up: " + n.cfg.Name + " cannot serve it"})
-			f.Owner = ""
-		}
-		return nil
-	})
 }

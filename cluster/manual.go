@@ -103,6 +103,9 @@ func (n *Node) onTakeover(ctx context.Context, caller string, raw json.RawMessag
 			return nil, fmt.Errorf("owner %s did not hand %s over: %w", fs.Owner, req.FS, err)
 		}
 	}
+	if f, err := n.repo.GetFS(req.FS); err == nil && f.Owner == n.cfg.Name {
+		n.claimed(f) // moved to this process at its request: its own epoch
+	}
 	n.reconcile() // start the session now
 	fs, err = n.repo.GetFS(req.FS)
 	if err != nil {
@@ -130,20 +133,19 @@ func (n *Node) onHandover(ctx context.Context, caller string, raw json.RawMessag
 		n.kick()
 		return nil, err
 	}
-	err := n.repo.UpdateFS(req.FS, func(f *repo.FS) error {
-		if f.Owner != n.cfg.Name {
-			return errMoved
-		}
-		f.SetOwner(req.To, req.Reason)
-		return nil
-	})
-	if errors.Is(err, errMoved) {
+	fs, err := n.repo.GetFS(req.FS)
+	if err == nil && fs.Owner != n.cfg.Name {
+		return struct{}{}, nil // not ours any more
+	}
+	if err == nil {
+		err = n.move(req.FS, fs.Epoch, req.To, req.Reason)
+	}
+	if errors.Is(err, repo.ErrOwnerChanged) {
 		return struct{}{}, nil
 	}
 	if err != nil {
 		n.kick() // still ours: the reconcile loop starts the session again
 		return nil, err
 	}
-	n.log.Info("handed filesystem over", "fs", req.FS, "to", req.To, "reason", req.Reason)
 	return struct{}{}, nil
 }

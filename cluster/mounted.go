@@ -2,21 +2,18 @@ package cluster
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/cluster/rpc"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
+	"github.com/cascadefs/cascadefs/repo"
 )
 
 // mounted is a filesystem this node mounts. It is the mount's DMAccess:
@@ -136,67 +133,6 @@ func (m *mounted) stop(handOver bool) {
 // handOver leaves the filesystem without owner (once the session stopped,
 // so that its events go elsewhere) and wakes the other nodes to take it.
 func (m *mounted) handOver(why string) { m.n.handOverByName(m.name, why) }
-
-func (n *Node) handOverByName(name, why string) {
-	if err := failpoint.Hit(failpoint.HandoverAfterStop); err != nil {
-		n.log.Warn("could not hand the filesystem over", "fs", name, "reason", err)
-		return
-	}
-	err := n.repo.UpdateFS(name, func(f *repo.FS) error {
-		if f.Owner == n.cfg.Name {
-			f.Takeovers = append(f.Takeovers, repo.Takeover{At: time.Now(), From: f.Owner, Epoch: f.Epoch,
-				Reason: "handed over: " + why})
-			f.Owner = ""
-		}
-		return nil
-	})
-	if err != nil {
-		n.log.Warn("could not hand the filesystem over", "fs", name, "reason", err)
-		return
-	}
-	if fs, err := n.repo.GetFS(name); err == nil {
-		n.fanout(n.peers(fs), pathWake, struct{}{}, time.Second, "wake-up for the handover not delivered")
-	}
-}
-
-// fence lets a commit through only while this node owns the filesystem at
-// epoch, checked under the filesystem's repository lock (the lock a
-// takeover takes too). A replaced node commits nothing and stops its
-// session.
-func (m *mounted) fence(epoch uint64) dmapi.Fence {
-	return func(commit func() error) error {
-		var tb [8]byte
-		rand.Read(tb[:])
-		holder := m.n.cfg.Name + "/" + hex.EncodeToString(tb[:]) // each commit its own holder
-		lock := "fs/" + m.name
-		deadline := time.Now().Add(m.n.cfg.LockTimeout + 5*time.Second)
-		for {
-			ok, err := m.n.repo.TryLock(lock, holder, m.n.cfg.LockTimeout)
-			if err != nil {
-				return err
-			}
-			if ok {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("filesystem %s: its repository lock stays held", m.name)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		defer m.n.repo.Unlock(lock, holder)
-		fs, err := m.n.repo.GetFS(m.name)
-		if err != nil {
-			return err
-		}
-		if fs.Owner != m.n.cfg.Name || fs.Epoch != epoch {
-			m.n.log.Warn("fenced: replaced, commit refused; stopping the session", "fs", m.name,
-				"owner", fs.Owner, "epoch", fs.Epoch, "our_epoch", epoch)
-			m.n.kick() // the reconcile loop stops the session (not from inside it)
-			return fmt.Errorf("%w (owner %s at epoch %d; ours was %d)", dmapi.ErrFenced, fs.Owner, fs.Epoch, epoch)
-		}
-		return commit()
-	}
-}
 
 // owner looks the current owner up in the repository.
 func (m *mounted) owner() (repo.FS, error) {

@@ -18,10 +18,10 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/member"
-	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/cluster/rpc"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/metrics"
+	"github.com/cascadefs/cascadefs/repo"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -45,15 +45,13 @@ type Config struct {
 	MaxFilesystems int
 	// Weight biases this node's priority key in synchronous votes.
 	Weight float64
-	// Lease: a node that cannot read the repository for this long stops
-	// its sessions, since another node may have taken them meanwhile.
+	// Lease is the TTL of this node's lease (DefaultLease if 0): nobody
+	// takes its filesystems while it renews, and it stops acting when it
+	// cannot renew (see ownership.go).
 	Lease time.Duration
 	// StuckAfter: DM workers that finish no event for this long while
 	// events wait are restarted once, then the filesystem is given up.
 	StuckAfter time.Duration
-	// LockTimeout: a filesystem lock older than this is taken by force
-	// (its holder died mid-takeover). Default 60 s, as in the patent.
-	LockTimeout time.Duration
 }
 
 // reconcileEvery: how often a node compares its mounts and sessions with
@@ -83,8 +81,12 @@ type Node struct {
 	failQueue []failoverReq
 	failWake  chan struct{}
 	declined  map[string]string    // fs -> why this node did not take it (failover loop only)
-	repoSeen  time.Time            // last successful read of the repository (reconcile loop only)
 	gaveUp    map[string]time.Time // fs -> when this node gave it up (guarded by mu)
+
+	lease   leaseKeeper
+	epochMu sync.Mutex
+	epochs  map[string]uint64 // fs -> the epoch this process claimed
+	started time.Time
 
 	metrics   *metrics.Registry // nil when not served
 	metricsLn net.Listener
@@ -112,17 +114,14 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if len(cfg.Key) == 0 {
 		return nil, errors.New("no cluster key: gossip and the node RPC must be protected (--key-file)")
 	}
-	if cfg.LockTimeout <= 0 {
-		cfg.LockTimeout = time.Minute
-	}
 	if cfg.Lease <= 0 {
-		cfg.Lease = 10 * time.Second
+		cfg.Lease = DefaultLease
 	}
 	if cfg.StuckAfter <= 0 {
 		cfg.StuckAfter = 5 * time.Minute
 	}
 	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), repo: r, fss: map[string]*mounted{},
-		wake: make(chan struct{}, 1), failWake: make(chan struct{}, 1), declined: map[string]string{}, gaveUp: map[string]time.Time{}}
+		wake: make(chan struct{}, 1), failWake: make(chan struct{}, 1), declined: map[string]string{}, gaveUp: map[string]time.Time{}, epochs: map[string]uint64{}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	key := rpc.NewKey(cfg.Key)
 	n.client = rpc.NewClient(cfg.Name, key)
@@ -170,8 +169,15 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		n.member.Leave()
 		return nil, err
 	}
+	if err := n.renewLease(); err != nil {
+		n.control.Close()
+		n.member.Leave()
+		return nil, fmt.Errorf("lease: %w", err)
+	}
+	n.started = time.Now()
 	n.reconcile()
-	n.wg.Add(3)
+	n.wg.Add(4)
+	go n.leaseLoop()
 	go n.loop()
 	go n.failoverLoop()
 	go n.watchdog()
@@ -207,18 +213,22 @@ func (n *Node) kick() {
 	}
 }
 
-func (n *Node) loop() {
+func (n *Node) loop() { n.every(reconcileEvery, n.wake, n.reconcile) }
+
+// every runs fn at each tick of period and at each wake (nil: ticks
+// only) until the node stops.
+func (n *Node) every(period time.Duration, wake <-chan struct{}, fn func()) {
 	defer n.wg.Done()
-	t := time.NewTicker(reconcileEvery)
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
 		case <-t.C:
-		case <-n.wake:
+		case <-wake:
 		}
-		n.reconcile()
+		fn()
 	}
 }
 
@@ -229,15 +239,17 @@ func (n *Node) reconcile() {
 	list, err := n.repo.ListFS()
 	if err != nil {
 		n.log.Warn("repository unreadable; keeping the current state", "reason", err)
-		n.checkLease(err)
 		return
 	}
-	n.repoSeen = time.Now()
+	quorate, why, leases := n.quorum()
+	// For a moment after its start a node may not have heard from all its
+	// peers yet: it gives nothing up for being in a minority.
+	settling := time.Since(n.started) < n.cfg.Lease
 	want := map[string]repo.FS{}
 	for _, fs := range list {
 		if fs.IsCandidate(n.cfg.Name) {
 			want[fs.Name] = fs
-			if fs.Owner != "" && fs.Owner != n.cfg.Name && n.ownerDead(fs.Owner) {
+			if fs.Owner != "" && fs.Owner != n.cfg.Name && quorate && (!leases[fs.Owner] || n.ownerDead(fs.Owner)) {
 				n.requestFailover(fs.Owner, "owner "+fs.Owner+" is gone")
 			}
 		}
@@ -250,7 +262,13 @@ func (n *Node) reconcile() {
 	defer func() {
 		// Sessions start outside the lock: opening the archive may take a while.
 		for _, s := range starts {
-			if err := s.m.ensureDM(s.fs); err != nil {
+			fs, err := n.renewEpoch(s.fs)
+			if err != nil {
+				n.log.Warn("cannot renew the epoch of an owned filesystem", "fs", fs.Name, "reason", err)
+				continue
+			}
+			s.m.setConf(fs)
+			if err := s.m.ensureDM(fs); err != nil {
 				n.log.Error("cannot start DM session", "fs", s.fs.Name, "reason", err)
 				n.giveUp(s.m, "its DM session cannot start: "+err.Error())
 			}
@@ -282,7 +300,15 @@ func (n *Node) reconcile() {
 			}
 			n.fss[name] = m
 		}
-		if fs.Owner == "" && n.ineligibleLocked(fs) == "" {
+		if !quorate && !settling && fs.Owner == n.cfg.Name {
+			// Cut off from most of the cluster: give it up to those who
+			// can reach each other (they take it at once: no lease wait).
+			m.stopDM("minority: " + why)
+			n.log.Error("minority: giving the filesystem up", "fs", name, "because", why)
+			go n.move(name, fs.Epoch, "", "given up: "+n.cfg.Name+" "+why)
+			continue
+		}
+		if fs.Owner == "" && quorate && n.ineligibleLocked(fs) == "" {
 			if taken, err := n.take(name); err != nil {
 				n.log.Warn("cannot take filesystem", "fs", name, "reason", err)
 			} else if taken != nil {
@@ -290,62 +316,13 @@ func (n *Node) reconcile() {
 			}
 		}
 		m.setConf(fs)
-		if fs.Owner == n.cfg.Name && m.unhealthy() == "" {
+		if fs.Owner == n.cfg.Name && m.unhealthy() == "" && n.leaseValid() && quorate {
 			starts = append(starts, start{m, fs})
 		} else if fs.Owner != n.cfg.Name && m.currentDM() != nil {
 			n.log.Warn("replaced: another node owns the filesystem now; stopping its session here", "fs", name, "owner", fs.Owner, "epoch", fs.Epoch)
 			m.stopDM("owner is now " + fs.Owner)
 		}
 	}
-}
-
-// checkLease stops every session once the repository stayed unreadable
-// for longer than the lease: this node can no longer tell whether it still
-// owns what it serves. The sessions start again when it can.
-func (n *Node) checkLease(err error) {
-	if n.repoSeen.IsZero() || time.Since(n.repoSeen) < n.cfg.Lease {
-		return
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, m := range n.fss {
-		if m.currentDM() != nil {
-			n.log.Error("lease expired: repository unreadable; stopping the session", "fs", m.name,
-				"for", time.Since(n.repoSeen).Round(time.Second).String(), "reason", err)
-			m.stopDM("lease expired")
-		}
-	}
-}
-
-// errTaken: another node took the filesystem first.
-var errTaken = errors.New("taken by another node")
-
-// take makes this node the owner of a filesystem nobody owns, under its
-// repository lock; it returns the new record, or nil if another node won.
-func (n *Node) take(name string) (*repo.FS, error) {
-	lock := "fs/" + name
-	ok, err := n.repo.TryLock(lock, n.cfg.Name, time.Minute)
-	if err != nil || !ok {
-		return nil, err
-	}
-	defer n.repo.Unlock(lock, n.cfg.Name)
-	var out repo.FS
-	err = n.repo.UpdateFS(name, func(f *repo.FS) error {
-		if f.Owner != "" {
-			return errTaken
-		}
-		f.SetOwner(n.cfg.Name, "had no owner")
-		out = *f
-		return nil
-	})
-	if errors.Is(err, errTaken) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	n.log.Info("took filesystem", "fs", name, "epoch", out.Epoch)
-	return &out, nil
 }
 
 // Stop hands the filesystems this node owns back to the repository (no
@@ -366,6 +343,10 @@ func (n *Node) Stop() {
 		n.mu.Unlock()
 	}
 	n.control.Close()
+	// What it owned is handed over: its lease ends now, not a TTL later.
+	if err := n.repo.DropLease(n.cfg.Name); err != nil {
+		n.log.Warn("lease not dropped; it lapses by itself", "reason", err)
+	}
 	n.member.Leave()
 	n.server.Close()
 	if n.metricsLn != nil {

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/member"
-	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/daemon"
+	"github.com/cascadefs/cascadefs/repo"
 )
 
 // Status is the cluster as one node sees it (`cascadefs status`).
@@ -22,8 +22,12 @@ type Status struct {
 	sock    string        // the control socket that answered
 	Node    string        `json:"node"`
 	Repo    string        `json:"repo"`
+	Engine  string        `json:"engine"` // the repository engine
 	Members []member.Info `json:"members"`
-	FS      []FSStatus    `json:"filesystems"`
+	// Leases as this node judges them; LeaseValid: its own, by its clock.
+	Leases     []repo.NodeLease `json:"leases"`
+	LeaseValid bool             `json:"lease_valid"`
+	FS         []FSStatus       `json:"filesystems"`
 }
 
 // FSStatus is one filesystem: its repository record and its DM session.
@@ -35,7 +39,8 @@ type FSStatus struct {
 
 // Status collects the cluster's state.
 func (n *Node) Status(ctx context.Context) Status {
-	st := Status{Node: n.cfg.Name, Repo: n.cfg.RepoDir, Members: n.member.Members()}
+	st := Status{Node: n.cfg.Name, Repo: n.cfg.RepoDir, Engine: "bbolt", Members: n.member.Members(), LeaseValid: n.leaseValid()}
+	st.Leases, _ = n.repo.Leases()
 	list, _ := n.repo.ListFS()
 	for _, fs := range list {
 		fst := FSStatus{FS: fs}

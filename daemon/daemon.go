@@ -15,13 +15,13 @@ import (
 
 	"net/url"
 
-	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/dmapi"
 	cfs "github.com/cascadefs/cascadefs/fs"
 	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
+	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )

@@ -4,9 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -22,6 +25,7 @@ var (
 	bucketLocks  = []byte("locks")
 	bucketEvents = []byte("events")
 	bucketMeta   = []byte("meta")
+	bucketLeases = []byte("leases") // made on first use: older files lack it
 	allBuckets   = [][]byte{bucketFS, bucketNodes, bucketLocks, bucketEvents, bucketMeta}
 	formatKey    = []byte("format")
 	formatValue  = []byte("cascadefs-repo-1")
@@ -34,6 +38,9 @@ var (
 type Bolt struct {
 	path    string
 	timeout time.Duration
+
+	mu   sync.Mutex
+	seen map[string]sighting // leases by node, as this process saw them
 }
 
 var _ Repository = (*Bolt)(nil)
@@ -80,7 +87,7 @@ func (b *Bolt) open(readOnly, create bool) (*bolt.DB, error) {
 			return nil, fmt.Errorf("%w at %s", ErrNoRepo, b.path)
 		}
 	}
-	db, err := bolt.Open(b.path, 0o600, &bolt.Options{Timeout: b.timeout, ReadOnly: readOnly})
+	db, err := b.openLocked(readOnly)
 	switch {
 	case err == nil:
 		return db, nil
@@ -92,6 +99,39 @@ func (b *Bolt) open(readOnly, create bool) (*bolt.DB, error) {
 		return nil, fmt.Errorf("repository %s: %w", b.path, err)
 	}
 }
+
+// openLocked opens the file under bbolt's file lock. A holder that keeps
+// the lock while stopped (SIGSTOP, a frozen process) would wedge every node
+// for as long as it stays stopped: once one has held it stopped for
+// stoppedGrace, it is killed, as a crash would end it (bbolt's commits
+// survive a crash at any point). Any other holder is waited for up to the
+// timeout.
+func (b *Bolt) openLocked(readOnly bool) (*bolt.DB, error) {
+	deadline := time.Now().Add(b.timeout)
+	var stoppedSince time.Time
+	for {
+		db, err := bolt.Open(b.path, 0o600, &bolt.Options{Timeout: lockPoll, ReadOnly: readOnly})
+		if !errors.Is(err, bolterrors.ErrTimeout) || time.Now().After(deadline) {
+			return db, err
+		}
+		pid := stoppedHolder(b.path)
+		switch {
+		case pid == 0:
+			stoppedSince = time.Time{}
+		case stoppedSince.IsZero():
+			stoppedSince = time.Now()
+		case time.Since(stoppedSince) >= stoppedGrace:
+			slog.Default().Error("repository: the process holding its lock is stopped; killing it", "pid", pid, "file", b.path)
+			syscall.Kill(pid, syscall.SIGKILL)
+			stoppedSince = time.Time{}
+		}
+	}
+}
+
+const (
+	lockPoll     = 200 * time.Millisecond
+	stoppedGrace = time.Second
+)
 
 // view runs a read-only transaction; a file without our buckets is corrupt.
 func (b *Bolt) view(fn func(*bolt.Tx) error) (err error) {
@@ -217,10 +257,11 @@ func (b *Bolt) UpdateFS(name string, fn func(*FS) error) error {
 		if err != nil {
 			return err
 		}
+		owner, epoch, history := fs.Owner, fs.Epoch, fs.Takeovers
 		if err := fn(&fs); err != nil {
 			return err
 		}
-		fs.Name = name
+		fs.Name, fs.Owner, fs.Epoch, fs.Takeovers = name, owner, epoch, history
 		return put(bk, name, fs)
 	})
 }
@@ -257,34 +298,152 @@ func (b *Bolt) ListNodes() (out []Node, err error) {
 	return out, err
 }
 
-func (b *Bolt) TryLock(name, holder string, stale time.Duration) (got bool, err error) {
-	err = b.update(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketLocks)
-		l, err := get[Lock](bk, name, "lock")
-		if err == nil && l.Holder != holder && time.Since(l.Since) < stale {
-			return nil // held by another, and not stale
-		}
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return err
-		}
-		got = true
-		return put(bk, name, Lock{Holder: holder, Since: time.Now()})
-	})
-	return got, err
+// leaseRecord is a node's lease in the file: renewals count up Term. The
+// file holds no time: observers judge a lease by their own clocks.
+type leaseRecord struct {
+	Term  uint64 `json:"term"`
+	TTLMs int64  `json:"ttl_ms"`
 }
 
-func (b *Bolt) Unlock(name, holder string) error {
+// sighting is when this process first saw a lease at its current term,
+// by its monotonic clock.
+type sighting struct {
+	term uint64
+	at   time.Time
+}
+
+// live judges a lease: live until this process has seen it at one term
+// for its whole TTL. A lease first seen now is live: its owner may have
+// renewed it just before.
+func (b *Bolt) live(node string, l leaseRecord) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.seen == nil {
+		b.seen = map[string]sighting{}
+	}
+	s, ok := b.seen[node]
+	if !ok || s.term != l.Term {
+		b.seen[node] = sighting{term: l.Term, at: time.Now()}
+		return true
+	}
+	return time.Since(s.at) < time.Duration(l.TTLMs)*time.Millisecond
+}
+
+func (b *Bolt) Renew(node string, ttl time.Duration) error {
+	if err := ValidName("node", node); err != nil {
+		return err
+	}
 	return b.update(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketLocks)
-		l, err := get[Lock](bk, name, "lock")
-		if errors.Is(err, ErrNotFound) || (err == nil && l.Holder != holder) {
-			return nil // not ours (any more): leave it
-		}
+		bk, err := tx.CreateBucketIfNotExists(bucketLeases)
 		if err != nil {
 			return err
 		}
-		return bk.Delete([]byte(name))
+		l, err := get[leaseRecord](bk, node, "lease")
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		l.Term++
+		l.TTLMs = ttl.Milliseconds()
+		return put(bk, node, l)
 	})
+}
+
+func (b *Bolt) DropLease(node string) error {
+	return b.update(func(tx *bolt.Tx) error {
+		if bk := tx.Bucket(bucketLeases); bk != nil {
+			return bk.Delete([]byte(node))
+		}
+		return nil
+	})
+}
+
+func (b *Bolt) Leases() (out []NodeLease, err error) {
+	err = b.view(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketLeases)
+		if bk == nil {
+			return nil
+		}
+		return bk.ForEach(func(k, raw []byte) error {
+			var l leaseRecord
+			if err := json.Unmarshal(raw, &l); err != nil {
+				return fmt.Errorf("%w: lease %q: %v", ErrCorrupt, k, err)
+			}
+			out = append(out, NodeLease{Node: string(k), TTL: time.Duration(l.TTLMs) * time.Millisecond, Live: b.live(string(k), l)})
+			return nil
+		})
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out, err
+}
+
+// leaseLive reads and judges node's lease inside a transaction.
+func (b *Bolt) leaseLive(tx *bolt.Tx, node string) (bool, error) {
+	bk := tx.Bucket(bucketLeases)
+	if bk == nil {
+		return false, nil
+	}
+	l, err := get[leaseRecord](bk, node, "lease")
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return b.live(node, l), nil
+}
+
+func (b *Bolt) Claim(name, node, from, reason string) (out FS, err error) {
+	err = b.update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketFS)
+		fs, err := get[FS](bk, name, "filesystem")
+		if err != nil {
+			return err
+		}
+		if fs.Owner != from {
+			return fmt.Errorf("filesystem %q: owner is %q, not %q: %w", name, fs.Owner, from, ErrOwnerChanged)
+		}
+		if from != "" && from != node {
+			live, err := b.leaseLive(tx, from)
+			if err != nil {
+				return err
+			}
+			if live {
+				return fmt.Errorf("filesystem %q: %s: %w", name, from, ErrLeaseLive)
+			}
+		}
+		fs.setOwner(node, reason)
+		out = fs
+		return put(bk, name, fs)
+	})
+	return out, err
+}
+
+func (b *Bolt) Move(name, from string, epoch uint64, to, reason string) (out FS, err error) {
+	err = b.update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketFS)
+		fs, err := get[FS](bk, name, "filesystem")
+		if err != nil {
+			return err
+		}
+		if fs.Owner != from || fs.Epoch != epoch {
+			return fmt.Errorf("filesystem %q: owner is %q at epoch %d, not %q at %d: %w", name, fs.Owner, fs.Epoch, from, epoch, ErrOwnerChanged)
+		}
+		fs.setOwner(to, reason)
+		out = fs
+		return put(bk, name, fs)
+	})
+	return out, err
+}
+
+func (b *Bolt) Confirm(name, node string, epoch uint64) error {
+	fs, err := b.GetFS(name)
+	if err != nil {
+		return err
+	}
+	if fs.Owner != node || fs.Epoch != epoch {
+		return fmt.Errorf("filesystem %q: owner is %q at epoch %d, not %q at %d: %w", name, fs.Owner, fs.Epoch, node, epoch, ErrOwnerChanged)
+	}
+	return nil
 }
 
 func (b *Bolt) PutEntry(fs, token string, data []byte) error {

@@ -21,6 +21,10 @@ var (
 	ErrNoRepo   = errors.New("no repository")
 	ErrCorrupt  = errors.New("repository is corrupt")
 	ErrBusy     = errors.New("repository is busy")
+	// ErrOwnerChanged: the owner is not the one an ownership change expected.
+	ErrOwnerChanged = errors.New("owner changed")
+	// ErrLeaseLive: the owner still holds a live lease; its filesystems stay.
+	ErrLeaseLive = errors.New("owner's lease is live")
 )
 
 // FS is a managed filesystem.
@@ -50,9 +54,13 @@ type Takeover struct {
 // keepTakeovers bounds the history kept per filesystem.
 const keepTakeovers = 10
 
-// SetOwner makes node the owner at the next epoch and notes why.
-func (f *FS) SetOwner(node, reason string) {
-	f.Epoch++
+// setOwner makes node the owner ("" for none), at the next epoch when
+// there is one, and notes why in the capped history. Every engine changes
+// owners through it alone.
+func (f *FS) setOwner(node, reason string) {
+	if node != "" {
+		f.Epoch++
+	}
 	f.Takeovers = append(f.Takeovers, Takeover{At: time.Now(), From: f.Owner, To: node, Epoch: f.Epoch, Reason: reason})
 	if len(f.Takeovers) > keepTakeovers {
 		f.Takeovers = f.Takeovers[len(f.Takeovers)-keepTakeovers:]
@@ -81,29 +89,47 @@ type Node struct {
 	Seen time.Time `json:"seen"` // last registration
 }
 
-// Lock is a named lock: who holds it since when.
-type Lock struct {
-	Holder string    `json:"holder"`
-	Since  time.Time `json:"since"`
+// NodeLease is a node's lease as this process judges it. A node's lease
+// covers every filesystem it owns: while it is live, nobody takes them.
+type NodeLease struct {
+	Node string        `json:"node"`
+	TTL  time.Duration `json:"ttl"`
+	Live bool          `json:"live"`
 }
 
 // Repository is the shared configuration store. Every method is one short
-// transaction; none keeps the store open between calls.
+// transaction; none keeps the store open between calls, and none compares
+// wall clocks across processes.
 type Repository interface {
 	AddFS(fs FS) error
 	GetFS(name string) (FS, error)
 	ListFS() ([]FS, error)
-	// UpdateFS changes a filesystem atomically: fn sees the current value.
+	// UpdateFS changes a filesystem's configuration atomically: fn sees the
+	// current value. Owner and Epoch change only through Claim and Move.
 	UpdateFS(name string, fn func(*FS) error) error
 	RemoveFS(name string) error
 
 	PutNode(n Node) error
 	ListNodes() ([]Node, error)
 
-	// TryLock takes the lock if it is free, held by holder already, or
-	// older than stale (taken by force); it reports whether holder has it.
-	TryLock(name, holder string, stale time.Duration) (bool, error)
-	Unlock(name, holder string) error
+	// Renew renews node's lease for ttl (creating it).
+	Renew(node string, ttl time.Duration) error
+	// DropLease ends node's lease at once (a clean stop).
+	DropLease(node string) error
+	// Leases reports every node's lease.
+	Leases() ([]NodeLease, error)
+
+	// Claim makes node the owner of a filesystem at the next epoch, if its
+	// owner is still from and from holds no live lease (no check when from
+	// is "" or node itself). ErrOwnerChanged or ErrLeaseLive otherwise.
+	Claim(name, node, from, reason string) (FS, error)
+	// Move changes the owner from (at epoch) to to: to "" leaves the
+	// filesystem without owner, another node gets the next epoch.
+	// ErrOwnerChanged if from no longer owns it at epoch.
+	Move(name, from string, epoch uint64, to, reason string) (FS, error)
+	// Confirm checks, now, that node owns the filesystem at epoch
+	// (ErrOwnerChanged otherwise): the fence before every commit.
+	Confirm(name, node string, epoch uint64) error
 
 	// The durable queue of asynchronous events of a filesystem: opaque
 	// entries by token, kept until done.

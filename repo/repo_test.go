@@ -3,8 +3,11 @@ package repo
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,21 +83,26 @@ func TestFilesystems(t *testing.T) {
 		t.Fatalf("failed update left %q", got.Owner)
 	}
 	// Updates from many openers at once are atomic.
+	before, _ := r.GetFS("home")
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for range 25 {
-				if err := r.UpdateFS("home", func(f *FS) error { f.Epoch++; return nil }); err != nil {
+				if err := r.UpdateFS("home", func(f *FS) error {
+					f.Settings = map[string]string{"n": strconv.Itoa(len(f.Candidates) + 1)}
+					f.Candidates = append(f.Candidates, "x")
+					return nil
+				}); err != nil {
 					t.Error(err)
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	if got, _ := r.GetFS("home"); got.Epoch != 201 {
-		t.Fatalf("epoch after 200 concurrent increments: %d", got.Epoch)
+	if got, _ := r.GetFS("home"); len(got.Candidates) != len(before.Candidates)+200 || got.Settings["n"] != strconv.Itoa(len(got.Candidates)) {
+		t.Fatalf("after 200 concurrent appends: %d candidates, n=%s", len(got.Candidates), got.Settings["n"])
 	}
 	r.PutEntry("home", "t1", []byte("x"))
 	if err := r.RemoveFS("home"); err != nil {
@@ -111,28 +119,121 @@ func TestFilesystems(t *testing.T) {
 	}
 }
 
-func TestLocks(t *testing.T) {
-	r := newRepo(t)
-	if ok, err := r.TryLock("fs/home", "n1", time.Minute); !ok || err != nil {
-		t.Fatalf("first lock: %v %v", ok, err)
+func TestOwnershipBolt(t *testing.T) {
+	dir := t.TempDir()
+	owner, err := Create(dir)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if ok, _ := r.TryLock("fs/home", "n2", time.Minute); ok {
-		t.Fatal("second holder got a held lock")
+	other, err := Open(dir) // another node: a judge of leases of its own
+	if err != nil {
+		t.Fatal(err)
 	}
-	if ok, _ := r.TryLock("fs/home", "n1", time.Minute); !ok {
-		t.Fatal("holder could not take its own lock again")
+	testOwnership(t, owner, other)
+}
+
+// testOwnership runs the ownership rules against an engine: r is the
+// owner's handle, other another node's.
+func testOwnership(t *testing.T, r, other Repository) {
+	const ttl = 300 * time.Millisecond
+	if err := r.AddFS(FS{Name: "home", Backing: "/b", Archive: "file:///a"}); err != nil {
+		t.Fatal(err)
 	}
-	r.Unlock("fs/home", "n2") // not the holder: no effect
-	if ok, _ := r.TryLock("fs/home", "n2", time.Minute); ok {
-		t.Fatal("unlock by a non-holder freed the lock")
+	if err := r.Renew("n1", ttl); err != nil {
+		t.Fatal(err)
 	}
-	time.Sleep(20 * time.Millisecond)
-	if ok, _ := r.TryLock("fs/home", "n2", 10*time.Millisecond); !ok {
-		t.Fatal("stale lock not taken by force")
+	fs, err := r.Claim("home", "n1", "", "had no owner")
+	if err != nil || fs.Owner != "n1" || fs.Epoch != 1 {
+		t.Fatalf("claim of an unowned filesystem: %+v %v", fs, err)
 	}
-	r.Unlock("fs/home", "n2")
-	if ok, _ := r.TryLock("fs/home", "n3", time.Minute); !ok {
-		t.Fatal("released lock not free")
+	if _, err := other.Claim("home", "n2", "", "had no owner"); !errors.Is(err, ErrOwnerChanged) {
+		t.Fatalf("second claim of an unowned filesystem: %v", err)
+	}
+	if err := other.Confirm("home", "n1", 1); err != nil {
+		t.Fatalf("confirm of the owner: %v", err)
+	}
+	// A live lease is never taken: n1 renews faster than its TTL.
+	deadline := time.Now().Add(3 * ttl)
+	var renewed time.Time
+	for time.Now().Before(deadline) {
+		if err := r.Renew("n1", ttl); err != nil {
+			t.Fatal(err)
+		}
+		renewed = time.Now()
+		if _, err := other.Claim("home", "n2", "n1", "n1 failed"); !errors.Is(err, ErrLeaseLive) {
+			t.Fatalf("claim from a live owner: %v", err)
+		}
+		time.Sleep(ttl / 4)
+	}
+	// Configuration changes never move the owner.
+	if err := other.UpdateFS("home", func(f *FS) error { f.Owner, f.Epoch = "n2", 9; f.Archive = "file:///b"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if fs, _ := r.GetFS("home"); fs.Owner != "n1" || fs.Epoch != 1 || fs.Archive != "file:///b" {
+		t.Fatalf("UpdateFS moved the owner or lost the change: %+v", fs)
+	}
+	// n1 stops renewing: after its TTL, by the other's clock, it is taken.
+	start := time.Now()
+	for {
+		fs, err = other.Claim("home", "n2", "n1", "n1 failed")
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrLeaseLive) {
+			t.Fatal(err)
+		}
+		if time.Since(start) > 10*ttl {
+			t.Fatal("a lapsed lease was never taken over")
+		}
+		time.Sleep(ttl / 10)
+	}
+	if waited := time.Since(renewed); waited < ttl {
+		t.Fatalf("taken over %v after the last renewal, before the TTL of %v", waited, ttl)
+	}
+	if fs.Owner != "n2" || fs.Epoch != 2 {
+		t.Fatalf("after the takeover: %+v", fs)
+	}
+	if err := r.Confirm("home", "n1", 1); !errors.Is(err, ErrOwnerChanged) {
+		t.Fatalf("the old owner confirmed: %v", err)
+	}
+	if _, err := r.Move("home", "n1", 1, "", "stopping"); !errors.Is(err, ErrOwnerChanged) {
+		t.Fatalf("the old owner moved it: %v", err)
+	}
+	// Handed over by its owner: no owner, same epoch; the next claim
+	// needs no lapse.
+	if fs, err = other.Move("home", "n2", 2, "", "n2 is stopping"); err != nil || fs.Owner != "" || fs.Epoch != 2 {
+		t.Fatalf("handover: %+v %v", fs, err)
+	}
+	if fs, err = r.Claim("home", "n1", "", "had no owner"); err != nil || fs.Epoch != 3 {
+		t.Fatalf("claim after a handover: %+v %v", fs, err)
+	}
+	if fs, err = r.Move("home", "n1", 3, "n2", "by hand"); err != nil || fs.Owner != "n2" || fs.Epoch != 4 {
+		t.Fatalf("move to a node: %+v %v", fs, err)
+	}
+	if len(fs.Takeovers) != 5 {
+		t.Fatalf("history: %+v", fs.Takeovers)
+	}
+	// The history stays capped however often the owner moves.
+	for i := 0; i < 2*keepTakeovers; i++ {
+		fs, err = other.Move("home", fs.Owner, fs.Epoch, "n2", "again")
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(fs.Takeovers) != keepTakeovers {
+		t.Fatalf("history grew to %d", len(fs.Takeovers))
+	}
+	// A dropped lease is not live: its filesystems go at once.
+	r.Renew("n3", time.Hour)
+	r.DropLease("n3")
+	leases, err := other.Leases()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range leases {
+		if l.Node == "n3" {
+			t.Fatalf("dropped lease listed: %+v", l)
+		}
 	}
 }
 
@@ -190,4 +291,62 @@ func TestSettingsAcceptZero(t *testing.T) {
 			t.Errorf("%s=%s accepted", kv[0], kv[1])
 		}
 	}
+}
+
+// A process of this program that stops while it holds the repository's
+// lock (SIGSTOP inside a transaction) delays the others by about a
+// second, then is killed; without that it would wedge them for as long
+// as it stays stopped.
+func TestStoppedHolderIsKilled(t *testing.T) {
+	if os.Getenv("CASCADEFS_TEST_HOLD_REPO") != "" {
+		return // inside the helper process
+	}
+	dir := t.TempDir()
+	r, err := Create(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := exec.Command(os.Args[0], "-test.run=^TestHoldRepoHelper$")
+	holder.Env = append(os.Environ(), "CASCADEFS_TEST_HOLD_REPO="+dir)
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Process.Kill()
+	exited := make(chan error, 1)
+	go func() { exited <- holder.Wait() }()
+	// Wait until it is stopped holding the lock.
+	deadline := time.Now().Add(10 * time.Second)
+	for stoppedHolder(filepath.Join(dir, FileName)) != holder.Process.Pid {
+		if time.Now().After(deadline) {
+			t.Fatal("the helper never stopped holding the lock")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	if err := r.PutNode(Node{Name: "n2"}); err != nil {
+		t.Fatalf("repository wedged by a stopped holder: %v", err)
+	}
+	t.Logf("waited %v for the stopped holder", time.Since(start))
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stopped holder was not killed")
+	}
+}
+
+// TestHoldRepoHelper, run by TestStoppedHolderIsKilled in a child
+// process, stops itself inside a write transaction.
+func TestHoldRepoHelper(t *testing.T) {
+	dir := os.Getenv("CASCADEFS_TEST_HOLD_REPO")
+	if dir == "" {
+		return // only does something as the helper of the test above
+	}
+	r, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.update(func(*bolt.Tx) error {
+		syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+		return nil
+	})
 }

@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster"
-	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/internal/units"
 	"github.com/cascadefs/cascadefs/migrate"
+	"github.com/cascadefs/cascadefs/repo"
 	"golang.org/x/sys/unix"
 )
 
@@ -299,13 +299,30 @@ func printCluster(rep *StatusReport) {
 	} else {
 		fmt.Printf("cluster (repository %s; no node of it runs on this host)\n", c.Repo)
 	}
+	if c.Engine != "" {
+		fmt.Printf("  repository engine %s\n", c.Engine)
+	}
+	leases := map[string]string{}
+	for _, l := range c.Leases {
+		leases[l.Node] = "lapsed"
+		if l.Live {
+			leases[l.Node] = "live (ttl " + l.TTL.String() + ")"
+		}
+	}
+	if c.Node != "" && !c.LeaseValid {
+		leases[c.Node] = "NOT VALID: " + c.Node + " does not act for what it owns"
+	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  NODE\tSTATUS\tGOSSIP\tRPC\tLOAD")
+	fmt.Fprintln(tw, "  NODE\tSTATUS\tGOSSIP\tRPC\tLOAD\tLEASE")
 	for _, m := range c.Members {
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%.2f\n", m.Name, m.Status, m.Addr, m.RPC, m.Load)
+		lease := leases[m.Name]
+		if lease == "" {
+			lease = "none"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%.2f\t%s\n", m.Name, m.Status, m.Addr, m.RPC, m.Load, lease)
 	}
 	for _, n := range rep.Nodes {
-		fmt.Fprintf(tw, "  %s\tunknown\t%s\t%s\t-\n", n.Name, n.Bind, n.RPC)
+		fmt.Fprintf(tw, "  %s\tunknown\t%s\t%s\t-\t-\n", n.Name, n.Bind, n.RPC)
 	}
 	tw.Flush()
 	for _, f := range c.FS {

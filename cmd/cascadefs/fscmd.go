@@ -12,8 +12,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/cascadefs/cascadefs/archive"
-	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/migrate"
+	"github.com/cascadefs/cascadefs/repo"
 )
 
 const fsUsage = `Usage:

@@ -12,9 +12,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/recall"
+	"github.com/cascadefs/cascadefs/repo"
 )
 
 func cmdMount(args []string) error {

@@ -40,14 +40,15 @@ const (
 	RecallBeforeRecord     = "recall-before-record"     // whole file recalled and synced, record still migrated
 	DestroyBeforeUnlink    = "destroy-before-unlink"    // DESTROY entry prepared, the stub's name not yet removed
 	DestroyBeforeDelete    = "destroy-before-delete"    // entry ready, object not yet deleted
-	TakeoverBeforeCommit   = "takeover-before-commit"   // repository lock held, new owner not yet written
+	TakeoverBeforeCommit   = "takeover-before-commit"   // about to claim a failed owner's filesystem, nothing written
 	HandoverAfterStop      = "handover-after-stop"      // old owner's session stopped, ownership not yet moved
+	LeaseRenew             = "lease-renew"              // a node is about to renew its lease (error: the repository did not answer)
 )
 
 // All lists every point, for the crash suite's random picks.
 var All = []string{MigrateAfterUpload, MigrateAfterPremigrate, MigrateReleaseHeld, MigrateBeforePunch, MigrateInsidePunch,
 	RecallAfterWrite, RecallBeforeRecord, DestroyBeforeUnlink, DestroyBeforeDelete,
-	TakeoverBeforeCommit, HandoverAfterStop}
+	TakeoverBeforeCommit, HandoverAfterStop, LeaseRenew}
 
 // ErrInjected is what a point set to "error" fails with.
 var ErrInjected = errors.New("failpoint: injected failure")

@@ -84,7 +84,7 @@ func (n *Node) Start() {
 	c := n.c
 	c.t.Helper()
 	args := append([]string{"node", "--name", n.Name, "--bind", n.Bind, "--rpc", n.RPC, "--repo", c.Repo,
-		"--mount-root", n.MountRoot, "--key-file", c.KeyFile}, n.Args...)
+		"--mount-root", n.MountRoot, "--key-file", c.KeyFile, "--lease", "2s"}, n.Args...) // a short lease: quick takeovers
 	var join []string
 	for _, o := range c.Nodes {
 		if o != n && o.running() {
@@ -95,10 +95,13 @@ func (n *Node) Start() {
 		args = append(args, "--join", strings.Join(join, ","))
 	}
 	env := append(append(append([]string(nil), c.Env...), n.Env...), "CASCADEFS_RUN_DIR="+c.RunDir)
+	startsBefore := strings.Count(n.Log(), `msg="node started"`)
 	n.start(c.t, args, env, n.logPath())
 	deadline := time.Now().Add(30 * time.Second)
 	sock := filepath.Join(c.RunDir, FSName+"@"+n.Name+".sock")
-	for !answers(sock) || !mountedAt(n.M("")) {
+	// "node started" comes once its first look at the repository is done:
+	// what it owns has its session (and its epoch) by then.
+	for !answers(sock) || !mountedAt(n.M("")) || strings.Count(n.Log(), `msg="node started"`) == startsBefore {
 		select {
 		case <-n.done:
 			c.t.Fatalf("node %s exited at start:\n%s", n.Name, n.Log())

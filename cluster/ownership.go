@@ -1,0 +1,310 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
+	"github.com/cascadefs/cascadefs/metrics"
+	"github.com/cascadefs/cascadefs/repo"
+)
+
+// Ownership, all in one place: this node's lease, every change of a
+// filesystem's owner (take one without owner, take over from a node whose
+// lease lapsed, hand over, give up, move by hand) and the fence that every
+// commit passes. The rules:
+//
+//   - A node acts for a filesystem (commits, recalls) only while its lease
+//     is valid by its own monotonic clock: renewed less than the lease TTL
+//     minus a margin ago, measured from when the renewal was sent. The
+//     others judge the lease lapsed only after a whole TTL by their own
+//     clocks, so the owner has stopped before anybody takes over.
+//   - A filesystem is taken from its owner only once the owner's lease
+//     lapsed (repo.Claim checks it), never because gossip says it failed:
+//     gossip only makes the others look sooner.
+//   - A node that sees fewer than half of the nodes holding live leases
+//     (itself included; a tie goes to the half with the smallest name)
+//     gives its filesystems up and takes none: a cut-off owner that still
+//     reaches the repository must not keep what nobody can reach it for.
+//   - Every process takes a fresh epoch for what it owns, even one its
+//     previous incarnation owned: a paused old process of the same name is
+//     fenced by the epoch.
+
+// DefaultLease is the lease TTL when none is set.
+const DefaultLease = 5 * time.Second
+
+// leaseKeeper renews this node's lease and knows until when it may act.
+type leaseKeeper struct {
+	mu    sync.Mutex
+	until time.Time // by the monotonic clock; zero before the first renewal
+}
+
+// leaseMargin: how long before the TTL's end a node stops acting, for
+// clocks that run at slightly different rates and for the time a commit
+// takes after its check.
+func (n *Node) leaseMargin() time.Duration { return max(n.cfg.Lease/5, 100*time.Millisecond) }
+
+// renewLease renews the lease; the validity counts from before the call.
+func (n *Node) renewLease() error {
+	sent := time.Now()
+	if err := failpoint.Hit(failpoint.LeaseRenew); err != nil {
+		return err
+	}
+	if err := n.repo.Renew(n.cfg.Name, n.cfg.Lease); err != nil {
+		return err
+	}
+	n.lease.mu.Lock()
+	n.lease.until = sent.Add(n.cfg.Lease - n.leaseMargin())
+	n.lease.mu.Unlock()
+	return nil
+}
+
+// leaseValid: this node may act for what it owns.
+func (n *Node) leaseValid() bool {
+	n.lease.mu.Lock()
+	defer n.lease.mu.Unlock()
+	return time.Now().Before(n.lease.until)
+}
+
+// leaseLoop renews the lease four times per TTL. When the lease lapsed
+// (the repository unreachable, or this process paused), it stops every
+// session before it renews again: what ran across the lapse may have been
+// taken over meanwhile, and the sessions start again only after the
+// reconcile loop sees this node still owns them.
+func (n *Node) leaseLoop() { n.every(n.cfg.Lease/4, nil, n.leaseTick) }
+
+func (n *Node) leaseTick() {
+	lapsed := !n.leaseValid()
+	if lapsed {
+		n.selfFence("lease lapsed")
+	}
+	if err := n.renewLease(); err != nil {
+		n.log.Warn("lease not renewed", "reason", err, "valid", n.leaseValid())
+		return
+	}
+	n.repo.Leases() // sightings of the others' leases, for a prompt takeover
+	if lapsed {
+		n.log.Info("lease renewed after a lapse")
+		n.kick()
+	}
+}
+
+// selfFence stops every session this node runs.
+func (n *Node) selfFence(why string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range n.fss {
+		if m.currentDM() != nil {
+			n.log.Error("self-fenced: stopping the session", "fs", m.name, "reason", why)
+			m.stopDM(why)
+		}
+	}
+}
+
+// quorum reports whether this node sees at least half of the nodes that
+// hold live leases (itself included); a tie goes to the half that holds
+// the smallest name. It says why not, and which leases are live.
+func (n *Node) quorum() (bool, string, map[string]bool) {
+	leases, err := n.repo.Leases()
+	if err != nil {
+		return false, "repository unreadable: " + err.Error(), nil
+	}
+	liveSet := map[string]bool{n.cfg.Name: true}
+	live := []string{n.cfg.Name}
+	for _, l := range leases {
+		if l.Live && l.Node != n.cfg.Name {
+			live = append(live, l.Node)
+			liveSet[l.Node] = true
+		}
+	}
+	slices.Sort(live)
+	seen := 0
+	for _, name := range live {
+		if name == n.cfg.Name || n.alive(name) {
+			seen++
+		}
+	}
+	switch {
+	case 2*seen > len(live):
+		return true, "", liveSet
+	case 2*seen == len(live) && (live[0] == n.cfg.Name || n.alive(live[0])):
+		return true, "", liveSet
+	}
+	return false, fmt.Sprintf("sees %d of the %d nodes with live leases", seen, len(live)), liveSet
+}
+
+// take makes this node the owner of a filesystem nobody owns; it returns
+// the new record, or nil if another node won.
+func (n *Node) take(name string) (*repo.FS, error) {
+	if !n.leaseValid() {
+		return nil, errors.New("this node's lease is not valid")
+	}
+	fs, err := n.repo.Claim(name, n.cfg.Name, "", "had no owner")
+	if errors.Is(err, repo.ErrOwnerChanged) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	n.claimed(fs)
+	n.log.Info("took filesystem", "fs", name, "epoch", fs.Epoch)
+	return &fs, nil
+}
+
+// renewEpoch gives a filesystem this node owns a fresh epoch when this
+// process has not claimed it yet (it was owned by an earlier incarnation).
+func (n *Node) renewEpoch(fs repo.FS) (repo.FS, error) {
+	n.epochMu.Lock()
+	mine := n.epochs[fs.Name] == fs.Epoch
+	n.epochMu.Unlock()
+	if mine {
+		return fs, nil
+	}
+	if !n.leaseValid() {
+		return fs, errors.New("this node's lease is not valid")
+	}
+	fs, err := n.repo.Claim(fs.Name, n.cfg.Name, n.cfg.Name, "a new epoch for this process of "+n.cfg.Name)
+	if err != nil {
+		return fs, err
+	}
+	n.claimed(fs)
+	return fs, nil
+}
+
+// claimed notes an epoch this process got.
+func (n *Node) claimed(fs repo.FS) {
+	n.epochMu.Lock()
+	n.epochs[fs.Name] = fs.Epoch
+	n.epochMu.Unlock()
+}
+
+// takeOver takes a filesystem from a failed owner once the owner's lease
+// lapsed, unless another node takes it first. It tries for a few lease
+// TTLs: an owner whose lease stays live is not failed, whatever gossip
+// says (the reconcile loop asks again if its lease lapses later).
+func (n *Node) takeOver(name, failed, reason string) {
+	giveUpAt := time.Now().Add(3*n.cfg.Lease + time.Second)
+	said := false
+	for n.ctx.Err() == nil {
+		ok, why, _ := n.quorum()
+		if ok && !n.leaseValid() {
+			ok, why = false, "this node's lease is not valid"
+		}
+		if !ok {
+			n.log.Warn("failover: not taking filesystem", "fs", name, "from", failed, "because", why)
+			return
+		}
+		if err := failpoint.Hit(failpoint.TakeoverBeforeCommit); err != nil {
+			n.log.Warn("failover: attempt failed", "fs", name, "reason", err)
+			return
+		}
+		fs, err := n.repo.Claim(name, n.cfg.Name, failed, reason)
+		switch {
+		case err == nil:
+			n.claimed(fs)
+			n.log.Info("took over filesystem", "fs", name, "from", failed, "epoch", fs.Epoch, "reason", reason)
+			n.metrics.Add(metrics.Takeovers, 1, "fs", name)
+			n.startOwned(fs)
+			return
+		case errors.Is(err, repo.ErrOwnerChanged):
+			n.log.Info("failover: already taken", "fs", name, "reason", err)
+			return
+		case errors.Is(err, repo.ErrLeaseLive):
+			if !said {
+				n.log.Info("failover: waiting for the owner's lease to lapse", "fs", name, "owner", failed)
+				said = true
+			}
+			if time.Now().After(giveUpAt) {
+				n.log.Warn("failover: the owner's lease stays live; not taking it", "fs", name, "owner", failed)
+				return
+			}
+		default:
+			n.log.Warn("failover: repository unreadable", "fs", name, "reason", err)
+		}
+		select {
+		case <-n.ctx.Done():
+		case <-time.After(max(n.cfg.Lease/20, 10*time.Millisecond)):
+		}
+	}
+}
+
+// startOwned starts the session of a filesystem this node now owns; if it
+// cannot, it gives the filesystem up so that the next candidate takes it.
+func (n *Node) startOwned(fs repo.FS) {
+	m := n.lookup(fs.Name)
+	if m != nil {
+		m.setConf(fs)
+		err := m.ensureDM(fs)
+		if err == nil {
+			return
+		}
+		n.log.Error("cannot serve the filesystem taken over; giving it up", "fs", fs.Name, "reason", err)
+	}
+	n.move(fs.Name, fs.Epoch, "", "given up: "+n.cfg.Name+" cannot serve it")
+}
+
+// handOverByName leaves a filesystem this node owns without owner (once
+// its session stopped, so that its events go elsewhere) and wakes the
+// other nodes to take it.
+func (n *Node) handOverByName(name, why string) {
+	if err := failpoint.Hit(failpoint.HandoverAfterStop); err != nil {
+		n.log.Warn("could not hand the filesystem over", "fs", name, "reason", err)
+		return
+	}
+	fs, err := n.repo.GetFS(name)
+	if err != nil {
+		n.log.Warn("could not hand the filesystem over", "fs", name, "reason", err)
+		return
+	}
+	if fs.Owner != n.cfg.Name {
+		return
+	}
+	if err := n.move(name, fs.Epoch, "", "handed over: "+why); err != nil {
+		return
+	}
+	n.fanout(n.peers(fs), pathWake, struct{}{}, time.Second, "wake-up for the handover not delivered")
+}
+
+// move gives a filesystem this node owns at epoch to another node, or to
+// none.
+func (n *Node) move(name string, epoch uint64, to, reason string) error {
+	_, err := n.repo.Move(name, n.cfg.Name, epoch, to, reason)
+	switch {
+	case err == nil:
+		n.log.Info("filesystem handed over", "fs", name, "to", to, "reason", reason)
+	case errors.Is(err, repo.ErrOwnerChanged):
+		n.log.Info("filesystem not handed over: not ours any more", "fs", name, "reason", err)
+	default:
+		n.log.Warn("could not hand the filesystem over", "fs", name, "reason", err)
+	}
+	return err
+}
+
+// fence lets a commit through only while this node's lease is valid and
+// the repository confirms it owns the filesystem at epoch. It holds no
+// lock across the commit: a takeover waits for the lease to lapse, which
+// comes after the margin, and the file's own commit lock (stub.LockCommit)
+// keeps other nodes off the file while the commit changes it. A replaced
+// node commits nothing and stops its session.
+func (m *mounted) fence(epoch uint64) dmapi.Fence {
+	return func(commit func() error) error {
+		n := m.n
+		if !n.leaseValid() {
+			n.kick()
+			return fmt.Errorf("%w (this node's lease lapsed)", dmapi.ErrFenced)
+		}
+		if err := n.repo.Confirm(m.name, n.cfg.Name, epoch); err != nil {
+			if !errors.Is(err, repo.ErrOwnerChanged) {
+				return err
+			}
+			n.log.Warn("fenced: replaced, commit refused; stopping the session", "fs", m.name, "reason", err)
+			n.kick() // the reconcile loop stops the session (not from inside it)
+			return fmt.Errorf("%w: %v", dmapi.ErrFenced, err)
+		}
+		return commit()
+	}
+}
