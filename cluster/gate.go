@@ -32,7 +32,7 @@ func (g *clusterGate) CommitCopy(ino uint64, fn func() error) error {
 	return g.m.mount.FS().CommitCopy(ino, fn)
 }
 
-func (g *clusterGate) Release(ctx context.Context, ino uint64, wait time.Duration, fn func() error) error {
+func (g *clusterGate) Release(ctx context.Context, ino uint64, wait time.Duration, fn func(confirm func() error) error) error {
 	peers := g.n.peers(g.m.config())
 	for _, p := range peers {
 		if p.Status != member.Alive {
@@ -42,16 +42,34 @@ func (g *clusterGate) Release(ctx context.Context, ino uint64, wait time.Duratio
 	var tb [12]byte
 	rand.Read(tb[:])
 	token := hex.EncodeToString(tb[:])
+	// Each hold ends by itself hold-lease after its node granted it: the
+	// punch must come before the first could end, counted from before the
+	// first call by this node's clock, with a margin. The waits for open
+	// handles (one per node) must leave room for it.
+	lease := min(max(settingsOf(g.m.config()).holdLease, minHoldLease), maxHoldLease)
+	holdsUntil := time.Now().Add(lease - max(lease/10, 200*time.Millisecond))
+	wait = min(wait, lease/time.Duration(2*(len(peers)+1)))
 	var held []member.Info
 	defer func() { g.n.unholdAll(held, g.m.name, token) }()
 	for _, p := range peers {
-		req := holdReq{FS: g.m.name, Ino: ino, Token: token, WaitMs: wait.Milliseconds()}
+		req := holdReq{FS: g.m.name, Ino: ino, Token: token, WaitMs: wait.Milliseconds(), LeaseMs: lease.Milliseconds()}
 		if err := g.n.client.Call(ctx, p.Name, p.RPC, pathHold, req, nil); err != nil {
 			return fmt.Errorf("node %s: %v: %w", p.Name, err, dmapi.ErrBusy)
 		}
 		held = append(held, p)
 	}
-	if err := g.m.mount.FS().Release(ctx, ino, wait, fn); err != nil {
+	err := g.m.mount.FS().Release(ctx, ino, wait, func(func() error) error {
+		// Confirmed just before the punch: a release that took longer (a
+		// pause, a slow disk, a slow archive) would punch a file that a
+		// node whose hold ended may have opened by passthrough.
+		return fn(func() error {
+			if len(held) > 0 && !time.Now().Before(holdsUntil) {
+				return fmt.Errorf("the other nodes' holds may have ended (hold-lease %s): %w", lease, dmapi.ErrBusy)
+			}
+			return nil
+		})
+	})
+	if err != nil {
 		return err
 	}
 	// Their cached attributes (allocated blocks) are stale now.

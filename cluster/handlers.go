@@ -165,8 +165,14 @@ func checkEventPath(ev *dmapi.Event) error {
 	return nil
 }
 
-// holdLease bounds a hold whose releaser vanished (crashed mid-release).
-const holdLease = time.Minute
+// defaultHoldLease bounds a hold whose releaser vanished (crashed
+// mid-release); the releaser may ask for another (hold-lease), within
+// these bounds.
+const (
+	defaultHoldLease = time.Minute
+	minHoldLease     = time.Second
+	maxHoldLease     = 10 * time.Minute
+)
 
 // onHold closes a file on this node for another node's release: new opens
 // wait, and the answer comes once no handle is open (or the wait is over).
@@ -183,6 +189,10 @@ func (n *Node) onHold(ctx context.Context, caller string, raw json.RawMessage) (
 	if err != nil {
 		return nil, rpc.Coded("busy", fmt.Errorf("open on %s: %w", n.cfg.Name, err))
 	}
-	n.holds.add(req.Token, unhold, holdLease)
+	lease := defaultHoldLease
+	if req.LeaseMs > 0 {
+		lease = min(max(time.Duration(req.LeaseMs)*time.Millisecond, minHoldLease), maxHoldLease)
+	}
+	n.holds.add(req.Token, unhold, lease)
 	return struct{}{}, nil
 }

@@ -32,6 +32,8 @@ type mounted struct {
 	confAt  time.Time  // when conf was read from the repository
 	dm      *daemon.DM // while this node owns the filesystem
 	dmEpoch uint64     // the epoch dm runs at
+	// ownerGone is closed when conf's owner or epoch changes.
+	ownerGone chan struct{}
 }
 
 // ownerFresh: how long a looked-up owner is used without reading the
@@ -67,6 +69,10 @@ func (n *Node) mountFS(fs repo.FS) (*mounted, error) {
 
 func (m *mounted) setConf(fs repo.FS) {
 	m.mu.Lock()
+	if (fs.Owner != m.conf.Owner || fs.Epoch != m.conf.Epoch) && m.ownerGone != nil {
+		close(m.ownerGone) // calls to the old owner give up
+		m.ownerGone = nil
+	}
 	m.conf, m.confAt = fs, time.Now()
 	m.mu.Unlock()
 }
@@ -98,6 +104,7 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	s := settingsOf(fs)
 	dm, err := daemon.StartDM(m.n.ctx, daemon.DMConfig{Name: fs.Name, Backing: fs.Backing, ArchiveURL: fs.Archive,
 		Owner: m.n.cfg.Name, Epoch: fs.Epoch, Queue: m.queue, Gate: &clusterGate{n: m.n, m: m}, Fence: m.fence(fs.Epoch),
+		Acting: m.n.acting,
 		Recall: s.recall, Workers: s.workers, EventTimeout: s.eventTimeout, ReleaseWait: s.releaseWait, Policy: s.policy, Metrics: m.n.metrics}, m.n.log)
 	if err != nil {
 		return err
@@ -154,11 +161,37 @@ func (m *mounted) cachedOwner() (repo.FS, error) {
 	return m.owner()
 }
 
+// callOwner runs remote against fs.Owner, cancelled as soon as this node
+// learns of another owner or epoch: an owner that is paused (SIGSTOP, a
+// frozen VM) keeps its connections open and would hold the call forever.
+func (m *mounted) callOwner(ctx context.Context, fs repo.FS, remote func(ctx context.Context, to, addr string) error) error {
+	m.mu.Lock()
+	if m.ownerGone == nil {
+		m.ownerGone = make(chan struct{})
+	}
+	gone := m.ownerGone
+	same := m.conf.Owner == fs.Owner && m.conf.Epoch == fs.Epoch
+	m.mu.Unlock()
+	if !same {
+		return fmt.Errorf("owner changed to %s", m.config().Owner)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-gone:
+			cancel()
+		case <-cctx.Done():
+		}
+	}()
+	return remote(cctx, fs.Owner, m.n.rpcAddr(fs.Owner))
+}
+
 // route calls local when this node owns the filesystem, else remote with
 // the owner's RPC address; it follows owner changes until ctx ends. A
 // handler's own error (a failed recall) is final; a node that is not (or
 // no longer) the owner, or cannot be reached, makes it look again.
-func (m *mounted) route(ctx context.Context, local func(*daemon.DM) error, remote func(to, addr string) error) error {
+func (m *mounted) route(ctx context.Context, local func(*daemon.DM) error, remote func(ctx context.Context, to, addr string) error) error {
 	for attempt := 0; ; attempt++ {
 		lookup := m.owner
 		if attempt == 0 {
@@ -178,7 +211,7 @@ func (m *mounted) route(ctx context.Context, local func(*daemon.DM) error, remot
 			m.n.kick() // we own it but run no session (any more)
 		case fs.Owner != "":
 			if addr := m.n.rpcAddr(fs.Owner); addr != "" {
-				err := remote(fs.Owner, addr)
+				err := m.callOwner(ctx, fs, remote)
 				if err == nil || ctx.Err() != nil {
 					return err
 				}
@@ -214,7 +247,7 @@ func (m *mounted) Raise(ctx context.Context, ev *dmapi.Event) error {
 	defer cancel()
 	return m.route(ctx,
 		func(dm *daemon.DM) error { return dm.Raise(ctx, ev) },
-		func(to, addr string) error {
+		func(ctx context.Context, to, addr string) error {
 			return m.n.client.Call(ctx, to, addr, pathEvent, eventReq{FS: m.name, Event: *ev}, nil)
 		})
 }
@@ -225,7 +258,7 @@ func (m *mounted) Migrate(ctx context.Context, rel string, ino uint64, premigrat
 	var remoteErr error
 	err := m.route(ctx,
 		func(dm *daemon.DM) (err error) { res, remoteErr = dm.Migrate(ctx, rel, ino, premigrate); return nil },
-		func(to, addr string) error {
+		func(ctx context.Context, to, addr string) error {
 			var reply migrateReply
 			if err := m.n.client.Call(ctx, to, addr, pathMigrate, migrateReq{FS: m.name, Path: rel, Ino: ino, Premigrate: premigrate}, &reply); err != nil {
 				return err
@@ -252,7 +285,7 @@ func (m *mounted) Reconcile(ctx context.Context, opt migrate.ReconcileOptions, p
 	var runErr error
 	err := m.route(ctx,
 		func(dm *daemon.DM) error { rep, runErr = dm.Reconcile(ctx, opt, progress); return nil },
-		func(to, addr string) error {
+		func(ctx context.Context, to, addr string) error {
 			if progress != nil {
 				progress(migrate.ReconcileProgress{Phase: "running on " + to})
 			}
@@ -285,7 +318,7 @@ func (m *mounted) Space(ctx context.Context, need int64) (dmapi.Space, error) {
 			}
 			return err
 		},
-		func(to, addr string) error {
+		func(ctx context.Context, to, addr string) error {
 			var reply spaceReply
 			if err := m.n.client.Call(ctx, to, addr, pathSpace, spaceReq{FS: m.name, Need: need}, &reply); err != nil {
 				return err
@@ -330,12 +363,13 @@ type settings struct {
 	workers      int
 	eventTimeout time.Duration
 	releaseWait  time.Duration
+	holdLease    time.Duration
 	policy       migrate.Policy
 }
 
 // settingsOf reads the repository settings (checked when they were set).
 func settingsOf(fs repo.FS) settings {
-	s := settings{recall: recall.DefaultConfig(), workers: 8, eventTimeout: 5 * time.Minute, releaseWait: 5 * time.Second}
+	s := settings{recall: recall.DefaultConfig(), workers: 8, eventTimeout: 5 * time.Minute, releaseWait: 5 * time.Second, holdLease: defaultHoldLease}
 	size := func(k string, dst *int64) {
 		if v, ok := fs.Settings[k]; ok {
 			if n, err := repo.ParseSize(v); err == nil {
@@ -367,6 +401,7 @@ func settingsOf(fs repo.FS) settings {
 		}
 	}
 	dur("release-wait", &s.releaseWait)
+	dur("hold-lease", &s.holdLease)
 	var err error
 	if s.policy, err = migrate.ParsePolicy(fs.Settings); err != nil {
 		s.policy = migrate.DefaultPolicy() // checked when set; a hand-edited repository gets the defaults

@@ -93,6 +93,15 @@ func (n *Node) leaseTick() {
 	}
 }
 
+// acting fails once this node may no longer act for what it owns.
+func (n *Node) acting() error {
+	if !n.leaseValid() {
+		n.kick()
+		return fmt.Errorf("%w (this node's lease lapsed)", dmapi.ErrFenced)
+	}
+	return nil
+}
+
 // selfFence stops every session this node runs.
 func (n *Node) selfFence(why string) {
 	n.mu.Lock()
@@ -293,9 +302,8 @@ func (n *Node) move(name string, epoch uint64, to, reason string) error {
 func (m *mounted) fence(epoch uint64) dmapi.Fence {
 	return func(commit func() error) error {
 		n := m.n
-		if !n.leaseValid() {
-			n.kick()
-			return fmt.Errorf("%w (this node's lease lapsed)", dmapi.ErrFenced)
+		if err := n.acting(); err != nil {
+			return err
 		}
 		if err := n.repo.Confirm(m.name, n.cfg.Name, epoch); err != nil {
 			if !errors.Is(err, repo.ErrOwnerChanged) {

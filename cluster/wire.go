@@ -83,6 +83,9 @@ type holdReq struct {
 	Ino    uint64 `json:"ino"`
 	Token  string `json:"token"`
 	WaitMs int64  `json:"wait_ms"`
+	// LeaseMs: the hold ends by itself this long after it was granted
+	// (0: the default), should the releaser vanish.
+	LeaseMs int64 `json:"lease_ms,omitempty"`
 }
 
 type invalidateReq struct {

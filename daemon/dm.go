@@ -49,14 +49,17 @@ type SessionInfo struct {
 
 // DMConfig is the DM side of one filesystem.
 type DMConfig struct {
-	Name         string
-	Backing      string
-	ArchiveURL   string
-	Owner        string // this node, as shown in status
-	Epoch        uint64
-	Queue        *migrate.DestroyQueue // durable DESTROY events (started by the DM)
-	Gate         migrate.Gate          // who must agree before a release
-	Fence        dmapi.Fence           // guards commits (nil: single node)
+	Name       string
+	Backing    string
+	ArchiveURL string
+	Owner      string // this node, as shown in status
+	Epoch      uint64
+	Queue      *migrate.DestroyQueue // durable DESTROY events (started by the DM)
+	Gate       migrate.Gate          // who must agree before a release
+	Fence      dmapi.Fence           // guards commits (nil: single node)
+	// Acting, if set, fails once this node may no longer act for the
+	// filesystem (its lease lapsed): checked before each recall write.
+	Acting       func() error
 	Recall       recall.Config
 	Workers      int
 	EventTimeout time.Duration
@@ -111,6 +114,7 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	rights := &dmapi.Rights{}
 	d.recall = recall.NewManager(root, arch, rights, cfg.Queue, cfg.Recall, log)
 	d.recall.Fence = cfg.Fence
+	d.recall.Acting = cfg.Acting
 	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
 	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
 	d.migrator.Fence = cfg.Fence

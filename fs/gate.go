@@ -99,7 +99,7 @@ func (f *FS) CommitCopy(ino uint64, fn func() error) error {
 
 // Release implements migrate.Gate: it holds new opens, waits up to wait for
 // open handles to close, and runs fn with writes excluded.
-func (f *FS) Release(ctx context.Context, ino uint64, wait time.Duration, fn func() error) error {
+func (f *FS) Release(ctx context.Context, ino uint64, wait time.Duration, fn func(confirm func() error) error) error {
 	unhold, err := f.Hold(ctx, ino, wait)
 	if err != nil {
 		return err
@@ -109,7 +109,7 @@ func (f *FS) Release(ctx context.Context, ino uint64, wait time.Duration, fn fun
 	defer f.gates.put(ino)
 	g.io.Lock()
 	defer g.io.Unlock()
-	return fn()
+	return fn(func() error { return nil }) // held here until unhold: nothing can end
 }
 
 // Hold holds new opens of the file and waits up to wait for its open

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/rpc"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"github.com/cascadefs/cascadefs/internal/testenv"
 )
 
@@ -361,4 +363,38 @@ func TestNodeStopsWhileFilesClose(t *testing.T) {
 	close(stop)
 	<-done
 	t.Logf("stopped in %s", time.Since(start).Round(time.Millisecond))
+}
+
+// A release that outlasts the other nodes' holds (paused here after they
+// were granted, past hold-lease) does not punch: a node whose hold ended
+// could have opened the file by passthrough and read the punched zeros.
+func TestClusterReleaseOutlastingItsHoldsDoesNotPunch(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "hold-lease=2s", "release-wait=100ms")
+	dir := t.TempDir()
+	c.Nodes["n1"].Env = []string{"CASCADEFS_FAILPOINTS=" + failpoint.MigrateReleaseHeld + "=pause@1", "CASCADEFS_FAILPOINT_DIR=" + dir}
+	c.Start("n1", "n2")
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	want := writeRandom(t, n1.M("f"), 4<<20)
+	done := make(chan string, 1)
+	go func() { o, e, _ := c.CLI("migrate", n1.M("f")); done <- o + e }()
+	marker := filepath.Join(dir, failpoint.MigrateReleaseHeld+".paused")
+	waitForFile(t, marker)
+	time.Sleep(3 * time.Second) // n2's hold ends after 2 s
+	// n2 may open the file now: its hold is over.
+	if sumFile(t, n2.M("f")) != want {
+		t.Fatal("wrong bytes on n2 while the release was paused")
+	}
+	os.Remove(marker)
+	out := <-done
+	if s := clusterState(t, c, n2, "f"); s == "migrated" {
+		t.Fatalf("a release that outlasted its holds punched the file (migrate said %q)", out)
+	}
+	if !strings.Contains(out, "holds may have ended") {
+		t.Fatalf("n1 does not say why it did not release:\n%s", out)
+	}
+	testenv.DropCaches()
+	if sumFile(t, n2.M("f")) != want {
+		t.Fatal("wrong bytes after the release gave up")
+	}
 }

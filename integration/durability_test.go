@@ -7,8 +7,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cascadefs/cascadefs/internal/testenv"
+	"github.com/cascadefs/cascadefs/stub"
 )
 
 // The calls the durability check looks at.
@@ -72,7 +74,11 @@ func TestDurableBeforeClaimed(t *testing.T) {
 	if err := os.Remove(d.M("gone")); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the stale objects deleted", func() bool { return !objectExists(d, goneKey) && !objectExists(d, rewriteKey) })
+	waitUntil(t, "the stale objects deleted", func() bool {
+		return !objectExists(d, goneKey) && !objectExists(d, rewriteKey) &&
+			!objectExists(d, goneKey+stub.SumsSuffix) && !objectExists(d, rewriteKey+stub.SumsSuffix)
+	})
+	time.Sleep(300 * time.Millisecond) // the tracer writes a call when it returns
 	calls := tr.Stop(t)
 
 	c := durability{calls: calls, backing: d.Backing, archive: filepath.Join(archiveDir, "t1"), inos: inos}

@@ -46,9 +46,12 @@ type DestroyQueue struct {
 	mu          sync.Mutex
 	mine        map[string]destroyEntry // prepared here, not yet committed or aborted
 	aborted     map[string]bool         // aborts whose store delete failed: retried
-	runMu       sync.Mutex              // guards stop and done: a queue outlives its DM sessions
-	stop        chan struct{}           // nil while no worker runs
-	done        chan struct{}
+	// resolved: entries of another node's unfinished change, resolved
+	// here, by when (drain only): kept for lateWriteGrace.
+	resolved map[string]time.Time
+	runMu    sync.Mutex    // guards stop and done: a queue outlives its DM sessions
+	stop     chan struct{} // nil while no worker runs
+	done     chan struct{}
 }
 
 // Store keeps the entries of one filesystem durably.
@@ -77,7 +80,7 @@ func NewDestroyQueue(store Store, fsName, self, root string, raise func(context.
 		alive = func(string) bool { return false }
 	}
 	q := &DestroyQueue{store: store, fs: fsName, self: self, root: root, raise: raise, alive: alive,
-		incarnation: dmapi.NewToken(), log: log, mine: map[string]destroyEntry{}, aborted: map[string]bool{},
+		incarnation: dmapi.NewToken(), log: log, mine: map[string]destroyEntry{}, aborted: map[string]bool{}, resolved: map[string]time.Time{},
 		wake: make(chan struct{}, 1)}
 	q.Adopt()
 	return q
@@ -260,10 +263,31 @@ func (q *DestroyQueue) drain(ctx context.Context) {
 			q.log.Warn("destroy failed, will retry", "key", e.Event.Key, "reason", err)
 			continue
 		}
+		if !e.Ready && e.Node != q.self && e.Incarnation != orphanMark {
+			// Another node's upload that looked dead: it may only be
+			// paused, or the server may still finish a request whose
+			// client is gone, and the object come back. Deleted again at
+			// each pass for a while (and found by reconcile after that).
+			first, again := q.resolved[token]
+			if !again {
+				q.log.Info("archive object destroyed", "fs", e.Event.FS, "key", e.Event.Key)
+				q.resolved[token] = time.Now()
+			}
+			if !again || time.Since(first) < lateWriteGrace {
+				continue
+			}
+			delete(q.resolved, token)
+			q.store.Delete(token)
+			continue
+		}
 		q.log.Info("archive object destroyed", "fs", e.Event.FS, "key", e.Event.Key)
 		q.store.Delete(token)
 	}
 }
+
+// lateWriteGrace: how long an upload that another node resolved is
+// deleted again in case it lands late.
+const lateWriteGrace = time.Minute
 
 // orphaned: the node that prepared the entry cannot finish it any more:
 // this node before its restart, or another node that is not alive. (An

@@ -35,8 +35,9 @@ type Gate interface {
 	CommitCopy(ino uint64, fn func() error) error
 	// Release runs fn when the file is open nowhere through the mount,
 	// holding new opens meanwhile. It waits at most wait for open handles
-	// to close, then gives up with dmapi.ErrBusy.
-	Release(ctx context.Context, ino uint64, wait time.Duration, fn func() error) error
+	// to close, then gives up with dmapi.ErrBusy. fn calls confirm just
+	// before its punch: it fails once the holds may have ended.
+	Release(ctx context.Context, ino uint64, wait time.Duration, fn func(confirm func() error) error) error
 }
 
 // ErrChanged: the file changed while it was being copied.
@@ -332,7 +333,7 @@ func (m *Migrator) verifyCopy(ctx context.Context, rec *stub.Record, deep bool) 
 // with holes.
 func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait time.Duration) (int64, error) {
 	var released int64
-	err := m.gate.Release(ctx, rec.Ino, wait, func() error {
+	err := m.gate.Release(ctx, rec.Ino, wait, func(confirm func() error) error {
 		if err := failpoint.Hit(failpoint.MigrateReleaseHeld); err != nil {
 			return err
 		}
@@ -362,6 +363,9 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 		migrated := *rec
 		migrated.State = stub.Migrated
 		err = m.Fence.Run(func() error {
+			if err := confirm(); err != nil {
+				return err
+			}
 			// Durable before the punch: a crash must never leave holes
 			// under a record that does not send reads to the archive.
 			if err := stub.WriteRecordSync(fd, &migrated); err != nil {

@@ -65,6 +65,10 @@ type Manager struct {
 	garbage dmapi.Garbage
 	// Fence guards every commit (nil: a single node, no fencing).
 	Fence dmapi.Fence
+	// Acting, if set, fails once this node may no longer act for the
+	// filesystem: a node paused past its lease must not write recalled
+	// bytes into a file another node may have changed since.
+	Acting func() error
 	// Counted, if set, is told of bytes fetched and of files recalled whole.
 	Counted func(files int, bytes int64)
 	// NoSpace, if set, is asked to free need bytes when a recall's write
@@ -303,7 +307,7 @@ func (m *Manager) acquire(ev *dmapi.Event) (*fileRecall, error) {
 	// going first, so a different mtime is what a crash between a write and
 	// its time restore left; the next write repairs it.
 	st.Mtim = unix.NsecToTimespec(rec.MtimeNs)
-	f := &fileRecall{m: m, ino: st.Ino, path: ev.Path, file: file, fd: fd, rec: rec, refs: 1, st: st}
+	f := &fileRecall{m: m, ino: st.Ino, path: ev.Path, file: file, fd: fd, rec: rec, key: rec.Key, refs: 1, st: st}
 	f.cond = sync.NewCond(&f.mu)
 	if h := m.history[st.Ino]; h != nil && h.key == rec.Key {
 		f.sums, f.lastEnd, f.window, f.fetched = h.sums, h.lastEnd, h.window, h.fetched

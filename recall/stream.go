@@ -1,6 +1,7 @@
 package recall
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ type fileRecall struct {
 	file *os.File
 	fd   int
 	st   unix.Stat_t // times to restore after invisible writes
+	key  string      // the object the recall fetches
 	refs int         // guarded by m.mu
 
 	mu        sync.Mutex
@@ -356,10 +358,33 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 	return s.end, nil, false
 }
 
+// errStale: the file is no longer the stub a recall serves.
+var errStale = errors.New("stale recall")
+
 // write is invisible I/O: it writes verified bytes into a hole and puts the
 // file's times back. Out of space, it asks the space monitor to free some
 // (NoSpace) and tries once more.
 func (f *fileRecall) write(ctx context.Context, b []byte, off int64) error {
+	// The storage-enforced right (shared; a change takes it exclusively,
+	// on any node): held from the check to the write, so that this node,
+	// paused in between, cannot write old bytes over a file made resident
+	// and changed meanwhile.
+	unlock, err := stub.LockCommit(f.fd, true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if f.m.Acting != nil {
+		if err := f.m.Acting(); err != nil {
+			return err
+		}
+	}
+	if rec, err := stub.ReadRecord(f.fd); err != nil || rec == nil || rec.Key != f.key {
+		return cmp.Or(err, fmt.Errorf("%s: no longer the stub of %s: %w", f.path, f.key, errStale))
+	}
+	if err := failpoint.Hit(failpoint.RecallBeforeWrite); err != nil {
+		return err
+	}
 	asked := false
 	for len(b) > 0 {
 		n, err := unix.Pwrite(f.fd, b, off)
@@ -399,18 +424,38 @@ func (f *fileRecall) commitIfComplete() error {
 	if err := failpoint.Hit(failpoint.RecallBeforeRecord); err != nil {
 		return err
 	}
-	// A premigrated record is trusted while its watch is there; nothing
-	// could change a migrated file without removing its record first.
-	if _, err := stub.Watch(f.fd); err != nil {
-		return err
-	}
 	rec := *f.rec
 	rec.State = stub.Premigrated
-	f.m.log.Info("recalled", "file", f.path, "bytes", rec.Size, "fetched", f.fetched)
-	f.m.count(1, 0)
-	if err := f.m.Fence.Run(func() error { return stub.WriteRecord(f.fd, &rec) }); err != nil {
+	// Under the exclusive right, checked inside: the file is still the
+	// migrated stub this recall served (an old owner that paused must not
+	// mark a file changed since as premigrated). Not waited for: a holder
+	// (a recall write of a paused old owner) must not keep the readers
+	// waiting; the file stays migrated, all local, until a later event.
+	unlock, err := stub.TryLockCommit(f.fd, false)
+	if errors.Is(err, unix.EAGAIN) {
+		f.m.log.Info("recalled file left migrated: its right is held elsewhere", "file", f.path)
+		return nil
+	}
+	if err != nil {
 		return err
 	}
+	defer unlock()
+	err = f.m.Fence.Run(func() error {
+		if cur, err := stub.ReadRecord(f.fd); err != nil || cur == nil || cur.Key != f.key || cur.State != stub.Migrated {
+			return cmp.Or(err, fmt.Errorf("%s: no longer the stub of %s: %w", f.path, f.key, errStale))
+		}
+		// A premigrated record is trusted while its watch is there; nothing
+		// could change a migrated file without removing its record first.
+		if _, err := stub.Watch(f.fd); err != nil {
+			return err
+		}
+		return stub.WriteRecord(f.fd, &rec)
+	})
+	if err != nil {
+		return err
+	}
+	f.m.log.Info("recalled", "file", f.path, "bytes", rec.Size, "fetched", f.fetched)
+	f.m.count(1, 0)
 	f.rec = &rec
 	return nil
 }
@@ -431,7 +476,14 @@ func (f *fileRecall) makeResident() error {
 	if err := stub.SyncData(f.fd); err != nil {
 		return err
 	}
-	err := dmapi.Orphan(f.m.garbage, f.fd, f.path, f.rec.Key, func() error {
+	// Exclusive: a recall write still in flight on any node (an old owner
+	// that paused) ends before the record goes and the change comes.
+	unlock, err := stub.LockCommit(f.fd, false)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	err = dmapi.Orphan(f.m.garbage, f.fd, f.path, f.rec.Key, func() error {
 		return f.m.Fence.Run(func() error { return stub.RemoveRecord(f.fd) })
 	})
 	if err == nil {

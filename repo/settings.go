@@ -25,7 +25,8 @@ var settings = map[string]setting{
 	"workers":       {"DM session workers (default 8)", checkInt(1, 1024)},
 	"event-timeout": {"a reader waits this long for its recall, then EIO (default 5m; 0: the default)", checkDuration},
 	"release-wait":  {"a release waits this long for open handles (default 5s; 0: skip open files at once)", checkDuration},
-	"failover":      {"async (lock race, default) or sync (vote, then lock)", oneOf("async", "sync")},
+	"failover":      {"async (race once the owner's lease lapsed, default) or sync (vote first)", oneOf("async", "sync")},
+	"hold-lease":    {"a node keeps a file closed for another node's release at most this long (default 1m); a release punches only within it", checkDuration},
 	// The space monitor (see migrate.ParsePolicy for how they combine).
 	"quota":      {"space the filesystem may use, such as 100GiB (default, or 0: the backing filesystem's size)", checkSize},
 	"high":       {"usage percentage that starts a migration cycle (default 70)", checkPercent(1, 100)},

@@ -315,23 +315,50 @@ const commitLockOffset = 1 << 62
 // node and a record written on another can never interleave (the object
 // would leak).
 func LockCommit(fd int, shared bool) (unlock func(), err error) {
+	return lockCommit(fd, shared, true)
+}
+
+// TryLockCommit is LockCommit without the wait: it fails with
+// unix.EAGAIN while another holder excludes it.
+func TryLockCommit(fd int, shared bool) (unlock func(), err error) {
+	return lockCommit(fd, shared, false)
+}
+
+func lockCommit(fd int, shared, wait bool) (unlock func(), err error) {
+	// A lock of its own open file description: OFD locks of one
+	// description never exclude each other, and one unlock would drop
+	// another holder's lock too (a recall stream and a commit of the same
+	// file share a descriptor).
+	mode := unix.O_RDWR
 	kind := int16(unix.F_WRLCK)
 	if shared {
-		kind = unix.F_RDLCK
+		mode, kind = unix.O_RDONLY, unix.F_RDLCK
+	}
+	self := fmt.Sprintf("/proc/self/fd/%d", fd)
+	own, err := unix.Open(self, mode|unix.O_CLOEXEC|unix.O_NOATIME|unix.O_NONBLOCK, 0)
+	if errors.Is(err, unix.EPERM) { // O_NOATIME needs the owner or CAP_FOWNER
+		own, err = unix.Open(self, mode|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("commit lock: %w", err)
 	}
 	lk := unix.Flock_t{Type: kind, Whence: 0, Start: commitLockOffset, Len: 1}
+	cmd := unix.F_OFD_SETLKW
+	if !wait {
+		cmd = unix.F_OFD_SETLK
+	}
 	for {
-		err = unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLKW, &lk)
+		err = unix.FcntlFlock(uintptr(own), cmd, &lk)
 		if !errors.Is(err, unix.EINTR) {
 			break
 		}
 	}
 	if err != nil {
+		unix.Close(own)
+		if errors.Is(err, unix.EACCES) {
+			err = unix.EAGAIN
+		}
 		return nil, fmt.Errorf("commit lock: %w", err)
 	}
-	return func() {
-		un := lk
-		un.Type = unix.F_UNLCK
-		unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &un)
-	}, nil
+	return func() { unix.Close(own) }, nil // closing the description drops its lock
 }

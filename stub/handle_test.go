@@ -113,3 +113,35 @@ func TestCommitLockExcludes(t *testing.T) {
 	unlock()
 	<-got
 }
+
+// Two holders through one descriptor exclude each other too (a recall
+// stream and a commit of one file share their descriptor).
+func TestCommitLockExcludesOnOneDescriptor(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	shared, err := LockCommit(int(f.Fd()), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan struct{})
+	go func() {
+		if u, err := LockCommit(int(f.Fd()), false); err == nil {
+			u()
+		}
+		close(got)
+	}()
+	select {
+	case <-got:
+		t.Fatal("an exclusive holder got the lock while a shared one held it through the same descriptor")
+	case <-time.After(100 * time.Millisecond):
+	}
+	shared()
+	<-got
+}

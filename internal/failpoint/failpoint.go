@@ -36,6 +36,7 @@ const (
 	MigrateReleaseHeld     = "migrate-release-held"     // new opens held for a release, record unchanged
 	MigrateBeforePunch     = "migrate-before-punch"     // migrated record durable, nothing punched
 	MigrateInsidePunch     = "migrate-inside-punch"     // first half of the data punched
+	RecallBeforeWrite      = "recall-before-write"      // right held and checked, verified bytes not yet written
 	RecallAfterWrite       = "recall-after-write"       // verified bytes written, not synced, record unchanged
 	RecallBeforeRecord     = "recall-before-record"     // whole file recalled and synced, record still migrated
 	DestroyBeforeUnlink    = "destroy-before-unlink"    // DESTROY entry prepared, the stub's name not yet removed
@@ -47,7 +48,7 @@ const (
 
 // All lists every point, for the crash suite's random picks.
 var All = []string{MigrateAfterUpload, MigrateAfterPremigrate, MigrateReleaseHeld, MigrateBeforePunch, MigrateInsidePunch,
-	RecallAfterWrite, RecallBeforeRecord, DestroyBeforeUnlink, DestroyBeforeDelete,
+	RecallBeforeWrite, RecallAfterWrite, RecallBeforeRecord, DestroyBeforeUnlink, DestroyBeforeDelete,
 	TakeoverBeforeCommit, HandoverAfterStop, LeaseRenew}
 
 // ErrInjected is what a point set to "error" fails with.

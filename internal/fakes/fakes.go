@@ -15,8 +15,8 @@ type OpenGate struct{}
 
 func (OpenGate) Commit(ino uint64, fn func() error) error     { return fn() }
 func (OpenGate) CommitCopy(ino uint64, fn func() error) error { return fn() }
-func (OpenGate) Release(ctx context.Context, ino uint64, wait time.Duration, fn func() error) error {
-	return fn()
+func (OpenGate) Release(ctx context.Context, ino uint64, wait time.Duration, fn func(confirm func() error) error) error {
+	return fn(func() error { return nil })
 }
 
 // KeptGarbage records nothing: no object becomes garbage in unit tests.

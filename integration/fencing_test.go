@@ -1,0 +1,102 @@
+package integration
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cascadefs/cascadefs/internal/failpoint"
+	"github.com/cascadefs/cascadefs/internal/testenv"
+)
+
+// processStopped: the process is stopped (SIGSTOP), by /proc.
+func processStopped(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] == 'T'
+}
+
+// The owner stops (a whole-process pause, as a frozen VM) after its last
+// check and before it writes recalled bytes. Its lease lapses, another
+// node takes over and serves the reader, and the file is rewritten
+// through that node. When the old owner wakes, its old bytes must not
+// land over the new ones: the rewrite waits for the right the old owner
+// still holds, the old owner's write ends, and it writes nothing more.
+func TestFencingPausedRecallWrite(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "small-file=0", "window=256KiB")
+	c.Nodes["n1"].Env = []string{"CASCADEFS_FAILPOINTS=" + failpoint.RecallBeforeWrite + "=stop@1"}
+	c.Start("n1", "n2")
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	old := writeRandom(t, n1.M("f"), 4<<20)
+	c.MustCLI("migrate", n1.M("f"))
+	testenv.DropCaches()
+
+	read := make(chan [32]byte, 1)
+	go func() { read <- sumFile(t, n2.M("f")) }() // n1's recall stops itself
+	deadline := time.Now().Add(30 * time.Second)
+	for !processStopped(n1.PID()) {
+		if time.Now().After(deadline) {
+			t.Fatal("n1 never stopped at the failpoint")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	resumed := false
+	defer func() {
+		if !resumed {
+			n1.Resume()
+		}
+	}()
+	waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" })
+	select {
+	case got := <-read:
+		if got != old {
+			t.Fatal("the reader on n2 got wrong bytes after the takeover")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the reader on n2 was not served after the takeover")
+	}
+
+	// Rewrite through n2 while n1 still holds its right.
+	fresh := make([]byte, 4<<20)
+	rand.Read(fresh)
+	wrote := make(chan error, 1)
+	go func() { wrote <- os.WriteFile(n2.M("f"), fresh, 0o644) }()
+	select {
+	case err := <-wrote:
+		t.Fatalf("the rewrite did not wait for the right the stopped old owner holds (err %v)", err)
+	case <-time.After(2 * time.Second):
+	}
+	n1.Resume()
+	resumed = true
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the rewrite never finished after the old owner woke")
+	}
+	time.Sleep(2 * time.Second) // time for a stale write to land, were it let through
+	testenv.DropCaches()
+	for _, n := range []*testenv.Node{n1, n2} {
+		got, err := os.ReadFile(n.M("f"))
+		if err != nil || !bytes.Equal(got, fresh) {
+			t.Fatalf("after the old owner woke, %s reads other bytes than the rewrite (err %v)", n.Name, err)
+		}
+	}
+	if l := n1.Log(); !strings.Contains(l, "self-fenced") && !strings.Contains(l, "lease lapsed") && !strings.Contains(l, "replaced:") {
+		t.Fatalf("the old owner does not say it stopped:\n%s", l)
+	}
+	if _, err := os.Stat(filepath.Join(c.Backing, "f")); err != nil {
+		t.Fatal(err)
+	}
+}
