@@ -9,11 +9,15 @@ GO ?= go
 build:
 	$(GO) build -o bin/cascadefs ./cmd/cascadefs
 
-# The pinned MinIO server, built once into .tools/ (about 5 minutes).
-tools: $(TOOLS)/minio
+# The pinned MinIO server, built once into .tools/ (about 5 minutes), and
+# the pinned etcd server (tools/etcd/go.mod; about a minute).
+tools: $(TOOLS)/minio $(TOOLS)/etcd
 $(TOOLS)/minio:
 	mkdir -p $(TOOLS)
 	cd /tmp && GOBIN=$(TOOLS) GOFLAGS=-mod=mod $(GO) install github.com/minio/minio@$(MINIO_VERSION)
+$(TOOLS)/etcd: tools/etcd/go.mod tools/etcd/go.sum tools/etcd/main.go
+	mkdir -p $(TOOLS)
+	cd tools/etcd && $(GO) build -o $(TOOLS)/etcd .
 
 test: tools build
 	scripts/need-system.sh

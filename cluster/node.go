@@ -31,7 +31,7 @@ type Config struct {
 	Bind      string   // Serf gossip HOST:PORT
 	RPC       string   // node RPC HOST:PORT
 	Join      []string // members to join at start
-	RepoDir   string   // repository directory (shared storage)
+	RepoDir   string   // repository: a directory (bbolt, shared storage) or etcd://HOST:PORT,...
 	MountRoot string   // filesystems are mounted at MountRoot/NAME
 	Key       []byte   // cluster key (required): encrypts gossip, signs the node RPC
 	RunDir    string   // control sockets (default daemon.RunDir())
@@ -104,10 +104,12 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if cfg.MountRoot == "" || !filepath.IsAbs(cfg.MountRoot) {
 		return nil, fmt.Errorf("--mount-root %q: give an absolute directory", cfg.MountRoot)
 	}
-	if cfg.RepoDir, err = filepath.Abs(cfg.RepoDir); err != nil {
-		return nil, err
+	if !repo.IsEtcd(cfg.RepoDir) {
+		if cfg.RepoDir, err = filepath.Abs(cfg.RepoDir); err != nil {
+			return nil, err
+		}
 	}
-	r, err := repo.Open(cfg.RepoDir)
+	r, err := repo.OpenURL(cfg.RepoDir)
 	if err != nil {
 		return nil, err
 	}

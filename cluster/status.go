@@ -39,7 +39,7 @@ type FSStatus struct {
 
 // Status collects the cluster's state.
 func (n *Node) Status(ctx context.Context) Status {
-	st := Status{Node: n.cfg.Name, Repo: n.cfg.RepoDir, Engine: "bbolt", Members: n.member.Members(), LeaseValid: n.leaseValid()}
+	st := Status{Node: n.cfg.Name, Repo: n.cfg.RepoDir, Engine: repo.Engine(n.repo), Members: n.member.Members(), LeaseValid: n.leaseValid()}
 	st.Leases, _ = n.repo.Leases()
 	list, _ := n.repo.ListFS()
 	for _, fs := range list {
@@ -145,8 +145,12 @@ func askLocalNode(runDir, repoDir, path string, req, reply any) error {
 	return errors.New("no node of that cluster runs on this host")
 }
 
-// SameDir reports whether two paths name the same directory.
+// SameDir reports whether two repository specs name the same repository
+// (the same directory, or the same etcd endpoints).
 func SameDir(a, b string) bool {
+	if repo.IsEtcd(a) || repo.IsEtcd(b) {
+		return a == b
+	}
 	x, err1 := filepath.Abs(a)
 	y, err2 := filepath.Abs(b)
 	return err1 == nil && err2 == nil && filepath.Clean(x) == filepath.Clean(y)

@@ -164,3 +164,35 @@ func ValidName(kind, name string) error {
 	}
 	return nil
 }
+
+// IsEtcd: spec names an etcd cluster rather than a bbolt directory.
+func IsEtcd(spec string) bool { return strings.HasPrefix(spec, EtcdScheme) }
+
+// OpenURL opens the repository spec names: etcd://HOST:PORT[,...] (the
+// etcd engine) or a directory (bbolt).
+func OpenURL(spec string) (Repository, error) {
+	if IsEtcd(spec) {
+		return OpenEtcd(spec)
+	}
+	return Open(spec)
+}
+
+// CreateURL is OpenURL that first creates a bbolt repository if the
+// directory has none (an etcd cluster needs no creation).
+func CreateURL(spec string) (Repository, error) {
+	if IsEtcd(spec) {
+		return OpenEtcd(spec)
+	}
+	return Create(spec)
+}
+
+// Engine names the engine of r, for status.
+func Engine(r Repository) string {
+	switch r.(type) {
+	case *Etcd:
+		return "etcd"
+	case *Bolt:
+		return "bbolt"
+	}
+	return fmt.Sprintf("%T", r)
+}

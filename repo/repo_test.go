@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+
+	"github.com/cascadefs/cascadefs/internal/testenv"
 	"testing"
 	"time"
 
@@ -129,13 +131,29 @@ func TestOwnershipBolt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testOwnership(t, owner, other)
+	testOwnership(t, owner, other, 300*time.Millisecond)
+}
+
+// The same rules on a real etcd cluster of three members; leases lapse
+// at the servers (etcd grants whole seconds).
+func TestOwnershipEtcd(t *testing.T) {
+	cluster := testenv.StartEtcd(t, 3)
+	owner, err := OpenEtcd(cluster.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	other, err := OpenEtcd(cluster.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	testOwnership(t, owner, other, 2*time.Second)
 }
 
 // testOwnership runs the ownership rules against an engine: r is the
 // owner's handle, other another node's.
-func testOwnership(t *testing.T, r, other Repository) {
-	const ttl = 300 * time.Millisecond
+func testOwnership(t *testing.T, r, other Repository, ttl time.Duration) {
 	if err := r.AddFS(FS{Name: "home", Backing: "/b", Archive: "file:///a"}); err != nil {
 		t.Fatal(err)
 	}

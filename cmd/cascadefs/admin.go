@@ -221,7 +221,7 @@ type StatusReport struct {
 func cmdStatus(args []string) error {
 	fl := newFlags("status", "[--repo DIR] [--json]")
 	asJSON := fl.Bool("json", false, "print JSON")
-	repoDir := fl.String("repo", "", "the cluster whose repository is DIR (default: any node on this host)")
+	repoDir := fl.String("repo", "", "the cluster whose repository is DIR or etcd://HOST:PORT,... (default: any node on this host)")
 	if err := fl.Parse(args); err != nil {
 		return errReported
 	}
@@ -234,7 +234,7 @@ func cmdStatus(args []string) error {
 	}
 	if rep.Cluster == nil && *repoDir != "" {
 		// No node of that cluster runs here: show what the repository says.
-		r, err := repo.Open(*repoDir)
+		r, err := repo.OpenURL(*repoDir)
 		if err != nil {
 			return err
 		}

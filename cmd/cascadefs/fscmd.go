@@ -64,7 +64,7 @@ func splitList(s string) []string {
 
 func fsAdd(args []string) error {
 	fl := newFlags("fs add", "--repo DIR NAME --backing DIR --archive URL [--candidates n1,n2] [--owner N]")
-	repoDir := fl.String("repo", "", "repository directory (shared storage)")
+	repoDir := fl.String("repo", "", "repository: a directory (bbolt) or etcd://HOST:PORT[,...]")
 	backing := fl.String("backing", "", "backing directory, the same path on every node")
 	archiveURL := fl.String("archive", "", "archive URL")
 	candidates := fl.String("candidates", "", "nodes that may serve it (default: every node)")
@@ -100,7 +100,7 @@ func fsAdd(args []string) error {
 	if fs.Owner != "" {
 		fs.Epoch = 1
 	}
-	r, err := repo.Create(*repoDir)
+	r, err := repo.CreateURL(*repoDir)
 	if err != nil {
 		return err
 	}
@@ -113,12 +113,12 @@ func fsAdd(args []string) error {
 
 func fsList(args []string) error {
 	fl := newFlags("fs list", "--repo DIR [--json]")
-	repoDir := fl.String("repo", "", "repository directory")
+	repoDir := fl.String("repo", "", "repository: a directory (bbolt) or etcd://HOST:PORT[,...]")
 	asJSON := fl.Bool("json", false, "print JSON")
 	if _, err := parseInterleaved(fl, args); err != nil {
 		return err
 	}
-	r, err := repo.Open(*repoDir)
+	r, err := repo.OpenURL(*repoDir)
 	if err != nil {
 		return err
 	}
@@ -154,7 +154,7 @@ func fsList(args []string) error {
 
 func fsSet(args []string) error {
 	fl := newFlags("fs set", "--repo DIR NAME KEY=VALUE...")
-	repoDir := fl.String("repo", "", "repository directory")
+	repoDir := fl.String("repo", "", "repository: a directory (bbolt) or etcd://HOST:PORT[,...]")
 	fl.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: cascadefs fs set --repo DIR NAME KEY=VALUE...\nKeys:\n  candidates\tnodes that may serve it (n1,n2,...)\n")
 		for _, k := range repo.SettingKeys() {
@@ -181,7 +181,7 @@ func fsSet(args []string) error {
 		}
 		changes[k] = v
 	}
-	r, err := repo.Open(*repoDir)
+	r, err := repo.OpenURL(*repoDir)
 	if err != nil {
 		return err
 	}
@@ -208,7 +208,7 @@ func fsSet(args []string) error {
 
 func fsRemove(args []string) error {
 	fl := newFlags("fs remove", "--repo DIR NAME")
-	repoDir := fl.String("repo", "", "repository directory")
+	repoDir := fl.String("repo", "", "repository: a directory (bbolt) or etcd://HOST:PORT[,...]")
 	pos, err := parseInterleaved(fl, args)
 	if err != nil {
 		return err
@@ -216,7 +216,7 @@ func fsRemove(args []string) error {
 	if len(pos) != 1 || *repoDir == "" {
 		return errors.New("need --repo DIR NAME")
 	}
-	r, err := repo.Open(*repoDir)
+	r, err := repo.OpenURL(*repoDir)
 	if err != nil {
 		return err
 	}

@@ -29,7 +29,7 @@ func cmdNode(args []string) error {
 	fl.StringVar(&cfg.Bind, "bind", "", "gossip address (Serf), HOST:PORT")
 	fl.StringVar(&cfg.RPC, "rpc", "", "node RPC address, HOST:PORT")
 	join := fl.String("join", "", "members to join, HOST:PORT,...")
-	fl.StringVar(&cfg.RepoDir, "repo", "", "repository directory (shared storage)")
+	fl.StringVar(&cfg.RepoDir, "repo", "", "repository: a directory on shared storage (bbolt, nodes on one host) or etcd://HOST:PORT[,HOST:PORT...]")
 	fl.StringVar(&cfg.MountRoot, "mount-root", "", "filesystems are mounted at MOUNT-ROOT/NAME")
 	keyFile := fl.String("key-file", "", "cluster key (base64; cascadefs keygen makes one)")
 	credsFile := fl.String("credentials-file", "", "KEY=VALUE lines put into the environment (archive credentials)")
@@ -153,7 +153,7 @@ func cmdKeygen(args []string) error {
 // daemon of this host (the same takeover path as a failure).
 func cmdExpel(args []string) error {
 	fl := newFlags("expel", "NODE [--repo DIR]")
-	repoDir := fl.String("repo", "", "the cluster whose repository is DIR (default: any node on this host)")
+	repoDir := fl.String("repo", "", "the cluster whose repository is DIR or etcd://HOST:PORT,... (default: any node on this host)")
 	fl.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: cascadefs expel NODE [--repo DIR]\n"+
 			"Takes a failed node out of the cluster, so that releases (migrations) stop waiting for it.\n"+
@@ -178,7 +178,7 @@ func cmdExpel(args []string) error {
 func cmdFailover(args []string) error {
 	fl := newFlags("failover", "NAME --to NODE [--repo DIR]")
 	to := fl.String("to", "", "the node that takes the filesystem")
-	repoDir := fl.String("repo", "", "the cluster whose repository is DIR (default: any node on this host)")
+	repoDir := fl.String("repo", "", "the cluster whose repository is DIR or etcd://HOST:PORT,... (default: any node on this host)")
 	pos, err := parseInterleaved(fl, args)
 	if err != nil {
 		return err

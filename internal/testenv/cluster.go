@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"net"
 	"os"
@@ -45,16 +46,26 @@ type Node struct {
 // filesystem fs1 owned by the first; archiveURL "" is a directory archive.
 func NewCluster(t testing.TB, archiveURL string, env []string, names ...string) *Cluster {
 	t.Helper()
+	return NewClusterOn(t, "", archiveURL, env, names...)
+}
+
+// NewClusterOn is NewCluster on the repository repoURL (an etcd://
+// cluster; "" for a bbolt directory of its own).
+func NewClusterOn(t testing.TB, repoURL, archiveURL string, env []string, names ...string) *Cluster {
+	t.Helper()
 	RequireRoot(t)
 	dir := t.TempDir()
-	c := &Cluster{t: t, Dir: dir, Repo: filepath.Join(dir, "repo"), Backing: filepath.Join(dir, "backing"),
+	c := &Cluster{t: t, Dir: dir, Repo: cmp.Or(repoURL, filepath.Join(dir, "repo")), Backing: filepath.Join(dir, "backing"),
 		Archive: archiveURL, KeyFile: filepath.Join(dir, "cluster.key"), RunDir: filepath.Join(dir, "run"),
 		Env: env, Nodes: map[string]*Node{}}
 	if archiveURL == "" {
 		c.Archive = "file://" + filepath.Join(dir, "archive")
 	}
-	for _, p := range []string{c.Repo, c.Backing, c.RunDir} {
+	for _, p := range []string{c.Backing, c.RunDir} {
 		os.MkdirAll(p, 0o755)
+	}
+	if repoURL == "" {
+		os.MkdirAll(c.Repo, 0o755)
 	}
 	key := c.MustCLI("keygen")
 	if err := os.WriteFile(c.KeyFile, []byte(key), 0o600); err != nil {

@@ -1,0 +1,472 @@
+package repo
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Etcd is the repository in an etcd cluster, for nodes on several
+// machines. Keys live under /cascadefs/: fs/NAME (the filesystem record,
+// owner and epoch included), nodes/NAME, events/FS/TOKEN, and lease/NAME,
+// a key bound to the node's etcd lease: it exists exactly while the lease
+// lives, as the etcd servers judge it. A filesystem is claimed from its
+// owner by a transaction that requires the owner's lease key to be gone
+// and the record unchanged since it was read; the epoch it sets is the
+// fencing token every commit confirms with a linearizable read.
+type Etcd struct {
+	endpoints []string
+	cli       *clientv3.Client
+	timeout   time.Duration
+
+	mu     sync.Mutex
+	leases map[string]clientv3.LeaseID // this process's leases, by node
+}
+
+var _ Repository = (*Etcd)(nil)
+
+const etcdPrefix = "/cascadefs/"
+
+// EtcdScheme starts a repository URL of the etcd engine:
+// etcd://HOST:PORT[,HOST:PORT...].
+const EtcdScheme = "etcd://"
+
+// The client's TLS files and credentials come from the environment (or a
+// credentials file that sets it), never from the command line.
+const (
+	envEtcdCA       = "CASCADEFS_ETCD_CA"
+	envEtcdCert     = "CASCADEFS_ETCD_CERT"
+	envEtcdKey      = "CASCADEFS_ETCD_KEY"
+	envEtcdUser     = "CASCADEFS_ETCD_USER"
+	envEtcdPassword = "CASCADEFS_ETCD_PASSWORD"
+	envEtcdPassFile = "CASCADEFS_ETCD_PASSWORD_FILE"
+)
+
+// OpenEtcd connects to the etcd cluster of url (etcd://HOST:PORT,...),
+// with TLS when CASCADEFS_ETCD_CA is set (and a client certificate when
+// CASCADEFS_ETCD_CERT and _KEY are), and user/password when
+// CASCADEFS_ETCD_USER is set (password from CASCADEFS_ETCD_PASSWORD_FILE
+// or CASCADEFS_ETCD_PASSWORD).
+func OpenEtcd(url string) (*Etcd, error) {
+	hosts := strings.TrimPrefix(url, EtcdScheme)
+	if hosts == url || hosts == "" {
+		return nil, fmt.Errorf("repository %q: want etcd://HOST:PORT[,HOST:PORT...]", url)
+	}
+	cfg := clientv3.Config{DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second}
+	scheme := "http://"
+	if ca := os.Getenv(envEtcdCA); ca != "" {
+		t, err := etcdTLS(ca, os.Getenv(envEtcdCert), os.Getenv(envEtcdKey))
+		if err != nil {
+			return nil, err
+		}
+		cfg.TLS, scheme = t, "https://"
+	}
+	for _, h := range strings.Split(hosts, ",") {
+		if h = strings.TrimSpace(h); h == "" || strings.Contains(h, "/") {
+			return nil, fmt.Errorf("repository %q: bad etcd endpoint %q (want HOST:PORT)", url, h)
+		}
+		cfg.Endpoints = append(cfg.Endpoints, scheme+h)
+	}
+	if user := os.Getenv(envEtcdUser); user != "" {
+		pass := os.Getenv(envEtcdPassword)
+		if f := os.Getenv(envEtcdPassFile); f != "" {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return nil, fmt.Errorf("etcd password file: %w", err)
+			}
+			pass = strings.TrimSpace(string(b))
+		}
+		cfg.Username, cfg.Password = user, pass
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("repository %s: %w", url, err)
+	}
+	e := &Etcd{endpoints: cfg.Endpoints, cli: cli, timeout: 5 * time.Second, leases: map[string]clientv3.LeaseID{}}
+	// One read now: an unreachable cluster or bad credentials are reported
+	// at once, with what the admin can do about them.
+	ctx, cancel := e.ctx()
+	defer cancel()
+	if _, err := cli.Get(ctx, etcdPrefix+"format"); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("%w: etcd at %s: %v", ErrNoRepo, hosts, err)
+	}
+	return e, nil
+}
+
+func etcdTLS(ca, cert, key string) (*tls.Config, error) {
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		return nil, fmt.Errorf("etcd CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("etcd CA %s: no certificate in it", ca)
+	}
+	t := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if cert != "" || key != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("etcd client certificate: %w", err)
+		}
+		t.Certificates = []tls.Certificate{pair}
+	}
+	return t, nil
+}
+
+func (e *Etcd) String() string { return EtcdScheme + strings.Join(e.endpoints, ",") }
+
+// Close ends the client (the node's lease lapses by itself unless dropped).
+func (e *Etcd) Close() error { return e.cli.Close() }
+
+func (e *Etcd) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), e.timeout)
+}
+
+func fsKey(name string) string         { return etcdPrefix + "fs/" + name }
+func nodeKey(name string) string       { return etcdPrefix + "nodes/" + name }
+func leaseKey(name string) string      { return etcdPrefix + "lease/" + name }
+func eventKey(fs, token string) string { return etcdPrefix + "events/" + fs + "/" + token }
+func eventPrefix(fs string) string     { return etcdPrefix + "events/" + fs + "/" }
+func decode[T any](raw []byte, kind, key string) (T, error) {
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, fmt.Errorf("%w: %s %q: %v", ErrCorrupt, kind, key, err)
+	}
+	return v, nil
+}
+
+// getFS reads a filesystem and the revision its record was last changed at.
+func (e *Etcd) getFS(ctx context.Context, name string) (FS, int64, error) {
+	resp, err := e.cli.Get(ctx, fsKey(name))
+	if err != nil {
+		return FS{}, 0, err
+	}
+	if len(resp.Kvs) == 0 {
+		return FS{}, 0, fmt.Errorf("filesystem %q: %w", name, ErrNotFound)
+	}
+	fs, err := decode[FS](resp.Kvs[0].Value, "filesystem", name)
+	return fs, resp.Kvs[0].ModRevision, err
+}
+
+// swapFS writes fs if its record is still at rev; false if it changed.
+func (e *Etcd) swapFS(ctx context.Context, fs FS, rev int64, extra ...clientv3.Cmp) (bool, error) {
+	raw, err := json.Marshal(fs)
+	if err != nil {
+		return false, err
+	}
+	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(fsKey(fs.Name)), "=", rev)}, extra...)
+	resp, err := e.cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(fsKey(fs.Name), string(raw))).Commit()
+	if err != nil {
+		return false, err
+	}
+	return resp.Succeeded, nil
+}
+
+func (e *Etcd) AddFS(fs FS) error {
+	if err := ValidName("filesystem", fs.Name); err != nil {
+		return err
+	}
+	raw, err := json.Marshal(fs)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := e.ctx()
+	defer cancel()
+	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(fsKey(fs.Name)), "=", 0)).
+		Then(clientv3.OpPut(fsKey(fs.Name), string(raw))).Commit()
+	if err != nil {
+		return err
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("filesystem %q: %w", fs.Name, ErrExists)
+	}
+	return nil
+}
+
+func (e *Etcd) GetFS(name string) (FS, error) {
+	ctx, cancel := e.ctx()
+	defer cancel()
+	fs, _, err := e.getFS(ctx, name)
+	return fs, err
+}
+
+func (e *Etcd) ListFS() ([]FS, error) {
+	ctx, cancel := e.ctx()
+	defer cancel()
+	resp, err := e.cli.Get(ctx, etcdPrefix+"fs/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	var out []FS
+	for _, kv := range resp.Kvs {
+		fs, err := decode[FS](kv.Value, "filesystem", string(kv.Key))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, fs)
+	}
+	return out, nil
+}
+
+// change applies fn to a filesystem record until the write finds it
+// unchanged (optimistic concurrency); extra compares join the write's.
+func (e *Etcd) change(name string, fn func(*FS) error, extra func(FS) []clientv3.Cmp) (FS, error) {
+	ctx, cancel := e.ctx()
+	defer cancel()
+	for {
+		fs, rev, err := e.getFS(ctx, name)
+		if err != nil {
+			return FS{}, err
+		}
+		if err := fn(&fs); err != nil {
+			return FS{}, err
+		}
+		var cmps []clientv3.Cmp
+		if extra != nil {
+			cmps = extra(fs)
+		}
+		ok, err := e.swapFS(ctx, fs, rev, cmps...)
+		if err != nil {
+			return FS{}, err
+		}
+		if ok {
+			return fs, nil
+		}
+		if len(cmps) > 0 { // a compare of its own may have failed: look again
+			if _, rev2, err := e.getFS(ctx, name); err == nil && rev2 == rev {
+				return FS{}, errExtraFailed
+			}
+		}
+	}
+}
+
+var errExtraFailed = errors.New("compare failed")
+
+func (e *Etcd) UpdateFS(name string, fn func(*FS) error) error {
+	_, err := e.change(name, func(fs *FS) error {
+		owner, epoch, history := fs.Owner, fs.Epoch, fs.Takeovers
+		if err := fn(fs); err != nil {
+			return err
+		}
+		fs.Name, fs.Owner, fs.Epoch, fs.Takeovers = name, owner, epoch, history
+		return nil
+	}, nil)
+	return err
+}
+
+func (e *Etcd) RemoveFS(name string) error {
+	ctx, cancel := e.ctx()
+	defer cancel()
+	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(fsKey(name)), ">", 0)).
+		Then(clientv3.OpDelete(fsKey(name)), clientv3.OpDelete(eventPrefix(name), clientv3.WithPrefix())).Commit()
+	if err != nil {
+		return err
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("filesystem %q: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+func (e *Etcd) PutNode(n Node) error {
+	if err := ValidName("node", n.Name); err != nil {
+		return err
+	}
+	raw, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := e.ctx()
+	defer cancel()
+	_, err = e.cli.Put(ctx, nodeKey(n.Name), string(raw))
+	return err
+}
+
+func (e *Etcd) ListNodes() ([]Node, error) {
+	ctx, cancel := e.ctx()
+	defer cancel()
+	resp, err := e.cli.Get(ctx, etcdPrefix+"nodes/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	var out []Node
+	for _, kv := range resp.Kvs {
+		n, err := decode[Node](kv.Value, "node", string(kv.Key))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Renew keeps node's etcd lease alive, granting one (and binding the
+// node's lease key to it) when this process holds none or it expired.
+func (e *Etcd) Renew(node string, ttl time.Duration) error {
+	if err := ValidName("node", node); err != nil {
+		return err
+	}
+	ctx, cancel := e.ctx()
+	defer cancel()
+	e.mu.Lock()
+	id, ok := e.leases[node]
+	e.mu.Unlock()
+	if ok {
+		_, err := e.cli.KeepAliveOnce(ctx, id)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return err
+		}
+		// Expired at the servers: whatever it covered may be taken; a new
+		// lease covers only what this node still owns.
+	}
+	secs := int64((ttl + time.Second - 1) / time.Second)
+	g, err := e.cli.Grant(ctx, max(secs, 1))
+	if err != nil {
+		return err
+	}
+	if _, err := e.cli.Put(ctx, leaseKey(node), strconv.FormatInt(ttl.Milliseconds(), 10), clientv3.WithLease(g.ID)); err != nil {
+		e.cli.Revoke(ctx, g.ID)
+		return err
+	}
+	e.mu.Lock()
+	e.leases[node] = g.ID
+	e.mu.Unlock()
+	return nil
+}
+
+func (e *Etcd) DropLease(node string) error {
+	ctx, cancel := e.ctx()
+	defer cancel()
+	e.mu.Lock()
+	id, ok := e.leases[node]
+	delete(e.leases, node)
+	e.mu.Unlock()
+	if ok {
+		if _, err := e.cli.Revoke(ctx, id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return err
+		}
+	}
+	_, err := e.cli.Delete(ctx, leaseKey(node))
+	return err
+}
+
+func (e *Etcd) Leases() ([]NodeLease, error) {
+	ctx, cancel := e.ctx()
+	defer cancel()
+	resp, err := e.cli.Get(ctx, etcdPrefix+"lease/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	var out []NodeLease
+	for _, kv := range resp.Kvs {
+		ms, _ := strconv.ParseInt(string(kv.Value), 10, 64)
+		out = append(out, NodeLease{Node: strings.TrimPrefix(string(kv.Key), etcdPrefix+"lease/"),
+			TTL: time.Duration(ms) * time.Millisecond, Live: true})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out, nil
+}
+
+func (e *Etcd) Claim(name, node, from, reason string) (FS, error) {
+	var leaseCheck func(FS) []clientv3.Cmp
+	if from != "" && from != node {
+		// The owner's lease key is gone: its lease expired or was revoked.
+		leaseCheck = func(FS) []clientv3.Cmp {
+			return []clientv3.Cmp{clientv3.Compare(clientv3.Version(leaseKey(from)), "=", 0)}
+		}
+	}
+	fs, err := e.change(name, func(fs *FS) error {
+		if fs.Owner != from {
+			return fmt.Errorf("filesystem %q: owner is %q, not %q: %w", name, fs.Owner, from, ErrOwnerChanged)
+		}
+		fs.setOwner(node, reason)
+		return nil
+	}, leaseCheck)
+	if errors.Is(err, errExtraFailed) {
+		return FS{}, fmt.Errorf("filesystem %q: %s: %w", name, from, ErrLeaseLive)
+	}
+	return fs, err
+}
+
+func (e *Etcd) Move(name, from string, epoch uint64, to, reason string) (FS, error) {
+	return e.change(name, func(fs *FS) error {
+		if fs.Owner != from || fs.Epoch != epoch {
+			return fmt.Errorf("filesystem %q: owner is %q at epoch %d, not %q at %d: %w", name, fs.Owner, fs.Epoch, from, epoch, ErrOwnerChanged)
+		}
+		fs.setOwner(to, reason)
+		return nil
+	}, nil)
+}
+
+// Confirm reads the record linearizably (through the cluster's leader):
+// what it sees is current at some moment after the call began.
+func (e *Etcd) Confirm(name, node string, epoch uint64) error {
+	fs, err := e.GetFS(name)
+	if err != nil {
+		return err
+	}
+	if fs.Owner != node || fs.Epoch != epoch {
+		return fmt.Errorf("filesystem %q: owner is %q at epoch %d, not %q at %d: %w", name, fs.Owner, fs.Epoch, node, epoch, ErrOwnerChanged)
+	}
+	return nil
+}
+
+func (e *Etcd) PutEntry(fs, token string, data []byte) error {
+	ctx, cancel := e.ctx()
+	defer cancel()
+	_, err := e.cli.Put(ctx, eventKey(fs, token), string(data))
+	return err
+}
+
+func (e *Etcd) GetEntry(fs, token string) ([]byte, error) {
+	ctx, cancel := e.ctx()
+	defer cancel()
+	resp, err := e.cli.Get(ctx, eventKey(fs, token))
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("event %q: %w", token, ErrNotFound)
+	}
+	return resp.Kvs[0].Value, nil
+}
+
+func (e *Etcd) DeleteEntry(fs, token string) error {
+	ctx, cancel := e.ctx()
+	defer cancel()
+	_, err := e.cli.Delete(ctx, eventKey(fs, token))
+	return err
+}
+
+func (e *Etcd) ListEntries(fs string) (map[string][]byte, error) {
+	ctx, cancel := e.ctx()
+	defer cancel()
+	resp, err := e.cli.Get(ctx, eventPrefix(fs), clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	for _, kv := range resp.Kvs {
+		out[strings.TrimPrefix(string(kv.Key), eventPrefix(fs))] = kv.Value
+	}
+	return out, nil
+}
