@@ -161,6 +161,10 @@ func (m *mounted) cachedOwner() (repo.FS, error) {
 	return m.owner()
 }
 
+// adminPatience: how long an admin call waits for an unreadable
+// repository before it fails.
+const adminPatience = 10 * time.Second
+
 // callOwner runs remote against fs.Owner, cancelled as soon as this node
 // learns of another owner or epoch: an owner that is paused (SIGSTOP, a
 // frozen VM) keeps its connections open and would hold the call forever.
@@ -192,14 +196,26 @@ func (m *mounted) callOwner(ctx context.Context, fs repo.FS, remote func(ctx con
 // handler's own error (a failed recall) is final; a node that is not (or
 // no longer) the owner, or cannot be reached, makes it look again.
 func (m *mounted) route(ctx context.Context, local func(*daemon.DM) error, remote func(ctx context.Context, to, addr string) error) error {
+	_, bounded := ctx.Deadline()
+	var unreadableSince time.Time
 	for attempt := 0; ; attempt++ {
 		lookup := m.owner
 		if attempt == 0 {
 			lookup = m.cachedOwner
 		}
 		fs, err := lookup()
+		if err == nil {
+			unreadableSince = time.Time{}
+		}
 		switch {
 		case err != nil:
+			// Events wait until their own timeout; an admin call (no
+			// deadline) is told after a while rather than left hanging.
+			if unreadableSince.IsZero() {
+				unreadableSince = time.Now()
+			} else if !bounded && time.Since(unreadableSince) > adminPatience {
+				return fmt.Errorf("the repository stayed unreadable for %s: %w", adminPatience, err)
+			}
 			m.n.log.Warn("repository unreadable, retrying", "fs", m.name, "reason", err)
 		case fs.Owner == m.n.cfg.Name:
 			if dm := m.currentDM(); dm != nil {

@@ -40,7 +40,8 @@ const DefaultLease = 5 * time.Second
 // leaseKeeper renews this node's lease and knows until when it may act.
 type leaseKeeper struct {
 	mu    sync.Mutex
-	until time.Time // by the monotonic clock; zero before the first renewal
+	until time.Time   // by the monotonic clock; zero before the first renewal
+	lapse *time.Timer // stops the sessions at until, should no renewal come first
 }
 
 // leaseMargin: how long before the TTL's end a node stops acting, for
@@ -59,6 +60,17 @@ func (n *Node) renewLease() error {
 	}
 	n.lease.mu.Lock()
 	n.lease.until = sent.Add(n.cfg.Lease - n.leaseMargin())
+	// Not left to the renewal loop, which may be stuck in a call to an
+	// unreachable repository when the lease runs out.
+	if n.lease.lapse == nil {
+		n.lease.lapse = time.AfterFunc(time.Until(n.lease.until), func() {
+			if !n.leaseValid() && n.ctx.Err() == nil {
+				n.selfFence("lease lapsed")
+			}
+		})
+	} else {
+		n.lease.lapse.Reset(time.Until(n.lease.until))
+	}
 	n.lease.mu.Unlock()
 	return nil
 }

@@ -322,7 +322,9 @@ func (e *Etcd) Renew(node string, ttl time.Duration) error {
 	if err := ValidName("node", node); err != nil {
 		return err
 	}
-	ctx, cancel := e.ctx()
+	// A renewal that cannot finish within half the TTL is too late anyway;
+	// the caller must learn of it while it can still stop in time.
+	ctx, cancel := context.WithTimeout(context.Background(), min(e.timeout, max(ttl/2, 500*time.Millisecond)))
 	defer cancel()
 	e.mu.Lock()
 	id, ok := e.leases[node]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure this machine has what the tests use from the system: FUSE
 # (/dev/fuse, and fuse3's fusermount3 for mounts by users other than root)
-# and strace (the test that checks the order of syncs and record changes).
+# strace (the test that checks the order of syncs and record changes), and
+# ip and nsenter (the tests that put nodes in network namespaces).
 set -euo pipefail
 if [[ ! -e /dev/fuse ]]; then
   echo "need-system: /dev/fuse is missing; load the fuse module (modprobe fuse)" >&2
@@ -10,6 +11,8 @@ fi
 missing=()
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     echo "need-system: installing ${missing[*]}" >&2

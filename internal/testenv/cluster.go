@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -39,6 +40,7 @@ type Node struct {
 	MountRoot string
 	Args      []string // extra flags
 	Env       []string // extra environment (failpoints)
+	Host      *Host    // its network namespace (nil: the test's own, on loopback)
 	proc
 }
 
@@ -81,6 +83,25 @@ func NewClusterOn(t testing.TB, repoURL, archiveURL string, env []string, names 
 	return c
 }
 
+// PlaceIn puts every node in a network namespace of its own on net, at
+// fixed ports of its own address. Call it before Start.
+func (c *Cluster) PlaceIn(net *Net) {
+	for _, name := range sortedNames(c.Nodes) {
+		n := c.Nodes[name]
+		n.Host = net.Host(name)
+		n.Bind, n.RPC = n.Host.IP+":7946", n.Host.IP+":7956"
+	}
+}
+
+func sortedNames(m map[string]*Node) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Start starts the named nodes, each joining those already running, and
 // waits until each has mounted fs1.
 func (c *Cluster) Start(names ...string) {
@@ -94,6 +115,9 @@ func (c *Cluster) Start(names ...string) {
 func (n *Node) Start() {
 	c := n.c
 	c.t.Helper()
+	if n.Host != nil {
+		n.wrap = n.Host.Wrap()
+	}
 	args := append([]string{"node", "--name", n.Name, "--bind", n.Bind, "--rpc", n.RPC, "--repo", c.Repo,
 		"--mount-root", n.MountRoot, "--key-file", c.KeyFile, "--lease", "2s"}, n.Args...) // a short lease: quick takeovers
 	var join []string

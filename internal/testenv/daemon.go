@@ -271,12 +271,14 @@ type proc struct {
 	cmd  *exec.Cmd
 	log  *os.File
 	done chan struct{}
+	wrap []string // a prefix, such as nsenter into a network namespace
 }
 
 // start runs the cascadefs binary with args, its output appended to logPath.
 func (p *proc) start(t testing.TB, args, env []string, logPath string) {
 	t.Helper()
-	p.cmd = exec.Command(Binary(t), args...)
+	argv := append(append(append([]string(nil), p.wrap...), Binary(t)), args...)
+	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Env = append(os.Environ(), env...)
 	var err error
 	if p.log, err = os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {

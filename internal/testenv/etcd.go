@@ -16,13 +16,16 @@ import (
 // its own data directory, stopped when the test ends.
 type Etcd struct {
 	Members []*EtcdMember
+	bin     string
 }
 
 // EtcdMember is one etcd server process.
 type EtcdMember struct {
 	Name   string
 	Client string // HOST:PORT
+	Host   *Host  // its network namespace (nil: loopback)
 	cmd    *exec.Cmd
+	done   chan struct{}
 	args   []string
 	log    string
 }
@@ -39,20 +42,33 @@ func EtcdBinary() string {
 // healthy. Without the binary the test fails under `make test`.
 func StartEtcd(t testing.TB, n int) *Etcd {
 	t.Helper()
+	return StartEtcdIn(t, nil, n)
+}
+
+// StartEtcdIn starts the cluster with each member in a network namespace
+// of its own on net (nil: on loopback).
+func StartEtcdIn(t testing.TB, net *Net, n int) *Etcd {
+	t.Helper()
 	bin := EtcdBinary()
 	if _, err := os.Stat(bin); err != nil {
 		Missing(t, "etcd server not found at %s (run `make tools`)", bin)
 	}
 	e := &Etcd{}
 	var initial []string
-	peers := make([]string, n)
+	peers, clients := make([]string, n), make([]string, n)
+	hosts := make([]*Host, n)
 	for i := range n {
-		peers[i] = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+		if net != nil {
+			hosts[i] = net.Host(fmt.Sprintf("etcd%d", i))
+			peers[i], clients[i] = hosts[i].IP+":2380", hosts[i].IP+":2379"
+		} else {
+			peers[i], clients[i] = fmt.Sprintf("127.0.0.1:%d", FreePort(t)), fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+		}
 		initial = append(initial, fmt.Sprintf("m%d=http://%s", i, peers[i]))
 	}
 	dir := t.TempDir()
 	for i := range n {
-		m := &EtcdMember{Name: fmt.Sprintf("m%d", i), Client: fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
+		m := &EtcdMember{Name: fmt.Sprintf("m%d", i), Client: clients[i], Host: hosts[i],
 			log: filepath.Join(dir, fmt.Sprintf("m%d.log", i))}
 		m.args = []string{"--name", m.Name, "--data-dir", filepath.Join(dir, m.Name),
 			"--listen-client-urls", "http://" + m.Client, "--advertise-client-urls", "http://" + m.Client,
@@ -61,6 +77,7 @@ func StartEtcd(t testing.TB, n int) *Etcd {
 			"--initial-cluster-token", "cascadefs-test", "--log-level", "warn"}
 		m.start(t, bin)
 		e.Members = append(e.Members, m)
+		e.bin = bin
 	}
 	t.Cleanup(func() {
 		for _, m := range e.Members {
@@ -79,20 +96,25 @@ func (m *EtcdMember) start(t testing.TB, bin string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.cmd = exec.Command(bin, m.args...)
+	argv := append([]string{bin}, m.args...)
+	if m.Host != nil {
+		argv = append(m.Host.Wrap(), argv...)
+	}
+	m.cmd = exec.Command(argv[0], argv[1:]...)
 	m.cmd.Stdout, m.cmd.Stderr = logf, logf
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := m.cmd.Start(); err != nil {
 		t.Fatalf("start etcd %s: %v", m.Name, err)
 	}
-	go func(cmd *exec.Cmd, f *os.File) { cmd.Wait(); f.Close() }(m.cmd, logf)
+	m.done = make(chan struct{})
+	go func(cmd *exec.Cmd, f *os.File, done chan struct{}) { cmd.Wait(); f.Close(); close(done) }(m.cmd, logf, m.done)
 }
 
 func (m *EtcdMember) waitHealthy(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get("http://" + m.Client + "/health")
+		resp, err := healthClient.Get("http://" + m.Client + "/health")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -107,10 +129,33 @@ func (m *EtcdMember) waitHealthy(t testing.TB) {
 	}
 }
 
+// healthClient: a member without quorum answers /health only when it
+// has one; each try is bounded.
+var healthClient = &http.Client{Timeout: 2 * time.Second}
+
 // Kill stops the member at once (kill -9).
 func (m *EtcdMember) Kill() {
 	if m.cmd != nil && m.cmd.Process != nil {
 		m.cmd.Process.Kill()
+		<-m.done
+	}
+}
+
+// Restart starts killed members again on their data directories, then
+// waits until each is healthy (a member alone has no quorum: start them
+// all first).
+func (e *Etcd) Restart(t testing.TB, members ...*EtcdMember) {
+	t.Helper()
+	for _, m := range members {
+		for i, a := range m.args {
+			if a == "--initial-cluster-state" {
+				m.args[i+1] = "existing"
+			}
+		}
+		m.start(t, e.bin)
+	}
+	for _, m := range members {
+		m.waitHealthy(t)
 	}
 }
 
