@@ -12,6 +12,7 @@ import (
 	"github.com/cascadefs/cascadefs/dmapi"
 	cfs "github.com/cascadefs/cascadefs/fs"
 	"github.com/cascadefs/cascadefs/internal/beneath"
+	"github.com/cascadefs/cascadefs/settings"
 )
 
 // register installs the node RPC handlers.
@@ -165,13 +166,12 @@ func checkEventPath(ev *dmapi.Event) error {
 	return nil
 }
 
-// defaultHoldLease bounds a hold whose releaser vanished (crashed
-// mid-release); the releaser may ask for another (hold-lease), within
-// these bounds.
+// A hold ends by itself after the releaser's hold-lease (settings), so
+// that a releaser that vanished (crashed mid-release) leaves no file held;
+// a request is kept within these bounds.
 const (
-	defaultHoldLease = time.Minute
-	minHoldLease     = time.Second
-	maxHoldLease     = 10 * time.Minute
+	minHoldLease = time.Second
+	maxHoldLease = 10 * time.Minute
 )
 
 // onHold closes a file on this node for another node's release: new opens
@@ -189,7 +189,7 @@ func (n *Node) onHold(ctx context.Context, caller string, raw json.RawMessage) (
 	if err != nil {
 		return nil, rpc.Coded("busy", fmt.Errorf("open on %s: %w", n.cfg.Name, err))
 	}
-	lease := defaultHoldLease
+	lease := settings.Defaults().HoldLease
 	if req.LeaseMs > 0 {
 		lease = min(max(time.Duration(req.LeaseMs)*time.Millisecond, minHoldLease), maxHoldLease)
 	}

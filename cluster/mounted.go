@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -12,8 +11,8 @@ import (
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/migrate"
-	"github.com/cascadefs/cascadefs/recall"
 	"github.com/cascadefs/cascadefs/repo"
+	"github.com/cascadefs/cascadefs/settings"
 )
 
 // mounted is a filesystem this node mounts. It is the mount's DMAccess:
@@ -54,11 +53,11 @@ func (n *Node) mountFS(fs repo.FS) (*mounted, error) {
 	m.queue = migrate.NewDestroyQueue(repo.Entries{Repo: n.repo, FS: fs.Name}, fs.Name, n.cfg.Name, fs.Backing, raise, n.alive, n.log)
 	s := settingsOf(fs)
 	cfg := daemon.Config{Name: fs.Name, Backing: fs.Backing, Mountpoint: mp, ArchiveURL: fs.Archive,
-		Source: fs.Name + "@" + n.cfg.Name, RunDir: n.cfg.RunDir, Recall: s.recall, Workers: s.workers,
-		EventTimeout: s.eventTimeout, ReleaseWait: s.releaseWait, NoPassthrough: n.cfg.NoPassthrough,
+		Source: fs.Name + "@" + n.cfg.Name, RunDir: n.cfg.RunDir, Recall: s.Recall, Workers: s.Workers,
+		EventTimeout: s.EventTimeout, ReleaseWait: s.ReleaseWait, NoPassthrough: n.cfg.NoPassthrough,
 		Written: func(ino uint64) { n.invalidatePeers(fs.Name, ino) },
 		Changed: m.changes.add,
-		Policy:  func() migrate.Policy { return settingsOf(m.config()).policy },
+		Policy:  func() migrate.Policy { return settingsOf(m.config()).Policy },
 		Metrics: n.metrics}
 	if m.mount, err = daemon.StartMount(cfg, m, m.queue, n.log); err != nil {
 		m.changes.stop()
@@ -93,7 +92,7 @@ func (m *mounted) currentDM() *daemon.DM {
 func (m *mounted) ensureDM(fs repo.FS) error {
 	m.mu.Lock()
 	if m.dm != nil && m.dmEpoch == fs.Epoch {
-		m.dm.SetPolicy(settingsOf(fs).policy) // `fs set` applies without a restart
+		m.dm.SetPolicy(settingsOf(fs).Policy) // `fs set` applies without a restart
 		m.mu.Unlock()
 		return nil
 	}
@@ -105,7 +104,7 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	dm, err := daemon.StartDM(m.n.ctx, daemon.DMConfig{Name: fs.Name, Backing: fs.Backing, ArchiveURL: fs.Archive,
 		Owner: m.n.cfg.Name, Epoch: fs.Epoch, Queue: m.queue, Gate: &clusterGate{n: m.n, m: m}, Fence: m.fence(fs.Epoch),
 		Acting: m.n.acting,
-		Recall: s.recall, Workers: s.workers, EventTimeout: s.eventTimeout, ReleaseWait: s.releaseWait, Policy: s.policy, Metrics: m.n.metrics}, m.n.log)
+		Recall: s.Recall, Workers: s.Workers, EventTimeout: s.EventTimeout, ReleaseWait: s.ReleaseWait, Policy: s.Policy, Metrics: m.n.metrics}, m.n.log)
 	if err != nil {
 		return err
 	}
@@ -182,10 +181,23 @@ func (m *mounted) callOwner(ctx context.Context, fs repo.FS, remote func(ctx con
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
-		select {
-		case <-gone:
-			cancel()
-		case <-cctx.Done():
+		// While gossip says the owner is down, look at the repository
+		// too: the reconcile loop alone would tell this node up to its
+		// period after the takeover.
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-gone:
+				cancel()
+				return
+			case <-cctx.Done():
+				return
+			case <-tick.C:
+				if !m.n.alive(fs.Owner) {
+					m.owner() // a change closes gone
+				}
+			}
 		}
 	}()
 	return remote(cctx, fs.Owner, m.n.rpcAddr(fs.Owner))
@@ -259,7 +271,7 @@ func (m *mounted) Raise(ctx context.Context, ev *dmapi.Event) error {
 	if ev.Node == "" {
 		ev.Node = m.n.cfg.Name
 	}
-	ctx, cancel := context.WithTimeout(ctx, settingsOf(m.config()).eventTimeout)
+	ctx, cancel := context.WithTimeout(ctx, settingsOf(m.config()).EventTimeout)
 	defer cancel()
 	return m.route(ctx,
 		func(dm *daemon.DM) error { return dm.Raise(ctx, ev) },
@@ -373,54 +385,12 @@ func (m *mounted) Session(ctx context.Context) daemon.SessionInfo {
 	return reply
 }
 
-// settings are a filesystem's settings as the daemon uses them.
-type settings struct {
-	recall       recall.Config
-	workers      int
-	eventTimeout time.Duration
-	releaseWait  time.Duration
-	holdLease    time.Duration
-	policy       migrate.Policy
-}
-
-// settingsOf reads the repository settings (checked when they were set).
-func settingsOf(fs repo.FS) settings {
-	s := settings{recall: recall.DefaultConfig(), workers: 8, eventTimeout: 5 * time.Minute, releaseWait: 5 * time.Second, holdLease: defaultHoldLease}
-	size := func(k string, dst *int64) {
-		if v, ok := fs.Settings[k]; ok {
-			if n, err := repo.ParseSize(v); err == nil {
-				*dst = n
-			}
-		}
-	}
-	dur := func(k string, dst *time.Duration) {
-		if d, err := time.ParseDuration(fs.Settings[k]); err == nil && d > 0 {
-			*dst = d
-		}
-	}
-	size("small-file", &s.recall.SmallFile)
-	if s.recall.SmallFile == 0 {
-		s.recall.SmallFile = 1 // none: a 1-byte file is one region anyway
-	}
-	size("window", &s.recall.Window)
-	size("max-window", &s.recall.MaxWindow)
-	if fs.Settings["recall"] == "whole" {
-		s.recall.SmallFile = 1 << 62
-	}
-	if w, err := strconv.Atoi(fs.Settings["workers"]); err == nil && w > 0 {
-		s.workers = w
-	}
-	dur("event-timeout", &s.eventTimeout)
-	if fs.Settings["release-wait"] != "" {
-		if d, err := time.ParseDuration(fs.Settings["release-wait"]); err == nil && d == 0 {
-			s.releaseWait = -1 // skip open files at once
-		}
-	}
-	dur("release-wait", &s.releaseWait)
-	dur("hold-lease", &s.holdLease)
-	var err error
-	if s.policy, err = migrate.ParsePolicy(fs.Settings); err != nil {
-		s.policy = migrate.DefaultPolicy() // checked when set; a hand-edited repository gets the defaults
+// settingsOf reads the repository settings (checked when they were
+// set): a hand-edited repository with a bad value gets the defaults.
+func settingsOf(fs repo.FS) settings.FS {
+	s, err := settings.Parse(fs.Settings)
+	if err != nil {
+		return settings.Defaults()
 	}
 	return s
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
 	"github.com/cascadefs/cascadefs/repo"
+	"github.com/cascadefs/cascadefs/settings"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -38,14 +39,16 @@ type Config struct {
 	// StateDir keeps the single-node repository (default /var/lib/cascadefs/NAME).
 	StateDir string
 	// RunDir holds the control sockets (default RunDir()).
-	RunDir        string
+	RunDir string
+	// Recall, Workers, EventTimeout and ReleaseWait come from Settings in
+	// a single node (Start); a node sets them from its repository.
 	Recall        recall.Config
 	Workers       int           // DM session workers (admission control)
 	EventTimeout  time.Duration // how long a reader waits for a recall
 	ReleaseWait   time.Duration // how long a release waits for open handles
 	NoPassthrough bool
 	Debug         bool
-	// Settings are the filesystem's settings (quota, high, low, ...) of a
+	// Settings are the filesystem's settings (see package settings) of a
 	// single node; a cluster keeps them in its repository.
 	Settings map[string]string
 	// Policy returns the space monitor's current policy (for dry runs).
@@ -197,10 +200,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if _, err := OpenArchive(ctx, cfg.ArchiveURL); err != nil {
 		return nil, err
 	}
-	policy, err := migrate.ParsePolicy(cfg.Settings)
+	// The flags of a mount are the settings of its filesystem: read with
+	// the same schema as `fs set` and a node's, over the same defaults.
+	set, err := settings.Parse(cfg.Settings)
 	if err != nil {
 		return nil, err
 	}
+	cfg.Recall, cfg.Workers, cfg.EventTimeout, cfg.ReleaseWait = set.Recall, set.Workers, set.EventTimeout, set.ReleaseWait
+	policy := set.Policy
 	cfg.Policy = func() migrate.Policy { return policy }
 	var metricsLn net.Listener
 	if cfg.MetricsAddr != "" {

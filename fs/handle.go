@@ -409,6 +409,15 @@ func (h *handle) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.Attr
 	}
 	h.g.io.Lock() // like a record commit: no write may slip between
 	defer h.g.io.Unlock()
+	// The record is read and written back under the file's right, which
+	// every node honours: a release or recall commit on the owner cannot
+	// come between (a premigrated record written back over a punch would
+	// serve the holes as data).
+	unlock, err := stub.LockCommit(h.fd, false)
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	defer unlock()
 	rec, errno := h.record()
 	if errno != 0 {
 		return errno

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -196,20 +195,64 @@ func BenchmarkClusterHop(b *testing.B) {
 	}
 }
 
-// BenchmarkFailover measures, on three nodes, the time from the loss of the
-// owner to the release of every reader blocked on a recall on the two
-// other nodes: kill -9 (detection + takeover) and SIGTERM (graceful
-// handover), 10 runs each; reports median and worst.
+// BenchmarkFailover measures, on three nodes (bbolt repository, on
+// loopback), the time from the loss of the owner to the release of every
+// reader blocked on a recall on the two other nodes: kill -9 (the lease
+// lapses, then a takeover) and SIGTERM (graceful handover), 10 runs each;
+// reports median and worst.
 func BenchmarkFailover(b *testing.B) {
 	m := testenv.StartMinIO(b)
 	c := testenv.NewCluster(b, m.Bucket(b, "failover"), m.EnvList(), "n1", "n2", "n3")
 	c.Start("n1", "n2", "n3")
-	owner := func() string {
-		var list []struct{ Name, Owner string }
-		json.Unmarshal([]byte(c.MustCLI("fs", "list", "--repo", c.Repo, "--json")), &list)
-		return list[0].Owner
+	for range b.N {
+		failoverRuns(b, c, m, "kill9", func(n *testenv.Node) { n.Kill9() }, nil)
+		failoverRuns(b, c, m, "sigterm", func(n *testenv.Node) { n.Stop() }, nil)
 	}
-	run := func(i int, stop func(n *testenv.Node)) time.Duration {
+}
+
+// BenchmarkFailoverEtcd is BenchmarkFailover on the etcd engine with every
+// node and etcd member in a network namespace of its own, plus the owner's
+// link cut, and two checks for false alarms: every core saturated for
+// two minutes, the owner paused for 300 ms at a time.
+func BenchmarkFailoverEtcd(b *testing.B) {
+	net := testenv.NewNet(b)
+	etcd := testenv.StartEtcdIn(b, net, 3)
+	m := testenv.StartMinIOAt(b, net.Gateway())
+	c := testenv.NewClusterOn(b, etcd.URL(), m.Bucket(b, "failover"), m.EnvList(), "n1", "n2", "n3")
+	c.PlaceIn(net)
+	c.Start("n1", "n2", "n3")
+	for range b.N {
+		failoverRuns(b, c, m, "etcd-kill9", func(n *testenv.Node) { n.Kill9() }, nil)
+		failoverRuns(b, c, m, "etcd-sigterm", func(n *testenv.Node) { n.Stop() }, nil)
+		failoverRuns(b, c, m, "etcd-cut", func(n *testenv.Node) { n.Host.Cut() }, func(n *testenv.Node) { n.Host.Heal() })
+		b.ReportMetric(float64(falseAlarms(b, c)), "false-takeovers")
+	}
+}
+
+// falseAlarms counts takeovers while every core is saturated for two
+// minutes and then while the owner is paused for 300 ms ten times.
+func falseAlarms(b *testing.B, c *testenv.Cluster) int {
+	_, e0 := fsOwner(b, c, testenv.FSName)
+	saturateCPUs(2 * time.Minute)
+	owner, _ := fsOwner(b, c, testenv.FSName)
+	for range 10 {
+		c.Nodes[owner].Pause()
+		time.Sleep(300 * time.Millisecond)
+		c.Nodes[owner].Resume()
+		time.Sleep(time.Second)
+	}
+	time.Sleep(3 * time.Second)
+	_, e1 := fsOwner(b, c, testenv.FSName)
+	fmt.Fprintf(os.Stderr, "false alarms: epoch %d -> %d\n", e0, e1)
+	return int(e1 - e0)
+}
+
+// failoverRuns times 10 losses of the owner (stop), each until the last
+// blocked reader has its bytes; after each, restore (if any) and a
+// restart bring the old owner back as a plain member.
+func failoverRuns(b *testing.B, c *testenv.Cluster, m *testenv.MinIO, name string, stop, restore func(n *testenv.Node)) {
+	owner := func() string { o, _ := fsOwner(b, c, testenv.FSName); return o }
+	run := func(i int) time.Duration {
 		o := c.Nodes[owner()]
 		var readers []*testenv.Node
 		for _, n := range c.Nodes {
@@ -220,7 +263,7 @@ func BenchmarkFailover(b *testing.B) {
 		var paths []string
 		want := map[string][]byte{}
 		for j := range 10 {
-			p := readers[0].M(fmt.Sprintf("r%d-%d", i, j))
+			p := readers[0].M(fmt.Sprintf("%s-%d-%d", name, i, j))
 			data := make([]byte, 256<<10)
 			rand.Read(data)
 			if err := os.WriteFile(p, data, 0o644); err != nil {
@@ -259,23 +302,23 @@ func BenchmarkFailover(b *testing.B) {
 		wg.Wait()
 		took := time.Since(start)
 		<-stopped
+		if restore != nil {
+			restore(o)
+		}
+		if o.Running() {
+			o.Stop()
+		}
 		o.Start() // back as a plain member
 		return took
 	}
-	for range b.N {
-		report := func(name string, stop func(n *testenv.Node)) {
-			var d []time.Duration
-			for i := range 10 {
-				d = append(d, run(len(d)+i*7+int(time.Now().UnixNano()%1000), stop))
-			}
-			slices.Sort(d)
-			b.ReportMetric(float64(d[len(d)/2].Milliseconds()), name+"-median-ms")
-			b.ReportMetric(float64(d[len(d)-1].Milliseconds()), name+"-worst-ms")
-			fmt.Fprintf(os.Stderr, "%s: %v\n", name, d)
-		}
-		report("kill9", func(n *testenv.Node) { n.Kill9() })
-		report("sigterm", func(n *testenv.Node) { n.Stop() })
+	var d []time.Duration
+	for i := range 10 {
+		d = append(d, run(i))
 	}
+	slices.Sort(d)
+	b.ReportMetric(float64(d[len(d)/2].Milliseconds()), name+"-median-ms")
+	b.ReportMetric(float64(d[len(d)-1].Milliseconds()), name+"-worst-ms")
+	fmt.Fprintf(os.Stderr, "%s: %v\n", name, d)
 	if os.Getenv("CASCADEFS_BENCH_LOGS") != "" {
 		for _, n := range c.Nodes {
 			fmt.Fprintf(os.Stderr, "== %s\n%s", n.Name, n.Log())

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +16,7 @@ import (
 )
 
 // fsOwner returns the owner and epoch of a filesystem from the repository.
-func fsOwner(t *testing.T, c *testenv.Cluster, name string) (string, uint64) {
+func fsOwner(t testing.TB, c *testenv.Cluster, name string) (string, uint64) {
 	t.Helper()
 	var list []struct {
 		Name  string
@@ -165,28 +164,7 @@ func TestFailoverNoFalseAlarm(t *testing.T) {
 		n1.Resume()
 		time.Sleep(time.Second)
 	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 2 * runtime.NumCPU() { // every core of this machine, twice over
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			x := 0
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-					for i := range 1_000_000 {
-						x += i
-					}
-				}
-			}
-		}()
-	}
-	time.Sleep(20 * time.Second)
-	close(stop)
-	wg.Wait()
+	saturateCPUs(20 * time.Second)
 	time.Sleep(2 * time.Second)
 	if owner, epoch := fsOwner(t, c, testenv.FSName); owner != "n1" || epoch != e0 {
 		t.Fatalf("false alarm: owner %q at epoch %d (was %d)", owner, epoch, e0)

@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"io"
 	"os"
+	"runtime"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/internal/testenv"
@@ -78,4 +81,30 @@ func ls(t *testing.T, d *testenv.Daemon, paths ...string) map[string]daemon.Entr
 func state(t *testing.T, d *testenv.Daemon, rel string) daemon.Entry {
 	t.Helper()
 	return ls(t, d, d.M(rel))[d.M(rel)]
+}
+
+// saturateCPUs keeps every core of this machine busy, twice over, for d.
+func saturateCPUs(d time.Duration) {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 * runtime.NumCPU() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x := 0
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					for i := range 1_000_000 {
+						x += i
+					}
+				}
+			}
+		}()
+	}
+	time.Sleep(d)
+	close(stop)
+	wg.Wait()
 }

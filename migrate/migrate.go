@@ -362,6 +362,17 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 		}
 		migrated := *rec
 		migrated.State = stub.Migrated
+		// The right, exclusive: no node writes the record back (a time
+		// change) or recalls into the file between the last look and the
+		// punch.
+		unlock, err := stub.LockCommit(fd, false)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		if cur, err := stub.ReadRecord(fd); err != nil || cur == nil || cur.Key != rec.Key || cur.MtimeNs != rec.MtimeNs {
+			return cmp.Or(err, ErrChanged)
+		}
 		err = m.Fence.Run(func() error {
 			if err := confirm(); err != nil {
 				return err

@@ -56,36 +56,6 @@ func paths(cs []Candidate) string {
 	return strings.Join(s, " ")
 }
 
-func TestParsePolicy(t *testing.T) {
-	p, err := ParsePolicy(map[string]string{"quota": "100MiB", "high": "80", "low": "50%", "interval": "5s",
-		"min-size": "4KiB", "min-age": "1h", "exclude": "*.db, tmp/*", "premigrate": "10", "recall": "whole"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.Quota != 100<<20 || p.High != 80 || p.Low != 50 || p.Interval != 5*time.Second || p.MinSize != 4096 ||
-		p.MinAge != time.Hour || len(p.Exclude) != 2 || p.Exclude[1] != "tmp/*" || p.Premigrate != 10 {
-		t.Fatalf("parsed %+v", p)
-	}
-	// 0 is a size and a duration like any other.
-	zero, err := ParsePolicy(map[string]string{"quota": "0", "min-size": "0", "min-age": "0s", "interval": "0s"})
-	if err != nil || zero.Quota != 0 || zero.MinSize != 0 || zero.Interval != DefaultPolicy().Interval {
-		t.Fatalf("zero settings: %+v %v", zero, err)
-	}
-	for _, bad := range []map[string]string{
-		{"high": "50", "low": "60"}, // low over high
-		{"low": "65", "high": "65"},
-		{"high": "101"},
-		{"quota": "-1"},
-		{"interval": "-1s"},
-		{"min-age": "-1h"},
-		{"exclude": "a,[x"},
-	} {
-		if _, err := ParsePolicy(bad); err == nil {
-			t.Errorf("ParsePolicy(%v) accepted", bad)
-		}
-	}
-}
-
 func TestScanRanksLeastRecentlyUsedAndHonoursThePolicy(t *testing.T) {
 	root := t.TempDir()
 	day := 24 * time.Hour

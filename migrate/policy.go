@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/internal/beneath"
-	"github.com/cascadefs/cascadefs/internal/units"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -47,50 +46,6 @@ type Policy struct {
 // DefaultPolicy returns the defaults documented on Policy.
 func DefaultPolicy() Policy {
 	return Policy{High: 70, Low: 60, Interval: time.Minute, MinSize: 1, Workers: 4, MaxCandidates: 100_000}
-}
-
-// ParsePolicy reads a filesystem's settings (quota, high, low, interval,
-// min-size, min-age, exclude, premigrate) over the defaults; other keys
-// are ignored.
-func ParsePolicy(settings map[string]string) (Policy, error) {
-	p := DefaultPolicy()
-	var err error
-	for k, v := range settings {
-		switch k {
-		case "quota":
-			p.Quota, err = units.ParseSize(v)
-		case "high":
-			p.High, err = units.ParsePercent(v, 1, 100)
-		case "low":
-			p.Low, err = units.ParsePercent(v, 0, 99)
-		case "premigrate":
-			p.Premigrate, err = units.ParsePercent(v, 0, 100)
-		case "min-size":
-			p.MinSize, err = units.ParseSize(v)
-		case "interval":
-			p.Interval, err = time.ParseDuration(v)
-			switch {
-			case err == nil && p.Interval < 0:
-				err = fmt.Errorf("want a duration of 0s or more")
-			case p.Interval == 0:
-				p.Interval = DefaultPolicy().Interval
-			}
-		case "min-age":
-			p.MinAge, err = time.ParseDuration(v)
-			if err == nil && p.MinAge < 0 {
-				err = fmt.Errorf("want a duration of 0s or more")
-			}
-		case "exclude":
-			p.Exclude, err = units.ParseGlobs(v)
-		}
-		if err != nil {
-			return p, fmt.Errorf("setting %s=%s: %w", k, v, err)
-		}
-	}
-	if p.Low >= p.High {
-		return p, fmt.Errorf("setting low=%d must be under high=%d", p.Low, p.High)
-	}
-	return p, nil
 }
 
 // Excluded returns the pattern that excludes the backing-relative path

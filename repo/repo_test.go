@@ -279,38 +279,6 @@ func TestNodesAndEntries(t *testing.T) {
 	}
 }
 
-func TestSettings(t *testing.T) {
-	for _, kv := range [][2]string{{"small-file", "16MiB"}, {"window", "4096"}, {"workers", "3"}, {"event-timeout", "90s"}, {"failover", "sync"}, {"recall", "whole"}} {
-		if err := CheckSetting(kv[0], kv[1]); err != nil {
-			t.Errorf("%s=%s refused: %v", kv[0], kv[1], err)
-		}
-	}
-	for _, kv := range [][2]string{{"small-file", "-1"}, {"small-file", "lots"}, {"workers", "0"}, {"event-timeout", "soon"}, {"failover", "maybe"}, {"colour", "red"}} {
-		if err := CheckSetting(kv[0], kv[1]); err == nil {
-			t.Errorf("%s=%s accepted", kv[0], kv[1])
-		}
-	}
-	if n, _ := ParseSize("64KiB"); n != 64<<10 {
-		t.Fatalf("64KiB = %d", n)
-	}
-}
-
-// 0 is accepted for every size and duration (each key says what it means);
-// negative values and garbage are not.
-func TestSettingsAcceptZero(t *testing.T) {
-	for _, kv := range [][2]string{{"min-size", "0"}, {"quota", "0"}, {"small-file", "0B"}, {"window", "0"},
-		{"max-window", "0KiB"}, {"release-wait", "0s"}, {"event-timeout", "0s"}, {"interval", "0s"}, {"min-age", "0s"}} {
-		if err := CheckSetting(kv[0], kv[1]); err != nil {
-			t.Errorf("%s=%s refused: %v", kv[0], kv[1], err)
-		}
-	}
-	for _, kv := range [][2]string{{"min-size", "-1"}, {"release-wait", "-1s"}, {"interval", "soon"}, {"quota", "lots"}} {
-		if err := CheckSetting(kv[0], kv[1]); err == nil {
-			t.Errorf("%s=%s accepted", kv[0], kv[1])
-		}
-	}
-}
-
 // A process of this program that stops while it holds the repository's
 // lock (SIGSTOP inside a transaction) delays the others by about a
 // second, then is killed; without that it would wedge them for as long

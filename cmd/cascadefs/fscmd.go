@@ -12,8 +12,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/cascadefs/cascadefs/archive"
-	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/repo"
+	"github.com/cascadefs/cascadefs/settings"
 )
 
 const fsUsage = `Usage:
@@ -157,8 +157,8 @@ func fsSet(args []string) error {
 	repoDir := fl.String("repo", "", "repository: a directory (bbolt) or etcd://HOST:PORT[,...]")
 	fl.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: cascadefs fs set --repo DIR NAME KEY=VALUE...\nKeys:\n  candidates\tnodes that may serve it (n1,n2,...)\n")
-		for _, k := range repo.SettingKeys() {
-			fmt.Fprintf(os.Stderr, "  %s\t%s\n", k, repo.SettingHelp(k))
+		for _, k := range settings.Keys() {
+			fmt.Fprintf(os.Stderr, "  %s\t%s\n", k, settings.Help(k))
 		}
 	}
 	pos, err := parseInterleaved(fl, args)
@@ -175,7 +175,7 @@ func fsSet(args []string) error {
 			return fmt.Errorf("%q: want KEY=VALUE", kv)
 		}
 		if k != "candidates" {
-			if err := repo.CheckSetting(k, v); err != nil {
+			if err := settings.Check(k, v); err != nil {
 				return err
 			}
 		}
@@ -196,7 +196,7 @@ func fsSet(args []string) error {
 			}
 			f.Settings[k] = v
 		}
-		if _, err := migrate.ParsePolicy(f.Settings); err != nil {
+		if _, err := settings.Parse(f.Settings); err != nil {
 			return err // thresholds that contradict each other
 		}
 		if f.Owner != "" && !f.IsCandidate(f.Owner) {

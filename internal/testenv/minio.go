@@ -53,12 +53,19 @@ func MinIOBinary() string {
 // ready. Without the binary the test fails under `make test` (see Missing).
 func StartMinIO(t testing.TB) *MinIO {
 	t.Helper()
+	return StartMinIOAt(t, "127.0.0.1")
+}
+
+// StartMinIOAt is StartMinIO listening on ip (the gateway of a Net, for
+// nodes in network namespaces).
+func StartMinIOAt(t testing.TB, ip string) *MinIO {
+	t.Helper()
 	bin := MinIOBinary()
 	if _, err := os.Stat(bin); err != nil {
 		Missing(t, "MinIO server not found at %s (run `make tools`)", bin)
 	}
 	port := FreePort(t)
-	m := &MinIO{Endpoint: fmt.Sprintf("127.0.0.1:%d", port), AccessKey: "cascadefs-test", SecretKey: "cascadefs-test-secret"}
+	m := &MinIO{Endpoint: fmt.Sprintf("%s:%d", ip, port), AccessKey: "cascadefs-test", SecretKey: "cascadefs-test-secret"}
 	data := t.TempDir()
 	cmd := exec.Command(bin, "server", "--quiet", "--address", m.Endpoint, "--console-address", fmt.Sprintf("127.0.0.1:%d", FreePort(t)), data)
 	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,

@@ -66,6 +66,10 @@ func (n *Net) ip(args ...string) {
 	}
 }
 
+// Gateway is the test's own address on the network: servers of the test
+// (MinIO) listen there to be reached from every host.
+func (n *Net) Gateway() string { return n.subnet + ".1" }
+
 // Host adds a host with the next address.
 func (n *Net) Host(name string) *Host {
 	n.t.Helper()

@@ -1,0 +1,234 @@
+// Package settings is the one schema of a filesystem's settings: each key
+// with its default, its help and how it is read, in one table. `cascadefs
+// fs set` checks with it, `cascadefs mount` makes its flags from it, and
+// node and mount daemons read the stored values with it, so a default is
+// defined (and documented) once.
+package settings
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cascadefs/cascadefs/internal/units"
+	"github.com/cascadefs/cascadefs/migrate"
+	"github.com/cascadefs/cascadefs/recall"
+)
+
+// FS is a filesystem's settings, read.
+type FS struct {
+	Recall       recall.Config
+	Workers      int
+	EventTimeout time.Duration
+	ReleaseWait  time.Duration // -1: skip open files at once
+	HoldLease    time.Duration
+	Failover     string // async or sync
+	Policy       migrate.Policy
+}
+
+// key is one setting: its name, its default (as a user writes it), what
+// it is for, and how a value is read into FS.
+type key struct {
+	name, def, help string
+	set             func(*FS, string) error
+}
+
+var keys = []key{
+	{"recall", "stream", "stream (by region) or whole (always the whole file)", func(s *FS, v string) error {
+		switch v {
+		case "stream":
+		case "whole":
+			s.Recall.SmallFile = 1 << 62
+		default:
+			return fmt.Errorf("want stream or whole")
+		}
+		return nil
+	}},
+	{"small-file", "16MiB", "files up to this size are recalled whole (0: none)", func(s *FS, v string) error {
+		n, err := units.ParseSize(v)
+		if n == 0 {
+			n = 1 // none: a 1-byte file is one region anyway
+		}
+		if s.Recall.SmallFile != 1<<62 { // recall=whole wins
+			s.Recall.SmallFile = n
+		}
+		return err
+	}},
+	{"window", "4MiB", "first GET of a streaming recall (0: the default)", sizeOr(func(s *FS) *int64 { return &s.Recall.Window })},
+	{"max-window", "256MiB", "largest GET of a sequential reader (0: the default)", sizeOr(func(s *FS) *int64 { return &s.Recall.MaxWindow })},
+	{"workers", "8", "DM session workers: events handled at once", func(s *FS, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1024 {
+			return fmt.Errorf("want a whole number from 1 to 1024")
+		}
+		s.Workers = n
+		return nil
+	}},
+	{"event-timeout", "5m", "a reader waits this long for its recall, then EIO (0: the default)", durationOr(func(s *FS) *time.Duration { return &s.EventTimeout })},
+	{"release-wait", "5s", "a release waits this long for open handles (0: skip open files at once)", func(s *FS, v string) error {
+		d, err := duration(v)
+		if d == 0 {
+			d = -1
+		}
+		s.ReleaseWait = d
+		return err
+	}},
+	{"hold-lease", "1m", "a node keeps a file closed for another node's release at most this long; a release punches only within it (0: the default)", durationOr(func(s *FS) *time.Duration { return &s.HoldLease })},
+	{"failover", "async", "async (race once the owner's lease lapsed) or sync (vote first)", func(s *FS, v string) error {
+		if v != "async" && v != "sync" {
+			return fmt.Errorf("want async or sync")
+		}
+		s.Failover = v
+		return nil
+	}},
+	// The space monitor (see migrate.Policy for how they combine).
+	{"quota", "0", "space the filesystem may use, such as 100GiB (0: the backing filesystem's size)", func(s *FS, v string) (err error) {
+		s.Policy.Quota, err = units.ParseSize(v)
+		return err
+	}},
+	{"high", "70", "usage percentage that starts a migration cycle", func(s *FS, v string) (err error) {
+		s.Policy.High, err = units.ParsePercent(v, 1, 100)
+		return err
+	}},
+	{"low", "60", "usage percentage a migration cycle brings usage under", func(s *FS, v string) (err error) {
+		s.Policy.Low, err = units.ParsePercent(v, 0, 99)
+		return err
+	}},
+	{"interval", "1m", "how often the space monitor checks usage (0: the default)", durationOr(func(s *FS) *time.Duration { return &s.Policy.Interval })},
+	{"min-size", "1B", "files smaller than this are never migrated by the monitor (0: any size)", func(s *FS, v string) (err error) {
+		s.Policy.MinSize, err = units.ParseSize(v)
+		return err
+	}},
+	{"min-age", "0s", "files used (read or written) within this long are never migrated by the monitor", func(s *FS, v string) (err error) {
+		s.Policy.MinAge, err = duration(v)
+		return err
+	}},
+	{"exclude", "", "comma-separated glob patterns of paths the monitor never migrates, such as *.db,tmp/*", func(s *FS, v string) (err error) {
+		s.Policy.Exclude, err = units.ParseGlobs(v)
+		return err
+	}},
+	{"premigrate", "0", "percentage of the quota kept premigrated after a cycle, for instant releases", func(s *FS, v string) (err error) {
+		s.Policy.Premigrate, err = units.ParsePercent(v, 0, 100)
+		return err
+	}},
+}
+
+func duration(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("want a duration such as 0s, 30s or 5m")
+	}
+	return d, nil
+}
+
+// durationOr reads a duration into the field; 0 keeps the default.
+func durationOr(field func(*FS) *time.Duration) func(*FS, string) error {
+	return func(s *FS, v string) error {
+		d, err := duration(v)
+		if err == nil && d > 0 {
+			*field(s) = d
+		}
+		return err
+	}
+}
+
+// sizeOr reads a size into the field; 0 keeps the default.
+func sizeOr(field func(*FS) *int64) func(*FS, string) error {
+	return func(s *FS, v string) error {
+		n, err := units.ParseSize(v)
+		if err == nil && n > 0 {
+			*field(s) = n
+		}
+		return err
+	}
+}
+
+func find(name string) (key, bool) {
+	for _, k := range keys {
+		if k.name == name {
+			return k, true
+		}
+	}
+	return key{}, false
+}
+
+// Defaults is every setting at its default.
+func Defaults() FS {
+	// What is not a setting (stream counts, retries, monitor workers)
+	// comes from the packages; every setting from the table.
+	s := FS{Recall: recall.DefaultConfig(), Policy: migrate.DefaultPolicy()}
+	for _, k := range keys {
+		if k.def != "" {
+			if err := k.set(&s, k.def); err != nil {
+				panic(fmt.Sprintf("settings: default of %s: %v", k.name, err))
+			}
+		}
+	}
+	return s
+}
+
+// Parse reads stored settings over the defaults. Keys are applied in the
+// schema's order (recall before small-file), and the whole is checked
+// (low under high).
+func Parse(values map[string]string) (FS, error) {
+	s := Defaults()
+	for name := range values {
+		if _, ok := find(name); !ok {
+			return s, unknown(name)
+		}
+	}
+	for _, k := range keys {
+		v, ok := values[k.name]
+		if !ok {
+			continue
+		}
+		if err := k.set(&s, v); err != nil {
+			return s, fmt.Errorf("setting %s=%s: %w", k.name, v, err)
+		}
+	}
+	if s.Policy.Low >= s.Policy.High {
+		return s, fmt.Errorf("setting low=%d must be under high=%d", s.Policy.Low, s.Policy.High)
+	}
+	return s, nil
+}
+
+// Check validates one KEY=VALUE.
+func Check(name, value string) error {
+	k, ok := find(name)
+	if !ok {
+		return unknown(name)
+	}
+	s := Defaults()
+	if err := k.set(&s, value); err != nil {
+		return fmt.Errorf("setting %s=%s: %w", name, value, err)
+	}
+	return nil
+}
+
+func unknown(name string) error {
+	return fmt.Errorf("unknown setting %q (known: %s)", name, strings.Join(Keys(), ", "))
+}
+
+// Keys lists the known keys, sorted.
+func Keys() []string {
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, k.name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Help describes a key, with its default.
+func Help(name string) string {
+	k, ok := find(name)
+	if !ok {
+		return ""
+	}
+	if k.def == "" {
+		return k.help
+	}
+	return fmt.Sprintf("%s (default %s)", k.help, k.def)
+}
