@@ -87,6 +87,9 @@ type Node struct {
 	epochMu sync.Mutex
 	epochs  map[string]uint64 // fs -> the epoch this process claimed
 	started time.Time
+	// minoritySince: since when every look at the quorum found this node
+	// in a minority (zero while it has one); guarded by lease.mu.
+	minoritySince time.Time
 
 	metrics   *metrics.Registry // nil when not served
 	metricsLn net.Listener
@@ -244,9 +247,10 @@ func (n *Node) reconcile() {
 		return
 	}
 	quorate, why, leases := n.quorum()
-	// For a moment after its start a node may not have heard from all its
-	// peers yet: it gives nothing up for being in a minority.
-	settling := time.Since(n.started) < n.cfg.Lease
+	// A node gives up what it owns only after a whole lease in a minority
+	// (see quorum); just after its start it may not have heard from all
+	// its peers yet.
+	settling := time.Since(n.started) < n.cfg.Lease || n.minorityFor() < n.cfg.Lease
 	want := map[string]repo.FS{}
 	for _, fs := range list {
 		if fs.IsCandidate(n.cfg.Name) {

@@ -98,7 +98,7 @@ func (n *Node) leaseTick() {
 		n.log.Warn("lease not renewed", "reason", err, "valid", n.leaseValid())
 		return
 	}
-	n.repo.Leases() // sightings of the others' leases, for a prompt takeover
+	n.quorum() // sightings of the others' leases (a prompt takeover), and the minority clock
 	if lapsed {
 		n.log.Info("lease renewed after a lapse")
 		n.kick()
@@ -128,8 +128,35 @@ func (n *Node) selfFence(why string) {
 
 // quorum reports whether this node sees at least half of the nodes that
 // hold live leases (itself included); a tie goes to the half that holds
-// the smallest name. It says why not, and which leases are live.
+// the smallest name. It says why not, and which leases are live. It is
+// looked at four times per lease (leaseTick) and at each reconcile, and
+// notes since when the answer has been no: gossip calls a busy or just
+// woken peer failed for a moment, and such a moment must not move a
+// filesystem, while a cut-off node stays in its minority.
 func (n *Node) quorum() (bool, string, map[string]bool) {
+	ok, why, live := n.judgeQuorum()
+	n.lease.mu.Lock()
+	switch {
+	case ok:
+		n.minoritySince = time.Time{}
+	case n.minoritySince.IsZero():
+		n.minoritySince = time.Now()
+	}
+	n.lease.mu.Unlock()
+	return ok, why, live
+}
+
+// minorityFor: how long every look found this node in a minority.
+func (n *Node) minorityFor() time.Duration {
+	n.lease.mu.Lock()
+	defer n.lease.mu.Unlock()
+	if n.minoritySince.IsZero() {
+		return 0
+	}
+	return time.Since(n.minoritySince)
+}
+
+func (n *Node) judgeQuorum() (bool, string, map[string]bool) {
 	leases, err := n.repo.Leases()
 	if err != nil {
 		return false, "repository unreadable: " + err.Error(), nil

@@ -251,10 +251,36 @@ func (h *handle) raise(ctx context.Context, ev *dmapi.Event) syscall.Errno {
 }
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if errno := h.ensureResident(ctx, off, int64(len(dest))); errno != 0 {
-		return nil, errno
+	for attempt := 0; ; attempt++ {
+		if errno := h.ensureResident(ctx, off, int64(len(dest))); errno != 0 {
+			return nil, errno
+		}
+		rec, errno := h.record()
+		if errno != 0 {
+			return nil, errno
+		}
+		if rec == nil || rec.State != stub.Migrated {
+			return h.lf.Read(ctx, dest, off)
+		}
+		// A stub is read here and looked at again after: a release that
+		// punches it meanwhile (an old owner that woke up after its
+		// holds ended) leaves a hole in what was read, and the read
+		// goes round through a recall instead of returning zeros.
+		n, err := unix.Pread(h.fd, dest, off)
+		if err != nil {
+			return nil, gofs.ToErrno(err)
+		}
+		hole, err := stub.FirstHole(h.fd, off, off+int64(n))
+		if err != nil {
+			return nil, gofs.ToErrno(err)
+		}
+		if hole >= off+int64(n) {
+			return fuse.ReadResultData(dest[:n]), 0
+		}
+		if attempt == 2 {
+			return nil, syscall.EIO // punched again and again: never zeros for data
+		}
 	}
-	return h.lf.Read(ctx, dest, off)
 }
 
 // ensureResident raises READ events until [off, off+n) holds data.

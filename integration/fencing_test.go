@@ -100,3 +100,86 @@ func TestFencingPausedRecallWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The owner stops after its last check and record write, before its
+// punch, holding the file's right. Another node takes over; a change of
+// the middle of the file through it waits for the right; the old owner
+// wakes and punches; the change must still see the file's own bytes
+// around it (recalled again), never the punched zeros.
+func TestFencingPausedPunch(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	// A short hold-lease: n2's hold for n1's release ends while n1 is
+	// stopped, so only the right keeps n2 from the file.
+	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "release-wait=100ms", "hold-lease=1s")
+	c.Nodes["n1"].Env = []string{"CASCADEFS_FAILPOINTS=" + failpoint.MigrateBeforePunch + "=stop@1"}
+	c.Start("n1", "n2")
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	size := 4 << 20
+	orig := make([]byte, size)
+	rand.Read(orig)
+	if err := os.WriteFile(n1.M("f"), orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	go c.CLI("migrate", n1.M("f")) // n1 stops inside it
+	deadline := time.Now().Add(30 * time.Second)
+	for !processStopped(n1.PID()) {
+		if time.Now().After(deadline) {
+			t.Fatal("n1 never stopped at the failpoint")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	resumed := false
+	defer func() {
+		if !resumed {
+			n1.Resume()
+		}
+	}()
+	waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" })
+	wrote := make(chan error, 1)
+	patch := []byte("written through n2 after the takeover")
+	go func() {
+		f, err := os.OpenFile(n2.M("f"), os.O_WRONLY, 0)
+		if err == nil {
+			_, err = f.WriteAt(patch, int64(size/2))
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		wrote <- err
+	}()
+	select {
+	case err := <-wrote:
+		t.Logf("the change went through before the old owner woke (err %v)", err)
+		wrote <- err
+	case <-time.After(2 * time.Second):
+	}
+	n1.Resume()
+	resumed = true
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the change never finished after the old owner woke")
+	}
+	time.Sleep(time.Second)
+	if os.Getenv("CASCADEFS_SHOW_LOGS") != "" {
+		t.Logf("n1:\n%s\nn2:\n%s", n1.Log(), n2.Log())
+	}
+	want := append([]byte(nil), orig...)
+	copy(want[size/2:], patch)
+	testenv.DropCaches()
+	for _, n := range []*testenv.Node{n1, n2} {
+		got, err := os.ReadFile(n.M("f"))
+		if err != nil || !bytes.Equal(got, want) {
+			zeros := 0
+			for i := range got {
+				if i < len(want) && got[i] != want[i] {
+					zeros++
+				}
+			}
+			t.Fatalf("after the old owner woke, %s reads %d wrong bytes (err %v)", n.Name, zeros, err)
+		}
+	}
+}

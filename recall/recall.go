@@ -212,14 +212,20 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 		off, end = 0, f.rec.Size
 	}
 	end = min(end, f.rec.Size)
-	if err := f.ensure(ctx, off, end); err != nil {
-		m.log.Error("recall failed", "fs", ev.FS, "file", ev.Path, "offset", off, "reason", err)
-		return err
+	for attempt := 0; ; attempt++ {
+		if err := f.ensure(ctx, off, end); err != nil {
+			m.log.Error("recall failed", "fs", ev.FS, "file", ev.Path, "offset", off, "reason", err)
+			return err
+		}
+		if ev.Type == dmapi.Read {
+			return nil
+		}
+		err := f.makeResident()
+		if !errors.Is(err, errPunchedMeanwhile) || attempt == 2 {
+			return err
+		}
+		m.log.Warn("file punched while it was made resident; recalling it again", "file", ev.Path, "reason", err)
 	}
-	if ev.Type != dmapi.Read {
-		return f.makeResident()
-	}
-	return nil
 }
 
 func (m *Manager) destroy(ctx context.Context, ev *dmapi.Event) error {

@@ -358,6 +358,10 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 	return s.end, nil, false
 }
 
+// errPunchedMeanwhile: a file found whole was punched before it was made
+// resident (by a release that held the right meanwhile).
+var errPunchedMeanwhile = errors.New("punched meanwhile")
+
 // errStale: the file is no longer the stub a recall serves.
 var errStale = errors.New("stale recall")
 
@@ -444,6 +448,11 @@ func (f *fileRecall) commitIfComplete() error {
 		if cur, err := stub.ReadRecord(f.fd); err != nil || cur == nil || cur.Key != f.key || cur.State != stub.Migrated {
 			return cmp.Or(err, fmt.Errorf("%s: no longer the stub of %s: %w", f.path, f.key, errStale))
 		}
+		// And still whole: a release of an old owner may have punched it
+		// between the look above and the right.
+		if hole, err := stub.FirstHole(f.fd, 0, rec.Size); err != nil || hole < rec.Size {
+			return cmp.Or(err, fmt.Errorf("%s: punched at %d meanwhile: %w", f.path, hole, errPunchedMeanwhile))
+		}
 		// A premigrated record is trusted while its watch is there; nothing
 		// could change a migrated file without removing its record first.
 		if _, err := stub.Watch(f.fd); err != nil {
@@ -472,10 +481,6 @@ func (f *fileRecall) makeResident() error {
 	if f.rec == nil {
 		return nil
 	}
-	// Without its record the file's local bytes are all there is.
-	if err := stub.SyncData(f.fd); err != nil {
-		return err
-	}
 	// Exclusive: a recall write still in flight on any node (an old owner
 	// that paused) ends before the record goes and the change comes.
 	unlock, err := stub.LockCommit(f.fd, false)
@@ -483,6 +488,21 @@ func (f *fileRecall) makeResident() error {
 		return err
 	}
 	defer unlock()
+	// Looked at again under the right: an old owner that paused holding
+	// it between its record write and its punch punched the file after
+	// this node found it whole. Its bytes are recalled again first.
+	if cur, err := stub.ReadRecord(f.fd); err != nil || cur == nil || cur.Key != f.key {
+		return cmp.Or(err, fmt.Errorf("%s: no longer the stub of %s: %w", f.path, f.key, errStale))
+	}
+	if hole, err := stub.FirstHole(f.fd, 0, f.rec.Size); err != nil {
+		return err
+	} else if hole < f.rec.Size {
+		return fmt.Errorf("%s: punched at %d meanwhile: %w", f.path, hole, errPunchedMeanwhile)
+	}
+	// Without its record the file's local bytes are all there is.
+	if err := stub.SyncData(f.fd); err != nil {
+		return err
+	}
 	err = dmapi.Orphan(f.m.garbage, f.fd, f.path, f.rec.Key, func() error {
 		return f.m.Fence.Run(func() error { return stub.RemoveRecord(f.fd) })
 	})

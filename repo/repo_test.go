@@ -1,7 +1,9 @@
 package repo
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -292,8 +294,10 @@ func TestStoppedHolderIsKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	holder := exec.Command(os.Args[0], "-test.run=^TestHoldRepoHelper$")
+	holder := exec.Command(os.Args[0], "-test.run=^TestHoldRepoHelper$", "-test.v")
 	holder.Env = append(os.Environ(), "CASCADEFS_TEST_HOLD_REPO="+dir)
+	var out bytes.Buffer
+	holder.Stdout, holder.Stderr = &out, &out
 	if err := holder.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -301,10 +305,17 @@ func TestStoppedHolderIsKilled(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- holder.Wait() }()
 	// Wait until it is stopped holding the lock.
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for stoppedHolder(filepath.Join(dir, FileName)) != holder.Process.Pid {
+		select {
+		case err := <-exited:
+			t.Fatalf("the helper exited (%v) before it stopped holding the lock:\n%s", err, out.String())
+		default:
+		}
 		if time.Now().After(deadline) {
-			t.Fatal("the helper never stopped holding the lock")
+			locks, _ := os.ReadFile("/proc/locks")
+			stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", holder.Process.Pid))
+			t.Fatalf("the helper never stopped holding the lock; its stat: %s\n/proc/locks:\n%s", stat, locks)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
