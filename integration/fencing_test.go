@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +23,21 @@ func processStopped(pid int) bool {
 	}
 	i := bytes.LastIndexByte(b, ')')
 	return i >= 0 && i+2 < len(b) && b[i+2] == 'T'
+}
+
+// waitStopped waits until n stopped itself at a failpoint; the returned
+// function wakes it (once; it is safe to call again, as on cleanup).
+func waitStopped(t *testing.T, n *testenv.Node) (resume func()) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !processStopped(n.PID()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never stopped at the failpoint", n.Name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var once sync.Once
+	return func() { once.Do(n.Resume) }
 }
 
 // The owner stops (a whole-process pause, as a frozen VM) after its last
@@ -42,19 +58,8 @@ func TestFencingPausedRecallWrite(t *testing.T) {
 
 	read := make(chan [32]byte, 1)
 	go func() { read <- sumFile(t, n2.M("f")) }() // n1's recall stops itself
-	deadline := time.Now().Add(30 * time.Second)
-	for !processStopped(n1.PID()) {
-		if time.Now().After(deadline) {
-			t.Fatal("n1 never stopped at the failpoint")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	resumed := false
-	defer func() {
-		if !resumed {
-			n1.Resume()
-		}
-	}()
+	resume := waitStopped(t, n1)
+	defer resume()
 	waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" })
 	select {
 	case got := <-read:
@@ -75,8 +80,7 @@ func TestFencingPausedRecallWrite(t *testing.T) {
 		t.Fatalf("the rewrite did not wait for the right the stopped old owner holds (err %v)", err)
 	case <-time.After(2 * time.Second):
 	}
-	n1.Resume()
-	resumed = true
+	resume()
 	select {
 	case err := <-wrote:
 		if err != nil {
@@ -121,19 +125,8 @@ func TestFencingPausedPunch(t *testing.T) {
 		t.Fatal(err)
 	}
 	go c.CLI("migrate", n1.M("f")) // n1 stops inside it
-	deadline := time.Now().Add(30 * time.Second)
-	for !processStopped(n1.PID()) {
-		if time.Now().After(deadline) {
-			t.Fatal("n1 never stopped at the failpoint")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	resumed := false
-	defer func() {
-		if !resumed {
-			n1.Resume()
-		}
-	}()
+	resume := waitStopped(t, n1)
+	defer resume()
 	waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" })
 	wrote := make(chan error, 1)
 	patch := []byte("written through n2 after the takeover")
@@ -153,8 +146,7 @@ func TestFencingPausedPunch(t *testing.T) {
 		wrote <- err
 	case <-time.After(2 * time.Second):
 	}
-	n1.Resume()
-	resumed = true
+	resume()
 	select {
 	case err := <-wrote:
 		if err != nil {
