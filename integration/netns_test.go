@@ -45,6 +45,26 @@ func stableOwner(t *testing.T, c *testenv.Cluster, d time.Duration) (string, uin
 	return owner, epoch
 }
 
+// settledOwner waits (up to within) for an owner that holds for d.
+func settledOwner(t *testing.T, c *testenv.Cluster, d, within time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		owner, epoch := fsOwner(t, c, testenv.FSName)
+		stable := owner != ""
+		for end := time.Now().Add(d); stable && time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+			o, e := fsOwner(t, c, testenv.FSName)
+			stable = o == owner && e == epoch
+		}
+		if stable {
+			return owner
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no owner held for %v within %v", d, within)
+		}
+	}
+}
+
 // The owner's link goes down (it keeps the shared disk): it cannot renew
 // its etcd lease, stops its session, and the others take over after the
 // lease; readers on them get their bytes. Healed, it takes nothing back:
@@ -165,9 +185,9 @@ func TestNetnsEtcdMembersLost(t *testing.T) {
 		t.Fatal("a migration was committed with etcd down")
 	}
 	etcd.Restart(t, etcd.Members...)
-	waitOwner(t, c, testenv.FSName, func(o string) bool { return o != "" })
-	time.Sleep(3 * time.Second)
-	o, _ := stableOwner(t, c, 4*time.Second)
+	// Every lease expired in the outage: the first node to renew may take
+	// the filesystem over once; then it stays.
+	o := settledOwner(t, c, 4*time.Second, 30*time.Second)
 	c.MustCLI("migrate", c.Nodes[o].M("resident"))
 	testenv.DropCaches()
 	if sumFile(t, n2.M("resident")) != resident || sumFile(t, n2.M("f1")) != want["f1"] {

@@ -330,7 +330,17 @@ func (e *Etcd) Renew(node string, ttl time.Duration) error {
 	id, ok := e.leases[node]
 	e.mu.Unlock()
 	if ok {
-		_, err := e.cli.KeepAliveOnce(ctx, id)
+		// Short tries within the budget: a member that just died holds a
+		// try until its timeout, and the next goes to another member.
+		var err error
+		for ctx.Err() == nil {
+			try, cancelTry := context.WithTimeout(ctx, 300*time.Millisecond)
+			_, err = e.cli.KeepAliveOnce(try, id)
+			cancelTry()
+			if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				break
+			}
+		}
 		if err == nil {
 			return nil
 		}
