@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -156,14 +157,24 @@ func Hit(name string) error {
 	case "error":
 		return fmt.Errorf("%s: %w", name, ErrInjected)
 	case "kill":
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		signalSelf(syscall.SIGKILL)
 		select {} // never runs on
 	case "stop":
-		syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+		signalSelf(syscall.SIGSTOP)
 	case "pause":
 		pause(filepath.Join(pauseDir, name+".paused"))
 	}
 	return nil
+}
+
+// signalSelf sends sig to this process through the calling thread, which
+// takes it on its way out of the call: with kill(2) another thread may
+// take it and this one run on for a moment (a recall write slipped past a
+// stop point that way).
+func signalSelf(sig syscall.Signal) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	syscall.Tgkill(os.Getpid(), syscall.Gettid(), sig)
 }
 
 // claim creates the marker; false when it exists already.
