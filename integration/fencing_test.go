@@ -175,3 +175,36 @@ func TestFencingPausedPunch(t *testing.T) {
 		}
 	}
 }
+
+// The owner stops (SIGSTOP) inside a write transaction of the bbolt
+// repository, holding its file lock: the other node is delayed about a
+// second, then kills the stopped holder, and takes the filesystem over
+// once its lease lapsed; a reader gets its bytes. Without that the whole
+// cluster waited for as long as the owner stayed stopped.
+func TestBoltOwnerStoppedHoldingTheRepository(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	c.Start("n2")
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	want := writeRandom(t, n2.M("f"), 1<<20)
+	c.MustCLI("migrate", n2.M("f"))
+	// n1 starts, takes the filesystem by hand, then stops in a later
+	// transaction (its lease renewals write every 500 ms).
+	n1.Env = []string{"CASCADEFS_FAILPOINTS=" + failpoint.RepoInUpdate + "=stop@12"}
+	n1.Start()
+	c.MustCLI("failover", testenv.FSName, "--to", "n1")
+	if o, _ := fsOwner(t, c, testenv.FSName); o != "n1" {
+		t.Fatalf("owner %s, want n1 before it stops", o)
+	}
+	resume := waitStopped(t, n1)
+	defer resume()
+	stopped := time.Now()
+	owner, _ := waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" })
+	t.Logf("%s took over %v after n1 stopped holding the repository", owner, time.Since(stopped).Round(10*time.Millisecond))
+	if n1.Running() {
+		t.Fatal("the stopped holder of the repository was not killed")
+	}
+	testenv.DropCaches()
+	if sumFile(t, n2.M("f")) != want {
+		t.Fatal("wrong bytes after the takeover")
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
@@ -170,6 +171,9 @@ func (b *Bolt) update(fn func(*bolt.Tx) error, create ...bool) (err error) {
 			if err := checkFormat(tx, b.path); err != nil {
 				return err
 			}
+		}
+		if err := failpoint.Hit(failpoint.RepoInUpdate); err != nil {
+			return err
 		}
 		return fn(tx)
 	})

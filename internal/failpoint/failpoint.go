@@ -45,12 +45,13 @@ const (
 	TakeoverBeforeCommit   = "takeover-before-commit"   // about to claim a failed owner's filesystem, nothing written
 	HandoverAfterStop      = "handover-after-stop"      // old owner's session stopped, ownership not yet moved
 	LeaseRenew             = "lease-renew"              // a node is about to renew its lease (error: the repository did not answer)
+	RepoInUpdate           = "repo-in-update"           // inside a bbolt write transaction, the file lock held
 )
 
 // All lists every point, for the crash suite's random picks.
 var All = []string{MigrateAfterUpload, MigrateAfterPremigrate, MigrateReleaseHeld, MigrateBeforePunch, MigrateInsidePunch,
 	RecallBeforeWrite, RecallAfterWrite, RecallBeforeRecord, DestroyBeforeUnlink, DestroyBeforeDelete,
-	TakeoverBeforeCommit, HandoverAfterStop, LeaseRenew}
+	TakeoverBeforeCommit, HandoverAfterStop, LeaseRenew, RepoInUpdate}
 
 // ErrInjected is what a point set to "error" fails with.
 var ErrInjected = errors.New("failpoint: injected failure")
