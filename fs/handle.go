@@ -252,10 +252,7 @@ func (h *handle) raise(ctx context.Context, ev *dmapi.Event) syscall.Errno {
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	for attempt := 0; ; attempt++ {
-		if errno := h.ensureResident(ctx, off, int64(len(dest))); errno != 0 {
-			return nil, errno
-		}
-		rec, errno := h.record()
+		rec, errno := h.ensureResident(ctx, off, int64(len(dest)))
 		if errno != 0 {
 			return nil, errno
 		}
@@ -283,20 +280,21 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	}
 }
 
-// ensureResident raises READ events until [off, off+n) holds data.
-func (h *handle) ensureResident(ctx context.Context, off, n int64) syscall.Errno {
+// ensureResident raises READ events until [off, off+n) holds data; it
+// returns the record it saw last (nil for a file without one).
+func (h *handle) ensureResident(ctx context.Context, off, n int64) (*stub.Record, syscall.Errno) {
 	rec, errno := h.record()
 	if errno != 0 || rec == nil || rec.State != stub.Migrated {
-		return errno
+		return rec, errno
 	}
 	end := min(off+n, rec.Size)
 	for {
 		hole, err := stub.FirstHole(h.fd, off, end)
 		if err != nil {
-			return gofs.ToErrno(err)
+			return nil, gofs.ToErrno(err)
 		}
 		if hole >= end {
-			return 0
+			return rec, 0
 		}
 		ev := h.event(dmapi.Read, 0, -1) // small files are recalled whole
 		if rec.Size > h.fs.opts.SmallFile {
@@ -307,10 +305,10 @@ func (h *handle) ensureResident(ctx context.Context, off, n int64) syscall.Errno
 			ev.Offset, ev.Length = start, min((end+r-1)/r*r, rec.Size)-start
 		}
 		if errno := h.raise(ctx, ev); errno != 0 {
-			return errno
+			return nil, errno
 		}
 		if rec, errno = h.record(); errno != 0 || rec == nil || rec.State != stub.Migrated {
-			return errno // resident now: any hole left is a real one
+			return rec, errno // resident now: any hole left is a real one
 		}
 	}
 }

@@ -430,7 +430,7 @@ func (b *Bolt) Move(name, from string, epoch uint64, to, reason string) (out FS,
 			return err
 		}
 		if fs.Owner != from || fs.Epoch != epoch {
-			return fmt.Errorf("filesystem %q: owner is %q at epoch %d, not %q at %d: %w", name, fs.Owner, fs.Epoch, from, epoch, ErrOwnerChanged)
+			return notOwner(fs, from, epoch)
 		}
 		fs.setOwner(to, reason)
 		out = fs
@@ -439,16 +439,7 @@ func (b *Bolt) Move(name, from string, epoch uint64, to, reason string) (out FS,
 	return out, err
 }
 
-func (b *Bolt) Confirm(name, node string, epoch uint64) error {
-	fs, err := b.GetFS(name)
-	if err != nil {
-		return err
-	}
-	if fs.Owner != node || fs.Epoch != epoch {
-		return fmt.Errorf("filesystem %q: owner is %q at epoch %d, not %q at %d: %w", name, fs.Owner, fs.Epoch, node, epoch, ErrOwnerChanged)
-	}
-	return nil
-}
+func (b *Bolt) Confirm(name, node string, epoch uint64) error { return confirm(b, name, node, epoch) }
 
 func (b *Bolt) PutEntry(fs, token string, data []byte) error {
 	return b.update(func(tx *bolt.Tx) error {

@@ -422,7 +422,7 @@ func (e *Etcd) Claim(name, node, from, reason string) (FS, error) {
 func (e *Etcd) Move(name, from string, epoch uint64, to, reason string) (FS, error) {
 	return e.change(name, func(fs *FS) error {
 		if fs.Owner != from || fs.Epoch != epoch {
-			return fmt.Errorf("filesystem %q: owner is %q at epoch %d, not %q at %d: %w", name, fs.Owner, fs.Epoch, from, epoch, ErrOwnerChanged)
+			return notOwner(*fs, from, epoch)
 		}
 		fs.setOwner(to, reason)
 		return nil
@@ -431,16 +431,7 @@ func (e *Etcd) Move(name, from string, epoch uint64, to, reason string) (FS, err
 
 // Confirm reads the record linearizably (through the cluster's leader):
 // what it sees is current at some moment after the call began.
-func (e *Etcd) Confirm(name, node string, epoch uint64) error {
-	fs, err := e.GetFS(name)
-	if err != nil {
-		return err
-	}
-	if fs.Owner != node || fs.Epoch != epoch {
-		return fmt.Errorf("filesystem %q: owner is %q at epoch %d, not %q at %d: %w", name, fs.Owner, fs.Epoch, node, epoch, ErrOwnerChanged)
-	}
-	return nil
-}
+func (e *Etcd) Confirm(name, node string, epoch uint64) error { return confirm(e, name, node, epoch) }
 
 func (e *Etcd) PutEntry(fs, token string, data []byte) error {
 	ctx, cancel := e.ctx()

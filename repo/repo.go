@@ -68,6 +68,24 @@ func (f *FS) setOwner(node, reason string) {
 	f.Owner = node
 }
 
+// notOwner is the error of an ownership change or a fence that expected
+// node at epoch.
+func notOwner(fs FS, node string, epoch uint64) error {
+	return fmt.Errorf("filesystem %q: owner is %q at epoch %d, not %q at %d: %w", fs.Name, fs.Owner, fs.Epoch, node, epoch, ErrOwnerChanged)
+}
+
+// confirm is Confirm by a read of the filesystem's record.
+func confirm(r interface{ GetFS(string) (FS, error) }, name, node string, epoch uint64) error {
+	fs, err := r.GetFS(name)
+	if err != nil {
+		return err
+	}
+	if fs.Owner != node || fs.Epoch != epoch {
+		return notOwner(fs, node, epoch)
+	}
+	return nil
+}
+
 // IsCandidate reports whether node may serve the filesystem.
 func (f *FS) IsCandidate(node string) bool {
 	if len(f.Candidates) == 0 {
