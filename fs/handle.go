@@ -51,6 +51,10 @@ type handle struct {
 	// writable: open for writing; counted in g.writers, and its close
 	// removes the file's watch.
 	writable bool
+	// unshield drops the read shield a passthrough handle holds (nil
+	// for others): no release punches the file while the kernel may read
+	// it without us, on this node or any other.
+	unshield func()
 }
 
 // ptHandle is a handle the kernel may serve by passthrough. Only fully
@@ -111,6 +115,24 @@ func (f *FS) newHandle(ctx context.Context, fd int, path string, flags uint32) (
 	return f.newHandleMode(ctx, fd, path, flags, mode)
 }
 
+// shieldedPassthrough takes the read shield of fd's file and, under it,
+// reads the record again (a release may have punched since the caller's
+// look): passthrough, with the shield's unlock, only for a resident file
+// or a read of a premigrated one. Else modeCached and no shield.
+func shieldedPassthrough(fd int, flags uint32) (ioMode, func()) {
+	unshield, err := stub.ShieldReads(fd)
+	if err != nil {
+		return modeCached, nil
+	}
+	rec, err := stub.ReadRecord(fd)
+	readOnly := flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_TRUNC == 0
+	if err != nil || (rec != nil && !(readOnly && rec.State == stub.Premigrated)) {
+		unshield()
+		return modeCached, nil
+	}
+	return modePassthrough, unshield
+}
+
 // newHandleMode registers the handle with the file's gate, waiting while a
 // release is in progress, and settles its I/O mode so that the kernel never
 // sees a cached and a passthrough open of one inode at once.
@@ -131,12 +153,12 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 	// decided from the record read before would read holes as zeros.
 	// Read again even when this open did not wait: a whole release may
 	// have run between that read and now.
+	// The shield comes first: a release that punches after this look
+	// must first take the shield, which it cannot while we hold it; a
+	// release that holds it now makes this open a cached one.
+	var unshield func()
 	if mode == modePassthrough {
-		rec, err := stub.ReadRecord(fd)
-		readOnly := flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_TRUNC == 0
-		if err != nil || (rec != nil && !(readOnly && rec.State == stub.Premigrated)) {
-			mode = modeCached
-		}
+		mode, unshield = shieldedPassthrough(fd, flags)
 	}
 	// A write open may change the file at any moment (by passthrough,
 	// without us): a copy being made now is stale. Removed before the
@@ -144,6 +166,9 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 	writable := mode != modeNone && flags&unix.O_ACCMODE != unix.O_RDONLY && st.Mode&unix.S_IFMT == unix.S_IFREG
 	if writable {
 		if err := stub.Unwatch(fd); err != nil {
+			if unshield != nil {
+				unshield()
+			}
 			g.mu.Unlock()
 			f.gates.put(st.Ino)
 			unix.Close(fd)
@@ -157,12 +182,18 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 	// passthrough open may only join passthrough opens, never cached ones.
 	switch {
 	case mode == modeCountedWrites && g.passthrough > 0:
-		mode = modePassthrough // the kernel insists; these writes go uncounted
+		// The kernel insists; these writes go uncounted.
+		if mode, unshield = shieldedPassthrough(fd, flags); mode != modePassthrough {
+			mode = modeCached // caught the file in a release: make it resident
+		}
 	case mode == modeCountedWrites:
 		mode = modeCached
 	case mode == modePassthrough && g.cached > 0:
 		mode = modeCached
-	case mode == modeCached && g.passthrough > 0:
+		unshield()
+		unshield = nil
+	}
+	if mode == modeCached && g.passthrough > 0 {
 		g.mu.Unlock()
 		f.gates.put(st.Ino)
 		unix.Close(fd)
@@ -181,7 +212,7 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 		g.writers++
 	}
 	g.mu.Unlock()
-	h := &handle{lf: gofs.NewLoopbackFile(fd).(*gofs.LoopbackFile), fd: fd, fs: f, path: path, ino: st.Ino, g: g, mode: mode, writable: writable}
+	h := &handle{lf: gofs.NewLoopbackFile(fd).(*gofs.LoopbackFile), fd: fd, fs: f, path: path, ino: st.Ino, g: g, mode: mode, writable: writable, unshield: unshield}
 	if mode == modePassthrough && flags&unix.O_ACCMODE != unix.O_RDONLY {
 		h.wrote.Store(true) // its writes bypass us: assume it changes the file
 	}
@@ -197,6 +228,9 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 		}
 	}
 	errno := h.lf.Release(ctx)
+	if h.unshield != nil {
+		h.unshield()
+	}
 	h.g.mu.Lock()
 	if h.writable {
 		h.g.writers--
@@ -509,12 +543,47 @@ func (h *handle) Flush(ctx context.Context) syscall.Errno {
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return h.lf.Fsync(ctx, flags)
 }
+
+// Users' byte-range locks stay below stub.ReservedLocks, where the
+// daemon's own locks (commit lock, read shield) live: a user's lock of
+// the whole file would otherwise block a release or a recall, and its
+// unlock could drop nothing of ours but should not try. A range that
+// starts in the reserved area is refused.
+const wholeFile = 1<<63 - 1
+
+func userLock(lk *fuse.FileLock) (*fuse.FileLock, syscall.Errno) {
+	if lk.Start >= stub.ReservedLocks {
+		return nil, syscall.EINVAL
+	}
+	c := *lk
+	if c.End >= stub.ReservedLocks {
+		c.End = stub.ReservedLocks - 1
+	}
+	return &c, 0
+}
+
 func (h *handle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
-	return h.lf.Getlk(ctx, owner, lk, flags, out)
+	c, errno := userLock(lk)
+	if errno != 0 {
+		return errno
+	}
+	errno = h.lf.Getlk(ctx, owner, c, flags, out)
+	if out.Typ != unix.F_UNLCK && out.End == stub.ReservedLocks-1 {
+		out.End = wholeFile // a lock of the whole file, clamped by us
+	}
+	return errno
 }
 func (h *handle) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	return h.lf.Setlk(ctx, owner, lk, flags)
+	c, errno := userLock(lk)
+	if errno != 0 {
+		return errno
+	}
+	return h.lf.Setlk(ctx, owner, c, flags)
 }
 func (h *handle) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	return h.lf.Setlkw(ctx, owner, lk, flags)
+	c, errno := userLock(lk)
+	if errno != 0 {
+		return errno
+	}
+	return h.lf.Setlkw(ctx, owner, c, flags)
 }

@@ -1,10 +1,13 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -365,20 +368,26 @@ func TestNodeStopsWhileFilesClose(t *testing.T) {
 	t.Logf("stopped in %s", time.Since(start).Round(time.Millisecond))
 }
 
+// pausedReleaseCluster starts n1 and n2 with 2 s holds, n1's first
+// release pausing at point; marker is the file whose removal resumes it.
+func pausedReleaseCluster(t *testing.T, point string) (c *testenv.Cluster, marker string) {
+	c = testenv.NewCluster(t, "", nil, "n1", "n2")
+	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "hold-lease=2s", "release-wait=100ms")
+	dir := t.TempDir()
+	c.Nodes["n1"].Env = []string{"CASCADEFS_FAILPOINTS=" + point + "=pause@1", "CASCADEFS_FAILPOINT_DIR=" + dir}
+	c.Start("n1", "n2")
+	return c, filepath.Join(dir, point+".paused")
+}
+
 // A release that outlasts the other nodes' holds (paused here after they
 // were granted, past hold-lease) does not punch: a node whose hold ended
 // could have opened the file by passthrough and read the punched zeros.
 func TestClusterReleaseOutlastingItsHoldsDoesNotPunch(t *testing.T) {
-	c := testenv.NewCluster(t, "", nil, "n1", "n2")
-	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "hold-lease=2s", "release-wait=100ms")
-	dir := t.TempDir()
-	c.Nodes["n1"].Env = []string{"CASCADEFS_FAILPOINTS=" + failpoint.MigrateReleaseHeld + "=pause@1", "CASCADEFS_FAILPOINT_DIR=" + dir}
-	c.Start("n1", "n2")
+	c, marker := pausedReleaseCluster(t, failpoint.MigrateReleaseHeld)
 	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
 	want := writeRandom(t, n1.M("f"), 4<<20)
 	done := make(chan string, 1)
 	go func() { o, e, _ := c.CLI("migrate", n1.M("f")); done <- o + e }()
-	marker := filepath.Join(dir, failpoint.MigrateReleaseHeld+".paused")
 	waitForFile(t, marker)
 	time.Sleep(3 * time.Second) // n2's hold ends after 2 s
 	// n2 may open the file now: its hold is over.
@@ -397,4 +406,61 @@ func TestClusterReleaseOutlastingItsHoldsDoesNotPunch(t *testing.T) {
 	if sumFile(t, n2.M("f")) != want {
 		t.Fatal("wrong bytes after the release gave up")
 	}
+}
+
+// A release paused after its last confirm of the holds, past hold-lease:
+// another node whose hold ended opens the file meanwhile. The old code
+// let that open go by kernel passthrough, and the late punch left it
+// reading zeros; the read shield makes such an open come through the
+// daemon, which recalls what was punched.
+func TestOpenDuringPausedReleaseReadsRightBytes(t *testing.T) {
+	c, marker := pausedReleaseCluster(t, failpoint.MigrateAfterConfirm)
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	want := make([]byte, 4<<20)
+	rand.Read(want)
+	if err := os.WriteFile(n1.M("f"), want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan cliResult, 1)
+	go func() { o, e, err := c.CLI("migrate", n1.M("f")); done <- cliResult{err, o + e} }()
+	waitForFile(t, marker)
+	time.Sleep(3 * time.Second) // n2's hold ends after 2 s
+	f, err := os.Open(n2.M("f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	head := make([]byte, 1<<20)
+	if _, err := io.ReadFull(f, head); err != nil || !bytes.Equal(head, want[:1<<20]) {
+		t.Fatalf("first MiB on n2 while the release was paused: %v", err)
+	}
+	os.Remove(marker)
+	if r := <-done; r.err != nil {
+		t.Fatalf("migrate: %v\n%s", r.err, r.out)
+	}
+	if s := clusterState(t, c, n2, "f"); s != "migrated" {
+		t.Fatalf("state %s after the release", s)
+	}
+	testenv.DropCaches()
+	rest, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(rest, want[1<<20:]) {
+		z := 0
+		for z < len(rest) && rest[z] == 0 {
+			z++
+		}
+		t.Fatalf("n2 read %d wrong bytes after the punch (%d zeros at the start)", countDiff(rest, want[1<<20:]), z)
+	}
+}
+
+func countDiff(a, b []byte) int {
+	n := 0
+	for i := range a {
+		if i >= len(b) || a[i] != b[i] {
+			n++
+		}
+	}
+	return n + max(0, len(b)-len(a))
 }

@@ -9,8 +9,11 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cascadefs/cascadefs/internal/testenv"
+	"github.com/cascadefs/cascadefs/stub"
+	"golang.org/x/sys/unix"
 )
 
 // Migrate files of awkward sizes, then read them back whole, at random
@@ -112,4 +115,50 @@ func TestMigrateThenReadBack(t *testing.T) {
 			t.Fatalf("recall left %+v (%s)", e, out)
 		}
 	})
+}
+
+// A user's lock of a whole stub (through the mount) must not reach the
+// bytes where the daemon keeps its own locks: a recall waiting for a
+// user's write lock would hang its readers. Locks starting there are
+// refused; a whole-file lock still reads back as one.
+func TestUserLocksStayOffReservedBytes(t *testing.T) {
+	d := testenv.NewDaemon(t, "", nil)
+	d.Start()
+	want := writeRandom(t, d.M("f"), 3<<20)
+	d.MustCLI("migrate", d.M("f"))
+	locker, err := os.OpenFile(d.M("f"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close()
+	whole := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 0, Len: 0}
+	if err := unix.FcntlFlock(locker.Fd(), unix.F_OFD_SETLK, &whole); err != nil {
+		t.Fatalf("lock the whole file: %v", err)
+	}
+	got := make(chan [32]byte, 1)
+	go func() { got <- sumFile(t, d.M("f")) }()
+	select {
+	case sum := <-got:
+		if sum != want {
+			t.Fatal("wrong bytes")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a read of a stub locked whole by a user hangs")
+	}
+	other, err := os.Open(d.M("f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	q := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: 0, Len: 0}
+	if err := unix.FcntlFlock(other.Fd(), unix.F_OFD_GETLK, &q); err != nil {
+		t.Fatal(err)
+	}
+	if q.Type != unix.F_WRLCK || q.Start != 0 || q.Len != 0 {
+		t.Fatalf("the user's whole-file lock reads back as %+v", q)
+	}
+	high := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: stub.ReservedLocks, Len: 1}
+	if err := unix.FcntlFlock(other.Fd(), unix.F_OFD_SETLK, &high); !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("a lock in the reserved bytes: %v, want EINVAL", err)
+	}
 }

@@ -373,8 +373,23 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 		if cur, err := stub.ReadRecord(fd); err != nil || cur == nil || cur.Key != rec.Key || cur.MtimeNs != rec.MtimeNs {
 			return cmp.Or(err, ErrChanged)
 		}
+		// The read shield, exclusive: no node has the file open by
+		// passthrough (the kernel would read the holes as zeros), and
+		// none can until the punch is done. Unlike the holds, it cannot
+		// run out while this release is paused.
+		unshield, err := stub.TryExcludeReaders(fd)
+		if errors.Is(err, unix.EAGAIN) {
+			return fmt.Errorf("open for direct reads on a node: %w", dmapi.ErrBusy)
+		}
+		if err != nil {
+			return err
+		}
+		defer unshield()
 		err = m.Fence.Run(func() error {
 			if err := confirm(); err != nil {
+				return err
+			}
+			if err := failpoint.Hit(failpoint.MigrateAfterConfirm); err != nil {
 				return err
 			}
 			// Durable before the punch: a crash must never leave holes

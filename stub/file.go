@@ -305,7 +305,11 @@ func IsCorrupt(err error) bool {
 // commitLockOffset is the byte range of the backing file that the commit
 // lock covers: far past any real data, so that it never meets the locks
 // users take through the mount.
-const commitLockOffset = 1 << 62
+const commitLockOffset = ReservedLocks
+
+// ReservedLocks is where the daemon's own byte-range locks begin; users'
+// locks through the mount are kept below it.
+const ReservedLocks = 1 << 62
 
 // LockCommit takes the file's cross-node commit lock (an OFD lock, which
 // every process on every node of the shared filesystem sees), waiting for
@@ -324,7 +328,34 @@ func TryLockCommit(fd int, shared bool) (unlock func(), err error) {
 	return lockCommit(fd, shared, false)
 }
 
+// readShieldOffset is the byte a kernel passthrough reader holds shared
+// for as long as its open lasts, and a release takes exclusively (without
+// waiting) just before its punch: the kernel reads a passthrough file
+// without asking us, so only a lock that every node sees keeps a punch
+// off a file some node opened that way. A byte of its own, apart from the
+// commit lock: a file being made resident, recalled or rewritten need
+// not wait for its readers.
+const readShieldOffset = commitLockOffset + 1
+
+// ShieldReads takes the read shield of fd's file shared, without waiting
+// (unix.EAGAIN while a release holds it); the returned function drops it.
+func ShieldReads(fd int) (unlock func(), err error) {
+	return lockByte(fd, readShieldOffset, true, false)
+}
+
+// TryExcludeReaders takes the read shield exclusively, without waiting:
+// it fails with unix.EAGAIN while any node has the file open by
+// passthrough.
+func TryExcludeReaders(fd int) (unlock func(), err error) {
+	return lockByte(fd, readShieldOffset, false, false)
+}
+
 func lockCommit(fd int, shared, wait bool) (unlock func(), err error) {
+	return lockByte(fd, commitLockOffset, shared, wait)
+}
+
+// lockByte takes an OFD lock of one byte of fd's file.
+func lockByte(fd int, offset int64, shared, wait bool) (unlock func(), err error) {
 	// A lock of its own open file description: OFD locks of one
 	// description never exclude each other, and one unlock would drop
 	// another holder's lock too (a recall stream and a commit of the same
@@ -340,9 +371,9 @@ func lockCommit(fd int, shared, wait bool) (unlock func(), err error) {
 		own, err = unix.Open(self, mode|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("commit lock: %w", err)
+		return nil, fmt.Errorf("file lock: %w", err)
 	}
-	lk := unix.Flock_t{Type: kind, Whence: 0, Start: commitLockOffset, Len: 1}
+	lk := unix.Flock_t{Type: kind, Whence: 0, Start: offset, Len: 1}
 	cmd := unix.F_OFD_SETLKW
 	if !wait {
 		cmd = unix.F_OFD_SETLK
@@ -358,7 +389,7 @@ func lockCommit(fd int, shared, wait bool) (unlock func(), err error) {
 		if errors.Is(err, unix.EACCES) {
 			err = unix.EAGAIN
 		}
-		return nil, fmt.Errorf("commit lock: %w", err)
+		return nil, fmt.Errorf("file lock: %w", err)
 	}
 	return func() { unix.Close(own) }, nil // closing the description drops its lock
 }

@@ -35,6 +35,7 @@ const (
 	MigrateAfterUpload     = "migrate-after-upload"     // object and checksums uploaded, premigrated record not written
 	MigrateAfterPremigrate = "migrate-after-premigrate" // premigrated record written, release not begun
 	MigrateReleaseHeld     = "migrate-release-held"     // new opens held for a release, record unchanged
+	MigrateAfterConfirm    = "migrate-after-confirm"    // right, shield and holds confirmed, record still premigrated
 	MigrateBeforePunch     = "migrate-before-punch"     // migrated record durable, nothing punched
 	MigrateInsidePunch     = "migrate-inside-punch"     // first half of the data punched
 	RecallBeforeWrite      = "recall-before-write"      // right held and checked, verified bytes not yet written
@@ -49,7 +50,7 @@ const (
 )
 
 // All lists every point, for the crash suite's random picks.
-var All = []string{MigrateAfterUpload, MigrateAfterPremigrate, MigrateReleaseHeld, MigrateBeforePunch, MigrateInsidePunch,
+var All = []string{MigrateAfterUpload, MigrateAfterPremigrate, MigrateReleaseHeld, MigrateAfterConfirm, MigrateBeforePunch, MigrateInsidePunch,
 	RecallBeforeWrite, RecallAfterWrite, RecallBeforeRecord, DestroyBeforeUnlink, DestroyBeforeDelete,
 	TakeoverBeforeCommit, HandoverAfterStop, LeaseRenew, RepoInUpdate}
 
