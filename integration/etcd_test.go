@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -70,5 +71,32 @@ func TestEtcdFailoverReleasesWaitingReaders(t *testing.T) {
 	}
 	if epoch != e0+1 {
 		t.Fatalf("epoch after one takeover: %d, want %d", epoch, e0+1)
+	}
+}
+
+// Nodes on an etcd that speaks only TLS, asks for a client certificate
+// and has authentication on, all given through the environment: a file
+// migrated on one node reads back on the other, and the other takes over
+// once the owner is killed. The credentials never show on a command line.
+func TestEtcdTLSAndPasswordCluster(t *testing.T) {
+	etcd := testenv.StartSecureEtcd(t)
+	c := testenv.NewClusterOn(t, etcd.URL(), "", etcd.Env(), "n1", "n2")
+	c.Start("n1", "n2")
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	if st := c.MustCLI("status"); !strings.Contains(st, "repository engine etcd") {
+		t.Fatalf("status:\n%s", st)
+	}
+	want := writeRandom(t, n1.M("f"), 2<<20)
+	c.MustCLI("migrate", n1.M("f"))
+	for _, n := range []*testenv.Node{n1, n2} {
+		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n.PID())); err != nil || strings.Contains(string(cmdline), etcd.Password) {
+			t.Fatalf("%s: the etcd password on the command line (or unreadable: %v)", n.Name, err)
+		}
+	}
+	testenv.DropCaches()
+	n1.Kill9()
+	waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" })
+	if sumFile(t, n2.M("f")) != want {
+		t.Fatal("wrong bytes after the takeover")
 	}
 }

@@ -7,11 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -94,7 +97,7 @@ func OpenEtcd(url string) (*Etcd, error) {
 	}
 	cli, err := clientv3.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("repository %s: %w", url, err)
+		return nil, fmt.Errorf("%w: etcd at %s: %v", ErrNoRepo, hosts, explainEtcd(err, cfg))
 	}
 	e := &Etcd{endpoints: cfg.Endpoints, cli: cli, timeout: 5 * time.Second, leases: map[string]clientv3.LeaseID{}}
 	// One read now: an unreachable cluster or bad credentials are reported
@@ -103,9 +106,76 @@ func OpenEtcd(url string) (*Etcd, error) {
 	defer cancel()
 	if _, err := cli.Get(ctx, etcdPrefix+"format"); err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("%w: etcd at %s: %v", ErrNoRepo, hosts, err)
+		return nil, fmt.Errorf("%w: etcd at %s: %v", ErrNoRepo, hosts, explainEtcd(err, cfg))
 	}
 	return e, nil
+}
+
+// explainEtcd turns what the etcd client says when it cannot get in (a
+// TLS mismatch shows only as a dial timeout) into what the admin should
+// change, by looking at the first endpoint's TLS handshake itself.
+func explainEtcd(err error, cfg clientv3.Config) error {
+	switch {
+	case errors.Is(err, rpctypes.ErrAuthFailed):
+		return fmt.Errorf("%v (check %s and the password in %s or %s)", err, envEtcdUser, envEtcdPassFile, envEtcdPassword)
+	case errors.Is(err, rpctypes.ErrPermissionDenied), errors.Is(err, rpctypes.ErrUserEmpty):
+		return fmt.Errorf("%v: authentication is on; set %s and its password (or give the client certificate's user a role for %s)",
+			err, envEtcdUser, etcdPrefix)
+	case !errors.Is(err, context.DeadlineExceeded):
+		return err
+	}
+	host := strings.TrimPrefix(strings.TrimPrefix(cfg.Endpoints[0], "https://"), "http://")
+	if hint := tlsHint(host, cfg.TLS); hint != "" {
+		return fmt.Errorf("%v: %s", err, hint)
+	}
+	return err
+}
+
+// tlsHint reports what is wrong with TLS to host, or "" when nothing is
+// (or it cannot tell: the host may simply be down).
+func tlsHint(host string, cfg *tls.Config) string {
+	dialer := &net.Dialer{Timeout: 2 * time.Second}
+	if cfg == nil {
+		// Only a look: does the server speak TLS? Nothing is sent over it.
+		conn, err := tls.DialWithDialer(dialer, "tcp", host, &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			return ""
+		}
+		conn.Close()
+		return fmt.Sprintf("%s speaks TLS: set %s to the CA that signed its certificate (and %s and %s if it asks for a client certificate)",
+			host, envEtcdCA, envEtcdCert, envEtcdKey)
+	}
+	c := cfg.Clone()
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		c.ServerName = h
+	}
+	conn, err := tls.DialWithDialer(dialer, "tcp", host, c)
+	var unknown x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	switch {
+	case errors.As(err, &unknown):
+		return fmt.Sprintf("the certificate of %s is not signed by the CA in %s", host, envEtcdCA)
+	case errors.As(err, &hostErr):
+		return fmt.Sprintf("the certificate of %s is not for that address: %v", host, hostErr)
+	case err != nil && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+		strings.Contains(err.Error(), "first record does not look like a TLS handshake")):
+		// A plain etcd hangs up on a TLS hello.
+		return fmt.Sprintf("%s does not speak TLS (it hung up on the handshake): unset %s, or give etcd its certificate", host, envEtcdCA)
+	case err != nil:
+		return fmt.Sprintf("TLS to %s: %v", host, err)
+	}
+	defer conn.Close()
+	// With TLS 1.3 a missing or refused client certificate shows only
+	// at the first read, as an alert from the server.
+	conn.SetReadDeadline(time.Now().Add(time.Second))
+	var b [1]byte
+	if _, err := conn.Read(b[:]); err != nil && strings.Contains(err.Error(), "certificate") {
+		if len(cfg.Certificates) == 0 {
+			return fmt.Sprintf("%s asks for a client certificate: set %s and %s", host, envEtcdCert, envEtcdKey)
+		}
+		return fmt.Sprintf("%s refused the client certificate in %s: %v", host, envEtcdCert, err)
+	}
+	return ""
 }
 
 func etcdTLS(ca, cert, key string) (*tls.Config, error) {

@@ -28,6 +28,7 @@ type EtcdMember struct {
 	done   chan struct{}
 	args   []string
 	log    string
+	health *http.Client // nil: plain HTTP
 }
 
 // EtcdBinary finds the pinned etcd server ($CASCADEFS_ETCD or .tools/etcd).
@@ -114,7 +115,11 @@ func (m *EtcdMember) waitHealthy(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := healthClient.Get("http://" + m.Client + "/health")
+		client, scheme := healthClient, "http://"
+		if m.health != nil {
+			client, scheme = m.health, "https://"
+		}
+		resp, err := client.Get(scheme + m.Client + "/health")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
