@@ -80,6 +80,9 @@ type FS struct {
 	// passthrough is true when the kernel accepted passthrough.
 	passthrough bool
 	space       *spaceGuard // nil without a space monitor
+	// killPriv sees the kernel's requests to clear set-ID bits (nil
+	// until mounted; see killpriv.go).
+	killPriv *killPrivFS
 }
 
 // Mount mounts the backing directory at mountpoint.
@@ -133,18 +136,26 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 		MaxReadAhead: 1 << 20,
 		EnableLocks:  true,
 		Debug:        opts.Debug,
+		// We clear set-ID bits ourselves; the kernel stops asking for
+		// security.capability before each write (killpriv.go).
+		ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
 	}
 	if asRoot {
 		mo.Options = append(mo.Options, "default_permissions")
 	}
-	server, err := gofs.Mount(mountpoint, rootNode, &gofs.Options{
+	f.killPriv = &killPrivFS{RawFileSystem: gofs.NewNodeFS(rootNode, &gofs.Options{
 		MountOptions: mo,
 		EntryTimeout: &one,
 		AttrTimeout:  &one,
 		// Permissions are checked by the kernel (default_permissions);
 		// files are created as the caller.
 		NullPermissions: true,
-	})
+	})}
+	server, err := fuse.NewServer(f.killPriv, mountpoint, &mo)
+	if err == nil {
+		go server.Serve()
+		err = server.WaitMount() // on failure the serve loop ends by itself
+	}
 	if err != nil {
 		tree.Close()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -307,7 +318,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		}
 	}
 	if flags&unix.O_TRUNC != 0 {
-		if errno := h.truncate(ctx, 0); errno != 0 {
+		if errno := h.truncate(ctx, 0, n.fs.killRequested(ctx)); errno != 0 {
 			h.Release(ctx)
 			return nil, 0, errno
 		}

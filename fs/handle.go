@@ -105,6 +105,11 @@ func (f *FS) newHandle(ctx context.Context, fd int, path string, flags uint32) (
 		}
 		readOnly := flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_TRUNC == 0
 		switch {
+		case rec == nil && !readOnly && setIDBits(st.Mode) != 0:
+			// The kernel does not tell us of passthrough writes, and
+			// their set-ID bits must go at the first write by an
+			// unprivileged caller: such writes come to us.
+			mode = modeCached
 		case rec == nil && !readOnly && f.space.countWrites(ctx):
 			// Under a quota or near full, writes must come to us.
 			mode = modeCountedWrites
@@ -186,6 +191,20 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 		if mode, unshield = shieldedPassthrough(fd, flags); mode != modePassthrough {
 			mode = modeCached // caught the file in a release: make it resident
 		}
+	case mode == modeCached && g.passthrough > 0 && writable && setIDBits(st.Mode) != 0 && unprivileged(ctx):
+		// A write open of a set-ID file that the kernel insists be
+		// passthrough: its writes will not come to us, so its set-ID
+		// bits go now, as its first write would drop them.
+		if errno := dropSetID(fd); errno != 0 {
+			if unshield != nil {
+				unshield()
+			}
+			g.mu.Unlock()
+			f.gates.put(st.Ino)
+			unix.Close(fd)
+			return nil, 0, errno
+		}
+		mode, unshield = shieldedPassthrough(fd, flags)
 	case mode == modeCountedWrites:
 		mode = modeCached
 	case mode == modePassthrough && g.cached > 0:
@@ -401,6 +420,11 @@ func (h *handle) forChange(ctx context.Context, t dmapi.Type, change func() sysc
 // fails with ENOSPC, raises an out-of-space event, waits for the space
 // monitor's cycle and is tried once more.
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if h.fs.killRequested(ctx) {
+		if errno := dropSetID(h.fd); errno != 0 {
+			return 0, errno
+		}
+	}
 	space := h.fs.space
 	for try := 0; ; try++ {
 		var n uint32
@@ -443,8 +467,15 @@ func (h *handle) growth(off int64, n int) int64 {
 	return max(0, off+int64(n)-st.Size)
 }
 
-func (h *handle) truncate(ctx context.Context, size uint64) syscall.Errno {
+// truncate cuts or extends the file; killSetID: the caller lacks
+// CAP_FSETID, so the file's set-ID bits go too.
+func (h *handle) truncate(ctx context.Context, size uint64, killSetID bool) syscall.Errno {
 	return h.forChange(ctx, dmapi.Truncate, func() syscall.Errno {
+		if killSetID {
+			if errno := dropSetID(h.fd); errno != 0 {
+				return errno
+			}
+		}
 		return gofs.ToErrno(unix.Ftruncate(h.fd, int64(size)))
 	})
 }
@@ -457,7 +488,7 @@ func (h *handle) Allocate(ctx context.Context, off, size uint64, mode uint32) sy
 // stub also moves the time in its record, since the data did not change.
 func (h *handle) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if size, ok := in.GetSize(); ok {
-		if errno := h.truncate(ctx, size); errno != 0 {
+		if errno := h.truncate(ctx, size, in.Valid&fuse.FATTR_KILL_SUIDGID != 0); errno != 0 {
 			return errno
 		}
 		in.Valid &^= fuse.FATTR_SIZE

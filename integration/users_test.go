@@ -209,3 +209,80 @@ func TestOtherUsersThroughMount(t *testing.T) {
 		t.Fatalf("file created by nobody: uid %d mode %o err %v", st.Uid, st.Mode&0o777, err)
 	}
 }
+
+// The server clears set-ID bits (CAP_HANDLE_KILLPRIV_V2): a write, a
+// truncate or an O_TRUNC open by an unprivileged user drops set-user-ID,
+// and set-group-ID when group execute is on; root's changes keep them.
+// A write open that the kernel must serve by passthrough (the file is
+// open that way already) drops them at the open.
+func TestSetIDBitsClearedByUnprivilegedChanges(t *testing.T) {
+	d := testenv.NewDaemon(t, "", nil)
+	d.Start()
+	for p := d.Mountpoint; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+		os.Chmod(p, 0o755)
+	}
+	mode := func(name string) os.FileMode {
+		t.Helper()
+		var st syscall.Stat_t
+		if err := syscall.Stat(d.M(name), &st); err != nil {
+			t.Fatal(err)
+		}
+		var back syscall.Stat_t
+		syscall.Stat(d.B(name), &back)
+		if back.Mode != st.Mode {
+			t.Fatalf("%s: mode %o through the mount, %o in the backing directory", name, st.Mode&07777, back.Mode&07777)
+		}
+		return os.FileMode(st.Mode & 07777)
+	}
+	setup := func(name string, perm uint32) {
+		t.Helper()
+		if err := os.WriteFile(d.M(name), []byte("data\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Chmod(d.M(name), perm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name, cmd string
+		perm      uint32
+		root      bool
+		want      os.FileMode
+	}{
+		{"write", "printf x >> f", 06777, false, 0o777},
+		{"truncate", "truncate -s 1 f", 06777, false, 0o777},
+		{"otrunc", ": > f", 06777, false, 0o777},
+		{"sgid-no-group-exec", "printf x >> f", 02766, false, 02766},
+		{"root-write", "printf x >> f", 06777, true, 06777},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			setup("f", c.perm)
+			var err error
+			if c.root {
+				err = exec.Command("/bin/sh", "-c", "cd "+d.Mountpoint+" && "+c.cmd).Run()
+			} else {
+				_, err = asUser(t, d.Mountpoint, "/bin/sh", "-c", c.cmd)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := mode("f"); got != c.want {
+				t.Fatalf("mode %o after %q, want %o", got, c.cmd, c.want)
+			}
+		})
+	}
+	t.Run("forced-passthrough", func(t *testing.T) {
+		setup("p", 06777)
+		reader, err := os.Open(d.M("p")) // a passthrough open: later opens must be too
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer reader.Close()
+		if _, err := asUser(t, d.Mountpoint, "/bin/sh", "-c", "printf x >> p"); err != nil {
+			t.Fatal(err)
+		}
+		if got := mode("p"); got != 0o777 {
+			t.Fatalf("mode %o after a write beside a passthrough reader", got)
+		}
+	})
+}
