@@ -51,10 +51,12 @@ type handle struct {
 	// writable: open for writing; counted in g.writers, and its close
 	// removes the file's watch.
 	writable bool
-	// unshield drops the read shield a passthrough handle holds (nil
-	// for others): no release punches the file while the kernel may read
-	// it without us, on this node or any other.
+	// unshield drops the read shield the handle holds (nil: it could
+	// not get it, a release held it): no release punches the file while
+	// the kernel may read it by passthrough, and a shielded handle may
+	// trust what it once found resident.
 	unshield func()
+	resident residentSpans // what a shielded handle knows is data
 }
 
 // ptHandle is a handle the kernel may serve by passthrough. Only fully
@@ -122,8 +124,8 @@ func (f *FS) newHandle(ctx context.Context, fd int, path string, flags uint32) (
 
 // shieldedPassthrough takes the read shield of fd's file and, under it,
 // reads the record again (a release may have punched since the caller's
-// look): passthrough, with the shield's unlock, only for a resident file
-// or a read of a premigrated one. Else modeCached and no shield.
+// look): passthrough only for a resident file or a read of a premigrated
+// one, else modeCached; with the shield's unlock if it got the shield.
 func shieldedPassthrough(fd int, flags uint32) (ioMode, func()) {
 	unshield, err := stub.ShieldReads(fd)
 	if err != nil {
@@ -132,8 +134,7 @@ func shieldedPassthrough(fd int, flags uint32) (ioMode, func()) {
 	rec, err := stub.ReadRecord(fd)
 	readOnly := flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_TRUNC == 0
 	if err != nil || (rec != nil && !(readOnly && rec.State == stub.Premigrated)) {
-		unshield()
-		return modeCached, nil
+		return modeCached, unshield
 	}
 	return modePassthrough, unshield
 }
@@ -162,8 +163,13 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 	// must first take the shield, which it cannot while we hold it; a
 	// release that holds it now makes this open a cached one.
 	var unshield func()
-	if mode == modePassthrough {
+	switch {
+	case mode == modePassthrough:
 		mode, unshield = shieldedPassthrough(fd, flags)
+	case mode != modeNone && st.Mode&unix.S_IFMT == unix.S_IFREG:
+		// Without it, reads check for holes before and after (a release
+		// may punch at any moment); with it, residency only grows.
+		unshield, _ = stub.ShieldReads(fd)
 	}
 	// A write open may change the file at any moment (by passthrough,
 	// without us): a copy being made now is stale. Removed before the
@@ -188,6 +194,9 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 	switch {
 	case mode == modeCountedWrites && g.passthrough > 0:
 		// The kernel insists; these writes go uncounted.
+		if unshield != nil {
+			unshield() // taken again, with the record read under it
+		}
 		if mode, unshield = shieldedPassthrough(fd, flags); mode != modePassthrough {
 			mode = modeCached // caught the file in a release: make it resident
 		}
@@ -204,15 +213,19 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 			unix.Close(fd)
 			return nil, 0, errno
 		}
+		if unshield != nil {
+			unshield()
+		}
 		mode, unshield = shieldedPassthrough(fd, flags)
 	case mode == modeCountedWrites:
 		mode = modeCached
 	case mode == modePassthrough && g.cached > 0:
-		mode = modeCached
-		unshield()
-		unshield = nil
+		mode = modeCached // keeps its shield
 	}
 	if mode == modeCached && g.passthrough > 0 {
+		if unshield != nil {
+			unshield()
+		}
 		g.mu.Unlock()
 		f.gates.put(st.Ino)
 		unix.Close(fd)
@@ -304,6 +317,9 @@ func (h *handle) raise(ctx context.Context, ev *dmapi.Event) syscall.Errno {
 }
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if h.unshield != nil {
+		return h.readShielded(ctx, dest, off)
+	}
 	for attempt := 0; ; attempt++ {
 		rec, errno := h.ensureResident(ctx, off, int64(len(dest)))
 		if errno != 0 {
@@ -333,21 +349,48 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	}
 }
 
+// readShielded serves a read of a handle holding the read shield: no
+// release can punch the file while it is open, so what was found
+// resident once stays so, and a read of it needs neither the record nor
+// a look for holes.
+func (h *handle) readShielded(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if !h.resident.covers(off, off+int64(len(dest))) {
+		rec, to, errno := h.residentFrom(ctx, off, int64(len(dest)))
+		if errno != 0 {
+			return nil, errno
+		}
+		if rec == nil || rec.State != stub.Migrated {
+			h.resident.all()
+		} else {
+			// Past the size is no stub's business: reads there are short.
+			h.resident.add(off, max(to, off+int64(len(dest))))
+		}
+	}
+	return h.lf.Read(ctx, dest, off)
+}
+
 // ensureResident raises READ events until [off, off+n) holds data; it
 // returns the record it saw last (nil for a file without one).
 func (h *handle) ensureResident(ctx context.Context, off, n int64) (*stub.Record, syscall.Errno) {
+	rec, _, errno := h.residentFrom(ctx, off, n)
+	return rec, errno
+}
+
+// residentFrom is ensureResident that also says where the data found
+// from off ends (the next hole, or the size), for a stub.
+func (h *handle) residentFrom(ctx context.Context, off, n int64) (*stub.Record, int64, syscall.Errno) {
 	rec, errno := h.record()
 	if errno != 0 || rec == nil || rec.State != stub.Migrated {
-		return rec, errno
+		return rec, 0, errno
 	}
 	end := min(off+n, rec.Size)
 	for {
-		hole, err := stub.FirstHole(h.fd, off, end)
+		hole, err := stub.FirstHole(h.fd, off, rec.Size)
 		if err != nil {
-			return nil, gofs.ToErrno(err)
+			return nil, 0, gofs.ToErrno(err)
 		}
 		if hole >= end {
-			return rec, 0
+			return rec, hole, 0
 		}
 		ev := h.event(dmapi.Read, 0, -1) // small files are recalled whole
 		if rec.Size > h.fs.opts.SmallFile {
@@ -358,10 +401,10 @@ func (h *handle) ensureResident(ctx context.Context, off, n int64) (*stub.Record
 			ev.Offset, ev.Length = start, min((end+r-1)/r*r, rec.Size)-start
 		}
 		if errno := h.raise(ctx, ev); errno != 0 {
-			return nil, errno
+			return nil, 0, errno
 		}
 		if rec, errno = h.record(); errno != 0 || rec == nil || rec.State != stub.Migrated {
-			return rec, errno // resident now: any hole left is a real one
+			return rec, 0, errno // resident now: any hole left is a real one
 		}
 	}
 }

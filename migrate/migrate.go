@@ -373,13 +373,14 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 		if cur, err := stub.ReadRecord(fd); err != nil || cur == nil || cur.Key != rec.Key || cur.MtimeNs != rec.MtimeNs {
 			return cmp.Or(err, ErrChanged)
 		}
-		// The read shield, exclusive: no node has the file open by
-		// passthrough (the kernel would read the holes as zeros), and
-		// none can until the punch is done. Unlike the holds, it cannot
-		// run out while this release is paused.
+		// The read shield, exclusive: no node has the file open (a
+		// passthrough reader would read the holes as zeros, and an open
+		// handle trusts what it found resident), and none can open it
+		// with the shield until the punch is done. Unlike the holds, it
+		// cannot run out while this release is paused.
 		unshield, err := stub.TryExcludeReaders(fd)
 		if errors.Is(err, unix.EAGAIN) {
-			return fmt.Errorf("open for direct reads on a node: %w", dmapi.ErrBusy)
+			return fmt.Errorf("open on a node: %w", dmapi.ErrBusy)
 		}
 		if err != nil {
 			return err
