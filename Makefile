@@ -39,6 +39,7 @@ unit:
 	$(GO) test -count=1 ./stub ./dmapi ./archive
 
 bench: tools build
+	scripts/need-system.sh
 	CASCADEFS_REQUIRE_ALL=1 $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration
 
 demo: build
