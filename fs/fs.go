@@ -332,11 +332,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 // O_TRUNC of a stub (a plain open with O_TRUNC would cut its data under
 // its record).
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	inode, fh, _, errno := n.LoopbackNode.Create(ctx, name, flags|unix.O_EXCL, mode, out)
+	inode, fh, _, errno := n.createName(ctx, name, flags|unix.O_EXCL, mode, out)
 	for try := 0; errno == syscall.EEXIST && flags&unix.O_EXCL == 0 && try < 3; try++ {
-		child, lerr := n.LoopbackNode.Lookup(ctx, name, out)
+		child, lerr := n.Lookup(ctx, name, out)
 		if lerr == syscall.ENOENT { // removed meanwhile: create again
-			inode, fh, _, errno = n.LoopbackNode.Create(ctx, name, flags|unix.O_EXCL, mode, out)
+			inode, fh, _, errno = n.createName(ctx, name, flags|unix.O_EXCL, mode, out)
 			continue
 		}
 		if lerr != 0 {
@@ -362,6 +362,15 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	lf.Release(ctx)
 	if err != nil {
 		return nil, nil, 0, gofs.ToErrno(err)
+	}
+	// The file gets the mode it was made with: the daemon's own umask
+	// took bits away (the kernel applied the caller's already), and
+	// giving it to its caller (a chown) cleared its set-ID bits, which
+	// the creator may have.
+	if want := mode & 07777; out.Attr.Mode&07777 != want {
+		if err := unix.Fchmod(dup, want); err == nil {
+			out.Attr.Mode = out.Attr.Mode&^07777 | want
+		}
 	}
 	h, fuseFlags, errno := n.fs.newHandle(ctx, dup, filepath.Join(n.relPath(), name), flags)
 	if errno != 0 {
@@ -396,6 +405,9 @@ func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 			}
 		}
 	}
+	if f == nil {
+		return n.setattrByPath(ctx, in, out)
+	}
 	return n.LoopbackNode.Setattr(ctx, f, in, out)
 }
 
@@ -408,7 +420,7 @@ func hasTimes(in *fuse.SetAttrIn) bool {
 // Unlink of the last link of a stub queues a durable DESTROY of its object.
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	errno := n.fs.destroying(filepath.Join(n.relPath(), name), func() error {
-		return errnoErr(n.LoopbackNode.Unlink(ctx, name))
+		return errnoErr(n.removeName(ctx, name, false))
 	})
 	if errno == 0 {
 		n.fs.changed(Change{Entries: []Entry{{n.ino(), name}}})
@@ -417,7 +429,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
-	errno := n.LoopbackNode.Rmdir(ctx, name)
+	errno := n.removeName(ctx, name, true)
 	if errno == 0 {
 		n.fs.changed(Change{Entries: []Entry{{n.ino(), name}}})
 	}
@@ -432,11 +444,11 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	}
 	var errno syscall.Errno
 	if flags&unix.RENAME_EXCHANGE != 0 {
-		errno = n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
+		errno = n.rename(ctx, name, np, newName, flags)
 	} else {
 		target := filepath.Join(np.relPath(), newName)
 		errno = n.fs.destroying(target, func() error {
-			return errnoErr(n.LoopbackNode.Rename(ctx, name, newParent, newName, flags))
+			return errnoErr(n.rename(ctx, name, np, newName, flags))
 		})
 	}
 	if errno == 0 {
@@ -516,30 +528,51 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if hidden(attr) {
 		return 0, syscall.ENODATA
 	}
-	return n.LoopbackNode.Getxattr(ctx, attr, dest)
+	p, done, err := n.backingName()
+	if err != nil {
+		return 0, gofs.ToErrno(err)
+	}
+	defer done()
+	sz, err := unix.Lgetxattr(p, attr, dest)
+	return uint32(sz), gofs.ToErrno(err)
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	if hidden(attr) {
 		return syscall.EPERM
 	}
-	return n.LoopbackNode.Setxattr(ctx, attr, data, flags)
+	p, done, err := n.backingName()
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	defer done()
+	return gofs.ToErrno(unix.Lsetxattr(p, attr, data, int(flags)))
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if hidden(attr) {
 		return syscall.EPERM
 	}
-	return n.LoopbackNode.Removexattr(ctx, attr)
+	p, done, err := n.backingName()
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	defer done()
+	return gofs.ToErrno(unix.Lremovexattr(p, attr))
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	sz, err := unix.Llistxattr(n.backingPath(), nil)
+	p, done, err := n.backingName()
+	if err != nil {
+		return 0, gofs.ToErrno(err)
+	}
+	defer done()
+	sz, err := unix.Llistxattr(p, nil)
 	if err != nil {
 		return 0, gofs.ToErrno(err)
 	}
 	buf := make([]byte, sz+64)
-	sz, err = unix.Llistxattr(n.backingPath(), buf)
+	sz, err = unix.Llistxattr(p, buf)
 	if err != nil {
 		return 0, gofs.ToErrno(err)
 	}

@@ -271,6 +271,18 @@ func TestSetIDBitsClearedByUnprivilegedChanges(t *testing.T) {
 			}
 		})
 	}
+	t.Run("create-keeps-them", func(t *testing.T) {
+		// The daemon gives a new file to its caller with a chown, which
+		// clears set-ID bits: they must come back.
+		fd, err := syscall.Open(d.M("c"), syscall.O_CREAT|syscall.O_EXCL|syscall.O_WRONLY, 06755)
+		if err != nil {
+			t.Fatal(err)
+		}
+		syscall.Close(fd)
+		if got := mode("c"); got != 06755&^os.FileMode(syscall.Umask(0o22)) {
+			t.Fatalf("created with 06755: mode %o", got)
+		}
+	})
 	t.Run("forced-passthrough", func(t *testing.T) {
 		setup("p", 06777)
 		reader, err := os.Open(d.M("p")) // a passthrough open: later opens must be too

@@ -106,6 +106,11 @@ func (r *Root) openClean(rel string, flags int) (int, error) {
 				continue // a rename raced the lookup (RESOLVE_ rules ask to retry)
 			case errors.Is(err, unix.ENOSYS):
 				noOpenat2.Store(true)
+			case errors.Is(err, unix.ENAMETOOLONG):
+				// Longer than PATH_MAX as a whole (a path the kernel took
+				// relative to a directory inside the mount): one component
+				// at a time, each short.
+				return r.walk(rel, flags|unix.O_NOFOLLOW)
 			default:
 				return -1, r.pathError(rel, err)
 			}

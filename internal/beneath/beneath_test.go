@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -106,5 +107,41 @@ func TestRelChecksTheFileIsInside(t *testing.T) {
 	defer unix.Close(in)
 	if rel, err := r.Rel(in); err != nil || rel != "a/f" {
 		t.Fatalf("Rel = %q, %v", rel, err)
+	}
+}
+
+// A path longer than PATH_MAX as a whole (each name short) opens one
+// component at a time, still refusing symlinks on the way.
+func TestOpensPathsLongerThanPathMax(t *testing.T) {
+	r, _ := tree(t)
+	cur, err := unix.Open(r.Path(), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	comp := strings.Repeat("d", 200)
+	var rel string
+	for len(rel) < unix.PathMax+300 {
+		if err := unix.Mkdirat(cur, comp, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		next, err := unix.Openat(cur, comp, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		unix.Close(cur)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur = next
+		rel = strings.TrimPrefix(rel+"/"+comp, "/")
+	}
+	unix.Close(cur)
+	fd, err := r.OpenFD(rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		t.Fatalf("open of a %d-byte path: %v", len(rel), err)
+	}
+	unix.Close(fd)
+	if err := os.Symlink("/", filepath.Join(r.Path(), comp, "s")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.OpenFD(comp+"/s/"+rel, unix.O_RDONLY); err == nil {
+		t.Fatal("a long path through a symlink opened")
 	}
 }
