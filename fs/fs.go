@@ -368,8 +368,9 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	// giving it to its caller (a chown) cleared its set-ID bits, which
 	// the creator may have.
 	if want := mode & 07777; out.Attr.Mode&07777 != want {
-		if err := unix.Fchmod(dup, want); err == nil {
-			out.Attr.Mode = out.Attr.Mode&^07777 | want
+		var st syscall.Stat_t
+		if unix.Fchmod(dup, want) == nil && syscall.Fstat(dup, &st) == nil {
+			out.Attr.FromStat(&st) // the new ctime too, for the kernel's cache
 		}
 	}
 	h, fuseFlags, errno := n.fs.newHandle(ctx, dup, filepath.Join(n.relPath(), name), flags)

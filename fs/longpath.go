@@ -160,10 +160,14 @@ func (n *node) exactMode(name string, mode uint32, out *fuse.EntryOut) {
 	}
 	perm := out.Attr.Mode&^0o777 | mode&0o777
 	n.withShortPathIfLong(name, func(p string) syscall.Errno {
+		var st syscall.Stat_t
 		if err := syscall.Chmod(p, perm&07777); err != nil {
 			return gofs.ToErrno(err)
 		}
-		out.Attr.Mode = perm
+		if err := syscall.Lstat(p, &st); err != nil {
+			return gofs.ToErrno(err)
+		}
+		out.Attr.FromStat(&st) // the new ctime too, for the kernel's cache
 		return 0
 	})
 }
