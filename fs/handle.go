@@ -336,7 +336,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		if err != nil {
 			return nil, gofs.ToErrno(err)
 		}
-		hole, err := stub.FirstHole(h.fd, off, off+int64(n))
+		hole, err := stub.FirstMissing(h.fd, rec, off, off+int64(n))
 		if err != nil {
 			return nil, gofs.ToErrno(err)
 		}
@@ -385,7 +385,7 @@ func (h *handle) residentFrom(ctx context.Context, off, n int64) (*stub.Record, 
 	}
 	end := min(off+n, rec.Size)
 	for {
-		hole, err := stub.FirstHole(h.fd, off, rec.Size)
+		hole, err := stub.FirstMissing(h.fd, rec, off, rec.Size)
 		if err != nil {
 			return nil, 0, gofs.ToErrno(err)
 		}
@@ -581,7 +581,7 @@ func (h *handle) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.Attr
 }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE for a stub as for the file it
-// stands for: all data, no hole before EOF.
+// stands for: data, but for the hole runs it had when it was copied.
 func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
 	if whence == unix.SEEK_DATA || whence == unix.SEEK_HOLE {
 		rec, errno := h.record()
@@ -589,13 +589,22 @@ func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, 
 			return 0, errno
 		}
 		if rec != nil && rec.State == stub.Migrated {
-			if int64(off) >= rec.Size {
+			o := int64(off)
+			if o >= rec.Size {
 				return 0, syscall.ENXIO
 			}
-			if whence == unix.SEEK_DATA {
+			holeEnd, inHole := rec.HoleEnd(o)
+			switch {
+			case whence == unix.SEEK_DATA && !inHole:
+				return off, 0
+			case whence == unix.SEEK_DATA && holeEnd >= rec.Size:
+				return 0, syscall.ENXIO
+			case whence == unix.SEEK_DATA:
+				return uint64(holeEnd), 0
+			case inHole:
 				return off, 0
 			}
-			return uint64(rec.Size), 0
+			return uint64(rec.DataEnd(o)), 0
 		}
 	}
 	return h.lf.Lseek(ctx, off, whence)

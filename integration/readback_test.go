@@ -162,3 +162,77 @@ func TestUserLocksStayOffReservedBytes(t *testing.T) {
 		t.Fatalf("a lock in the reserved bytes: %v, want EINVAL", err)
 	}
 }
+
+// A sparse file keeps its holes: they are not uploaded, a recall leaves
+// them holes, and SEEK_HOLE through the mount finds them on the stub too.
+// (A 64 MiB file with 2 MiB of data took 64 MiB in the archive and on
+// disk after one read.)
+func TestSparseFileKeepsItsHoles(t *testing.T) {
+	archives(t, func(t *testing.T, newDaemon func(...string) *testenv.Daemon) {
+		d := newDaemon()
+		const size, mib = 64 << 20, 1 << 20
+		f, err := os.Create(d.M("vm.img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make([]byte, size)
+		for _, off := range []int{0, 40 * mib} {
+			mrand.Read(want[off : off+mib])
+			if _, err := f.WriteAt(want[off:off+mib], int64(off)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := f.Truncate(size); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		d.MustCLI("migrate", d.M("vm.img"))
+		if got := testenv.ArchiveBytes(t, d.Archive, d.Env); got > 3*mib {
+			t.Fatalf("the archive holds %d bytes for 2 MiB of data", got)
+		}
+		testenv.DropCaches()
+		stub, err := os.Open(d.M("vm.img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stub.Close()
+		if hole, err := unix.Seek(int(stub.Fd()), 0, unix.SEEK_HOLE); err != nil || hole != mib {
+			t.Fatalf("SEEK_HOLE on the stub: %d %v, want %d", hole, err, mib)
+		}
+		if data, err := unix.Seek(int(stub.Fd()), mib, unix.SEEK_DATA); err != nil || data != 40*mib {
+			t.Fatalf("SEEK_DATA on the stub: %d %v, want %d", data, err, 40*mib)
+		}
+		stub.Seek(0, io.SeekStart)
+		got, err := io.ReadAll(stub)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("read back: %d bytes, equal %v, %v", len(got), bytes.Equal(got, want), err)
+		}
+		if e := state(t, d, "vm.img"); e.State != "premigrated" {
+			t.Fatalf("after a whole read: %+v", e)
+		}
+		var st syscall.Stat_t
+		syscall.Stat(d.B("vm.img"), &st)
+		if st.Blocks*512 > 3*mib {
+			t.Fatalf("%d bytes allocated after the recall of 2 MiB of data", st.Blocks*512)
+		}
+		// A write into a hole makes the file resident; its holes stay.
+		d.MustCLI("migrate", d.M("vm.img"))
+		w, err := os.OpenFile(d.M("vm.img"), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(want[20*mib:], "written into a hole")
+		if _, err := w.WriteAt([]byte("written into a hole"), 20*mib); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		testenv.DropCaches()
+		if got, err := os.ReadFile(d.M("vm.img")); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("after a write into a hole: equal %v, %v", bytes.Equal(got, want), err)
+		}
+		syscall.Stat(d.B("vm.img"), &st)
+		if st.Blocks*512 > 4*mib {
+			t.Fatalf("%d bytes allocated after a write into a hole", st.Blocks*512)
+		}
+	})
+}

@@ -171,7 +171,7 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 		if rec, err = m.copy(ctx, file, rel, &st); err != nil {
 			return res, fmt.Errorf("migrate %s: %w", rel, err)
 		}
-		res.Uploaded = rec.Size
+		res.Uploaded = rec.PackedSize()
 	}
 	res.State, res.Key = rec.State, rec.Key
 	if premigrateOnly {
@@ -211,6 +211,11 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 	if err := stub.SyncData(int(file.Fd())); err != nil {
 		return nil, err
 	}
+	// Runs of whole chunks that are holes are not uploaded (a VM image
+	// or database file of 1 GiB may hold a few MiB).
+	if rec.Holes, err = stub.HoleRuns(int(file.Fd()), size, rec.ChunkSize); err != nil {
+		return nil, err
+	}
 	// Noted before the upload: a crash before the record is written leaves
 	// an object no file uses, deleted at the next start.
 	token, err := m.garbage.Prepare(int(file.Fd()), rel, rec.Key)
@@ -220,10 +225,10 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 	discard := func() { m.garbage.Commit(token) }
 	sumc := make(chan sumsResult, 1)
 	go func() {
-		s, err := stub.ComputeSums(file, size, rec.ChunkSize)
+		s, err := stub.ComputeSumsOf(file, rec)
 		sumc <- sumsResult{s, err}
 	}()
-	info, err := m.arch.Put(ctx, rec.Key, io.NewSectionReader(file, 0, size), size)
+	info, err := m.arch.Put(ctx, rec.Key, rec.DataReader(file), rec.PackedSize())
 	sr := <-sumc
 	if err == nil {
 		err = sr.err
@@ -296,8 +301,8 @@ func (m *Migrator) verifyCopy(ctx context.Context, rec *stub.Record, deep bool) 
 	if err != nil {
 		return fmt.Errorf("verify archive copy: %w", err)
 	}
-	if info.Size != rec.Size {
-		return fmt.Errorf("verify archive copy: object has %d bytes, file %d", info.Size, rec.Size)
+	if info.Size != rec.PackedSize() {
+		return fmt.Errorf("verify archive copy: object has %d bytes, want %d", info.Size, rec.PackedSize())
 	}
 	if deep && rec.ETag != "" && info.ETag != "" && info.ETag != rec.ETag {
 		return fmt.Errorf("verify archive copy: object %s was replaced (ETag %s, recorded %s)", rec.Key, info.ETag, rec.ETag)

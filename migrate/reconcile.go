@@ -390,7 +390,7 @@ func (r *Reconciler) walk(ctx context.Context, progress func(files, stubs int64)
 		case rec != nil:
 			stubs.Add(1)
 			h := keyHash(rec.Key)
-			res.stubs = append(res.stubs, stubRef{key: h, size: rec.Size, sumsCount: rec.SumsCount, external: !rec.InlineSums()})
+			res.stubs = append(res.stubs, stubRef{key: h, size: rec.PackedSize(), sumsCount: rec.SumsCount, external: !rec.InlineSums()})
 			if !rec.InlineSums() {
 				res.sums[h] = externalSums{rec.Key, rec.SumsHash}
 			}

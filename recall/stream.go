@@ -61,7 +61,16 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64) error {
 	})
 	defer stop()
 	for {
-		hole, err := stub.FirstHole(f.fd, off, end)
+		f.mu.Lock()
+		rec := f.rec
+		f.mu.Unlock()
+		var hole int64
+		var err error
+		if rec != nil {
+			hole, err = stub.FirstMissing(f.fd, rec, off, end) // the file's own holes stay
+		} else {
+			hole, err = stub.FirstHole(f.fd, off, end)
+		}
 		if err != nil {
 			return err
 		}
@@ -124,7 +133,7 @@ func (f *fileRecall) prefetchLocked(s *stream) {
 	if f.covering(s.end) != nil {
 		return
 	}
-	if hole, err := stub.FirstHole(f.fd, s.end, min(s.end+f.rec.ChunkSize, f.rec.Size)); err != nil || hole > s.end {
+	if hole, err := stub.FirstMissing(f.fd, f.rec, s.end, min(s.end+f.rec.ChunkSize, f.rec.Size)); err != nil || hole > s.end {
 		return // already here (or unknown: the reader will ask)
 	}
 	select {
@@ -155,6 +164,9 @@ func (f *fileRecall) startLocked(hole, want int64) (*stream, error) {
 		window = size
 	}
 	end := min(size, max(start+window, (want+chunk-1)/chunk*chunk))
+	// One GET serves one run of data chunks: a hole run of the file is
+	// not in the object.
+	end = min(end, f.rec.DataEnd(start))
 	// Do not fetch again what is already here (stop at the next data, rounded up to a chunk).
 	if next, err := stub.NextData(f.fd, hole, end); err == nil && next < end {
 		end = min(end, max((next+chunk-1)/chunk*chunk, start+chunk))
@@ -297,7 +309,7 @@ type piece struct {
 func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64, error, bool) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	body, err := f.m.arch.Get(ctx, f.rec.Key, off, s.end-off)
+	body, err := f.m.arch.Get(ctx, f.rec.Key, f.rec.Packed(off), s.end-off)
 	if err != nil {
 		return off, err, false
 	}
@@ -418,7 +430,7 @@ func (f *fileRecall) commitIfComplete() error {
 	if f.rec == nil || f.rec.State != stub.Migrated {
 		return nil
 	}
-	if hole, err := stub.FirstHole(f.fd, 0, f.rec.Size); err != nil || hole < f.rec.Size {
+	if hole, err := stub.FirstMissing(f.fd, f.rec, 0, f.rec.Size); err != nil || hole < f.rec.Size {
 		return err
 	}
 	// The record claims the recalled bytes are local: durable first.
@@ -450,7 +462,7 @@ func (f *fileRecall) commitIfComplete() error {
 		}
 		// And still whole: a release of an old owner may have punched it
 		// between the look above and the right.
-		if hole, err := stub.FirstHole(f.fd, 0, rec.Size); err != nil || hole < rec.Size {
+		if hole, err := stub.FirstMissing(f.fd, &rec, 0, rec.Size); err != nil || hole < rec.Size {
 			return cmp.Or(err, fmt.Errorf("%s: punched at %d meanwhile: %w", f.path, hole, errPunchedMeanwhile))
 		}
 		// A premigrated record is trusted while its watch is there; nothing
@@ -494,7 +506,7 @@ func (f *fileRecall) makeResident() error {
 	if cur, err := stub.ReadRecord(f.fd); err != nil || cur == nil || cur.Key != f.key {
 		return cmp.Or(err, fmt.Errorf("%s: no longer the stub of %s: %w", f.path, f.key, errStale))
 	}
-	if hole, err := stub.FirstHole(f.fd, 0, f.rec.Size); err != nil {
+	if hole, err := stub.FirstMissing(f.fd, f.rec, 0, f.rec.Size); err != nil {
 		return err
 	} else if hole < f.rec.Size {
 		return fmt.Errorf("%s: punched at %d meanwhile: %w", f.path, hole, errPunchedMeanwhile)

@@ -59,7 +59,18 @@ type Record struct {
 	// SumsHash is the SHA-256 of the external checksum object (when Sums is nil).
 	SumsHash  [32]byte
 	SumsCount uint32 // number of chunks (always set)
+	// Holes are runs of chunks that were holes in the file when it was
+	// copied: not in the object (which holds the other chunks back to
+	// back), never fetched, and holes again after a recall.
+	Holes []ChunkRun
 }
+
+// ChunkRun is the chunks [Start, End) of a file.
+type ChunkRun struct{ Start, End uint32 }
+
+// MaxHoleRuns is how many hole runs a record keeps (the longest): the
+// rest of a file's holes are copied as zeros, so the record stays small.
+const MaxHoleRuns = 64
 
 // Errors returned by Decode.
 var (
@@ -71,7 +82,12 @@ var (
 	maxStringLen = 1024
 )
 
-const recordVersion = 1
+// recordVersion is written for files without hole runs (readable by
+// every release); recordVersionHoles adds them.
+const (
+	recordVersion      = 1
+	recordVersionHoles = 2
+)
 
 // ChunkCount is the number of chunks of size chunk that cover size bytes.
 func ChunkCount(size, chunk int64) uint32 {
@@ -101,6 +117,15 @@ func (r *Record) Validate() error {
 		return fmt.Errorf("%w: inline checksum count", ErrCorrupt)
 	case r.Sums == nil && r.SumsCount > 0 && r.SumsCount <= InlineSumsMax:
 		return fmt.Errorf("%w: small file without inline checksums", ErrCorrupt)
+	case len(r.Holes) > MaxHoleRuns:
+		return fmt.Errorf("%w: %d hole runs", ErrCorrupt, len(r.Holes))
+	}
+	var prev uint32
+	for i, h := range r.Holes {
+		if h.Start >= h.End || h.End > r.SumsCount || (i > 0 && h.Start <= prev) {
+			return fmt.Errorf("%w: hole run %d-%d", ErrCorrupt, h.Start, h.End)
+		}
+		prev = h.End
 	}
 	return nil
 }
@@ -115,7 +140,11 @@ func (r *Record) Encode() ([]byte, error) {
 	}
 	b := make([]byte, 0, 96+len(r.Key)+len(r.ETag)+4*len(r.Sums))
 	b = append(b, recordMagic[:]...)
-	b = append(b, recordVersion, byte(r.State))
+	version := byte(recordVersion)
+	if len(r.Holes) > 0 {
+		version = recordVersionHoles
+	}
+	b = append(b, version, byte(r.State))
 	b = binary.LittleEndian.AppendUint64(b, uint64(r.Size))
 	b = binary.LittleEndian.AppendUint64(b, uint64(r.MtimeNs))
 	b = binary.LittleEndian.AppendUint64(b, r.Ino)
@@ -132,6 +161,13 @@ func (r *Record) Encode() ([]byte, error) {
 	} else {
 		b = append(b, 1)
 		b = append(b, r.SumsHash[:]...)
+	}
+	if version == recordVersionHoles {
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(r.Holes)))
+		for _, h := range r.Holes {
+			b = binary.LittleEndian.AppendUint32(b, h.Start)
+			b = binary.LittleEndian.AppendUint32(b, h.End)
+		}
 	}
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable)), nil
 }
@@ -154,8 +190,9 @@ func Decode(b []byte) (*Record, error) {
 	if crc32.Checksum(body, crcTable) != sum {
 		return nil, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
 	}
-	if body[4] != recordVersion {
-		return nil, fmt.Errorf("%w %d", ErrVersion, body[4])
+	version := body[4]
+	if version != recordVersion && version != recordVersionHoles {
+		return nil, fmt.Errorf("%w %d", ErrVersion, version)
 	}
 	d := decoder{buf: body[6:]}
 	r := &Record{State: State(body[5])}
@@ -181,6 +218,18 @@ func Decode(b []byte) (*Record, error) {
 		copy(r.SumsHash[:], d.take(32))
 	default:
 		d.err = ErrCorrupt
+	}
+	if version == recordVersionHoles && d.err == nil {
+		var n int
+		if b := d.take(2); d.err == nil {
+			n = int(binary.LittleEndian.Uint16(b))
+		}
+		if d.err == nil && (n == 0 || n > MaxHoleRuns || 8*n > len(d.buf)) {
+			d.err = ErrCorrupt
+		}
+		for i := 0; i < n && d.err == nil; i++ {
+			r.Holes = append(r.Holes, ChunkRun{d.u32(), d.u32()})
+		}
 	}
 	if d.err == nil && len(d.buf) != 0 {
 		d.err = fmt.Errorf("%w: trailing bytes", ErrCorrupt)

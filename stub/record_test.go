@@ -84,6 +84,10 @@ func FuzzDecode(f *testing.F) {
 		b, _ := sampleRecord(n).Encode()
 		f.Add(b)
 	}
+	sparse := sampleRecord(300)
+	sparse.Holes = []ChunkRun{{1, 3}, {10, 300}}
+	b, _ := sparse.Encode()
+	f.Add(b)
 	f.Add([]byte("CFSR"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := Decode(b)

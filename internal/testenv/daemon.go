@@ -358,3 +358,35 @@ func (p *proc) Running() bool { return p.running() }
 
 // Signal sends sig to the process.
 func (p *proc) Signal(sig os.Signal) { p.cmd.Process.Signal(sig) }
+
+// ArchiveBytes is the size of all objects in the archive of archiveURL.
+func ArchiveBytes(t testing.TB, archiveURL string, envList []string) int64 {
+	t.Helper()
+	u, err := url.Parse(archiveURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	switch u.Scheme {
+	case "file":
+		filepath.WalkDir(u.Path, func(p string, e fs.DirEntry, err error) error {
+			if err == nil && !e.IsDir() {
+				if info, err := e.Info(); err == nil {
+					total += info.Size()
+				}
+			}
+			return nil
+		})
+	case "s3":
+		c := s3Client(t, u, envList)
+		for o := range c.ListObjects(context.Background(), u.Host, minio.ListObjectsOptions{Recursive: true}) {
+			if o.Err != nil {
+				t.Fatal(o.Err)
+			}
+			total += o.Size
+		}
+	default:
+		t.Fatalf("archive %s: unknown scheme", archiveURL)
+	}
+	return total
+}
