@@ -18,21 +18,7 @@ func ChunkCRC(b []byte) uint32 { return crc32.Checksum(b, crcTable) }
 
 // ComputeSums reads size bytes of r and returns the CRC-32C of each chunk.
 func ComputeSums(r io.ReaderAt, size, chunk int64) ([]uint32, error) {
-	n := ChunkCount(size, chunk)
-	sums := make([]uint32, 0, n)
-	buf := make([]byte, chunk)
-	for off := int64(0); off < size; off += chunk {
-		want := min(chunk, size-off)
-		got, err := r.ReadAt(buf[:want], off)
-		if int64(got) != want {
-			if err == nil || err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return nil, fmt.Errorf("checksum at %d: %w", off, err)
-		}
-		sums = append(sums, ChunkCRC(buf[:want]))
-	}
-	return sums, nil
+	return ComputeSumsOf(r, &Record{Size: size, ChunkSize: chunk})
 }
 
 // EncodeSums serialises chunk checksums for the archive (little-endian uint32s).
