@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	mrand "math/rand"
 	"os"
@@ -235,4 +236,86 @@ func TestSparseFileKeepsItsHoles(t *testing.T) {
 			t.Fatalf("%d bytes allocated after a write into a hole", st.Blocks*512)
 		}
 	})
+}
+
+// Random sparse files against a model: data runs at random places and
+// sizes (some inside a chunk, some across chunk edges), migrated, read in
+// random pieces (partial recalls), written into, migrated again, and read
+// whole; every byte must match, whatever holes were kept.
+func TestSparseFilesAgainstAModel(t *testing.T) {
+	d := testenv.NewDaemon(t, "", nil, "--small-file", "0")
+	d.Start()
+	rng := mrand.New(mrand.NewSource(20261130))
+	const chunk = 256 << 10
+	sparse := 0 // rounds whose file had hole runs
+	defer func() {
+		if !t.Failed() && sparse < 6 {
+			t.Errorf("only %d of 12 files had hole runs: the test did not test them", sparse)
+		}
+	}()
+	for round := range 12 {
+		name := fmt.Sprintf("s%d", round)
+		size := int64(rng.Intn(40*chunk) + 1)
+		model := make([]byte, size)
+		f, err := os.Create(d.M(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range rng.Intn(6) + 1 {
+			off := rng.Int63n(size)
+			n := min(int64(rng.Intn(3*chunk)+1), size-off)
+			rng.Read(model[off : off+n])
+			if _, err := f.WriteAt(model[off:off+n], off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := f.Truncate(size); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		check := func(what string) {
+			t.Helper()
+			r, err := os.Open(d.M(name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			for range 5 { // random pieces first: partial recalls
+				off := rng.Int63n(size)
+				buf := make([]byte, min(int64(rng.Intn(2*chunk)+1), size-off))
+				if _, err := r.ReadAt(buf, off); err != nil || !bytes.Equal(buf, model[off:off+int64(len(buf))]) {
+					t.Fatalf("round %d %s: read of %d at %d wrong (%v)", round, what, len(buf), off, err)
+				}
+			}
+			all, err := io.ReadAll(r)
+			if err != nil || !bytes.Equal(all, model) {
+				t.Fatalf("round %d %s: whole read wrong (%d bytes, %v)", round, what, len(all), err)
+			}
+		}
+		if b, err := os.Open(d.B(name)); err == nil {
+			if runs, _ := stub.HoleRuns(int(b.Fd()), size, chunk); len(runs) > 0 {
+				sparse++
+			}
+			b.Close()
+		}
+		d.MustCLI("migrate", d.M(name))
+		testenv.DropCaches()
+		check("after migrate")
+		d.MustCLI("migrate", d.M(name))
+		w, err := os.OpenFile(d.M(name), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		off := rng.Int63n(size)
+		n := min(int64(rng.Intn(chunk)+1), size-off)
+		rng.Read(model[off : off+n])
+		if _, err := w.WriteAt(model[off:off+n], off); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		check("after a write")
+		d.MustCLI("migrate", d.M(name))
+		testenv.DropCaches()
+		check("after a second migrate")
+	}
 }
