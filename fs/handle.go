@@ -122,21 +122,21 @@ func (f *FS) newHandle(ctx context.Context, fd int, path string, flags uint32) (
 	return f.newHandleMode(ctx, fd, path, flags, mode)
 }
 
-// shieldedPassthrough takes the read shield of fd's file and, under it,
-// reads the record again (a release may have punched since the caller's
-// look): passthrough only for a resident file or a read of a premigrated
-// one, else modeCached; with the shield's unlock if it got the shield.
-func shieldedPassthrough(fd int, flags uint32) (ioMode, func()) {
-	unshield, err := stub.ShieldReads(fd)
-	if err != nil {
-		return modeCached, nil
+// passthroughUnder decides, under the read shield (shielded), whether fd
+// may be served by passthrough: the record is read again under it (a
+// release may have punched since the caller's look), and only a resident
+// file or a read of a premigrated one qualifies. Without the shield (a
+// release holds it) the open is a cached one.
+func passthroughUnder(fd int, flags uint32, shielded bool) ioMode {
+	if !shielded {
+		return modeCached
 	}
 	rec, err := stub.ReadRecord(fd)
 	readOnly := flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_TRUNC == 0
 	if err != nil || (rec != nil && !(readOnly && rec.State == stub.Premigrated)) {
-		return modeCached, unshield
+		return modeCached
 	}
-	return modePassthrough, unshield
+	return modePassthrough
 }
 
 // newHandleMode registers the handle with the file's gate, waiting while a
@@ -154,22 +154,32 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 		unix.Close(fd)
 		return nil, 0, syscall.EINTR
 	}
+	// The read shield first, for every open of a regular file the kernel
+	// sees: a release must take it before its punch, which it cannot
+	// while we hold it, so reads may trust what they found resident and
+	// passthrough reads never meet a punch. A release that holds it now
+	// makes this open an unshielded cached one.
+	var unshield func()
+	if mode != modeNone && st.Mode&unix.S_IFMT == unix.S_IFREG {
+		unshield, _ = stub.ShieldReads(fd)
+	}
+	// g.mu is held from here.
+	fail := func(errno syscall.Errno) (*handle, uint32, syscall.Errno) {
+		if unshield != nil {
+			unshield()
+		}
+		g.mu.Unlock()
+		f.gates.put(st.Ino)
+		unix.Close(fd)
+		return nil, 0, errno
+	}
 	// The record may have changed while we waited (a release that held
 	// this open has since written "migrated" and punched): passthrough
 	// decided from the record read before would read holes as zeros.
 	// Read again even when this open did not wait: a whole release may
 	// have run between that read and now.
-	// The shield comes first: a release that punches after this look
-	// must first take the shield, which it cannot while we hold it; a
-	// release that holds it now makes this open a cached one.
-	var unshield func()
-	switch {
-	case mode == modePassthrough:
-		mode, unshield = shieldedPassthrough(fd, flags)
-	case mode != modeNone && st.Mode&unix.S_IFMT == unix.S_IFREG:
-		// Without it, reads check for holes before and after (a release
-		// may punch at any moment); with it, residency only grows.
-		unshield, _ = stub.ShieldReads(fd)
+	if mode == modePassthrough {
+		mode = passthroughUnder(fd, flags, unshield != nil)
 	}
 	// A write open may change the file at any moment (by passthrough,
 	// without us): a copy being made now is stale. Removed before the
@@ -177,59 +187,34 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 	writable := mode != modeNone && flags&unix.O_ACCMODE != unix.O_RDONLY && st.Mode&unix.S_IFMT == unix.S_IFREG
 	if writable {
 		if err := stub.Unwatch(fd); err != nil {
-			if unshield != nil {
-				unshield()
-			}
-			g.mu.Unlock()
-			f.gates.put(st.Ino)
-			unix.Close(fd)
 			f.log.Error("cannot mark the file changed; write open refused", "file", path, "reason", err)
-			return nil, 0, syscall.EIO
+			return fail(syscall.EIO)
 		}
 	}
-	// g.mu is held. The kernel's rule: while an inode has passthrough
-	// opens, every open of it must be passthrough (else EIO). And go-fuse
-	// (v2.12.1) drops its backing-file reference on every release, so a
-	// passthrough open may only join passthrough opens, never cached ones.
+	// The kernel's rule: while an inode has passthrough opens, every open
+	// of it must be passthrough (else EIO). And go-fuse (v2.12.1) drops
+	// its backing-file reference on every release, so a passthrough open
+	// may only join passthrough opens, never cached ones.
 	switch {
 	case mode == modeCountedWrites && g.passthrough > 0:
-		// The kernel insists; these writes go uncounted.
-		if unshield != nil {
-			unshield() // taken again, with the record read under it
-		}
-		if mode, unshield = shieldedPassthrough(fd, flags); mode != modePassthrough {
-			mode = modeCached // caught the file in a release: make it resident
-		}
+		// The kernel insists; these writes go uncounted. Caught in a
+		// release, the open is cached and the file made resident.
+		mode = passthroughUnder(fd, flags, unshield != nil)
 	case mode == modeCached && g.passthrough > 0 && writable && setIDBits(st.Mode) != 0 && unprivileged(ctx):
 		// A write open of a set-ID file that the kernel insists be
 		// passthrough: its writes will not come to us, so its set-ID
 		// bits go now, as its first write would drop them.
 		if errno := dropSetID(fd); errno != 0 {
-			if unshield != nil {
-				unshield()
-			}
-			g.mu.Unlock()
-			f.gates.put(st.Ino)
-			unix.Close(fd)
-			return nil, 0, errno
+			return fail(errno)
 		}
-		if unshield != nil {
-			unshield()
-		}
-		mode, unshield = shieldedPassthrough(fd, flags)
+		mode = passthroughUnder(fd, flags, unshield != nil)
 	case mode == modeCountedWrites:
 		mode = modeCached
 	case mode == modePassthrough && g.cached > 0:
-		mode = modeCached // keeps its shield
+		mode = modeCached
 	}
 	if mode == modeCached && g.passthrough > 0 {
-		if unshield != nil {
-			unshield()
-		}
-		g.mu.Unlock()
-		f.gates.put(st.Ino)
-		unix.Close(fd)
-		return nil, 0, errNeedResident
+		return fail(errNeedResident)
 	}
 	switch mode {
 	case modePassthrough:
