@@ -86,7 +86,14 @@ type FS struct {
 }
 
 // Mount mounts the backing directory at mountpoint.
+//
+// It sets the process's umask to 0: the kernel sends every new file's
+// mode with the caller's umask applied already, and the daemon's own
+// (022) took group and other write away again (a directory made 0777
+// for everyone became 0755). The daemon's own files all have explicit
+// modes.
 func Mount(mountpoint string, opts Options) (*FS, error) {
+	unix.Umask(0)
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
@@ -363,10 +370,8 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if err != nil {
 		return nil, nil, 0, gofs.ToErrno(err)
 	}
-	// The file gets the mode it was made with: the daemon's own umask
-	// took bits away (the kernel applied the caller's already), and
-	// giving it to its caller (a chown) cleared its set-ID bits, which
-	// the creator may have.
+	// Giving the new file to its caller (a chown) cleared the set-ID
+	// bits it was made with, which the creator may have.
 	if want := mode & 07777; out.Attr.Mode&07777 != want {
 		var st syscall.Stat_t
 		if unix.Fchmod(dup, want) == nil && syscall.Fstat(dup, &st) == nil {
@@ -529,56 +534,50 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if hidden(attr) {
 		return 0, syscall.ENODATA
 	}
-	p, done, err := n.backingName()
-	if err != nil {
-		return 0, gofs.ToErrno(err)
-	}
-	defer done()
-	sz, err := unix.Lgetxattr(p, attr, dest)
-	return uint32(sz), gofs.ToErrno(err)
+	var sz int
+	errno := n.withPath("", func(p string) (errno syscall.Errno) {
+		var err error
+		sz, err = unix.Lgetxattr(p, attr, dest)
+		return gofs.ToErrno(err)
+	})
+	return uint32(sz), errno
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	if hidden(attr) {
 		return syscall.EPERM
 	}
-	p, done, err := n.backingName()
-	if err != nil {
-		return gofs.ToErrno(err)
-	}
-	defer done()
-	return gofs.ToErrno(unix.Lsetxattr(p, attr, data, int(flags)))
+	return n.withPath("", func(p string) syscall.Errno {
+		return gofs.ToErrno(unix.Lsetxattr(p, attr, data, int(flags)))
+	})
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if hidden(attr) {
 		return syscall.EPERM
 	}
-	p, done, err := n.backingName()
-	if err != nil {
-		return gofs.ToErrno(err)
-	}
-	defer done()
-	return gofs.ToErrno(unix.Lremovexattr(p, attr))
+	return n.withPath("", func(p string) syscall.Errno {
+		return gofs.ToErrno(unix.Lremovexattr(p, attr))
+	})
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	p, done, err := n.backingName()
-	if err != nil {
-		return 0, gofs.ToErrno(err)
-	}
-	defer done()
-	sz, err := unix.Llistxattr(p, nil)
-	if err != nil {
-		return 0, gofs.ToErrno(err)
-	}
-	buf := make([]byte, sz+64)
-	sz, err = unix.Llistxattr(p, buf)
-	if err != nil {
-		return 0, gofs.ToErrno(err)
+	var buf []byte
+	errno := n.withPath("", func(p string) syscall.Errno {
+		sz, err := unix.Llistxattr(p, nil)
+		if err != nil {
+			return gofs.ToErrno(err)
+		}
+		buf = make([]byte, sz+64)
+		sz, err = unix.Llistxattr(p, buf)
+		buf = buf[:max(sz, 0)]
+		return gofs.ToErrno(err)
+	})
+	if errno != 0 {
+		return 0, errno
 	}
 	var out []byte
-	for _, name := range strings.Split(string(buf[:sz]), "\x00") {
+	for _, name := range strings.Split(string(buf), "\x00") {
 		if name != "" && !hidden(name) {
 			out = append(append(out, name...), 0)
 		}

@@ -126,59 +126,31 @@ func (n *node) makeChild(ctx context.Context, name string, out *fuse.EntryOut, m
 	return ch, errno
 }
 
-func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (ch *gofs.Inode, errno syscall.Errno) {
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if !n.long(name) {
-		ch, errno = n.LoopbackNode.Mkdir(ctx, name, mode, out)
-	} else {
-		ch, errno = n.makeChild(ctx, name, out, func(p string) error { return syscall.Mkdir(p, mode) }, syscall.Rmdir)
+		return n.LoopbackNode.Mkdir(ctx, name, mode, out)
 	}
-	if errno == 0 {
-		n.exactMode(name, mode, out)
-	}
-	return ch, errno
+	return n.makeChild(ctx, name, out, func(p string) error { return syscall.Mkdir(p, mode) }, syscall.Rmdir)
 }
 
-func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (ch *gofs.Inode, errno syscall.Errno) {
+func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if !n.long(name) {
-		ch, errno = n.LoopbackNode.Mknod(ctx, name, mode, rdev, out)
-	} else {
-		ch, errno = n.makeChild(ctx, name, out, func(p string) error { return syscall.Mknod(p, mode, int(rdev)) }, syscall.Unlink)
+		return n.LoopbackNode.Mknod(ctx, name, mode, rdev, out)
 	}
-	if errno == 0 {
-		n.exactMode(name, mode, out)
-	}
-	return ch, errno
+	return n.makeChild(ctx, name, out, func(p string) error { return syscall.Mknod(p, mode, int(rdev)) }, syscall.Unlink)
 }
 
-// exactMode gives the new child name the permission bits it was made
-// with: the kernel applied the caller's umask already, and the daemon's
-// own umask took more away (0777 became 0755, so other users could not
-// write in a directory made for them).
-func (n *node) exactMode(name string, mode uint32, out *fuse.EntryOut) {
-	if out.Attr.Mode&0o777 == mode&0o777 {
-		return
+// withPath runs fn with a path of n's child name (n itself for ""):
+// the backing path, or a short one through the parent's descriptor
+// when that is too long.
+func (n *node) withPath(name string, fn func(p string) syscall.Errno) syscall.Errno {
+	if n.long(name) {
+		return n.withShortPath(name, fn)
 	}
-	perm := out.Attr.Mode&^0o777 | mode&0o777
-	n.withShortPathIfLong(name, func(p string) syscall.Errno {
-		var st syscall.Stat_t
-		if err := syscall.Chmod(p, perm&07777); err != nil {
-			return gofs.ToErrno(err)
-		}
-		if err := syscall.Lstat(p, &st); err != nil {
-			return gofs.ToErrno(err)
-		}
-		out.Attr.FromStat(&st) // the new ctime too, for the kernel's cache
-		return 0
-	})
-}
-
-// withShortPathIfLong runs fn with the backing path of n's child name,
-// or a short path when that is too long.
-func (n *node) withShortPathIfLong(name string, fn func(p string) syscall.Errno) syscall.Errno {
-	if !n.long(name) {
-		return fn(n.backingPath() + "/" + name)
+	if name == "" {
+		return fn(n.backingPath())
 	}
-	return n.withShortPath(name, fn)
+	return fn(n.backingPath() + "/" + name)
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -350,16 +322,6 @@ func (n *node) setattrByPath(ctx context.Context, in *fuse.SetAttrIn, out *fuse.
 		out.FromStat(&st)
 		return 0
 	})
-}
-
-// backingName is a path of n for the calls that take one: the backing
-// path, or a short one through its parent's descriptor when that is too
-// long; done closes what it opened.
-func (n *node) backingName() (p string, done func(), err error) {
-	if !n.long("") {
-		return n.backingPath(), func() {}, nil
-	}
-	return n.fs.shortPath(n.relPath())
 }
 
 // createName is go-fuse's loopback Create, on a short path when needed.
