@@ -81,14 +81,7 @@ func TestFencingPausedRecallWrite(t *testing.T) {
 	case <-time.After(2 * time.Second):
 	}
 	resume()
-	select {
-	case err := <-wrote:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the rewrite never finished after the old owner woke")
-	}
+	finishes(t, wrote, "the rewrite")
 	time.Sleep(2 * time.Second) // time for a stale write to land, were it let through
 	testenv.DropCaches()
 	for _, n := range []*testenv.Node{n1, n2} {
@@ -147,14 +140,7 @@ func TestFencingPausedPunch(t *testing.T) {
 	case <-time.After(2 * time.Second):
 	}
 	resume()
-	select {
-	case err := <-wrote:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the change never finished after the old owner woke")
-	}
+	finishes(t, wrote, "the change")
 	time.Sleep(time.Second)
 	if os.Getenv("CASCADEFS_SHOW_LOGS") != "" {
 		t.Logf("n1:\n%s\nn2:\n%s", n1.Log(), n2.Log())
@@ -206,5 +192,19 @@ func TestBoltOwnerStoppedHoldingTheRepository(t *testing.T) {
 	testenv.DropCaches()
 	if sumFile(t, n2.M("f")) != want {
 		t.Fatal("wrong bytes after the takeover")
+	}
+}
+
+// finishes waits for a change that waited for a stopped old owner to end
+// without error once the owner is resumed.
+func finishes(t *testing.T, done <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%s never finished after the old owner woke", what)
 	}
 }
