@@ -4,8 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
-	"os"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -25,6 +23,7 @@ func cmdMount(args []string) error {
 	fl.BoolVar(&cfg.NoPassthrough, "no-passthrough", false, "never open resident files in kernel passthrough")
 	fl.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request")
 	fl.StringVar(&cfg.MetricsAddr, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
+	logFormat := logFormatFlag(fl)
 	// The filesystem's settings, spelled and checked as in `cascadefs fs
 	// set` (package settings); the cluster's own are not for one node.
 	var keys []string
@@ -58,7 +57,10 @@ func cmdMount(args []string) error {
 	if cfg.Name == "" {
 		cfg.Name = filepath.Base(mp)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log, err := newLogger(*logFormat)
+	if err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	dm, err := daemon.Start(ctx, cfg, log)

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -36,6 +35,7 @@ func cmdNode(args []string) error {
 	configFile := fl.String("config", "", "file with these settings, one KEY = VALUE per line")
 	fl.BoolVar(&cfg.NoPassthrough, "no-passthrough", false, "never use kernel FUSE passthrough")
 	fl.StringVar(&cfg.Metrics, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
+	logFormat := logFormatFlag(fl)
 	fl.IntVar(&cfg.MaxFilesystems, "max-filesystems", 0, "take at most this many DM sessions (0: no bound)")
 	fl.Float64Var(&cfg.Weight, "weight", 0, "bias of this node's key in synchronous failover votes (higher wins)")
 	fl.DurationVar(&cfg.Lease, "lease", cluster.DefaultLease, "lease TTL: nobody takes this node's filesystems while it renews; it stops acting when it cannot")
@@ -81,7 +81,10 @@ func cmdNode(args []string) error {
 			return err
 		}
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log, err := newLogger(*logFormat)
+	if err != nil {
+		return err
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	n, err := cluster.Start(cfg, log)

@@ -130,13 +130,13 @@ func (n *Node) Start() {
 		args = append(args, "--join", strings.Join(join, ","))
 	}
 	env := append(append(append([]string(nil), c.Env...), n.Env...), "CASCADEFS_RUN_DIR="+c.RunDir)
-	startsBefore := strings.Count(n.Log(), `msg="node started"`)
+	startsBefore := nodeStarts(n.Log())
 	n.start(c.t, args, env, n.logPath())
 	deadline := time.Now().Add(30 * time.Second)
 	sock := filepath.Join(c.RunDir, FSName+"@"+n.Name+".sock")
 	// "node started" comes once its first look at the repository is done:
 	// what it owns has its session (and its epoch) by then.
-	for !answers(sock) || !mountedAt(n.M("")) || strings.Count(n.Log(), `msg="node started"`) == startsBefore {
+	for !answers(sock) || !mountedAt(n.M("")) || nodeStarts(n.Log()) == startsBefore {
 		select {
 		case <-n.done:
 			c.t.Fatalf("node %s exited at start:\n%s", n.Name, n.Log())
@@ -147,6 +147,11 @@ func (n *Node) Start() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// nodeStarts counts "node started" lines, logged as text or as JSON.
+func nodeStarts(log string) int {
+	return strings.Count(log, `msg="node started"`) + strings.Count(log, `"msg":"node started"`)
 }
 
 // Stop sends SIGTERM and waits for a clean exit.
