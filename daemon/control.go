@@ -57,10 +57,13 @@ type Entry struct {
 	State         string `json:"state"`
 	Size          int64  `json:"size"`
 	ResidentBytes int64  `json:"resident_bytes"`
-	Object        string `json:"object,omitempty"`
-	Moved         int64  `json:"moved,omitempty"` // bytes uploaded (migrate) or recalled (recall)
-	Error         string `json:"error,omitempty"`
-	Skipped       string `json:"skipped,omitempty"`
+	// Leader: of a migrated file, the bytes from its start that read
+	// without a recall (the leader kept at release, or more once recalled).
+	Leader  int64  `json:"leader,omitempty"`
+	Object  string `json:"object,omitempty"`
+	Moved   int64  `json:"moved,omitempty"` // bytes uploaded (migrate) or recalled (recall)
+	Error   string `json:"error,omitempty"`
+	Skipped string `json:"skipped,omitempty"`
 }
 
 // Status is what `cascadefs status` shows of one mounted filesystem.
@@ -435,6 +438,9 @@ func (d *Mount) inspect(rel string) Entry {
 	default:
 		e.State, e.Object = rec.State.String(), rec.Key
 		if e.ResidentBytes, err = stub.ResidentBytes(fd, st.Size); err != nil {
+			e.Error = err.Error()
+		}
+		if e.Leader, err = stub.FirstMissing(fd, rec, 0, st.Size); err != nil {
 			e.Error = err.Error()
 		}
 	}

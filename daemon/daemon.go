@@ -46,6 +46,7 @@ type Config struct {
 	Workers       int           // DM session workers (admission control)
 	EventTimeout  time.Duration // how long a reader waits for a recall
 	ReleaseWait   time.Duration // how long a release waits for open handles
+	Leader        int64         // bytes a release keeps at a file's head
 	NoPassthrough bool
 	Debug         bool
 	// Settings are the filesystem's settings (see package settings) of a
@@ -206,7 +207,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.Recall, cfg.Workers, cfg.EventTimeout, cfg.ReleaseWait = set.Recall, set.Workers, set.EventTimeout, set.ReleaseWait
+	cfg.Recall, cfg.Workers, cfg.EventTimeout, cfg.ReleaseWait, cfg.Leader = set.Recall, set.Workers, set.EventTimeout, set.ReleaseWait, set.Leader
 	policy := set.Policy
 	cfg.Policy = func() migrate.Policy { return policy }
 	var metricsLn net.Listener
@@ -236,7 +237,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 	dm, err := StartDM(ctx, DMConfig{Name: cfg.Name, Backing: backing, ArchiveURL: cfg.ArchiveURL, Owner: localNode, Epoch: 1,
 		Queue: queue, Gate: mount.FS(), Recall: cfg.Recall, Workers: cfg.Workers,
-		EventTimeout: cfg.EventTimeout, ReleaseWait: cfg.ReleaseWait, Policy: policy, Metrics: cfg.Metrics}, log)
+		EventTimeout: cfg.EventTimeout, ReleaseWait: cfg.ReleaseWait, Leader: cfg.Leader, Policy: policy, Metrics: cfg.Metrics}, log)
 	if err != nil {
 		mount.Stop()
 		return fail(err)

@@ -64,6 +64,7 @@ type DMConfig struct {
 	Workers      int
 	EventTimeout time.Duration
 	ReleaseWait  time.Duration
+	Leader       int64             // bytes a release keeps at a file's head
 	Policy       migrate.Policy    // of the space monitor
 	Metrics      *metrics.Registry // nil: none
 }
@@ -116,7 +117,7 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	d.recall.Fence = cfg.Fence
 	d.recall.Acting = cfg.Acting
 	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
-	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
+	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait, Leader: cfg.Leader}, log)
 	d.migrator.Fence = cfg.Fence
 	d.count(cfg.Metrics)
 	cfg.Queue.Start()

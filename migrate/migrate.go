@@ -50,6 +50,19 @@ type Config struct {
 	// ReleaseWait: how long a release waits for open handles (0: the
 	// default, 5s; negative: not at all, a file open anywhere is skipped).
 	ReleaseWait time.Duration
+	// Leader: a release keeps the file's first Leader bytes (rounded up
+	// to the backing filesystem's block) on disk.
+	Leader int64
+}
+
+// KeptHead is where a release with the given leader starts punching: the
+// leader rounded up to a whole block, so that no block is only zeroed.
+func KeptHead(leader int64, st *unix.Stat_t) int64 {
+	if leader <= 0 {
+		return 0
+	}
+	blk := max(int64(st.Blksize), 512)
+	return (leader + blk - 1) / blk * blk
 }
 
 // Migrator migrates the files of one managed filesystem.
@@ -176,6 +189,9 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 	res.State, res.Key = rec.State, rec.Key
 	if premigrateOnly {
 		return res, nil
+	}
+	if rec.State == stub.Premigrated && KeptHead(m.cfg.Leader, &st) >= st.Size {
+		return res, nil // all of it is leader: a release would free nothing
 	}
 	if err := failpoint.Hit(failpoint.MigrateAfterPremigrate); err != nil {
 		return res, fmt.Errorf("migrate %s: %w", rel, err)
@@ -406,12 +422,16 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 			if err := failpoint.Hit(failpoint.MigrateBeforePunch); err != nil {
 				return err
 			}
-			return stub.Punch(fd, st.Size)
+			return stub.Punch(fd, KeptHead(m.cfg.Leader, &st), st.Size)
 		})
 		if err != nil {
 			return err
 		}
-		released = resident
+		kept, err := stub.ResidentBytes(fd, st.Size)
+		if err != nil {
+			return err
+		}
+		released = resident - kept
 		return stub.RestoreTimes(fd, &st)
 	})
 	return released, err

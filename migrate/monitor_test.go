@@ -95,6 +95,14 @@ func TestScanRanksLeastRecentlyUsedAndHonoursThePolicy(t *testing.T) {
 		t.Fatalf("bounded candidates %q", got)
 	}
 
+	// A leader of 100 KiB: the 64 KiB files would free nothing.
+	p.Leader = 100 << 10
+	s, _ = p.Scan(context.Background(), fakes.Root(t, root), ScanOptions{Keep: 100}, time.Now())
+	if got := paths(s.Candidates); got != "big-recent" {
+		t.Fatalf("candidates with a leader %q, want only big-recent", got)
+	}
+	p.Leader = 0
+
 	// A premigrated file goes first, whatever its age.
 	m := newMigrator(t, root)
 	if _, err := m.Migrate(context.Background(), "sub/deep/file", 0, true); err != nil {

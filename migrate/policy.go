@@ -27,6 +27,9 @@ type Policy struct {
 	Interval time.Duration
 	// MinSize: smaller files are never picked (default 1 byte).
 	MinSize int64
+	// Leader: the head a migrated file keeps; files no larger free
+	// nothing and are never picked.
+	Leader int64
 	// MinAge: files used (read or written) more recently are never picked.
 	MinAge time.Duration
 	// Exclude: glob patterns. A pattern without "/" matches a file or
@@ -177,6 +180,8 @@ func (p *Policy) judge(rel string, st *unix.Stat_t, rec *stub.Record, now time.T
 		v.Skip = "migrated: no data here"
 	case st.Size < p.MinSize:
 		v.Skip = fmt.Sprintf("smaller than min-size %d", p.MinSize)
+	case KeptHead(p.Leader, st) >= st.Size:
+		v.Skip = fmt.Sprintf("fits in the leader (%d bytes)", p.Leader)
 	case age < p.MinAge:
 		v.Skip = fmt.Sprintf("used %s ago, within min-age %s", age.Round(time.Second), p.MinAge)
 	}

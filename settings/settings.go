@@ -25,6 +25,7 @@ type FS struct {
 	ReleaseWait  time.Duration // -1: skip open files at once
 	HoldLease    time.Duration
 	Failover     string // async or sync
+	Leader       int64  // bytes a migrated file keeps resident at its head
 	Policy       migrate.Policy
 }
 
@@ -82,6 +83,11 @@ var keys = []key{
 		}
 		s.Failover = v
 		return nil
+	}},
+	{"leader", "0", "a migrated file keeps its first SIZE bytes on disk (rounded up to a block), so headers read without a recall (0: none)", func(s *FS, v string) (err error) {
+		s.Leader, err = units.ParseSize(v)
+		s.Policy.Leader = s.Leader // files that fit in it free nothing
+		return err
 	}},
 	// The space monitor (see migrate.Policy for how they combine).
 	{"quota", "0", "space the filesystem may use, such as 100GiB (0: the backing filesystem's size)", func(s *FS, v string) (err error) {

@@ -198,28 +198,32 @@ func RemoveRecord(fd int) error {
 // in place, which would read back as data).
 const punchSlack = 1 << 20
 
-// Punch releases all data blocks of the file, keeping its size, and checks
-// that no data remains.
+// Punch releases the data blocks of the file from offset from (a block
+// boundary: the leader kept on disk) to its end, keeping its size, and
+// checks that no data remains there.
 // It punches in two steps (split at a MiB boundary, so no block is only
 // zeroed), so that a crash between them can be tested: the record says
 // migrated before any punch, so half-punched data is never read as local.
-func Punch(fd int, size int64) error {
-	half := (size / 2) &^ (punchSlack - 1)
+func Punch(fd int, from, size int64) error {
+	if from >= size {
+		return nil
+	}
+	half := ((from + size) / 2) &^ (punchSlack - 1)
 	mode := uint32(unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE)
-	if half > 0 {
-		if err := unix.Fallocate(fd, mode, 0, half); err != nil {
+	if half > from {
+		if err := unix.Fallocate(fd, mode, from, half-from); err != nil {
 			return fmt.Errorf("punch: %w", err)
 		}
 		if err := failpoint.Hit(failpoint.MigrateInsidePunch); err != nil {
 			return err
 		}
+	} else {
+		half = from
 	}
-	if size > 0 {
-		if err := unix.Fallocate(fd, mode, half, size-half+punchSlack); err != nil {
-			return fmt.Errorf("punch: %w", err)
-		}
+	if err := unix.Fallocate(fd, mode, half, size-half+punchSlack); err != nil {
+		return fmt.Errorf("punch: %w", err)
 	}
-	if off, err := unix.Seek(fd, 0, unix.SEEK_DATA); err == nil {
+	if off, err := unix.Seek(fd, from, unix.SEEK_DATA); err == nil {
 		return fmt.Errorf("punch: data remains at offset %d", off)
 	} else if !errors.Is(err, unix.ENXIO) {
 		return fmt.Errorf("punch: seek data: %w", err)

@@ -104,7 +104,7 @@ func TestHoleRunsOfASparseFile(t *testing.T) {
 		t.Fatalf("hole runs %v, want %v", runs, want)
 	}
 	rec := &Record{ChunkSize: c, Size: size, SumsCount: ChunkCount(size, c), Holes: runs}
-	if err := Punch(fd, size); err != nil {
+	if err := Punch(fd, 0, size); err != nil {
 		t.Fatal(err)
 	}
 	for _, x := range []struct{ off, end, want int64 }{

@@ -137,7 +137,7 @@ func TestPunchAndResidency(t *testing.T) {
 		if h, _ := FirstHole(fd, 0, size); h != size {
 			t.Fatalf("size %d: resident file has a hole at %d", size, h)
 		}
-		if err := Punch(fd, size); err != nil {
+		if err := Punch(fd, 0, size); err != nil {
 			t.Fatalf("size %d: %v", size, err)
 		}
 		var st unix.Stat_t

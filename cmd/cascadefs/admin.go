@@ -195,14 +195,14 @@ func cmdLs(args []string) error {
 		return enc.Encode(all)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "STATE\tSIZE\tRESIDENT\t PATH\t OBJECT\t")
+	fmt.Fprintln(tw, "STATE\tSIZE\tRESIDENT\tLEADER\t PATH\t OBJECT\t")
 	bad := false
 	for _, e := range all {
 		obj := e.Object
 		if e.Error != "" {
 			obj, bad = "error: "+e.Error, true
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t %s\t %s\t\n", e.State, e.Size, e.ResidentBytes, e.Path, obj)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t %s\t %s\t\n", e.State, e.Size, e.ResidentBytes, e.Leader, e.Path, obj)
 	}
 	tw.Flush()
 	if bad {
