@@ -24,6 +24,7 @@ func (n *Node) register() {
 	n.server.Handle(pathTakeover, n.onTakeover)
 	n.server.Handle(pathHandover, n.onHandover)
 	n.server.Handle(pathReconcile, n.onReconcile)
+	n.server.Handle(pathCancel, n.onCancel)
 	n.server.Handle(pathWake, func(ctx context.Context, caller string, _ json.RawMessage) (any, error) {
 		n.kick() // a filesystem was handed over: look at the repository now
 		return struct{}{}, nil
@@ -116,9 +117,24 @@ func (n *Node) onEvent(ctx context.Context, caller string, raw json.RawMessage) 
 		if errors.Is(err, dmapi.ErrClosed) || errors.Is(err, dmapi.ErrFenced) {
 			return nil, rpc.Coded(codeNotOwner, err) // send it to the next owner
 		}
+		if errors.Is(err, dmapi.ErrCanceled) {
+			return nil, rpc.Coded(codeCanceled, err)
+		}
 		return nil, err
 	}
 	return struct{}{}, nil
+}
+
+// onCancel cancels pending events on the owner (an admin's recall --cancel
+// on another node).
+func (n *Node) onCancel(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+	var req cancelReq
+	dm, err := n.owned(raw, &req, &req.FS)
+	if err != nil {
+		return nil, err
+	}
+	evs, err := dm.Cancel(ctx, req.Request)
+	return cancelReply{Events: evs}, err
 }
 
 func (n *Node) onReconcile(ctx context.Context, caller string, raw json.RawMessage) (any, error) {

@@ -276,8 +276,26 @@ func (m *mounted) Raise(ctx context.Context, ev *dmapi.Event) error {
 	return m.route(ctx,
 		func(dm *daemon.DM) error { return dm.Raise(ctx, ev) },
 		func(ctx context.Context, to, addr string) error {
-			return m.n.client.Call(ctx, to, addr, pathEvent, eventReq{FS: m.name, Event: *ev}, nil)
+			err := m.n.client.Call(ctx, to, addr, pathEvent, eventReq{FS: m.name, Event: *ev}, nil)
+			if rpc.CodeOf(err) == codeCanceled {
+				return fmt.Errorf("%w: %w", dmapi.ErrCanceled, err) // still the remote error: not sent again
+			}
+			return err
 		})
+}
+
+// Cancel cancels pending events on the owner.
+func (m *mounted) Cancel(ctx context.Context, req daemon.CancelRequest) ([]dmapi.Event, error) {
+	var evs []dmapi.Event
+	err := m.route(ctx,
+		func(dm *daemon.DM) (err error) { evs, err = dm.Cancel(ctx, req); return err },
+		func(ctx context.Context, to, addr string) error {
+			var reply cancelReply
+			err := m.n.client.Call(ctx, to, addr, pathCancel, cancelReq{FS: m.name, Request: req}, &reply)
+			evs = reply.Events
+			return err
+		})
+	return evs, err
 }
 
 // Migrate runs a migration on the owner.

@@ -21,6 +21,7 @@ const (
 	pathHandover   = "/handover"
 	pathSpace      = "/space"
 	pathReconcile  = "/reconcile"
+	pathCancel     = "/cancel"
 )
 
 // codeNotOwner: the called node does not run the filesystem's DM session
@@ -28,6 +29,7 @@ const (
 const (
 	codeNotOwner   = "not-owner"
 	codeBadRequest = "bad-request" // a path or event that could leave the backing tree
+	codeCanceled   = "canceled"    // the event was cancelled by an admin
 )
 
 type pingReply struct {
@@ -44,6 +46,15 @@ type migrateReq struct {
 	Path       string `json:"path"`
 	Ino        uint64 `json:"ino,omitempty"` // the file found at Path (0: any)
 	Premigrate bool   `json:"premigrate"`
+}
+
+type cancelReq struct {
+	FS      string               `json:"fs"`
+	Request daemon.CancelRequest `json:"request"`
+}
+
+type cancelReply struct {
+	Events []dmapi.Event `json:"events"`
 }
 
 type reconcileReq struct {

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/migrate"
 )
 
@@ -132,6 +133,24 @@ func (c *Client) Status() (Status, error) {
 	}
 	defer resp.Body.Close()
 	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// DF walks the filesystem and counts its files by state (no timeout: a
+// walk of millions of files takes minutes).
+func (c *Client) DF() (DF, error) {
+	var df DF
+	resp, err := c.do("GET", "/df", nil)
+	if err != nil {
+		return df, err
+	}
+	defer resp.Body.Close()
+	return df, json.NewDecoder(resp.Body).Decode(&df)
+}
+
+// Cancel cancels the pending events on the files under req.Paths (or all).
+func (c *Client) Cancel(req Request) ([]dmapi.Event, error) {
+	var evs []dmapi.Event
+	return evs, c.call("/cancel", req, &evs)
 }
 
 // Ls lists the state of the files under paths.

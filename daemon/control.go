@@ -27,6 +27,7 @@ type Request struct {
 	Recursive  bool     `json:"recursive"`
 	Premigrate bool     `json:"premigrate,omitempty"`
 	Jobs       int      `json:"jobs,omitempty"`
+	All        bool     `json:"all,omitempty"` // cancel: every pending event
 }
 
 // Message is one line of a streamed answer (NDJSON).
@@ -181,6 +182,8 @@ func startControl(d *Mount) (*ControlServer, error) {
 	mux.HandleFunc("POST /ls", d.serveLs)
 	mux.HandleFunc("POST /plan", d.servePlan)
 	mux.HandleFunc("POST /reconcile", d.serveReconcile)
+	mux.HandleFunc("GET /df", d.serveDF)
+	mux.HandleFunc("POST /cancel", d.serveCancel)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(d.Status(r.Context()))
 	})
@@ -283,7 +286,7 @@ func (d *Mount) serveRecall(w http.ResponseWriter, r *http.Request) {
 		if e.Error != "" || e.State != stub.Migrated.String() {
 			return e
 		}
-		ev := &dmapi.Event{Type: dmapi.Read, FS: d.cfg.Name, Path: rel, Offset: 0, Length: -1}
+		ev := &dmapi.Event{Type: dmapi.Read, FS: d.cfg.Name, Path: rel, Offset: 0, Length: -1, Priority: dmapi.PriorityAdmin}
 		if err := d.identify(ev); err != nil {
 			e.Error = fmt.Sprintf("recall %s: %v", rel, err)
 			return e
@@ -383,6 +386,75 @@ func (d *Mount) serveReconcile(w http.ResponseWriter, r *http.Request) {
 
 // servePlan answers `migrate --dry-run`: what the space monitor's policy
 // would pick among the files, in order, and why the others not.
+// serveCancel cancels the pending events on the files (or under the
+// directories) named, or all of them, on the filesystem's owner.
+func (d *Mount) serveCancel(w http.ResponseWriter, r *http.Request) {
+	var req Request
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20)).Decode(&req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	cr := CancelRequest{All: req.All}
+	for _, p := range req.Paths {
+		rel, err := beneath.Clean(p)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("%s: outside the filesystem", p), http.StatusBadRequest)
+			return
+		}
+		cr.Paths = append(cr.Paths, rel)
+		if st, err := d.root.Lstat(rel); err == nil {
+			cr.Inos = append(cr.Inos, st.Ino) // renamed since its event: still found
+		}
+	}
+	if len(cr.Paths) == 0 && !cr.All {
+		http.Error(w, "name the files whose recalls to cancel, or all", http.StatusBadRequest)
+		return
+	}
+	evs, err := d.dm.Cancel(r.Context(), cr)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	if evs == nil {
+		evs = []dmapi.Event{}
+	}
+	json.NewEncoder(w).Encode(evs)
+}
+
+// DF is what `cascadefs df` shows of one filesystem: its files by state,
+// what the archive holds for them, and its space against the thresholds.
+type DF struct {
+	Name       string `json:"name"`
+	Mountpoint string `json:"mountpoint"`
+	migrate.Tally
+	dmapi.Space
+	High       int           `json:"high"`
+	Low        int           `json:"low"`
+	Incomplete int64         `json:"incomplete"` // entries the walk could not read
+	Duration   time.Duration `json:"duration_ns"`
+}
+
+// serveDF walks the backing tree (any node can: the records are in it)
+// and reads every file's stub record; nothing is changed.
+func (d *Mount) serveDF(w http.ResponseWriter, r *http.Request) {
+	policy := migrate.DefaultPolicy()
+	if d.cfg.Policy != nil {
+		policy = d.cfg.Policy()
+	}
+	scan, err := policy.Scan(r.Context(), d.root, migrate.ScanOptions{Tally: true}, time.Now())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	sp, err := migrate.SpaceOf(d.root, &policy, scan)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	json.NewEncoder(w).Encode(DF{Name: d.cfg.Name, Mountpoint: d.cfg.Mountpoint, Tally: *scan.Tally, Space: sp,
+		High: policy.High, Low: policy.Low, Incomplete: scan.Incomplete, Duration: scan.Duration})
+}
+
 func (d *Mount) servePlan(w http.ResponseWriter, r *http.Request) {
 	_, files, ok := d.request(w, r)
 	if !ok {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +34,34 @@ type DMAccess interface {
 	// Reconcile walks the filesystem and its archive side by side (on
 	// the owner), reporting progress as it goes.
 	Reconcile(ctx context.Context, opt migrate.ReconcileOptions, progress func(migrate.ReconcileProgress)) (*migrate.ReconcileReport, error)
+	// Cancel ends the pending events on the files it names (on the
+	// owner): their waiters get dmapi.ErrCanceled, their GETs stop.
+	Cancel(ctx context.Context, req CancelRequest) ([]dmapi.Event, error)
+}
+
+// CancelRequest names the files whose pending events an admin cancels:
+// by inode (found at the paths given) or by backing-relative path (the
+// file or anything under the directory), or all of them.
+type CancelRequest struct {
+	Inos  []uint64 `json:"inos,omitempty"`
+	Paths []string `json:"paths,omitempty"`
+	All   bool     `json:"all,omitempty"`
+}
+
+// Matches reports whether the request names the event's file.
+func (r *CancelRequest) Matches(ev *dmapi.Event) bool {
+	if ev.Type == dmapi.Destroy {
+		return false // durable clean-up, not a wait: never cancelled
+	}
+	if r.All || slices.Contains(r.Inos, ev.Ino) {
+		return true
+	}
+	for _, p := range r.Paths {
+		if p == "." || ev.Path == p || strings.HasPrefix(ev.Path, p+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // SessionInfo is what status shows of a DM session.
@@ -160,6 +190,16 @@ func (d *DM) Archive() string { return d.arch.String() }
 
 func (d *DM) Raise(ctx context.Context, ev *dmapi.Event) error { return d.session.Raise(ctx, ev) }
 
+// Cancel ends the matching events and stops their files' recall streams.
+func (d *DM) Cancel(_ context.Context, req CancelRequest) ([]dmapi.Event, error) {
+	evs := d.session.Cancel(req.Matches)
+	for _, ev := range evs {
+		d.recall.Cancel(ev.Ino)
+		d.log.Info("event cancelled by an admin", "event", ev.Type.String(), "file", ev.Path, "offset", ev.Offset, "length", ev.Length)
+	}
+	return evs, nil
+}
+
 func (d *DM) Migrate(ctx context.Context, rel string, ino uint64, premigrate bool) (migrate.Result, error) {
 	return d.migrator.Migrate(ctx, rel, ino, premigrate)
 }
@@ -282,6 +322,14 @@ func (r *Router) Space(ctx context.Context, need int64) (dmapi.Space, error) {
 		return dmapi.Space{}, err
 	}
 	return dm.Space(ctx, need)
+}
+
+func (r *Router) Cancel(ctx context.Context, req CancelRequest) ([]dmapi.Event, error) {
+	dm, err := r.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return dm.Cancel(ctx, req)
 }
 
 func (r *Router) Reconcile(ctx context.Context, opt migrate.ReconcileOptions, progress func(migrate.ReconcileProgress)) (*migrate.ReconcileReport, error) {

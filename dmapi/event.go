@@ -55,6 +55,34 @@ type Event struct {
 	Handle []byte `json:"handle,omitempty"`
 	// Node raised the event (shown in status); empty for a single node.
 	Node string `json:"node,omitempty"`
+	// Priority orders the session's queue; the zero value is a reader's
+	// (so are events from nodes that do not send one).
+	Priority Priority `json:"priority,omitempty"`
+}
+
+// Priority is who waits for an event: a user's read goes before an
+// admin's bulk recall, which goes before background work.
+type Priority uint8
+
+const (
+	// PriorityReader: a reader through the mount waits (the default).
+	PriorityReader Priority = iota
+	// PriorityAdmin: `cascadefs recall` and other bulk admin work.
+	PriorityAdmin
+	// PriorityBackground: work nobody waits for.
+	PriorityBackground
+)
+
+func (p Priority) String() string {
+	switch p {
+	case PriorityReader:
+		return "reader"
+	case PriorityAdmin:
+		return "admin"
+	case PriorityBackground:
+		return "background"
+	}
+	return fmt.Sprintf("priority(%d)", uint8(p))
 }
 
 func (e *Event) String() string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 )
@@ -29,8 +30,13 @@ var ErrTimeout = errors.New("DM event timed out")
 // ErrClosed is returned when the session stops before answering.
 var ErrClosed = errors.New("DM session closed")
 
-// Session is the DM session of one managed filesystem: a FIFO of pending
-// events, deduplicated, handled by a bounded pool of workers.
+// ErrCanceled answers the waiters of an event an admin cancelled.
+var ErrCanceled = errors.New("cancelled by an admin")
+
+// Session is the DM session of one managed filesystem: a queue of pending
+// events, deduplicated, handled by a bounded pool of workers. Readers'
+// events go first, and some workers are kept for them: a bulk recall
+// never takes them all.
 type Session struct {
 	FS      string
 	cfg     Config
@@ -46,16 +52,30 @@ type Session struct {
 	queue    []*call
 	inflight map[dedupeKey]*call
 	running  int
+	bulk     int // running calls that are not readers'
+	reserved int // workers only readers' events may take
 	closed   bool
 	progress time.Time // last completion, or when the session last became busy
 }
 
 type call struct {
-	ev      *Event
-	done    chan struct{}
-	err     error
-	waiters int
-	started time.Time
+	ev       *Event
+	prio     Priority // the most urgent of its waiters'
+	done     chan struct{}
+	err      error
+	answered bool // done is closed (a cancel answers before the handler ends)
+	waiters  int
+	queued   time.Time
+	started  time.Time
+	cancel   context.CancelFunc // of the running handler
+}
+
+// answer gives the call's waiters err; s.mu is held.
+func (c *call) answer(err error) {
+	if !c.answered {
+		c.err, c.answered = err, true
+		close(c.done)
+	}
 }
 
 // NewSession starts a session with its workers.
@@ -70,6 +90,9 @@ func NewSession(fs string, cfg Config, h Handler, log *slog.Logger) *Session {
 		log = slog.Default()
 	}
 	s := &Session{FS: fs, cfg: cfg, handler: h, log: log, inflight: map[dedupeKey]*call{}}
+	if cfg.Workers >= 2 {
+		s.reserved = max(1, cfg.Workers/4)
+	}
 	s.cond = sync.NewCond(&s.mu)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for range cfg.Workers {
@@ -118,9 +141,10 @@ func (s *Session) enqueue(ev *Event) (*call, error) {
 	}
 	if c := s.inflight[k]; c != nil {
 		c.waiters++
+		c.prio = min(c.prio, ev.Priority) // a reader joining bulk work hurries it
 		return c, nil
 	}
-	c := &call{ev: ev, done: make(chan struct{}), waiters: 1}
+	c := &call{ev: ev, prio: ev.Priority, done: make(chan struct{}), waiters: 1, queued: time.Now()}
 	if len(s.inflight) == 0 {
 		s.progress = time.Now() // idle until now: nothing was late
 	}
@@ -134,43 +158,101 @@ func (s *Session) worker() {
 	defer s.wg.Done()
 	for {
 		s.mu.Lock()
-		for len(s.queue) == 0 && !s.closed {
+		i := -1
+		for !s.closed {
+			if i = s.next(); i >= 0 {
+				break
+			}
 			s.cond.Wait()
 		}
 		if s.closed {
 			s.mu.Unlock()
 			return
 		}
-		c := s.queue[0]
-		s.queue[0] = nil
-		s.queue = s.queue[1:]
+		c := s.queue[i]
+		s.queue = slices.Delete(s.queue, i, i+1)
 		s.running++
+		bulk := c.prio > PriorityReader
+		if bulk {
+			s.bulk++
+		}
 		c.started = time.Now()
+		ctx, cancel := context.WithCancel(s.ctx)
+		c.cancel = cancel
 		s.mu.Unlock()
 
-		err := s.handle(c.ev)
+		err := s.handle(ctx, c.ev)
+		cancel()
 		if err != nil && s.ctx.Err() != nil {
 			err = ErrClosed // stopped, not failed: the originator may send it again elsewhere
 		}
 
 		s.mu.Lock()
 		s.running--
+		if bulk {
+			s.bulk--
+			s.cond.Broadcast() // a worker may now take bulk work
+		}
 		s.progress = time.Now()
-		delete(s.inflight, c.ev.dedupeKey())
-		c.err = err
-		close(c.done)
+		if k := c.ev.dedupeKey(); s.inflight[k] == c {
+			delete(s.inflight, k)
+		}
+		c.answer(err)
 		s.mu.Unlock()
 	}
 }
 
-func (s *Session) handle(ev *Event) (err error) {
+// next is the index of the queued call a free worker takes: the first of
+// the most urgent priority, but bulk work only while the reserved workers
+// stay free for readers; -1 for none. s.mu is held.
+func (s *Session) next() int {
+	best := -1
+	for i, c := range s.queue {
+		if c.prio > PriorityReader && s.bulk >= s.cfg.Workers-s.reserved {
+			continue
+		}
+		if best < 0 || c.prio < s.queue[best].prio {
+			best = i
+		}
+		if c.prio == PriorityReader {
+			break // the first reader: nothing goes before it
+		}
+	}
+	return best
+}
+
+// Cancel ends the pending events that match: queued ones are dropped,
+// running ones see their context cancelled, and the waiters of both get
+// ErrCanceled at once. What their work already did stays. It returns the
+// events cancelled.
+func (s *Session) Cancel(match func(*Event) bool) []Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Event
+	for k, c := range s.inflight {
+		if !match(c.ev) {
+			continue
+		}
+		out = append(out, *c.ev)
+		delete(s.inflight, k)
+		if i := slices.Index(s.queue, c); i >= 0 {
+			s.queue = slices.Delete(s.queue, i, i+1)
+		} else if c.cancel != nil {
+			c.cancel()
+		}
+		c.answer(fmt.Errorf("%s: %w", c.ev, ErrCanceled))
+	}
+	return out
+}
+
+func (s *Session) handle(ctx context.Context, ev *Event) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("DM handler panicked", "event", ev.String(), "panic", r)
 			err = fmt.Errorf("%s: handler panic: %v", ev, r)
 		}
 	}()
-	return s.handler(s.ctx, ev)
+	return s.handler(ctx, ev)
 }
 
 // Stuck reports a session that has events to handle but finished none
@@ -183,10 +265,11 @@ func (s *Session) Stuck(after time.Duration) bool {
 
 // PendingEvent is a snapshot of one event for status.
 type PendingEvent struct {
-	Event   Event         `json:"event"`
-	Running bool          `json:"running"`
-	Waiters int           `json:"waiters"`
-	Age     time.Duration `json:"age_ns"`
+	Event    Event         `json:"event"`
+	Priority Priority      `json:"priority"` // the most urgent of its waiters'
+	Running  bool          `json:"running"`
+	Waiters  int           `json:"waiters"`
+	Age      time.Duration `json:"age_ns"` // since it was raised
 }
 
 // Pending lists queued and running events.
@@ -199,10 +282,7 @@ func (s *Session) Pending() []PendingEvent {
 		queued[c] = true
 	}
 	for _, c := range s.inflight {
-		pe := PendingEvent{Event: *c.ev, Running: !queued[c], Waiters: c.waiters}
-		if !c.started.IsZero() {
-			pe.Age = time.Since(c.started)
-		}
+		pe := PendingEvent{Event: *c.ev, Priority: c.prio, Running: !queued[c], Waiters: c.waiters, Age: time.Since(c.queued)}
 		out = append(out, pe)
 	}
 	return out
@@ -219,8 +299,7 @@ func (s *Session) Close() {
 	s.closed = true
 	for _, c := range s.queue {
 		delete(s.inflight, c.ev.dedupeKey())
-		c.err = ErrClosed
-		close(c.done)
+		c.answer(ErrClosed)
 	}
 	s.queue = nil
 	s.cond.Broadcast()

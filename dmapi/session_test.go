@@ -184,3 +184,121 @@ func TestSessionStuck(t *testing.T) {
 		t.Fatal("stuck after its work finished")
 	}
 }
+
+// Readers go first, and a bulk recall never takes the workers kept for
+// them: with 4 workers (1 kept), 10 admin recalls run 3 at a time, a
+// reader's event runs at once, and a reader queued behind admin events
+// is taken before them.
+func TestReadersGoFirst(t *testing.T) {
+	gates := map[uint64]chan struct{}{}
+	var mu sync.Mutex
+	gate := func(ino uint64) chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		if gates[ino] == nil {
+			gates[ino] = make(chan struct{})
+		}
+		return gates[ino]
+	}
+	var order []uint64
+	s := NewSession("fs", Config{Workers: 4}, func(ctx context.Context, ev *Event) error {
+		mu.Lock()
+		order = append(order, ev.Ino)
+		mu.Unlock()
+		select {
+		case <-gate(ev.Ino):
+		case <-ctx.Done():
+		}
+		return nil
+	}, nil)
+	defer s.Close()
+	running := func() (bulk, readers int) {
+		for _, p := range s.Pending() {
+			if p.Running && p.Priority == PriorityAdmin {
+				bulk++
+			} else if p.Running {
+				readers++
+			}
+		}
+		return
+	}
+	for i := range 10 {
+		s.Post(&Event{Type: Read, Ino: uint64(100 + i), Length: -1, Priority: PriorityAdmin})
+	}
+	waitFor(t, func() bool { b, _ := running(); return b == 3 })
+	time.Sleep(50 * time.Millisecond)
+	if b, _ := running(); b != 3 {
+		t.Fatalf("%d admin events run with 4 workers, want 3 (one kept for readers)", b)
+	}
+	done := make(chan error)
+	go func() { done <- s.Raise(context.Background(), &Event{Type: Read, Ino: 1, Length: 4096}) }()
+	waitFor(t, func() bool { _, r := running(); return r == 1 })
+	close(gate(1))
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Every worker busy: 3 admin events and a second reader; a third
+	// reader queued after the other admin events goes next.
+	go s.Raise(context.Background(), &Event{Type: Read, Ino: 2, Length: 4096})
+	waitFor(t, func() bool { _, r := running(); return r == 1 })
+	go s.Raise(context.Background(), &Event{Type: Read, Ino: 3, Length: 4096})
+	waitFor(t, func() bool { return len(s.Pending()) == 12 }) // 10 admin + readers 2 and 3
+	mu.Lock()
+	taken := len(order)
+	mu.Unlock()
+	close(gate(2))
+	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == taken+1 })
+	mu.Lock()
+	last := order[taken]
+	mu.Unlock()
+	if last != 3 {
+		t.Fatalf("took %d after the reader ended, want reader 3 before the queued admin events", last)
+	}
+	close(gate(3))
+	for i := range 10 {
+		close(gate(uint64(100 + i)))
+	}
+	waitFor(t, func() bool { return len(s.Pending()) == 0 })
+}
+
+// A cancelled event answers its waiters at once with ErrCanceled, queued
+// or running; a running handler sees its context end; the next event for
+// the same work starts afresh.
+func TestCancelAnswersWaitersAtOnce(t *testing.T) {
+	ended := make(chan uint64, 4)
+	s := NewSession("fs", Config{Workers: 1}, func(ctx context.Context, ev *Event) error {
+		if ev.Ino == 9 {
+			return nil
+		}
+		<-ctx.Done()
+		ended <- ev.Ino
+		return ctx.Err()
+	}, nil)
+	defer s.Close()
+	errs := make(chan error, 2)
+	go func() { errs <- s.Raise(context.Background(), &Event{Type: Read, Ino: 1, Length: -1}) }()
+	waitFor(t, func() bool { p := s.Pending(); return len(p) == 1 && p[0].Running })
+	go func() { errs <- s.Raise(context.Background(), &Event{Type: Read, Ino: 2, Length: -1}) }() // queued: one worker
+	waitFor(t, func() bool { return len(s.Pending()) == 2 })
+
+	if got := s.Cancel(func(ev *Event) bool { return ev.Ino == 2 }); len(got) != 1 || got[0].Ino != 2 {
+		t.Fatalf("cancelled %+v, want the event of inode 2", got)
+	}
+	if err := <-errs; !errors.Is(err, ErrCanceled) {
+		t.Fatalf("queued waiter got %v, want ErrCanceled", err)
+	}
+	start := time.Now()
+	s.Cancel(func(ev *Event) bool { return true })
+	if err := <-errs; !errors.Is(err, ErrCanceled) {
+		t.Fatalf("running waiter got %v, want ErrCanceled", err)
+	}
+	if ino := <-ended; ino != 1 || time.Since(start) > 5*time.Second {
+		t.Fatalf("handler of %d ended after %v", ino, time.Since(start))
+	}
+	if len(s.Pending()) != 0 {
+		t.Fatalf("pending after cancel: %+v", s.Pending())
+	}
+	if err := s.Raise(context.Background(), &Event{Type: Read, Ino: 9, Length: -1}); err != nil {
+		t.Fatalf("an event after the cancel: %v", err)
+	}
+}

@@ -57,7 +57,14 @@ type handle struct {
 	// trust what it once found resident.
 	unshield func()
 	resident residentSpans // what a shielded handle knows is data
+	// cancelled: when an admin last cancelled a recall this handle waited
+	// for (unix ns). The kernel retries a failed readahead page with one
+	// read of its own; that read must fail too, not raise a new recall.
+	cancelled atomic.Int64
 }
+
+// cancelEcho is how long after a cancel the handle's reads still fail.
+const cancelEcho = 2 * time.Second
 
 // ptHandle is a handle the kernel may serve by passthrough. Only fully
 // resident files get one: the kernel would read a stub's holes as zeros.
@@ -293,6 +300,10 @@ func (h *handle) raise(ctx context.Context, ev *dmapi.Event) syscall.Errno {
 		return 0
 	case errors.Is(err, context.Canceled):
 		return syscall.EINTR
+	case errors.Is(err, dmapi.ErrCanceled):
+		h.fs.log.Info("recall cancelled by an admin; the reader gets ECANCELED", "file", ev.Path, "offset", ev.Offset)
+		h.cancelled.Store(time.Now().UnixNano())
+		return syscall.ECANCELED
 	default:
 		if !errors.Is(err, context.DeadlineExceeded) {
 			h.fs.log.Error("DM event failed", "event", ev.Type.String(), "file", ev.Path, "offset", ev.Offset, "reason", err)
@@ -376,6 +387,9 @@ func (h *handle) residentFrom(ctx context.Context, off, n int64) (*stub.Record, 
 		}
 		if hole >= end {
 			return rec, hole, 0
+		}
+		if time.Since(time.Unix(0, h.cancelled.Load())) < cancelEcho {
+			return nil, 0, syscall.ECANCELED
 		}
 		ev := h.event(dmapi.Read, 0, -1) // small files are recalled whole
 		if rec.Size > h.fs.opts.SmallFile {

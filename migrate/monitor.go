@@ -227,7 +227,7 @@ func (m *Monitor) Space() dmapi.Space {
 	if p.Quota > 0 || time.Since(sp.MeasuredAt) < time.Second || m.ctx == nil || m.ctx.Err() != nil {
 		return sp
 	}
-	fresh, _, err := m.statfs(&p)
+	fresh, err := SpaceOf(m.root, &p, nil)
 	if err != nil {
 		return sp
 	}
@@ -294,27 +294,27 @@ func (m *Monitor) measure(ctx context.Context, p *Policy, candidates bool) (dmap
 			scan.Candidates = nil // none looked for: keep the last ones shown
 		}
 	}
-	if p.Quota > 0 {
-		sp.Usage, sp.Capacity = scan.Usage, p.Quota
-		sp.HighBytes = sp.Capacity * int64(p.High) / 100
-		return sp, scan, nil
-	}
-	sp, _, err := m.statfs(p)
+	sp, err := SpaceOf(m.root, p, scan)
 	return sp, scan, err
 }
 
-// statfs measures the whole backing filesystem, as df counts it: blocks
-// reserved for root are not capacity.
-func (m *Monitor) statfs(p *Policy) (dmapi.Space, *Scan, error) {
-	sp := dmapi.Space{MeasuredAt: time.Now()}
-	var fs unix.Statfs_t
-	if err := unix.Fstatfs(m.root.FD(), &fs); err != nil {
-		return sp, nil, fmt.Errorf("statfs %s: %w", m.root.Path(), err)
+// SpaceOf is the space the policy judges: with a quota, the blocks of the
+// tree that scan walked; without, the whole backing filesystem, as df
+// counts it (blocks reserved for root are not capacity).
+func SpaceOf(root *beneath.Root, p *Policy, scan *Scan) (dmapi.Space, error) {
+	sp := dmapi.Space{Quota: p.Quota, MeasuredAt: time.Now()}
+	if p.Quota > 0 {
+		sp.Usage, sp.Capacity = scan.Usage, p.Quota
+	} else {
+		var fs unix.Statfs_t
+		if err := unix.Fstatfs(root.FD(), &fs); err != nil {
+			return sp, fmt.Errorf("statfs %s: %w", root.Path(), err)
+		}
+		sp.Usage = int64(fs.Blocks-fs.Bfree) * fs.Frsize
+		sp.Capacity = sp.Usage + int64(fs.Bavail)*fs.Frsize
 	}
-	sp.Usage = int64(fs.Blocks-fs.Bfree) * fs.Frsize
-	sp.Capacity = sp.Usage + int64(fs.Bavail)*fs.Frsize
 	sp.HighBytes = sp.Capacity * int64(p.High) / 100
-	return sp, nil, nil
+	return sp, nil
 }
 
 // candidatesEvery: how many intervals the candidates shown in status may age.

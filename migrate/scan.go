@@ -24,6 +24,55 @@ type Scan struct {
 	Eligible   int64         `json:"eligible"`    // files the policy would pick, before the bound
 	Duration   time.Duration `json:"duration_ns"` // wall time of the walk
 	Incomplete int64         `json:"incomplete"`  // entries that could not be read (vanished, no access)
+	Tally      *Tally        `json:"tally,omitempty"`
+}
+
+// Tally counts a tree's files by state, as `cascadefs df` shows them. A
+// file with several names counts once.
+type Tally struct {
+	Resident    StateCount `json:"resident"`
+	Premigrated StateCount `json:"premigrated"`
+	Migrated    StateCount `json:"migrated"`
+	// ArchiveBytes: what the archive holds for these files' copies (the
+	// data chunks; hole runs are not stored).
+	ArchiveBytes int64 `json:"archive_bytes"`
+	Damaged      int64 `json:"damaged"` // files whose stub record cannot be read
+}
+
+// StateCount is the files in one state: their sizes as ls shows them, and
+// the space their data takes on the backing filesystem.
+type StateCount struct {
+	Files  int64 `json:"files"`
+	Bytes  int64 `json:"bytes"`
+	OnDisk int64 `json:"on_disk"`
+}
+
+func (t *Tally) add(o *Tally) {
+	for _, p := range [][2]*StateCount{{&t.Resident, &o.Resident}, {&t.Premigrated, &o.Premigrated}, {&t.Migrated, &o.Migrated}} {
+		p[0].Files += p[1].Files
+		p[0].Bytes += p[1].Bytes
+		p[0].OnDisk += p[1].OnDisk
+	}
+	t.ArchiveBytes += o.ArchiveBytes
+	t.Damaged += o.Damaged
+}
+
+// count files one file, with its record (nil: none) as read.
+func (t *Tally) count(st *unix.Stat_t, rec *stub.Record) {
+	c := &t.Resident
+	switch {
+	case rec == nil:
+	case rec.State == stub.Migrated:
+		c = &t.Migrated
+	case rec.Unchanged(st): // a premigrated file changed since is resident
+		c = &t.Premigrated
+	}
+	c.Files++
+	c.Bytes += st.Size
+	c.OnDisk += st.Blocks * 512
+	if c != &t.Resident {
+		t.ArchiveBytes += rec.PackedSize()
+	}
 }
 
 // ScanOptions bound a scan's candidate list.
@@ -35,6 +84,8 @@ type ScanOptions struct {
 	Keep int
 	// NoRecords skips reading stub records: usage only, no candidates.
 	NoRecords bool
+	// Tally reads every file's record and counts files by state.
+	Tally bool
 }
 
 // scanWorkers walk directories side by side: a cold walk waits on the
@@ -55,10 +106,14 @@ func (p *Policy) Scan(ctx context.Context, root *beneath.Root, opt ScanOptions, 
 	q.cond = sync.NewCond(&q.mu)
 	q.push(dirJob{rel: "."})
 	best := &bestCandidates{want: opt.Want, keep: opt.Keep, limit: limit}
+	links := &seenLinks{inodes: map[uint64]bool{}}
 	parts := make([]*scanPart, scanWorkers)
 	var wg sync.WaitGroup
 	for w := range parts {
-		parts[w] = &scanPart{p: p, root: root, opt: opt, now: now, ctx: ctx, best: best}
+		parts[w] = &scanPart{p: p, root: root, opt: opt, now: now, ctx: ctx, best: best, links: links}
+		if opt.Tally {
+			parts[w].Tally = &Tally{}
+		}
 		wg.Add(1)
 		go func(part *scanPart) {
 			defer wg.Done()
@@ -75,7 +130,13 @@ func (p *Policy) Scan(ctx context.Context, root *beneath.Root, opt ScanOptions, 
 		return nil, err
 	}
 	s := &Scan{}
+	if opt.Tally {
+		s.Tally = &Tally{}
+	}
 	for _, part := range parts {
+		if opt.Tally {
+			s.Tally.add(part.Tally)
+		}
 		s.Files += part.Files
 		s.Usage += part.Usage
 		s.Instant += part.Instant
@@ -140,12 +201,30 @@ func (q *dirQueue) done() {
 // are shared).
 type scanPart struct {
 	Scan
-	p    *Policy
-	root *beneath.Root
-	opt  ScanOptions
-	now  time.Time
-	ctx  context.Context
-	best *bestCandidates
+	p     *Policy
+	root  *beneath.Root
+	opt   ScanOptions
+	now   time.Time
+	ctx   context.Context
+	best  *bestCandidates
+	links *seenLinks
+}
+
+// seenLinks remembers the inodes with several names that a tally counted.
+type seenLinks struct {
+	mu     sync.Mutex
+	inodes map[uint64]bool
+}
+
+// first reports whether this is the first name of the inode seen.
+func (l *seenLinks) first(ino uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.inodes[ino] {
+		return false
+	}
+	l.inodes[ino] = true
+	return true
 }
 
 // bestCandidates keeps the best candidates that free want (at least keep,
@@ -207,13 +286,24 @@ func (s *scanPart) entry(dfd int, job dirJob, name string, q *dirQueue) {
 		q.push(dirJob{rel: rel, excluded: job.excluded || s.p.Excluded(rel) != ""})
 	case unix.S_IFREG:
 		s.Files++
+		var rec *stub.Record
+		if s.opt.Tally && (st.Nlink < 2 || s.links.first(st.Ino)) {
+			var err error
+			if rec, err = stub.ReadRecordIn(dfd, name); err != nil {
+				s.Tally.Damaged++
+			} else {
+				s.Tally.count(&st, rec)
+			}
+		}
 		if s.opt.NoRecords || job.excluded || st.Blocks == 0 {
 			return
 		}
-		rec, err := stub.ReadRecordIn(dfd, name)
-		if err != nil {
-			s.Incomplete++ // a corrupt record: never touched by the monitor
-			return
+		if rec == nil {
+			var err error
+			if rec, err = stub.ReadRecordIn(dfd, name); err != nil {
+				s.Incomplete++ // a corrupt record: never touched by the monitor
+				return
+			}
 		}
 		v := s.p.judge(rel, &st, rec, s.now)
 		v.Ino = st.Ino

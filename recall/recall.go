@@ -60,6 +60,9 @@ type Manager struct {
 	cfg     Config
 	log     *slog.Logger
 	streams chan struct{}
+	// bulkStreams bounds the streams of bulk work (admin recalls) below
+	// MaxStreams: the rest are kept for readers.
+	bulkStreams chan struct{}
 	// garbage records archive copies made stale when a recalled file is
 	// about to change, before its record goes.
 	garbage dmapi.Garbage
@@ -120,7 +123,8 @@ func NewManager(root *beneath.Root, arch archive.Archive, rights *dmapi.Rights, 
 		cfg.Retries = d.Retries
 	}
 	m := &Manager{root: root, arch: arch, rights: rights, garbage: garbage, cfg: cfg, log: log,
-		streams: make(chan struct{}, cfg.MaxStreams), files: map[uint64]*fileRecall{}, history: map[uint64]*history{}}
+		streams: make(chan struct{}, cfg.MaxStreams), files: map[uint64]*fileRecall{}, history: map[uint64]*history{},
+		bulkStreams: make(chan struct{}, max(1, cfg.MaxStreams-max(1, cfg.MaxStreams/4)))}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	return m
 }
@@ -213,8 +217,12 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 	}
 	end = min(end, f.rec.Size)
 	for attempt := 0; ; attempt++ {
-		if err := f.ensure(ctx, off, end); err != nil {
-			m.log.Error("recall failed", "fs", ev.FS, "file", ev.Path, "offset", off, "reason", err)
+		if err := f.ensure(ctx, off, end, ev.Priority > dmapi.PriorityReader); err != nil {
+			if ctx.Err() != nil && m.ctx.Err() == nil {
+				m.log.Info("recall event ended before its data came (cancelled)", "fs", ev.FS, "file", ev.Path, "offset", off)
+			} else {
+				m.log.Error("recall failed", "fs", ev.FS, "file", ev.Path, "offset", off, "reason", err)
+			}
 			return err
 		}
 		if ev.Type == dmapi.Read {

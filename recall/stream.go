@@ -49,11 +49,15 @@ type stream struct {
 	done       bool
 	err        error
 	prefetched bool // the stream after this one was started (or judged needless)
+	bulk       bool // started for bulk work: holds a bulk token too
+	ctx        context.Context
+	cancel     context.CancelFunc // stops its GET (an admin's cancel)
 }
 
 // ensure returns once [off, end) holds data, starting or joining streams,
-// or when ctx ends.
-func (f *fileRecall) ensure(ctx context.Context, off, end int64) error {
+// or when ctx ends. Bulk work (not a reader's) starts its streams within
+// the bulk share of the stream slots.
+func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool) error {
 	stop := context.AfterFunc(ctx, func() {
 		f.mu.Lock()
 		f.cond.Broadcast()
@@ -81,14 +85,20 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64) error {
 		s := f.covering(hole)
 		if s == nil {
 			f.mu.Unlock()
-			if err := f.m.takeStream(ctx); err != nil {
+			if err := f.m.takeStream(ctx, bulk); err != nil {
 				return err
 			}
 			f.mu.Lock()
 			if s = f.covering(hole); s != nil {
-				f.m.putStream()
-			} else if s, err = f.startLocked(hole, end); err != nil {
-				f.m.putStream()
+				f.m.putStream(bulk)
+			} else if err = ctx.Err(); err != nil {
+				// Cancelled: a stream started now would escape the
+				// Cancel that comes after (it takes f.mu).
+				f.m.putStream(bulk)
+				f.mu.Unlock()
+				return err
+			} else if s, err = f.startLocked(hole, end, bulk); err != nil {
+				f.m.putStream(bulk)
 				f.mu.Unlock()
 				return err
 			}
@@ -136,20 +146,18 @@ func (f *fileRecall) prefetchLocked(s *stream) {
 	if hole, err := stub.FirstMissing(f.fd, f.rec, s.end, min(s.end+f.rec.ChunkSize, f.rec.Size)); err != nil || hole > s.end {
 		return // already here (or unknown: the reader will ask)
 	}
-	select {
-	case f.m.streams <- struct{}{}:
-	default:
+	if !f.m.tryStream(s.bulk) {
 		return
 	}
-	if _, err := f.startLocked(s.end, s.end); err != nil {
-		f.m.putStream()
+	if _, err := f.startLocked(s.end, s.end, s.bulk); err != nil {
+		f.m.putStream(s.bulk)
 	}
 }
 
 // startLocked starts a stream at the chunk holding hole. The caller holds f.mu,
 // the file's shared DM right and a stream token, which the stream gives back
 // when it ends.
-func (f *fileRecall) startLocked(hole, want int64) (*stream, error) {
+func (f *fileRecall) startLocked(hole, want int64, bulk bool) (*stream, error) {
 	if f.rec == nil {
 		return nil, fmt.Errorf("%s: recall after the file became resident", f.path)
 	}
@@ -172,7 +180,8 @@ func (f *fileRecall) startLocked(hole, want int64) (*stream, error) {
 		end = min(end, max((next+chunk-1)/chunk*chunk, start+chunk))
 	}
 	f.m.log.Debug("recall stream", "file", f.path, "start", start, "end", end)
-	s := &stream{start: start, end: end, next: start}
+	s := &stream{start: start, end: end, next: start, bulk: bulk}
+	s.ctx, s.cancel = context.WithCancel(f.m.ctx)
 	f.streams = append(f.streams, s)
 	f.lastEnd, f.window = end, window
 	f.m.mu.Lock()
@@ -251,10 +260,11 @@ func (f *fileRecall) waitSums(ctx context.Context) ([]uint32, error) {
 // on a transient error), verifies and writes each chunk.
 func (f *fileRecall) run(s *stream, releaseRight func()) {
 	defer f.m.wg.Done()
-	defer f.m.putStream()
+	defer f.m.putStream(s.bulk)
 	defer f.m.releaseFile(f)
 	defer releaseRight()
-	err := f.fetch(f.m.ctx, s)
+	defer s.cancel()
+	err := f.fetch(s.ctx, s)
 	if err == nil {
 		err = f.commitIfComplete()
 	}
@@ -268,7 +278,10 @@ func (f *fileRecall) run(s *stream, releaseRight func()) {
 	}
 	f.cond.Broadcast()
 	f.mu.Unlock()
-	if err != nil {
+	switch {
+	case err != nil && s.ctx.Err() != nil && f.m.ctx.Err() == nil:
+		f.m.log.Info("recall stream cancelled", "file", f.path, "offset", s.next)
+	case err != nil:
 		f.m.log.Error("recall stream failed", "file", f.path, "offset", s.next, "reason", err)
 	}
 }
@@ -352,6 +365,9 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 			if sums, err = f.waitSums(ctx); err != nil {
 				return p.off, err, false
 			}
+		}
+		if err := ctx.Err(); err != nil {
+			return p.off, err, false // cancelled: not a byte more
 		}
 		if i := p.off / chunk; i >= int64(len(sums)) || stub.ChunkCRC(p.buf) != sums[i] {
 			return p.off, fmt.Errorf("%s chunk at %d: %w", f.rec.Key, p.off, ErrIntegrity), false
@@ -524,16 +540,69 @@ func (f *fileRecall) makeResident() error {
 	return err
 }
 
-func (m *Manager) takeStream(ctx context.Context) error {
+// takeStream takes a stream slot; bulk work takes a bulk token first, so
+// that it never holds the slots kept for readers.
+func (m *Manager) takeStream(ctx context.Context, bulk bool) error {
+	if bulk {
+		select {
+		case m.bulkStreams <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	select {
 	case m.streams <- struct{}{}:
 		return nil
 	case <-ctx.Done():
+		if bulk {
+			<-m.bulkStreams
+		}
 		return ctx.Err()
 	}
 }
 
-func (m *Manager) putStream() { <-m.streams }
+// tryStream takes a stream slot if one is free at once.
+func (m *Manager) tryStream(bulk bool) bool {
+	if bulk {
+		select {
+		case m.bulkStreams <- struct{}{}:
+		default:
+			return false
+		}
+	}
+	select {
+	case m.streams <- struct{}{}:
+		return true
+	default:
+		if bulk {
+			<-m.bulkStreams
+		}
+		return false
+	}
+}
+
+func (m *Manager) putStream(bulk bool) {
+	<-m.streams
+	if bulk {
+		<-m.bulkStreams
+	}
+}
+
+// Cancel stops the GETs of the file's recall streams (an admin's cancel):
+// what they wrote stays, verified; the next event starts new streams.
+func (m *Manager) Cancel(ino uint64) {
+	m.mu.Lock()
+	f := m.files[ino]
+	m.mu.Unlock()
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	for _, s := range f.streams {
+		s.cancel()
+	}
+	f.mu.Unlock()
+}
 
 func (m *Manager) withRetry(ctx context.Context, fn func() error) error {
 	var err error

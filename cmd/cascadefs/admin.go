@@ -115,13 +115,54 @@ func dryRun(paths []string, recursive, asJSON bool) error {
 }
 
 func cmdRecall(args []string) error {
-	fl := newFlags("recall", "[-r] [-j N] PATH...")
+	fl := newFlags("recall", "[-r] [-j N] PATH... | --cancel PATH... | --cancel --all [PATH]")
 	r := fl.Bool("r", false, "descend into directories")
 	jobs := fl.Int("j", 4, "files recalled in parallel")
+	cancel := fl.Bool("cancel", false, "cancel the pending recalls of the files named (or under the directories named): waiting readers get ECANCELED, GETs stop, what was recalled stays")
+	all := fl.Bool("all", false, "with --cancel: every pending recall of the filesystem (of PATH, else of every filesystem mounted here)")
 	if err := fl.Parse(args); err != nil {
 		return errReported
 	}
+	if *cancel {
+		return cancelRecalls(fl.Args(), *all)
+	}
+	if *all {
+		return fmt.Errorf("--all goes with --cancel")
+	}
 	return batch("recall", "recalled", fl.Args(), daemon.Request{Recursive: *r, Jobs: *jobs})
+}
+
+// cancelRecalls cancels pending events, on each filesystem's owner.
+func cancelRecalls(paths []string, all bool) error {
+	var targets []target
+	switch {
+	case all && len(paths) == 0:
+		mounts, err := daemon.Mounts()
+		if err != nil {
+			return err
+		}
+		for _, m := range mounts {
+			targets = append(targets, target{mount: m})
+		}
+	case len(paths) == 0:
+		return fmt.Errorf("name the files whose recalls to cancel, or --all")
+	default:
+		var err error
+		if targets, err = resolve(paths); err != nil {
+			return err
+		}
+	}
+	for _, t := range targets {
+		evs, err := daemon.Dial(daemon.RunDir(), t.mount.Name).Cancel(daemon.Request{Paths: t.rels, All: all})
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.mount.Mountpoint, err)
+		}
+		for _, ev := range evs {
+			fmt.Printf("cancelled %s %s [%d,+%d]\n", ev.Type, filepath.Join(t.mount.Mountpoint, ev.Path), ev.Offset, ev.Length)
+		}
+		fmt.Printf("%s: %d pending event(s) cancelled\n", t.mount.Mountpoint, len(evs))
+	}
+	return nil
 }
 
 func batch(op, verb string, paths []string, req daemon.Request) error {
@@ -353,13 +394,14 @@ func printSession(prefix string, s daemon.SessionInfo) {
 	for _, p := range s.PendingEvents {
 		state := "queued"
 		if p.Running {
-			state = "running " + p.Age.Round(time.Millisecond).String()
+			state = "running"
 		}
 		from := ""
 		if p.Event.Node != "" {
 			from = " from " + p.Event.Node
 		}
-		fmt.Printf("%s  %s %s [%d,+%d]%s %s, %d waiter(s)\n", indent, p.Event.Type, p.Event.Path, p.Event.Offset, p.Event.Length, from, state, p.Waiters)
+		fmt.Printf("%s  %s %s [%d,+%d]%s: %s for %s, %d waiter(s), %s priority\n", indent, p.Event.Type, p.Event.Path, p.Event.Offset, p.Event.Length,
+			from, state, p.Age.Round(time.Millisecond), p.Waiters, p.Priority)
 	}
 	if s.Space != nil {
 		printSpace(indent+"  ", s.Space)

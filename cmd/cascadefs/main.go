@@ -20,8 +20,10 @@ Usage:
   cascadefs expel NODE [--repo DIR]          (a failed node known to be down)
   cascadefs migrate [-r] [--premigrate] [-j N] [--dry-run [--json]] PATH...
   cascadefs recall [-r] [-j N] PATH...
+  cascadefs recall --cancel [--all] [PATH...]
   cascadefs ls [-r] [--json] PATH...
   cascadefs status [--json]
+  cascadefs df [--json] [PATH...]
   cascadefs reconcile [--dry-run] [--json] [--grace DURATION] PATH
   cascadefs fs add --repo DIR NAME --backing DIR --archive URL [--candidates n1,n2,...] [--owner N]
   cascadefs fs list --repo DIR [--json]
@@ -38,7 +40,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "expel": cmdExpel, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus, "reconcile": cmdReconcile,
+		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "expel": cmdExpel, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus, "df": cmdDF, "reconcile": cmdReconcile,
 	}
 	cmd, ok := cmds[os.Args[1]]
 	if !ok {

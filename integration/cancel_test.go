@@ -1,0 +1,167 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
+	"github.com/cascadefs/cascadefs/internal/testenv"
+)
+
+// status lists pending recalls (file, range, waiters, age, priority), and
+// `recall --cancel` ends them: waiting readers get ECANCELED at once, the
+// stream writes nothing more, what it wrote stays valid, and a later read
+// recalls the rest. One worker: the first recall (paused at its third
+// chunk) holds it, the others queue.
+func TestCancelPendingRecalls(t *testing.T) {
+	dir := t.TempDir()
+	d := testenv.NewDaemon(t, "", []string{"CASCADEFS_FAILPOINTS=" + failpoint.RecallBeforeWrite + "=pause@3", "CASCADEFS_FAILPOINT_DIR=" + dir}, "--workers", "1")
+	d.Start()
+	marker := filepath.Join(dir, failpoint.RecallBeforeWrite+".paused")
+	const size = 8 << 20
+	data := map[string][]byte{}
+	for _, name := range []string{"f", "g", "h"} {
+		b := make([]byte, size)
+		for i := range b {
+			b[i] = byte(i>>8) ^ name[0]
+		}
+		data[name] = b
+		if err := os.WriteFile(d.M(name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.MustCLI("migrate", d.M("f"), d.M("g"), d.M("h"))
+	testenv.DropCaches()
+
+	read := func(name string) <-chan error {
+		done := make(chan error, 1)
+		go func() { _, err := os.ReadFile(d.M(name)); done <- err }()
+		return done
+	}
+	fRead := read("f")
+	waitForFile(t, marker)
+	gRead := read("g")
+	hRecall := cliAsync(d, "recall", d.M("h"))
+	pending := func() []dmapi.PendingEvent {
+		var st struct {
+			Mounts []struct {
+				PendingEvents []dmapi.PendingEvent `json:"pending_events"`
+			} `json:"mounts"`
+		}
+		if err := json.Unmarshal([]byte(d.MustCLI("status", "--json")), &st); err != nil || len(st.Mounts) != 1 {
+			t.Fatalf("status: %v", err)
+		}
+		return st.Mounts[0].PendingEvents
+	}
+	waitUntil(t, "three pending events", func() bool { return len(pending()) == 3 })
+	for _, p := range pending() {
+		want := map[string]struct {
+			running bool
+			prio    dmapi.Priority
+		}{"f": {true, dmapi.PriorityReader}, "g": {false, dmapi.PriorityReader}, "h": {false, dmapi.PriorityAdmin}}[p.Event.Path]
+		if p.Running != want.running || p.Priority != want.prio || p.Waiters != 1 || p.Age <= 0 {
+			t.Errorf("pending %s: %+v", p.Event.Path, p)
+		}
+	}
+	out := d.MustCLI("status")
+	if !strings.Contains(out, "READ f [") || !strings.Contains(out, "admin priority") {
+		t.Errorf("status does not list the pending recalls:\n%s", out)
+	}
+
+	// One file: only its reader is answered.
+	out = d.MustCLI("recall", "--cancel", d.M("g"))
+	if !strings.Contains(out, "1 pending event(s) cancelled") {
+		t.Errorf("cancel g: %s", out)
+	}
+	if err := waitErr(t, gRead); !errors.Is(err, syscall.ECANCELED) {
+		t.Errorf("reader of g got %v, want ECANCELED", err)
+	}
+	if len(pending()) != 2 {
+		t.Errorf("pending after cancelling g: %+v", pending())
+	}
+
+	// All: the running recall too; its reader is answered while the
+	// stream is still paused.
+	out = d.MustCLI("recall", "--cancel", "--all")
+	if !strings.Contains(out, "2 pending event(s) cancelled") {
+		t.Errorf("cancel --all: %s", out)
+	}
+	if err := waitErr(t, fRead); !errors.Is(err, syscall.ECANCELED) {
+		t.Errorf("reader of f got %v, want ECANCELED", err)
+	}
+	if r := <-hRecall; r.err == nil || !strings.Contains(r.out, "cancelled") {
+		t.Errorf("admin recall of h: %v\n%s", r.err, r.out)
+	}
+	os.Remove(marker)
+	waitUntil(t, "the cancelled stream to end", func() bool { return strings.Contains(d.Log(), "recall stream cancelled") })
+	kept := state(t, d, "f").ResidentBytes
+	time.Sleep(500 * time.Millisecond)
+	if s := state(t, d, "f"); s.State != "migrated" || s.ResidentBytes != kept || kept < 512<<10 || kept >= size {
+		t.Errorf("f after the cancel: %+v (was %d resident), want migrated with what was written before, no more", s, kept)
+	}
+	// What was recalled stays valid; the rest comes on the next read.
+	for _, name := range []string{"f", "g", "h"} {
+		got, err := os.ReadFile(d.M(name))
+		if err != nil || !bytes.Equal(got, data[name]) {
+			t.Errorf("%s reads back wrong after the cancel: %v", name, err)
+		}
+	}
+
+	for _, args := range [][]string{{"recall", "--cancel"}, {"recall", "--all", d.M("f")}} {
+		if _, stderr, err := d.CLI(args...); err == nil || stderr == "" {
+			t.Errorf("%v: want a refusal, got err %v stderr %q", args, err, stderr)
+		}
+	}
+}
+
+// waitErr waits a few seconds for a reader's answer.
+func waitErr(t *testing.T, done <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting reader was not answered within 5 s")
+		return nil
+	}
+}
+
+// In a cluster the cancel is carried out on the owner, from any node, and
+// a reader on another node gets ECANCELED through the node RPC.
+func TestCancelPendingRecallsAcrossNodes(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	dir := t.TempDir()
+	c.Nodes["n1"].Env = []string{"CASCADEFS_FAILPOINTS=" + failpoint.RecallBeforeWrite + "=pause@3", "CASCADEFS_FAILPOINT_DIR=" + dir}
+	c.Start("n1", "n2")
+	marker := filepath.Join(dir, failpoint.RecallBeforeWrite+".paused")
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	want := writeRandom(t, n1.M("f"), 8<<20)
+	c.MustCLI("migrate", n1.M("f"))
+	testenv.DropCaches()
+	done := make(chan error, 1)
+	go func() { _, err := os.ReadFile(n2.M("f")); done <- err }()
+	waitForFile(t, marker)
+	out := c.MustCLI("recall", "--cancel", n2.M("f"))
+	if !strings.Contains(out, "1 pending event(s) cancelled") {
+		t.Errorf("cancel through n2: %s", out)
+	}
+	if err := waitErr(t, done); !errors.Is(err, syscall.ECANCELED) {
+		t.Errorf("reader on n2 got %v, want ECANCELED", err)
+	}
+	os.Remove(marker)
+	time.Sleep(cancelEchoWait)
+	if sumFile(t, n2.M("f")) != want {
+		t.Error("f reads back wrong on n2 after the cancel")
+	}
+}
+
+// cancelEchoWait outlasts the time a handle's reads fail after a cancel.
+const cancelEchoWait = 2100 * time.Millisecond
