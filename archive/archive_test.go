@@ -5,8 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/internal/testenv"
@@ -112,4 +116,64 @@ func TestS3Unreachable(t *testing.T) {
 	if err := a.Check(ctx); err == nil {
 		t.Fatal("unreachable archive passed its check")
 	}
+}
+
+// What an admin gets wrong in an archive URL or its credentials comes back
+// as a sentence that says what to do, for a real MinIO over HTTP and TLS.
+func TestS3ErrorsAreSentences(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	m.Env(t)
+	m.Bucket(t, "there")
+	mt := testenv.StartMinIOTLS(t)
+	mt.Bucket(t, "there")
+	otherCA := t.TempDir()
+	testenv.WriteTestCA(t, otherCA)
+	check := func(url string) error {
+		t.Helper()
+		a, err := archive.Open(url)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return a.Check(ctx)
+	}
+	plain := "s3://there?endpoint=" + m.Endpoint + "&insecure=true"
+	for _, c := range []struct {
+		name, url string
+		env       [2]string
+		want      []string
+	}{
+		{"missing bucket", "s3://nothere?endpoint=" + m.Endpoint + "&insecure=true", [2]string{}, []string{`bucket "nothere" does not exist`, "create it", "mc mb"}},
+		{"wrong secret", plain, [2]string{"AWS_SECRET_ACCESS_KEY", "wrong-secret"}, []string{"secret key does not belong", "AWS_SECRET_ACCESS_KEY"}},
+		{"unknown key", plain, [2]string{"AWS_ACCESS_KEY_ID", "nobody"}, []string{`does not know the access key "nobody"`}},
+		{"https to plain HTTP", "s3://there?endpoint=" + m.Endpoint, [2]string{}, []string{"does not speak TLS", "insecure=true"}},
+		{"nothing listens", fmt.Sprintf("s3://there?endpoint=127.0.0.1:%d&insecure=true", testenv.FreePort(t)), [2]string{}, []string{"nothing listens"}},
+		{"private CA not given", "s3://there?endpoint=" + mt.Endpoint, [2]string{}, []string{"not signed by a CA this machine trusts", "&ca=FILE"}},
+		{"another CA", "s3://there?endpoint=" + mt.Endpoint + "&ca=" + filepath.Join(otherCA, "ca.pem"), [2]string{}, []string{"not signed by the CA in " + filepath.Join(otherCA, "ca.pem")}},
+		{"plain HTTP to TLS", "s3://there?endpoint=" + mt.Endpoint + "&insecure=true", [2]string{}, []string{"speaks TLS", "remove insecure=true"}},
+		{"ca with insecure", "s3://there?endpoint=" + mt.Endpoint + "&insecure=true&ca=" + mt.CA, [2]string{}, []string{"does not go with insecure=true"}},
+		{"ca not PEM", "s3://there?endpoint=" + mt.Endpoint + "&ca=/etc/hostname", [2]string{}, []string{"holds no PEM certificate"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.env[0] != "" {
+				t.Setenv(c.env[0], c.env[1])
+			}
+			err := check(c.url)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+	// The private CA given: the archive works over TLS.
+	a, err := archive.Open(mt.Bucket(t, "tls-archive"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exercise(t, a)
 }

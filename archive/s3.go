@@ -2,9 +2,11 @@ package archive
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"path"
 	"strings"
 
@@ -18,6 +20,8 @@ type S3 struct {
 	bucket   string
 	prefix   string
 	endpoint string
+	insecure bool
+	ca       string // PEM file of a private CA (&ca=FILE)
 }
 
 // partSize is the multipart unit for large uploads; parts go up in parallel.
@@ -30,16 +34,34 @@ func newS3FromURL(u *url.URL) (*S3, error) {
 	creds := credentials.NewChainCredentials([]credentials.Provider{
 		&credentials.EnvAWS{}, &credentials.EnvMinio{}, &credentials.FileAWSCredentials{},
 	})
-	client, err := minio.New(endpoint, &minio.Options{
+	opts := &minio.Options{
 		Creds:           creds,
 		Secure:          !insecure,
 		Region:          q.Get("region"),
 		TrailingHeaders: true, // lets PUTs carry CRC-32C checksums the server verifies
-	})
+	}
+	ca := q.Get("ca")
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("archive s3://%s: ca: %w", u.Host, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("archive s3://%s: ca %s holds no PEM certificate", u.Host, ca)
+		}
+		tr, err := minio.DefaultTransport(true)
+		if err != nil {
+			return nil, err
+		}
+		tr.TLSClientConfig.RootCAs = pool
+		opts.Transport = tr
+	}
+	client, err := minio.New(endpoint, opts)
 	if err != nil {
 		return nil, fmt.Errorf("archive s3://%s: %w", u.Host, err)
 	}
-	return &S3{client: client, bucket: u.Host, prefix: strings.Trim(u.Path, "/"), endpoint: endpoint}, nil
+	return &S3{client: client, bucket: u.Host, prefix: strings.Trim(u.Path, "/"), endpoint: endpoint, insecure: insecure, ca: ca}, nil
 }
 
 func (s *S3) String() string {
@@ -54,14 +76,17 @@ func (s *S3) key(k string) string {
 }
 
 func (s *S3) Check(ctx context.Context) error {
-	ok, err := s.client.BucketExists(ctx, s.bucket)
-	if err != nil {
-		return fmt.Errorf("archive %s: %w", s, err)
+	// A listing, not a HEAD of the bucket: its error has a body that says
+	// what is wrong (a wrong secret and a missing bucket look alike to a HEAD).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for o := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix, MaxKeys: 1}) {
+		if o.Err != nil {
+			return fmt.Errorf("archive %s: %w", s, s.explain(o.Err))
+		}
+		break
 	}
-	if !ok {
-		return fmt.Errorf("archive %s: bucket %q does not exist", s, s.bucket)
-	}
-	return nil
+	return ctx.Err()
 }
 
 func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) (ObjectInfo, error) {
@@ -72,7 +97,7 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) (Obje
 		Checksum:    minio.ChecksumCRC32C,
 	})
 	if err != nil {
-		return ObjectInfo{}, fmt.Errorf("archive put %s: %w", key, err)
+		return ObjectInfo{}, fmt.Errorf("archive put %s: %w", key, s.explain(err))
 	}
 	if info.Size != size {
 		return ObjectInfo{}, fmt.Errorf("archive put %s: stored %d of %d bytes", key, info.Size, size)
@@ -172,5 +197,5 @@ func (s *S3) wrap(op, key string, err error) error {
 	case minio.NoSuchKey, "NoSuchObject", "NotFound":
 		return fmt.Errorf("archive %s %s: %w", op, key, ErrNotFound)
 	}
-	return fmt.Errorf("archive %s %s: %w", op, key, err)
+	return fmt.Errorf("archive %s %s: %w", op, key, s.explain(err))
 }

@@ -92,7 +92,9 @@ func (m *mounted) currentDM() *daemon.DM {
 func (m *mounted) ensureDM(fs repo.FS) error {
 	m.mu.Lock()
 	if m.dm != nil && m.dmEpoch == fs.Epoch {
-		m.dm.SetPolicy(settingsOf(fs).Policy) // `fs set` applies without a restart
+		s := settingsOf(fs) // `fs set` applies without a restart
+		m.dm.SetPolicy(s.Policy)
+		m.dm.SetRates(s.RecallRate, s.MigrateRate)
 		m.mu.Unlock()
 		return nil
 	}
@@ -104,7 +106,8 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	dm, err := daemon.StartDM(m.n.ctx, daemon.DMConfig{Name: fs.Name, Backing: fs.Backing, ArchiveURL: fs.Archive,
 		Owner: m.n.cfg.Name, Epoch: fs.Epoch, Queue: m.queue, Gate: &clusterGate{n: m.n, m: m}, Fence: m.fence(fs.Epoch),
 		Acting: m.n.acting,
-		Recall: s.Recall, Workers: s.Workers, EventTimeout: s.EventTimeout, ReleaseWait: s.ReleaseWait, Leader: s.Leader, Policy: s.Policy, Metrics: m.n.metrics}, m.n.log)
+		Recall: s.Recall, Workers: s.Workers, EventTimeout: s.EventTimeout, ReleaseWait: s.ReleaseWait, Leader: s.Leader,
+		RecallRate: s.RecallRate, MigrateRate: s.MigrateRate, Policy: s.Policy, Metrics: m.n.metrics}, m.n.log)
 	if err != nil {
 		return err
 	}

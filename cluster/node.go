@@ -369,7 +369,7 @@ func (n *Node) serveMetrics() error {
 	}
 	n.metrics = metrics.NewNode()
 	n.metrics.OnCollect(func(r *metrics.Registry) {
-		for _, g := range []string{metrics.Usage, metrics.Capacity, metrics.PendingEvents} {
+		for _, g := range metrics.OwnerGauges {
 			r.Forget(g)
 		}
 		n.mu.Lock()

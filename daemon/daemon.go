@@ -47,6 +47,8 @@ type Config struct {
 	EventTimeout  time.Duration // how long a reader waits for a recall
 	ReleaseWait   time.Duration // how long a release waits for open handles
 	Leader        int64         // bytes a release keeps at a file's head
+	RecallRate    int64         // bytes per second fetched at most (0: no cap)
+	MigrateRate   int64         // bytes per second uploaded at most (0: no cap)
 	NoPassthrough bool
 	Debug         bool
 	// Settings are the filesystem's settings (see package settings) of a
@@ -208,6 +210,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	cfg.Recall, cfg.Workers, cfg.EventTimeout, cfg.ReleaseWait, cfg.Leader = set.Recall, set.Workers, set.EventTimeout, set.ReleaseWait, set.Leader
+	cfg.RecallRate, cfg.MigrateRate = set.RecallRate, set.MigrateRate
 	policy := set.Policy
 	cfg.Policy = func() migrate.Policy { return policy }
 	var metricsLn net.Listener
@@ -237,7 +240,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 	dm, err := StartDM(ctx, DMConfig{Name: cfg.Name, Backing: backing, ArchiveURL: cfg.ArchiveURL, Owner: localNode, Epoch: 1,
 		Queue: queue, Gate: mount.FS(), Recall: cfg.Recall, Workers: cfg.Workers,
-		EventTimeout: cfg.EventTimeout, ReleaseWait: cfg.ReleaseWait, Leader: cfg.Leader, Policy: policy, Metrics: cfg.Metrics}, log)
+		EventTimeout: cfg.EventTimeout, ReleaseWait: cfg.ReleaseWait, Leader: cfg.Leader,
+		RecallRate: cfg.RecallRate, MigrateRate: cfg.MigrateRate, Policy: policy, Metrics: cfg.Metrics}, log)
 	if err != nil {
 		mount.Stop()
 		return fail(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
+	"github.com/cascadefs/cascadefs/internal/throttle"
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
@@ -75,6 +76,16 @@ type SessionInfo struct {
 	Space          *migrate.SpaceStatus `json:"space,omitempty"`
 	// LastReconcile: the last reconcile run by this session (lists cut).
 	LastReconcile *migrate.ReconcileReport `json:"last_reconcile,omitempty"`
+	Rates         *Rates                   `json:"rates,omitempty"`
+}
+
+// Rates are the session's transfers now (bytes per second over the last
+// few seconds) and their caps (0: none).
+type Rates struct {
+	Recall       float64 `json:"recall"`
+	RecallLimit  int64   `json:"recall_limit"`
+	Migrate      float64 `json:"migrate"`
+	MigrateLimit int64   `json:"migrate_limit"`
 }
 
 // DMConfig is the DM side of one filesystem.
@@ -95,6 +106,8 @@ type DMConfig struct {
 	EventTimeout time.Duration
 	ReleaseWait  time.Duration
 	Leader       int64             // bytes a release keeps at a file's head
+	RecallRate   int64             // bytes per second fetched at most (0: no cap)
+	MigrateRate  int64             // bytes per second uploaded at most (0: no cap)
 	Policy       migrate.Policy    // of the space monitor
 	Metrics      *metrics.Registry // nil: none
 }
@@ -146,9 +159,11 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	d.recall = recall.NewManager(root, arch, rights, cfg.Queue, cfg.Recall, log)
 	d.recall.Fence = cfg.Fence
 	d.recall.Acting = cfg.Acting
+	d.recall.Throttle = throttle.New(cfg.RecallRate)
 	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
 	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait, Leader: cfg.Leader}, log)
 	d.migrator.Fence = cfg.Fence
+	d.migrator.Throttle = throttle.New(cfg.MigrateRate)
 	d.count(cfg.Metrics)
 	cfg.Queue.Start()
 	d.monitor = migrate.NewMonitor(root, cfg.Policy, d.migrator, log.With("fs", cfg.Name))
@@ -179,9 +194,11 @@ func (d *DM) count(r *metrics.Registry) {
 
 // Gauges sets the gauges of an owned filesystem (at a scrape).
 func (d *DM) Gauges(r *metrics.Registry) {
-	sp := d.monitor.Space()
+	sp, st := d.monitor.Space(), d.monitor.Status()
 	r.Set(metrics.Usage, float64(sp.Usage), "fs", d.cfg.Name)
 	r.Set(metrics.Capacity, float64(sp.Capacity), "fs", d.cfg.Name)
+	r.Set(metrics.HighBytes, float64(sp.Capacity*int64(st.High)/100), "fs", d.cfg.Name)
+	r.Set(metrics.LowBytes, float64(sp.Capacity*int64(st.Low)/100), "fs", d.cfg.Name)
 	r.Set(metrics.PendingEvents, float64(len(d.session.Pending())), "fs", d.cfg.Name)
 }
 
@@ -208,7 +225,15 @@ func (d *DM) Session(context.Context) SessionInfo {
 	space := d.monitor.Status()
 	return SessionInfo{Owner: d.cfg.Owner, Epoch: d.cfg.Epoch, State: "active", Workers: d.cfg.Workers,
 		PendingEvents: d.session.Pending(), PendingDestroy: d.cfg.Queue.Pending(), Space: &space,
-		LastReconcile: d.lastReconcile.Load()}
+		LastReconcile: d.lastReconcile.Load(), Rates: &Rates{
+			Recall: d.recall.Throttle.Rate(), RecallLimit: d.recall.Throttle.Limit(),
+			Migrate: d.migrator.Throttle.Rate(), MigrateLimit: d.migrator.Throttle.Limit()}}
+}
+
+// SetRates changes the transfer caps (after `cascadefs fs set`).
+func (d *DM) SetRates(recall, migrate int64) {
+	d.recall.Throttle.SetLimit(recall)
+	d.migrator.Throttle.SetLimit(migrate)
 }
 
 // Reconcile runs a reconcile of the filesystem; one at a time.

@@ -66,16 +66,7 @@ func BenchmarkHSM(b *testing.B) {
 	for range b.N {
 		// Raw PUT and GET of the same bytes: the baselines.
 		src := d.B("src.bin")
-		f, err := os.Create(src)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := io.CopyN(f, rand.Reader, size); err != nil {
-			b.Fatal(err)
-		}
-		if err := f.Close(); err != nil {
-			b.Fatal(err)
-		}
+		writeFileOf(b, src, size)
 		testenv.DropCaches()
 		start := time.Now()
 		if _, err := m.Client.FPutObject(ctx, "bench", "raw", src, minio.PutObjectOptions{PartSize: 64 << 20, NumThreads: 4}); err != nil {
@@ -507,4 +498,85 @@ func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// BenchmarkRecallPriority: the first 4 KiB at a random offset of a stub,
+// cold, on an idle filesystem and while `cascadefs recall -r -j 8` of a
+// thousand stubs runs (medians of 7 tries each). Readers' events go before
+// the admin's, and workers and GET streams are kept for them.
+func BenchmarkRecallPriority(b *testing.B) {
+	const bulkFiles, bulkSize = 1000, 2 << 20
+	m := testenv.StartMinIO(b)
+	d := testenv.NewDaemon(b, m.Bucket(b, "bench"), m.EnvList())
+	d.Start()
+	size := benchSize() / 4
+	os.Mkdir(d.M("bulk"), 0o755)
+	for i := range bulkFiles {
+		writeFileOf(b, d.M(fmt.Sprintf("bulk/%04d", i)), bulkSize)
+	}
+	writeFileOf(b, d.M("target.bin"), size)
+	d.MustCLI("migrate", "-r", "-j", "8", d.M("bulk"), d.M("target.bin"))
+	buf := make([]byte, 4096)
+	try := func(i int) time.Duration {
+		off := (size / 8) * int64(i%7+1) / 4096 * 4096
+		d.MustCLI("migrate", d.M("target.bin")) // punched again: each try recalls
+		testenv.DropCaches()
+		start := time.Now()
+		f, err := os.Open(d.M("target.bin"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.ReadAt(buf, off); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	for range b.N {
+		var idle, busy []time.Duration
+		for i := range 7 {
+			idle = append(idle, try(i))
+		}
+		start := time.Now()
+		bulk := make(chan cliResult, 1)
+		go func() {
+			o, e, err := d.CLI("recall", "-r", "-j", "8", d.M("bulk"))
+			bulk <- cliResult{err, o + e}
+		}()
+		time.Sleep(time.Second) // the bulk recall under way
+		during := 0
+		for i := range 7 {
+			busy = append(busy, try(i))
+			select {
+			case r := <-bulk:
+				bulk <- r
+			default:
+				during++
+			}
+		}
+		r := <-bulk
+		if r.err != nil {
+			b.Fatalf("bulk recall: %v\n%s", r.err, r.out)
+		}
+		bulkTook := time.Since(start)
+		b.ReportMetric(float64(median(idle).Microseconds())/1000, "first4k-idle-ms")
+		b.ReportMetric(float64(median(busy).Microseconds())/1000, "first4k-busy-ms")
+		b.ReportMetric(median(busy).Seconds()/median(idle).Seconds(), "busy-x")
+		b.ReportMetric(float64(during), "tries-during-bulk")
+		b.ReportMetric(float64(bulkFiles*bulkSize)/bulkTook.Seconds()/(1<<20), "bulk-MB/s")
+		d.MustCLI("migrate", "-r", "-j", "8", d.M("bulk")) // stubs again for the next round
+	}
+}
+
+func writeFileOf(b *testing.B, p string, size int64) {
+	f, err := os.Create(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.CopyN(f, rand.Reader, size); err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
 }

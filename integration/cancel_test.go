@@ -165,3 +165,31 @@ func TestCancelPendingRecallsAcrossNodes(t *testing.T) {
 
 // cancelEchoWait outlasts the time a handle's reads fail after a cancel.
 const cancelEchoWait = 2100 * time.Millisecond
+
+// An event names its file by handle; a file whose dentry the kernel
+// dropped while the event was queued opens by handle without a path (it
+// reads as "/"). The recall must still find it (by its path, checked to
+// be the same inode), not fail as "outside the filesystem".
+func TestRecallByHandleAfterCachesDropped(t *testing.T) {
+	dir := t.TempDir()
+	d := testenv.NewDaemon(t, "", []string{"CASCADEFS_FAILPOINTS=" + failpoint.RecallBeforeWrite + "=pause@1", "CASCADEFS_FAILPOINT_DIR=" + dir}, "--workers", "1")
+	d.Start()
+	marker := filepath.Join(dir, failpoint.RecallBeforeWrite+".paused")
+	wantA := writeRandom(t, d.M("a"), 4<<20)
+	wantB := writeRandom(t, d.M("b"), 4<<20)
+	d.MustCLI("migrate", d.M("a"), d.M("b"))
+	testenv.DropCaches()
+	readA := make(chan [32]byte, 1)
+	go func() { readA <- sumFile(t, d.M("a")) }()
+	waitForFile(t, marker) // the only worker holds a's recall
+	recallB := cliAsync(d, "recall", d.M("b"))
+	waitUntil(t, "b's event queued", func() bool { return strings.Count(d.MustCLI("status"), "waiter(s)") == 2 })
+	testenv.DropCaches() // b's dentry goes while its event waits
+	os.Remove(marker)
+	if r := <-recallB; r.err != nil {
+		t.Fatalf("recall of b after the caches were dropped: %v\n%s", r.err, r.out)
+	}
+	if <-readA != wantA || sumFile(t, d.M("b")) != wantB {
+		t.Fatal("wrong bytes")
+	}
+}

@@ -1,18 +1,22 @@
 // Package metrics keeps a node's counters, gauges and histograms and
-// serves them in the Prometheus text format (version 0.0.4). It is small
-// on purpose: the client library would bring a dozen modules for what is
-// a map and a printf here.
+// serves them at /metrics with the Prometheus client library, beside the
+// Go runtime and process metrics every Prometheus user expects. Reporting
+// goes through a small API (family name, value, label pairs) so that code
+// reports without holding collectors, and a nil registry ignores it.
 package metrics
 
 import (
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
-	"sort"
-	"strings"
 	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 )
 
 // Kind is a metric family's type.
@@ -27,41 +31,62 @@ const (
 // Buckets are the upper bounds of a latency histogram, in seconds.
 var Buckets = []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 
+// family is one declared metric: its collector and label names.
 type family struct {
-	kind   Kind
-	help   string
-	series map[string]*series // by rendered labels
-}
-
-type series struct {
-	value  float64
-	counts []uint64 // histogram: per bucket, not cumulative
-	sum    float64
-	count  uint64
+	labels    []string
+	counter   *prometheus.CounterVec
+	gauge     *prometheus.GaugeVec
+	histogram *prometheus.HistogramVec
 }
 
 // Registry holds metric families. A nil *Registry ignores everything, so
 // code can report without checking whether metrics are on.
 type Registry struct {
+	prom     *prometheus.Registry
 	mu       sync.Mutex
 	families map[string]*family
 	collect  []func(*Registry)
 }
 
-// New returns an empty registry.
-func New() *Registry { return &Registry{families: map[string]*family{}} }
+// New returns a registry holding the Go runtime and process collectors.
+func New() *Registry {
+	r := &Registry{prom: prometheus.NewRegistry(), families: map[string]*family{}}
+	r.prom.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return r
+}
 
-// Define declares a family; reporting to an undeclared one panics, so a
-// typo is found by the first test that reports it.
-func (r *Registry) Define(name string, kind Kind, help string) {
+// Define declares a family with its label names (default: fs); reporting
+// to an undeclared one panics, so a typo is found by the first test that
+// reports it.
+func (r *Registry) Define(name string, kind Kind, help string, labels ...string) {
 	if r == nil {
 		return
 	}
+	if len(labels) == 0 {
+		labels = []string{"fs"}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.families[name]; !ok {
-		r.families[name] = &family{kind: kind, help: help, series: map[string]*series{}}
+	if _, ok := r.families[name]; ok {
+		return
 	}
+	f := &family{labels: labels}
+	var c prometheus.Collector
+	switch kind {
+	case Counter:
+		f.counter = prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+		c = f.counter
+	case Gauge:
+		f.gauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+		c = f.gauge
+	case Histogram:
+		f.histogram = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: Buckets}, labels)
+		c = f.histogram
+	default:
+		panic("metrics: unknown kind " + string(kind))
+	}
+	r.prom.MustRegister(c)
+	r.families[name] = f
 }
 
 // OnCollect runs fn before every scrape (to set gauges that are read, not kept).
@@ -74,21 +99,24 @@ func (r *Registry) OnCollect(fn func(*Registry)) {
 	r.mu.Unlock()
 }
 
-func (r *Registry) series(name string, labels []string) *series {
+// family returns a declared family and the label values of name, value
+// pairs in its order.
+func (r *Registry) family(name string, pairs []string) (*family, []string) {
+	r.mu.Lock()
 	f, ok := r.families[name]
+	r.mu.Unlock()
 	if !ok {
 		panic("metrics: undefined family " + name)
 	}
-	key := renderLabels(labels)
-	s, ok := f.series[key]
-	if !ok {
-		s = &series{}
-		if f.kind == Histogram {
-			s.counts = make([]uint64, len(Buckets))
+	values := make([]string, len(f.labels))
+	for i := 0; i+1 < len(pairs); i += 2 {
+		for j, l := range f.labels {
+			if l == pairs[i] {
+				values[j] = pairs[i+1]
+			}
 		}
-		f.series[key] = s
 	}
-	return s
+	return f, values
 }
 
 // Add adds v to a counter; labels are name, value pairs.
@@ -96,9 +124,8 @@ func (r *Registry) Add(name string, v float64, labels ...string) {
 	if r == nil {
 		return
 	}
-	r.mu.Lock()
-	r.series(name, labels).value += v
-	r.mu.Unlock()
+	f, values := r.family(name, labels)
+	f.counter.WithLabelValues(values...).Add(v)
 }
 
 // Set sets a gauge.
@@ -106,9 +133,8 @@ func (r *Registry) Set(name string, v float64, labels ...string) {
 	if r == nil {
 		return
 	}
-	r.mu.Lock()
-	r.series(name, labels).value = v
-	r.mu.Unlock()
+	f, values := r.family(name, labels)
+	f.gauge.WithLabelValues(values...).Set(v)
 }
 
 // Forget drops every series of a gauge (before a collector sets it anew).
@@ -117,10 +143,11 @@ func (r *Registry) Forget(name string) {
 		return
 	}
 	r.mu.Lock()
-	if f, ok := r.families[name]; ok {
-		f.series = map[string]*series{}
-	}
+	f, ok := r.families[name]
 	r.mu.Unlock()
+	if ok && f.gauge != nil {
+		f.gauge.Reset()
+	}
 }
 
 // Observe records one value in a histogram.
@@ -128,95 +155,34 @@ func (r *Registry) Observe(name string, v float64, labels ...string) {
 	if r == nil {
 		return
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s := r.series(name, labels)
-	for i, le := range Buckets {
-		if v <= le {
-			s.counts[i]++
-			break
-		}
-	}
-	s.sum += v
-	s.count++
+	f, values := r.family(name, labels)
+	f.histogram.WithLabelValues(values...).Observe(v)
 }
 
-func renderLabels(labels []string) string {
-	if len(labels) == 0 {
-		return ""
-	}
-	var b strings.Builder
-	for i := 0; i+1 < len(labels); i += 2 {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "%s=%q", labels[i], labels[i+1])
-	}
-	return b.String()
-}
-
-// Write writes every family in the text format, sorted by name.
-func (r *Registry) Write(w io.Writer) error {
+// Gather runs the collect functions, then gathers every family.
+func (r *Registry) Gather() ([]*dto.MetricFamily, error) {
 	r.mu.Lock()
 	collect := append([]func(*Registry){}, r.collect...)
 	r.mu.Unlock()
 	for _, fn := range collect {
 		fn(r)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	names := make([]string, 0, len(r.families))
-	for n := range r.families {
-		names = append(names, n)
+	return r.prom.Gather()
+}
+
+// Write writes every family in the text format.
+func (r *Registry) Write(w io.Writer) error {
+	mfs, err := r.Gather()
+	if err != nil {
+		return err
 	}
-	sort.Strings(names)
-	var b strings.Builder
-	for _, n := range names {
-		f := r.families[n]
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", n, f.help, n, f.kind)
-		keys := make([]string, 0, len(f.series))
-		for k := range f.series {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			s := f.series[k]
-			if f.kind != Histogram {
-				fmt.Fprintf(&b, "%s%s %s\n", n, braces(k), num(s.value))
-				continue
-			}
-			var cum uint64
-			for i, le := range Buckets {
-				cum += s.counts[i]
-				fmt.Fprintf(&b, "%s_bucket%s %d\n", n, braces(join(k, fmt.Sprintf("le=%q", num(le)))), cum)
-			}
-			fmt.Fprintf(&b, "%s_bucket%s %d\n", n, braces(join(k, `le="+Inf"`)), s.count)
-			fmt.Fprintf(&b, "%s_sum%s %s\n%s_count%s %d\n", n, braces(k), num(s.sum), n, braces(k), s.count)
+	enc := expfmt.NewEncoder(w, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			return err
 		}
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
-}
-
-func braces(labels string) string {
-	if labels == "" {
-		return ""
-	}
-	return "{" + labels + "}"
-}
-
-func join(a, b string) string {
-	if a == "" {
-		return b
-	}
-	return a + "," + b
-}
-
-func num(v float64) string {
-	if math.IsInf(v, 1) {
-		return "+Inf"
-	}
-	return strings.TrimSuffix(fmt.Sprintf("%g", v), ".0")
+	return nil
 }
 
 // Serve serves the registry at http://addr/metrics until the listener is
@@ -227,10 +193,7 @@ func Serve(addr string, r *Registry) (net.Listener, error) {
 		return nil, fmt.Errorf("metrics listener: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		r.Write(w)
-	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(r, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	go http.Serve(ln, mux)
 	return ln, nil
 }
@@ -240,6 +203,8 @@ const (
 	Usage         = "cascadefs_usage_bytes"
 	Capacity      = "cascadefs_capacity_bytes"
 	PendingEvents = "cascadefs_pending_events"
+	HighBytes     = "cascadefs_high_threshold_bytes"
+	LowBytes      = "cascadefs_low_threshold_bytes"
 	MigratedFiles = "cascadefs_migrated_files_total"
 	MigratedBytes = "cascadefs_migrated_bytes_total"
 	UploadedBytes = "cascadefs_uploaded_bytes_total"
@@ -255,12 +220,18 @@ const (
 	ReconcileDamaged = "cascadefs_reconcile_damaged_stubs"
 )
 
+// OwnerGauges are set, at each scrape, by the node that runs each
+// filesystem's session; a node forgets them first (it may own fewer now).
+var OwnerGauges = []string{Usage, Capacity, PendingEvents, HighBytes, LowBytes}
+
 // NewNode returns a registry with the families of a node defined.
 func NewNode() *Registry {
 	r := New()
 	r.Define(Usage, Gauge, "Allocated bytes of the filesystem, as its space monitor last measured (on the owner).")
 	r.Define(Capacity, Gauge, "The quota, or the backing filesystem's size (on the owner).")
 	r.Define(PendingEvents, Gauge, "Synchronous DM events queued or running in the session (on the owner).")
+	r.Define(HighBytes, Gauge, "Usage past which the space monitor starts a migration cycle (on the owner).")
+	r.Define(LowBytes, Gauge, "Usage a migration cycle brings the filesystem under (on the owner).")
 	r.Define(MigratedFiles, Counter, "Files whose data this node released to the archive.")
 	r.Define(MigratedBytes, Counter, "Bytes this node released (punched) after archiving them.")
 	r.Define(UploadedBytes, Counter, "Bytes this node uploaded to the archive.")

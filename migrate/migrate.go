@@ -20,6 +20,7 @@ import (
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
+	"github.com/cascadefs/cascadefs/internal/throttle"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -78,6 +79,8 @@ type Migrator struct {
 	garbage dmapi.Garbage
 	// Fence guards every commit (nil: a single node, no fencing).
 	Fence dmapi.Fence
+	// Throttle, if set, caps the bytes per second uploaded.
+	Throttle *throttle.Throttle
 	// Counted, if set, is told of every migration that succeeded.
 	Counted func(Result)
 }
@@ -244,7 +247,7 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		s, err := stub.ComputeSumsOf(file, rec)
 		sumc <- sumsResult{s, err}
 	}()
-	info, err := m.arch.Put(ctx, rec.Key, rec.DataReader(file), rec.PackedSize())
+	info, err := m.arch.Put(ctx, rec.Key, m.Throttle.Reader(ctx, rec.DataReader(file)), rec.PackedSize())
 	sr := <-sumc
 	if err == nil {
 		err = sr.err

@@ -17,6 +17,7 @@ import (
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
+	"github.com/cascadefs/cascadefs/internal/throttle"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -72,6 +73,8 @@ type Manager struct {
 	// filesystem: a node paused past its lease must not write recalled
 	// bytes into a file another node may have changed since.
 	Acting func() error
+	// Throttle, if set, caps the bytes per second fetched.
+	Throttle *throttle.Throttle
 	// Counted, if set, is told of bytes fetched and of files recalled whole.
 	Counted func(files int, bytes int64)
 	// NoSpace, if set, is asked to free need bytes when a recall's write
@@ -88,6 +91,50 @@ type Manager struct {
 	mu      sync.Mutex
 	files   map[uint64]*fileRecall
 	history map[uint64]*history
+
+	// Readers waiting on recalls, and a channel closed when none is:
+	// bulk streams hold back between chunks while readers wait, so that
+	// the archive and the CPU serve the readers first.
+	readersMu   sync.Mutex
+	readers     int
+	readersIdle chan struct{}
+}
+
+// maxYield bounds how long a bulk stream holds back for readers per
+// chunk: readers that never stop cannot starve it.
+const maxYield = 200 * time.Millisecond
+
+func (m *Manager) readerWaits() func() {
+	m.readersMu.Lock()
+	if m.readers == 0 {
+		m.readersIdle = make(chan struct{})
+	}
+	m.readers++
+	m.readersMu.Unlock()
+	return func() {
+		m.readersMu.Lock()
+		if m.readers--; m.readers == 0 {
+			close(m.readersIdle)
+		}
+		m.readersMu.Unlock()
+	}
+}
+
+// yieldToReaders waits while readers wait (at most maxYield).
+func (m *Manager) yieldToReaders(ctx context.Context) {
+	m.readersMu.Lock()
+	idle, waiting := m.readersIdle, m.readers > 0
+	m.readersMu.Unlock()
+	if !waiting {
+		return
+	}
+	t := time.NewTimer(maxYield)
+	defer t.Stop()
+	select {
+	case <-idle:
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // history is what a file's recall state leaves behind when its last event
@@ -143,25 +190,29 @@ func (m *Manager) open(ev *dmapi.Event, flags int) (int, error) {
 	if len(ev.Handle) > 0 {
 		fd, err := stub.OpenHandle(m.root.FD(), ev.Handle, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 		if err == nil {
-			if _, err := m.root.Rel(fd); err != nil {
-				unix.Close(fd)
-				return -1, err
+			if _, err := m.root.Rel(fd); err == nil {
+				return checkRegular(fd, 0)
 			}
-			return checkRegular(fd)
-		}
-		if errors.Is(err, unix.ESTALE) {
+			// Outside the tree, or a file whose dentry the kernel had
+			// dropped: opened by handle, it has no path to check (it
+			// reads as "/"). The path is checked beneath the root, and
+			// acquire checks the inode it finds there.
+			unix.Close(fd)
+		} else if errors.Is(err, unix.ESTALE) {
 			return fd, err // the file is gone
 		}
-		// Not allowed (not root) or not supported: try the path.
+		// Not allowed (not root), not supported, or not provably inside:
+		// the path.
 	}
 	fd, err := m.root.OpenFD(ev.Path, flags)
 	if err != nil {
 		return -1, err
 	}
-	return checkRegular(fd)
+	return checkRegular(fd, ev.Ino)
 }
 
-func checkRegular(fd int) (int, error) {
+// checkRegular keeps fd if it is a regular file (of inode ino, if not 0).
+func checkRegular(fd int, ino uint64) (int, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
@@ -170,6 +221,10 @@ func checkRegular(fd int) (int, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		unix.Close(fd)
 		return -1, errors.New("not a regular file")
+	}
+	if ino != 0 && st.Ino != ino {
+		unix.Close(fd)
+		return -1, fmt.Errorf("replaced (inode %d, event for %d): %w", st.Ino, ino, ErrChanged)
 	}
 	return fd, nil
 }
@@ -216,6 +271,9 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 		off, end = 0, f.rec.Size
 	}
 	end = min(end, f.rec.Size)
+	if ev.Type == dmapi.Read && ev.Priority == dmapi.PriorityReader {
+		defer m.readerWaits()()
+	}
 	for attempt := 0; ; attempt++ {
 		if err := f.ensure(ctx, off, end, ev.Priority > dmapi.PriorityReader); err != nil {
 			if ctx.Err() != nil && m.ctx.Err() == nil {

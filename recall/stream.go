@@ -342,7 +342,13 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 				return
 			}
 			b = b[:min(chunk, s.end-o)]
+			if s.bulk {
+				f.m.yieldToReaders(ctx)
+			}
 			_, err := io.ReadFull(body, b)
+			if err == nil && f.m.Throttle != nil {
+				err = f.m.Throttle.Wait(ctx, len(b)) // the GET waits in the socket meanwhile
+			}
 			filled <- piece{b, o, err}
 			if err != nil {
 				return
@@ -365,6 +371,9 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 			if sums, err = f.waitSums(ctx); err != nil {
 				return p.off, err, false
 			}
+		}
+		if s.bulk {
+			f.m.yieldToReaders(ctx) // the disk and the CPU too
 		}
 		if err := ctx.Err(); err != nil {
 			return p.off, err, false // cancelled: not a byte more

@@ -26,6 +26,8 @@ type FS struct {
 	HoldLease    time.Duration
 	Failover     string // async or sync
 	Leader       int64  // bytes a migrated file keeps resident at its head
+	RecallRate   int64  // bytes per second the owner recalls at most (0: no cap)
+	MigrateRate  int64  // bytes per second the owner uploads at most (0: no cap)
 	Policy       migrate.Policy
 }
 
@@ -87,6 +89,14 @@ var keys = []key{
 	{"leader", "0", "a migrated file keeps its first SIZE bytes on disk (rounded up to a block), so headers read without a recall (0: none)", func(s *FS, v string) (err error) {
 		s.Leader, err = units.ParseSize(v)
 		s.Policy.Leader = s.Leader // files that fit in it free nothing
+		return err
+	}},
+	{"recall-rate", "0", "bytes per second the node running the session fetches from the archive at most, such as 100MiB (0: no cap)", func(s *FS, v string) (err error) {
+		s.RecallRate, err = units.ParseSize(strings.TrimSuffix(v, "/s"))
+		return err
+	}},
+	{"migrate-rate", "0", "bytes per second the node running the session uploads to the archive at most, such as 50MiB (0: no cap)", func(s *FS, v string) (err error) {
+		s.MigrateRate, err = units.ParseSize(strings.TrimSuffix(v, "/s"))
 		return err
 	}},
 	// The space monitor (see migrate.Policy for how they combine).

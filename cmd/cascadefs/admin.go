@@ -403,6 +403,10 @@ func printSession(prefix string, s daemon.SessionInfo) {
 		fmt.Printf("%s  %s %s [%d,+%d]%s: %s for %s, %d waiter(s), %s priority\n", indent, p.Event.Type, p.Event.Path, p.Event.Offset, p.Event.Length,
 			from, state, p.Age.Round(time.Millisecond), p.Waiters, p.Priority)
 	}
+	if r := s.Rates; r != nil {
+		fmt.Printf("%s  transfers: recall %s/s (%s), migrate %s/s (%s)\n", indent,
+			human(int64(r.Recall)), capOf(r.RecallLimit), human(int64(r.Migrate)), capOf(r.MigrateLimit))
+	}
 	if s.Space != nil {
 		printSpace(indent+"  ", s.Space)
 	}
@@ -470,3 +474,10 @@ func ago(t time.Time) string {
 }
 
 func human(n int64) string { return units.Human(n) }
+
+func capOf(limit int64) string {
+	if limit <= 0 {
+		return "no cap"
+	}
+	return "cap " + human(limit) + "/s"
+}

@@ -5,6 +5,8 @@ package testenv
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -27,7 +29,10 @@ type MinIO struct {
 	AccessKey string
 	SecretKey string
 	Client    *minio.Client
-	proc      *os.Process
+	// CA is the PEM file of the CA that signed the server's certificate
+	// (StartMinIOTLS); empty for plain HTTP.
+	CA   string
+	proc *os.Process
 }
 
 // Pause stops the server (SIGSTOP): requests hang as on a stuck archive.
@@ -61,6 +66,18 @@ func StartMinIO(t testing.TB) *MinIO {
 // nodes in network namespaces).
 func StartMinIOAt(t testing.TB, ip string) *MinIO {
 	t.Helper()
+	return startMinIO(t, ip, false)
+}
+
+// StartMinIOTLS is StartMinIO serving HTTPS with a certificate from a CA
+// of the test's own (m.CA), as an object store with a private CA.
+func StartMinIOTLS(t testing.TB) *MinIO {
+	t.Helper()
+	return startMinIO(t, "127.0.0.1", true)
+}
+
+func startMinIO(t testing.TB, ip string, withTLS bool) *MinIO {
+	t.Helper()
 	bin := MinIOBinary()
 	if _, err := os.Stat(bin); err != nil {
 		Missing(t, "MinIO server not found at %s (run `make tools`)", bin)
@@ -68,7 +85,26 @@ func StartMinIOAt(t testing.TB, ip string) *MinIO {
 	port := FreePort(t)
 	m := &MinIO{Endpoint: fmt.Sprintf("%s:%d", ip, port), AccessKey: "cascadefs-test", SecretKey: "cascadefs-test-secret"}
 	data := t.TempDir()
-	cmd := exec.Command(bin, "server", "--quiet", "--address", m.Endpoint, "--console-address", fmt.Sprintf("127.0.0.1:%d", FreePort(t)), data)
+	args := []string{"server", "--quiet", "--address", m.Endpoint, "--console-address", fmt.Sprintf("127.0.0.1:%d", FreePort(t))}
+	scheme, transport := "http", http.DefaultTransport
+	if withTLS {
+		certs := t.TempDir()
+		ca, caKey := newCert(t, certs, "ca", nil, nil)
+		newCert(t, certs, "server", ca, caKey)
+		for from, to := range map[string]string{"server.pem": "public.crt", "server-key.pem": "private.key"} {
+			if err := os.Rename(filepath.Join(certs, from), filepath.Join(certs, to)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m.CA = filepath.Join(certs, "ca.pem")
+		args = append(args, "--certs-dir", certs)
+		pool := x509.NewCertPool()
+		if b, err := os.ReadFile(m.CA); err != nil || !pool.AppendCertsFromPEM(b) {
+			t.Fatalf("test CA: %v", err)
+		}
+		scheme, transport = "https", &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	}
+	cmd := exec.Command(bin, append(args, data)...)
 	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
 	logf, _ := os.Create(filepath.Join(data, "..", "minio.log"))
@@ -85,7 +121,7 @@ func StartMinIOAt(t testing.TB, ip string) *MinIO {
 	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get("http://" + m.Endpoint + "/minio/health/ready")
+		resp, err := (&http.Client{Transport: transport}).Get(scheme + "://" + m.Endpoint + "/minio/health/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -98,7 +134,8 @@ func StartMinIOAt(t testing.TB, ip string) *MinIO {
 		time.Sleep(100 * time.Millisecond)
 	}
 	var err error
-	m.Client, err = minio.New(m.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, "")})
+	m.Client, err = minio.New(m.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+		Secure: withTLS, Transport: transport})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,6 +147,9 @@ func (m *MinIO) Bucket(t testing.TB, name string) string {
 	t.Helper()
 	if err := m.Client.MakeBucket(context.Background(), name, minio.MakeBucketOptions{}); err != nil {
 		t.Fatalf("make bucket: %v", err)
+	}
+	if m.CA != "" {
+		return fmt.Sprintf("s3://%s?endpoint=%s&ca=%s", name, m.Endpoint, m.CA)
 	}
 	return fmt.Sprintf("s3://%s?endpoint=%s&insecure=true", name, m.Endpoint)
 }
