@@ -4,7 +4,7 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 TOOLS := $(CURDIR)/.tools
 GO ?= go
 
-.PHONY: build tools test unit bench crash demo clean
+.PHONY: build tools test unit bench crash compat demo clean
 
 build:
 	$(GO) build -o bin/cascadefs ./cmd/cascadefs
@@ -34,6 +34,19 @@ crash: tools build
 	scripts/need-system.sh
 	CASCADEFS_REQUIRE_ALL=1 CASCADEFS_CRASH_TRIALS=$(CRASH_TRIALS) CASCADEFS_CRASH_CLUSTER_TRIALS=$(CRASH_CLUSTER_TRIALS) \
 		CASCADEFS_CRASH_REPORT=$(CRASH_REPORT) $(GO) test -count=1 -run '^TestCrashSuite' -timeout 80m -v ./integration
+
+# The archive tests and the integration tests that use S3, against a second
+# S3 server: versitygw with its POSIX backend (built into .tools/, about 2
+# minutes; its backend keeps metadata in xattrs, which /tmp must support).
+VERSITYGW_VERSION := v1.8.0
+COMPAT_TESTS := TestMigrateThenReadBack|TestSparseFileKeepsItsHoles|TestLeaderBytes|TestDF|TestRateLimits|TestReconcile$$|TestSpaceMonitorKeepsTheQuota|TestKill9DuringMigrationAndRecall|TestFailoverReleasesWaitingReaders|TestInterruptedReaderGetsEINTR|TestRenameWhileRecallQueued
+$(TOOLS)/versitygw:
+	mkdir -p $(TOOLS)
+	cd /tmp && GOBIN=$(TOOLS) GOFLAGS=-mod=mod $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+compat: tools $(TOOLS)/versitygw build
+	scripts/need-system.sh
+	CASCADEFS_REQUIRE_ALL=1 CASCADEFS_S3_SERVER=versitygw $(GO) test -count=1 -timeout 20m ./archive
+	CASCADEFS_REQUIRE_ALL=1 CASCADEFS_S3_SERVER=versitygw $(GO) test -count=1 -timeout 30m -run '$(COMPAT_TESTS)' ./integration
 
 unit:
 	$(GO) test -count=1 ./stub ./dmapi ./archive

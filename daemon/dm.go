@@ -164,6 +164,7 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait, Leader: cfg.Leader}, log)
 	d.migrator.Fence = cfg.Fence
 	d.migrator.Throttle = throttle.New(cfg.MigrateRate)
+	d.migrator.Yield = d.recall.YieldToRecalls
 	d.count(cfg.Metrics)
 	cfg.Queue.Start()
 	d.monitor = migrate.NewMonitor(root, cfg.Policy, d.migrator, log.With("fs", cfg.Name))

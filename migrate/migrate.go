@@ -81,6 +81,9 @@ type Migrator struct {
 	Fence dmapi.Fence
 	// Throttle, if set, caps the bytes per second uploaded.
 	Throttle *throttle.Throttle
+	// Yield, if set, holds the space monitor's uploads back while
+	// recalls run: readers and admins go first.
+	Yield func(ctx context.Context)
 	// Counted, if set, is told of every migration that succeeded.
 	Counted func(Result)
 }
@@ -117,7 +120,22 @@ func (m *Migrator) Migrate(ctx context.Context, rel string, ino uint64, premigra
 // being recalled or migrated, is not waited for (dmapi.ErrBusy at once);
 // the next cycle will see it again.
 func (m *Migrator) MigrateIdle(ctx context.Context, rel string, ino uint64, premigrateOnly bool) (Result, error) {
-	return m.migrate(ctx, rel, ino, premigrateOnly, 0)
+	return m.migrate(context.WithValue(ctx, backgroundKey{}, true), rel, ino, premigrateOnly, 0)
+}
+
+// backgroundKey marks the context of the space monitor's migrations.
+type backgroundKey struct{}
+
+// yielding calls yield before each read of a background upload.
+type yielding struct {
+	ctx   context.Context
+	r     io.Reader
+	yield func(context.Context)
+}
+
+func (y yielding) Read(p []byte) (int, error) {
+	y.yield(y.ctx)
+	return y.r.Read(p)
 }
 
 func (m *Migrator) migrate(ctx context.Context, rel string, ino uint64, premigrateOnly bool, wait time.Duration) (Result, error) {
@@ -247,7 +265,11 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		s, err := stub.ComputeSumsOf(file, rec)
 		sumc <- sumsResult{s, err}
 	}()
-	info, err := m.arch.Put(ctx, rec.Key, m.Throttle.Reader(ctx, rec.DataReader(file)), rec.PackedSize())
+	body := m.Throttle.Reader(ctx, rec.DataReader(file))
+	if m.Yield != nil && ctx.Value(backgroundKey{}) != nil {
+		body = yielding{ctx, body, m.Yield}
+	}
+	info, err := m.arch.Put(ctx, rec.Key, body, rec.PackedSize())
 	sr := <-sumc
 	if err == nil {
 		err = sr.err

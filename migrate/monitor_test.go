@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -304,5 +305,28 @@ func TestMonitorClosedAnswersAtOnce(t *testing.T) {
 	defer cancel()
 	if _, err := mon.OutOfSpace(ctx, 1); !errors.Is(err, dmapi.ErrClosed) {
 		t.Fatalf("out of space after close: %v, want ErrClosed", err)
+	}
+}
+
+// The space monitor's uploads yield to recalls (Yield before each read of
+// the upload); an admin's migration does not.
+func TestBackgroundUploadsYield(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, root, "bg", 1<<20, time.Hour)
+	writeFile(t, root, "admin", 1<<20, time.Hour)
+	m := newMigrator(t, root)
+	var yields atomic.Int32
+	m.Yield = func(context.Context) { yields.Add(1) }
+	if _, err := m.Migrate(context.Background(), "admin", 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if n := yields.Load(); n != 0 {
+		t.Fatalf("an admin migration yielded %d times", n)
+	}
+	if _, err := m.MigrateIdle(context.Background(), "bg", 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if yields.Load() == 0 {
+		t.Fatal("a monitor upload never yielded")
 	}
 }

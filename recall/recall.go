@@ -94,37 +94,63 @@ type Manager struct {
 
 	// Readers waiting on recalls, and a channel closed when none is:
 	// bulk streams hold back between chunks while readers wait, so that
-	// the archive and the CPU serve the readers first.
-	readersMu   sync.Mutex
-	readers     int
-	readersIdle chan struct{}
+	// the archive and the CPU serve the readers first. The same for all
+	// recalls (readers' and admins'), which background uploads yield to.
+	waitMu            sync.Mutex
+	readers, recalls  int
+	readersIdle, idle chan struct{}
 }
 
 // maxYield bounds how long a bulk stream holds back for readers per
 // chunk: readers that never stop cannot starve it.
 const maxYield = 200 * time.Millisecond
 
-func (m *Manager) readerWaits() func() {
-	m.readersMu.Lock()
-	if m.readers == 0 {
-		m.readersIdle = make(chan struct{})
+// waits counts a recall event (a reader's, or not) until it ends.
+func (m *Manager) waits(reader bool) func() {
+	m.waitMu.Lock()
+	if m.recalls == 0 {
+		m.idle = make(chan struct{})
 	}
-	m.readers++
-	m.readersMu.Unlock()
-	return func() {
-		m.readersMu.Lock()
-		if m.readers--; m.readers == 0 {
-			close(m.readersIdle)
+	m.recalls++
+	if reader {
+		if m.readers == 0 {
+			m.readersIdle = make(chan struct{})
 		}
-		m.readersMu.Unlock()
+		m.readers++
+	}
+	m.waitMu.Unlock()
+	return func() {
+		m.waitMu.Lock()
+		if m.recalls--; m.recalls == 0 {
+			close(m.idle)
+		}
+		if reader {
+			if m.readers--; m.readers == 0 {
+				close(m.readersIdle)
+			}
+		}
+		m.waitMu.Unlock()
 	}
 }
 
 // yieldToReaders waits while readers wait (at most maxYield).
 func (m *Manager) yieldToReaders(ctx context.Context) {
-	m.readersMu.Lock()
+	m.waitMu.Lock()
 	idle, waiting := m.readersIdle, m.readers > 0
-	m.readersMu.Unlock()
+	m.waitMu.Unlock()
+	yield(ctx, idle, waiting)
+}
+
+// YieldToRecalls waits while any recall runs (at most maxYield): the
+// space monitor's uploads go after readers and admins.
+func (m *Manager) YieldToRecalls(ctx context.Context) {
+	m.waitMu.Lock()
+	idle, waiting := m.idle, m.recalls > 0
+	m.waitMu.Unlock()
+	yield(ctx, idle, waiting)
+}
+
+func yield(ctx context.Context, idle chan struct{}, waiting bool) {
 	if !waiting {
 		return
 	}
@@ -271,9 +297,7 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 		off, end = 0, f.rec.Size
 	}
 	end = min(end, f.rec.Size)
-	if ev.Type == dmapi.Read && ev.Priority == dmapi.PriorityReader {
-		defer m.readerWaits()()
-	}
+	defer m.waits(ev.Type == dmapi.Read && ev.Priority == dmapi.PriorityReader)()
 	for attempt := 0; ; attempt++ {
 		if err := f.ensure(ctx, off, end, ev.Priority > dmapi.PriorityReader); err != nil {
 			if ctx.Err() != nil && m.ctx.Err() == nil {

@@ -23,7 +23,8 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
-// MinIO is a running MinIO server.
+// MinIO is a running S3 server: MinIO, or versitygw under make compat
+// (S3Server).
 type MinIO struct {
 	Endpoint  string
 	AccessKey string
@@ -76,42 +77,67 @@ func StartMinIOTLS(t testing.TB) *MinIO {
 	return startMinIO(t, "127.0.0.1", true)
 }
 
+// S3Server is the S3 server the tests start: MinIO, or versitygw (its
+// POSIX backend) when CASCADEFS_S3_SERVER=versitygw (make compat).
+func S3Server() string {
+	if os.Getenv("CASCADEFS_S3_SERVER") == "versitygw" {
+		return "versitygw"
+	}
+	return "minio"
+}
+
 func startMinIO(t testing.TB, ip string, withTLS bool) *MinIO {
 	t.Helper()
+	kind := S3Server()
 	bin := MinIOBinary()
+	if kind == "versitygw" {
+		bin = filepath.Join(RepoRoot(), ".tools", "versitygw")
+	}
 	if _, err := os.Stat(bin); err != nil {
-		Missing(t, "MinIO server not found at %s (run `make tools`)", bin)
+		Missing(t, "%s server not found at %s (run `make tools`, or `make compat` for versitygw)", kind, bin)
 	}
 	port := FreePort(t)
 	m := &MinIO{Endpoint: fmt.Sprintf("%s:%d", ip, port), AccessKey: "cascadefs-test", SecretKey: "cascadefs-test-secret"}
 	data := t.TempDir()
 	args := []string{"server", "--quiet", "--address", m.Endpoint, "--console-address", fmt.Sprintf("127.0.0.1:%d", FreePort(t))}
+	health := "/minio/health/ready"
+	if kind == "versitygw" {
+		args = []string{"--access", m.AccessKey, "--secret", m.SecretKey, "--port", m.Endpoint, "--health", "/health", "--quiet"}
+		health = "/health"
+	}
 	scheme, transport := "http", http.DefaultTransport
 	if withTLS {
 		certs := t.TempDir()
 		ca, caKey := newCert(t, certs, "ca", nil, nil)
 		newCert(t, certs, "server", ca, caKey)
-		for from, to := range map[string]string{"server.pem": "public.crt", "server-key.pem": "private.key"} {
-			if err := os.Rename(filepath.Join(certs, from), filepath.Join(certs, to)); err != nil {
-				t.Fatal(err)
-			}
-		}
 		m.CA = filepath.Join(certs, "ca.pem")
-		args = append(args, "--certs-dir", certs)
+		if kind == "versitygw" {
+			args = append(args, "--cert", filepath.Join(certs, "server.pem"), "--key", filepath.Join(certs, "server-key.pem"))
+		} else {
+			for from, to := range map[string]string{"server.pem": "public.crt", "server-key.pem": "private.key"} {
+				if err := os.Rename(filepath.Join(certs, from), filepath.Join(certs, to)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			args = append(args, "--certs-dir", certs)
+		}
 		pool := x509.NewCertPool()
 		if b, err := os.ReadFile(m.CA); err != nil || !pool.AppendCertsFromPEM(b) {
 			t.Fatalf("test CA: %v", err)
 		}
 		scheme, transport = "https", &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
 	}
+	if kind == "versitygw" {
+		args = append(args, "posix")
+	}
 	cmd := exec.Command(bin, append(args, data)...)
 	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
-	logf, _ := os.Create(filepath.Join(data, "..", "minio.log"))
+	logf, _ := os.Create(filepath.Join(data, "..", kind+".log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start MinIO: %v", err)
+		t.Fatalf("start %s: %v", kind, err)
 	}
 	m.proc = cmd.Process
 	t.Cleanup(func() {
@@ -121,7 +147,7 @@ func startMinIO(t testing.TB, ip string, withTLS bool) *MinIO {
 	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := (&http.Client{Transport: transport}).Get(scheme + "://" + m.Endpoint + "/minio/health/ready")
+		resp, err := (&http.Client{Transport: transport}).Get(scheme + "://" + m.Endpoint + health)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -129,7 +155,7 @@ func startMinIO(t testing.TB, ip string, withTLS bool) *MinIO {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("MinIO at %s not ready after 60s", m.Endpoint)
+			t.Fatalf("%s at %s not ready after 60s", kind, m.Endpoint)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
