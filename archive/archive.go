@@ -97,9 +97,12 @@ func parseURL(rawURL string) (*url.URL, error) {
 			return nil, fmt.Errorf("archive URL s3://%s: missing ?endpoint=HOST:PORT", u.Host)
 		}
 		for k := range q {
-			if k != "endpoint" && k != "insecure" && k != "region" && k != "ca" {
+			if k != "endpoint" && k != "insecure" && k != "region" && k != "ca" && k != "checksum" {
 				return nil, fmt.Errorf("archive URL s3://%s: unknown parameter %q", u.Host, k)
 			}
+		}
+		if c := q.Get("checksum"); c != "" && c != "crc32c" && c != "md5" {
+			return nil, fmt.Errorf("archive URL s3://%s: checksum=%s: want crc32c (the default) or md5", u.Host, c)
 		}
 		if q.Get("ca") != "" && q.Get("insecure") == "true" {
 			return nil, fmt.Errorf("archive URL s3://%s: ca= is for TLS; it does not go with insecure=true", u.Host)

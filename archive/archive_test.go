@@ -92,7 +92,8 @@ func TestS3(t *testing.T) {
 		t.Fatal(err)
 	}
 	exercise(t, a)
-	prefixed, _ := archive.Open(m.Bucket(t, "archive-test2")[:len("s3://archive-test2")] + "/some/prefix?endpoint=" + m.Endpoint + "&insecure=true")
+	m.Bucket(t, "archive-test2")
+	prefixed, _ := archive.Open(m.URL("archive-test2/some/prefix"))
 	exercise(t, prefixed)
 }
 
@@ -154,6 +155,7 @@ func TestS3ErrorsAreSentences(t *testing.T) {
 		{"plain HTTP to TLS", "s3://there?endpoint=" + mt.Endpoint + "&insecure=true", [2]string{}, []string{"speaks TLS", "remove insecure=true"}},
 		{"ca with insecure", "s3://there?endpoint=" + mt.Endpoint + "&insecure=true&ca=" + mt.CA, [2]string{}, []string{"does not go with insecure=true"}},
 		{"ca not PEM", "s3://there?endpoint=" + mt.Endpoint + "&ca=/etc/hostname", [2]string{}, []string{"holds no PEM certificate"}},
+		{"bad checksum option", plain + "&checksum=sha1", [2]string{}, []string{"want crc32c (the default) or md5"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if c.env[0] != "" {
@@ -169,6 +171,18 @@ func TestS3ErrorsAreSentences(t *testing.T) {
 				}
 			}
 		})
+	}
+	if testenv.S3Server() == "versitygw" {
+		// A server that does not verify trailing checksums says so at the
+		// first upload, with what to do.
+		a, err := archive.Open(plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = a.Put(context.Background(), "k", strings.NewReader("bytes"), 5)
+		if err == nil || !strings.Contains(err.Error(), "&checksum=md5") {
+			t.Errorf("an upload with a trailing checksum to versitygw: %v", err)
+		}
 	}
 	// The private CA given: the archive works over TLS.
 	a, err := archive.Open(mt.Bucket(t, "tls-archive"))

@@ -22,6 +22,7 @@ type S3 struct {
 	endpoint string
 	insecure bool
 	ca       string // PEM file of a private CA (&ca=FILE)
+	md5      bool   // uploads carry Content-MD5 instead of a trailing CRC-32C (&checksum=md5)
 }
 
 // partSize is the multipart unit for large uploads; parts go up in parallel.
@@ -61,7 +62,8 @@ func newS3FromURL(u *url.URL) (*S3, error) {
 	if err != nil {
 		return nil, fmt.Errorf("archive s3://%s: %w", u.Host, err)
 	}
-	return &S3{client: client, bucket: u.Host, prefix: strings.Trim(u.Path, "/"), endpoint: endpoint, insecure: insecure, ca: ca}, nil
+	return &S3{client: client, bucket: u.Host, prefix: strings.Trim(u.Path, "/"), endpoint: endpoint, insecure: insecure, ca: ca,
+		md5: q.Get("checksum") == "md5"}, nil
 }
 
 func (s *S3) String() string {
@@ -90,12 +92,16 @@ func (s *S3) Check(ctx context.Context) error {
 }
 
 func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) (ObjectInfo, error) {
-	info, err := s.client.PutObject(ctx, s.bucket, s.key(key), r, size, minio.PutObjectOptions{
+	opts := minio.PutObjectOptions{
 		ContentType: "application/octet-stream",
 		PartSize:    partSize,
 		NumThreads:  4,
-		Checksum:    minio.ChecksumCRC32C,
-	})
+		Checksum:    minio.ChecksumCRC32C, // checked by the server before it stores the object
+	}
+	if s.md5 {
+		opts.Checksum, opts.SendContentMd5 = minio.ChecksumNone, true
+	}
+	info, err := s.client.PutObject(ctx, s.bucket, s.key(key), r, size, opts)
 	if err != nil {
 		return ObjectInfo{}, fmt.Errorf("archive put %s: %w", key, s.explain(err))
 	}

@@ -5,10 +5,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 )
@@ -35,7 +37,7 @@ func (s *S3) hint(err error) string {
 	case "NoSuchBucket":
 		return fmt.Sprintf("bucket %q does not exist on %s: create it first (mc mb ALIAS/%s, or aws s3 mb s3://%s --endpoint-url %s)",
 			s.bucket, s.endpoint, s.bucket, s.bucket, s.scheme()+"://"+s.endpoint)
-	case "InvalidAccessKeyId":
+	case "InvalidAccessKeyId", "XAdminUserNotFound": // the second: versitygw's
 		return fmt.Sprintf("%s does not know the access key %q: check AWS_ACCESS_KEY_ID", s.endpoint, key)
 	case "SignatureDoesNotMatch":
 		return fmt.Sprintf("%s refused the signature: the secret key does not belong to access key %q; check AWS_SECRET_ACCESS_KEY", s.endpoint, key)
@@ -43,6 +45,11 @@ func (s *S3) hint(err error) string {
 		return fmt.Sprintf("this machine's clock and %s's differ by more than S3 allows (15 minutes): set the time right (chrony, or timedatectl set-ntp true)", s.endpoint)
 	case "AccessDenied":
 		return fmt.Sprintf("%s denied access key %q on bucket %q: its policy must allow s3:ListBucket, GetObject, PutObject and DeleteObject there", s.endpoint, key, s.bucket)
+	case "BadDigest":
+		if !s.md5 {
+			return fmt.Sprintf("%s rejected the upload's CRC-32C. If every upload fails so, it does not verify S3 trailing checksums (versitygw v1.8.0 does not, over plain HTTP): add &checksum=md5 to the archive URL", s.endpoint)
+		}
+		return fmt.Sprintf("%s rejected the upload's MD5: the bytes changed on the way (the migration fails and can be run again)", s.endpoint)
 	case "AuthorizationHeaderMalformed", "InvalidRegion":
 		return fmt.Sprintf("%s expects another region: add &region=REGION to the archive URL", s.endpoint)
 	}
@@ -66,6 +73,9 @@ func (s *S3) hint(err error) string {
 	case strings.Contains(msg, "HTTP request to an HTTPS server"),
 		strings.Contains(msg, "malformed HTTP response") && strings.Contains(msg, `\x15\x03`):
 		return fmt.Sprintf("%s speaks TLS: remove insecure=true from the archive URL (and add &ca=FILE for a private CA)", s.endpoint)
+	case s.insecure && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		strings.Contains(msg, "Connection closed by foreign host")) && speaksTLS(s.endpoint):
+		return fmt.Sprintf("%s speaks TLS: remove insecure=true from the archive URL (and add &ca=FILE for a private CA)", s.endpoint)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return fmt.Sprintf("nothing listens at %s: is the object store running, and is endpoint= right?", s.endpoint)
 	}
@@ -74,6 +84,17 @@ func (s *S3) hint(err error) string {
 		return fmt.Sprintf("the name in endpoint=%s does not resolve (%v)", s.endpoint, dnsErr)
 	}
 	return ""
+}
+
+// speaksTLS looks whether host answers a TLS handshake (nothing is sent
+// over it): some servers hang up on plain HTTP without a word.
+func speaksTLS(host string) bool {
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", host, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
 }
 
 func (s *S3) scheme() string {

@@ -62,9 +62,8 @@ func (t *Throttle) Limit() int64 {
 }
 
 // Wait takes n bytes from the budget, waiting as long as the cap needs
-// (or until ctx ends), and counts them.
+// (or until ctx ends), and counts them as they are granted.
 func (t *Throttle) Wait(ctx context.Context, n int) error {
-	t.count(n)
 	for n > 0 {
 		step := n
 		if b := t.lim.Burst(); t.lim.Limit() != rate.Inf && step > b {
@@ -73,6 +72,7 @@ func (t *Throttle) Wait(ctx context.Context, n int) error {
 		if err := t.lim.WaitN(ctx, step); err != nil {
 			return err
 		}
+		t.count(step)
 		n -= step
 	}
 	return nil
