@@ -126,16 +126,25 @@ func (m *Migrator) MigrateIdle(ctx context.Context, rel string, ino uint64, prem
 // backgroundKey marks the context of the space monitor's migrations.
 type backgroundKey struct{}
 
-// yielding calls yield before each read of a background upload.
+// yielding calls yield before each MiB of a background upload: held
+// back by recalls that never stop, it still moves a MiB per yield.
 type yielding struct {
 	ctx   context.Context
 	r     io.Reader
 	yield func(context.Context)
+	since int // bytes read since the last yield
 }
 
-func (y yielding) Read(p []byte) (int, error) {
-	y.yield(y.ctx)
-	return y.r.Read(p)
+const yieldEvery = 1 << 20
+
+func (y *yielding) Read(p []byte) (int, error) {
+	if y.since >= yieldEvery || y.since == 0 {
+		y.yield(y.ctx)
+		y.since = 0
+	}
+	n, err := y.r.Read(p)
+	y.since += max(n, 1)
+	return n, err
 }
 
 func (m *Migrator) migrate(ctx context.Context, rel string, ino uint64, premigrateOnly bool, wait time.Duration) (Result, error) {
@@ -266,8 +275,8 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		sumc <- sumsResult{s, err}
 	}()
 	body := m.Throttle.Reader(ctx, rec.DataReader(file))
-	if m.Yield != nil && ctx.Value(backgroundKey{}) != nil {
-		body = yielding{ctx, body, m.Yield}
+	if m.Yield != nil && ctx.Value(backgroundKey{}) != nil && ctx.Value(waitedKey{}) == nil {
+		body = &yielding{ctx: ctx, r: body, yield: m.Yield}
 	}
 	info, err := m.arch.Put(ctx, rec.Key, body, rec.PackedSize())
 	sr := <-sumc

@@ -80,7 +80,13 @@ type Cycle struct {
 	Unfreeable    bool          `json:"unfreeable,omitempty"` // ran out of candidates above low
 	Blocked       string        `json:"blocked,omitempty"`    // why no release could happen (a node is down)
 	FirstFailures []string      `json:"first_failures,omitempty"`
+	// waited: a writer or a recall is waiting for the space this cycle
+	// frees; its uploads do not hold back for recalls (one may be it).
+	waited bool
 }
+
+// waitedKey marks the context of a cycle somebody waits for.
+type waitedKey struct{}
 
 // statusCandidates is how many next candidates status shows.
 const statusCandidates = 10
@@ -405,7 +411,7 @@ func percent(n, of int64) int64 {
 // need fits), instant releases first, then premigrates further candidates
 // up to the premigration percentage.
 func (m *Monitor) cycle(p *Policy, sp dmapi.Space, need int64, reason string) Cycle {
-	c := Cycle{Reason: reason, Start: time.Now(), UsageBefore: sp.Usage}
+	c := Cycle{Reason: reason, Start: time.Now(), UsageBefore: sp.Usage, waited: need > 0}
 	defer func() { c.Duration = time.Since(c.Start) }()
 	toFree := sp.Usage - sp.Capacity*int64(p.Low)/100
 	if x := sp.Usage + need - sp.Capacity; x > toFree {
@@ -485,7 +491,11 @@ func (m *Monitor) run(p *Policy, batch []Candidate, premigrateOnly bool, c *Cycl
 		wg.Add(1)
 		go func(cand Candidate) {
 			defer func() { <-sema; wg.Done() }()
-			res, err := m.mig.MigrateIdle(m.ctx, cand.Path, cand.Ino, premigrateOnly)
+			ctx := m.ctx
+			if c.waited {
+				ctx = context.WithValue(ctx, waitedKey{}, true)
+			}
+			res, err := m.mig.MigrateIdle(ctx, cand.Path, cand.Ino, premigrateOnly)
 			m.setBusy(true) // progress
 			mu.Lock()
 			defer mu.Unlock()

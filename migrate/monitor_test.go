@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -328,5 +329,54 @@ func TestBackgroundUploadsYield(t *testing.T) {
 	}
 	if yields.Load() == 0 {
 		t.Fatal("a monitor upload never yielded")
+	}
+}
+
+// An out-of-space cycle's uploads do not yield: the recall or writer that
+// waits for the space would hold back the upload that frees it.
+func TestOutOfSpaceUploadsDoNotYield(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, root, "f", 1<<20, time.Hour)
+	m := newMigrator(t, root)
+	var yields atomic.Int32
+	m.Yield = func(context.Context) { yields.Add(1) }
+	ctx := context.WithValue(context.Background(), waitedKey{}, true)
+	if _, err := m.MigrateIdle(ctx, "f", 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if n := yields.Load(); n != 0 {
+		t.Fatalf("an upload somebody waits for yielded %d times", n)
+	}
+}
+
+// waitedSpy records whether each migration's context says somebody waits.
+type waitedSpy struct {
+	mu     sync.Mutex
+	waited []bool
+}
+
+func (s *waitedSpy) MigrateIdle(ctx context.Context, rel string, ino uint64, premigrateOnly bool) (Result, error) {
+	s.mu.Lock()
+	s.waited = append(s.waited, ctx.Value(waitedKey{}) != nil)
+	s.mu.Unlock()
+	return Result{}, errors.New("not migrated (spy)")
+}
+
+// A cycle run for an out-of-space request marks its migrations; a
+// periodic one does not.
+func TestOutOfSpaceCycleMarksItsUploads(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, root, "f", 512<<10, 48*time.Hour)
+	p := DefaultPolicy()
+	p.Quota, p.Interval = 1<<20, time.Hour
+	spy := &waitedSpy{}
+	mon := NewMonitor(fakes.Root(t, root), p, spy, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	mon.Start(context.Background())
+	defer mon.Close()
+	mon.OutOfSpace(context.Background(), 900<<10) // fails: the spy migrates nothing
+	spy.mu.Lock()
+	defer spy.mu.Unlock()
+	if len(spy.waited) == 0 || !spy.waited[len(spy.waited)-1] {
+		t.Fatalf("migrations of an out-of-space cycle: %v, want the last marked", spy.waited)
 	}
 }
