@@ -384,8 +384,6 @@ func (d *Mount) serveReconcile(w http.ResponseWriter, r *http.Request) {
 	out.send(Message{Type: "reconcile", Reconcile: rep})
 }
 
-// servePlan answers `migrate --dry-run`: what the space monitor's policy
-// would pick among the files, in order, and why the others not.
 // serveCancel cancels the pending events on the files (or under the
 // directories) named, or all of them, on the filesystem's owner.
 func (d *Mount) serveCancel(w http.ResponseWriter, r *http.Request) {
@@ -455,6 +453,8 @@ func (d *Mount) serveDF(w http.ResponseWriter, r *http.Request) {
 		High: policy.High, Low: policy.Low, Incomplete: scan.Incomplete, Duration: scan.Duration})
 }
 
+// servePlan answers `migrate --dry-run`: what the space monitor's policy
+// would pick among the files, in order, and why the others not.
 func (d *Mount) servePlan(w http.ResponseWriter, r *http.Request) {
 	_, files, ok := d.request(w, r)
 	if !ok {

@@ -268,3 +268,35 @@ func TestTruncateRacingARelease(t *testing.T) {
 		t.Fatalf("file not resident: record %v, %v", rec, err)
 	}
 }
+
+// A reader waiting on an admin's stream does not make that stream hold
+// back for readers: it would hold back for the reader itself, a chunk at
+// a time (200 ms each). 32 chunks at 10 ms each must take well under the
+// 6 s the stream would take if it yielded.
+func TestReaderOnAdminStreamIsNotHeldBack(t *testing.T) {
+	const size = 8 << 20
+	root, arch, data, ino := migrated(t, size)
+	arch.slow = 10 * time.Millisecond
+	m := recall.NewManager(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.KeptGarbage{},
+		recall.Config{SmallFile: 1 << 20, Window: 64 << 20}, slog.Default())
+	t.Cleanup(m.Close)
+	admin := make(chan error, 1)
+	go func() {
+		admin <- m.Handle(context.Background(), &dmapi.Event{Type: dmapi.Read, Path: "f", Ino: ino, Offset: 0, Length: -1, Priority: dmapi.PriorityAdmin})
+	}()
+	time.Sleep(50 * time.Millisecond) // the admin's stream has begun
+	start := time.Now()
+	if err := m.Handle(context.Background(), &dmapi.Event{Type: dmapi.Read, Path: "f", Ino: ino, Offset: size - 4096, Length: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("the reader on the admin's stream waited %v", d)
+	}
+	if err := <-admin; err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(filepath.Join(root, "f"))
+	if !bytes.Equal(got, data) {
+		t.Fatal("wrong bytes")
+	}
+}

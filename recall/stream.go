@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
@@ -50,6 +51,9 @@ type stream struct {
 	err        error
 	prefetched bool // the stream after this one was started (or judged needless)
 	bulk       bool // started for bulk work: holds a bulk token too
+	// hurried: a reader waits on this (bulk) stream: it no longer holds
+	// back for readers, one of which it would keep waiting.
+	hurried atomic.Bool
 	ctx        context.Context
 	cancel     context.CancelFunc // stops its GET (an admin's cancel)
 }
@@ -102,6 +106,9 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool) erro
 				f.mu.Unlock()
 				return err
 			}
+		}
+		if !bulk && s.bulk {
+			s.hurried.Store(true)
 		}
 		if hole >= s.start+(s.end-s.start)/2 {
 			f.prefetchLocked(s)
@@ -342,7 +349,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 				return
 			}
 			b = b[:min(chunk, s.end-o)]
-			if s.bulk {
+			if s.bulk && !s.hurried.Load() {
 				f.m.yieldToReaders(ctx)
 			}
 			_, err := io.ReadFull(body, b)
@@ -372,7 +379,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 				return p.off, err, false
 			}
 		}
-		if s.bulk {
+		if s.bulk && !s.hurried.Load() {
 			f.m.yieldToReaders(ctx) // the disk and the CPU too
 		}
 		if err := ctx.Err(); err != nil {
