@@ -54,8 +54,8 @@ type stream struct {
 	// hurried: a reader waits on this (bulk) stream: it no longer holds
 	// back for readers, one of which it would keep waiting.
 	hurried atomic.Bool
-	ctx        context.Context
-	cancel     context.CancelFunc // stops its GET (an admin's cancel)
+	ctx     context.Context
+	cancel  context.CancelFunc // stops its GET (an admin's cancel)
 }
 
 // ensure returns once [off, end) holds data, starting or joining streams,
