@@ -68,6 +68,13 @@ echo "== a 60 MiB write passes the quota: it waits for a cycle and succeeds"
 head -c $((60 << 20)) /dev/urandom > "$demo/mnt/new.bin" && echo "new.bin written"
 "$bin" status | sed -n '/space:/,$p'
 (cd "$demo/mnt" && sha256sum -c "$demo/sums")
+echo "== cascadefs df: files and bytes by state, the archive, usage against the thresholds"
+echo "   (reading the files back recalled them past the quota: readers are never refused)"
+"$bin" df "$demo/mnt"
+cycles=$(grep -c "space monitor cycle" "$demo/daemon.log")
+for _ in $(seq 50); do (( $(grep -c "space monitor cycle" "$demo/daemon.log") > cycles )) && break; sleep 0.2; done
+echo "== after the monitor's next cycle"
+"$bin" df "$demo/mnt"
 kill -TERM "$pid"; wait "$pid"; pid=
 
 echo
