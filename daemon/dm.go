@@ -169,6 +169,11 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	cfg.Queue.Start()
 	d.monitor = migrate.NewMonitor(root, cfg.Policy, d.migrator, log.With("fs", cfg.Name))
 	d.monitor.Cycled = func(migrate.Cycle) { cfg.Metrics.Add(metrics.SpaceCycles, 1, "fs", cfg.Name) }
+	counted := d.recall.Counted
+	d.recall.Counted = func(files int, bytes int64) {
+		counted(files, bytes)
+		d.monitor.Grew(bytes) // past high, the monitor checks now, not at its interval
+	}
 	d.recall.NoSpace = func(ctx context.Context, need int64) error {
 		_, err := d.monitor.OutOfSpace(ctx, need)
 		return err

@@ -39,6 +39,29 @@ type Monitor struct {
 	need     int64           // largest out-of-space request since the last check
 	waiters  []chan struct{} // out-of-space requests waiting for the next check
 	status   SpaceStatus
+	grown    int64     // bytes recalls added since the last measurement
+	grewKick time.Time // when Grew last woke the monitor
+}
+
+// grewKickEvery bounds how often recalls wake the monitor (under a quota
+// each check walks the tree).
+const grewKickEvery = 2 * time.Second
+
+// Grew tells the monitor that recalls added n bytes it has not measured.
+// Once its estimate passes the high threshold it checks at once, rather
+// than at its next interval: reading migrated files back could otherwise
+// take the filesystem far past its quota for a whole interval.
+func (m *Monitor) Grew(n int64) {
+	m.mu.Lock()
+	m.grown += n
+	over := m.space.HighBytes > 0 && m.space.Usage+m.grown > m.space.HighBytes && time.Since(m.grewKick) >= grewKickEvery
+	if over {
+		m.grewKick = time.Now()
+	}
+	m.mu.Unlock()
+	if over {
+		m.wake()
+	}
 }
 
 // migrater is what the monitor needs of a Migrator.
@@ -240,7 +263,7 @@ func (m *Monitor) Space() dmapi.Space {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if fresh.MeasuredAt.After(m.space.MeasuredAt) {
-		m.space = fresh
+		m.space, m.grown = fresh, 0
 	}
 	return m.space
 }
@@ -328,7 +351,7 @@ const candidatesEvery = 10
 
 func (m *Monitor) publish(sp dmapi.Space, scan *Scan) {
 	m.mu.Lock()
-	m.space = sp
+	m.space, m.grown = sp, 0
 	if scan != nil && scan.Candidates != nil {
 		m.status.Next = scan.Candidates
 		if len(m.status.Next) > statusCandidates {

@@ -380,3 +380,39 @@ func TestOutOfSpaceCycleMarksItsUploads(t *testing.T) {
 		t.Fatalf("migrations of an out-of-space cycle: %v, want the last marked", spy.waited)
 	}
 }
+
+// Recalls that take usage past the high threshold wake the monitor at
+// once (its interval here is an hour): a cycle runs and brings usage
+// under low again.
+func TestRecallsPastHighWakeTheMonitor(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, root, "old", 500<<10, 48*time.Hour)
+	p := DefaultPolicy()
+	p.Quota, p.Interval = 1<<20, time.Hour
+	cycled := make(chan Cycle, 4)
+	mon := NewMonitor(fakes.Root(t, root), p, newMigrator(t, root), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	mon.Cycled = func(c Cycle) { cycled <- c }
+	mon.Start(context.Background())
+	defer mon.Close()
+	for deadline := time.Now().Add(5 * time.Second); mon.Status().Usage == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no first check") // it runs at Start, under high
+		}
+	}
+	writeFile(t, root, "recalled", 300<<10, 24*time.Hour) // as a recall writes, unseen
+	mon.Grew(100 << 10)                                   // still under high: no check
+	select {
+	case c := <-cycled:
+		t.Fatalf("a cycle under the high threshold: %+v", c)
+	case <-time.After(300 * time.Millisecond):
+	}
+	mon.Grew(200 << 10) // 800 KiB of 1 MiB: past high (70%)
+	select {
+	case c := <-cycled:
+		if c.Files == 0 {
+			t.Fatalf("the cycle migrated nothing: %+v", c)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("recalls past high did not wake the monitor")
+	}
+}
