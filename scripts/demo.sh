@@ -69,7 +69,8 @@ head -c $((60 << 20)) /dev/urandom > "$demo/mnt/new.bin" && echo "new.bin writte
 "$bin" status | sed -n '/space:/,$p'
 (cd "$demo/mnt" && sha256sum -c "$demo/sums")
 echo "== cascadefs df: files and bytes by state, the archive, usage against the thresholds"
-echo "   (reading the files back recalled them past the quota: readers are never refused)"
+echo "   (reading the files back recalled them past the high threshold: readers are never refused,
+   and the recalls woke the monitor)"
 "$bin" df "$demo/mnt"
 cycles=$(grep -c "space monitor cycle" "$demo/daemon.log")
 for _ in $(seq 50); do (( $(grep -c "space monitor cycle" "$demo/daemon.log") > cycles )) && break; sleep 0.2; done
