@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"os"
 	"testing"
+	"time"
 
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"github.com/cascadefs/cascadefs/internal/testenv"
 )
 
@@ -87,4 +89,38 @@ func TestLeaderBytes(t *testing.T) {
 			t.Errorf("big migrated again: %+v", s)
 		}
 	})
+}
+
+// A crash inside or just before the punch of a release that keeps a
+// leader: after the restart the file is migrated, its leader still on
+// disk, and it reads back right (the punched part recalled, the rest
+// found local).
+func TestLeaderKeptAcrossCrashInPunch(t *testing.T) {
+	for _, point := range []string{failpoint.MigrateBeforePunch, failpoint.MigrateInsidePunch} {
+		t.Run(point, func(t *testing.T) {
+			d := testenv.NewDaemon(t, "", []string{"CASCADEFS_FAILPOINTS=" + point + "=kill@1"}, "--leader", "1MiB")
+			d.Start()
+			want := writeRandom(t, d.M("f"), 8<<20)
+			if _, _, err := d.CLI("migrate", d.M("f")); err == nil {
+				t.Fatal("migrate finished: the failpoint did not kill the daemon")
+			}
+			if !d.Exited(10 * time.Second) {
+				t.Fatal("daemon still running after its failpoint")
+			}
+			d.Env = nil
+			d.Start()
+			if s := state(t, d, "f"); s.State != "migrated" || s.Leader < 1<<20 {
+				t.Fatalf("after the crash: %+v, want migrated with its 1 MiB leader", s)
+			}
+			testenv.DropCaches()
+			if sumFile(t, d.M("f")) != want {
+				t.Fatal("wrong bytes after the crash")
+			}
+			// Released again, it keeps exactly its leader.
+			d.MustCLI("migrate", d.M("f"))
+			if s := state(t, d, "f"); s.State != "migrated" || s.Leader != 1<<20 || s.ResidentBytes != 1<<20 {
+				t.Fatalf("migrated again: %+v", s)
+			}
+		})
+	}
 }
