@@ -84,7 +84,7 @@ func (s *S3) Check(ctx context.Context) error {
 	defer cancel()
 	for o := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix, MaxKeys: 1}) {
 		if o.Err != nil {
-			return fmt.Errorf("archive %s: %w", s, s.explain(o.Err))
+			return fmt.Errorf("archive %s: %w", s, s.explainFirstContact(o.Err))
 		}
 		break
 	}

@@ -72,10 +72,7 @@ func (s *S3) hint(err error) string {
 		return fmt.Sprintf("%s does not speak TLS: add &insecure=true to the archive URL (plain HTTP), or give the server a certificate", s.endpoint)
 	case strings.Contains(msg, "HTTP request to an HTTPS server"),
 		strings.Contains(msg, "malformed HTTP response") && strings.Contains(msg, `\x15\x03`):
-		return fmt.Sprintf("%s speaks TLS: remove insecure=true from the archive URL (and add &ca=FILE for a private CA)", s.endpoint)
-	case s.insecure && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
-		strings.Contains(msg, "Connection closed by foreign host")) && speaksTLS(s.endpoint):
-		return fmt.Sprintf("%s speaks TLS: remove insecure=true from the archive URL (and add &ca=FILE for a private CA)", s.endpoint)
+		return s.speaksTLSHint()
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return fmt.Sprintf("nothing listens at %s: is the object store running, and is endpoint= right?", s.endpoint)
 	}
@@ -84,6 +81,26 @@ func (s *S3) hint(err error) string {
 		return fmt.Sprintf("the name in endpoint=%s does not resolve (%v)", s.endpoint, dnsErr)
 	}
 	return ""
+}
+
+// explainFirstContact is explain for the first request to the server
+// (Check), which may also look at the server itself: some servers hang
+// up on plain HTTP to their TLS port without a word. Not for every
+// error: a GET broken mid-transfer must not cost a handshake.
+func (s *S3) explainFirstContact(err error) error {
+	if s.hint(err) == "" && s.insecure && hungUp(err) && speaksTLS(s.endpoint) {
+		return fmt.Errorf("%s (%w)", s.speaksTLSHint(), err)
+	}
+	return s.explain(err)
+}
+
+func (s *S3) speaksTLSHint() string {
+	return fmt.Sprintf("%s speaks TLS: remove insecure=true from the archive URL (and add &ca=FILE for a private CA)", s.endpoint)
+}
+
+func hungUp(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		strings.Contains(err.Error(), "Connection closed by foreign host")
 }
 
 // speaksTLS looks whether host answers a TLS handshake (nothing is sent

@@ -106,7 +106,7 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	dm, err := daemon.StartDM(m.n.ctx, daemon.DMConfig{Name: fs.Name, Backing: fs.Backing, ArchiveURL: fs.Archive,
 		Owner: m.n.cfg.Name, Epoch: fs.Epoch, Queue: m.queue, Gate: &clusterGate{n: m.n, m: m}, Fence: m.fence(fs.Epoch),
 		Acting: m.n.acting,
-		Recall: s.Recall, Workers: s.Workers, EventTimeout: s.EventTimeout, ReleaseWait: s.ReleaseWait, Leader: s.Leader,
+		Recall: s.Recall, Workers: s.Workers, EventTimeout: s.EventTimeout, ReleaseWait: s.ReleaseWait,
 		RecallRate: s.RecallRate, MigrateRate: s.MigrateRate, Policy: s.Policy, Metrics: m.n.metrics}, m.n.log)
 	if err != nil {
 		return err

@@ -46,7 +46,6 @@ type Config struct {
 	Workers       int           // DM session workers (admission control)
 	EventTimeout  time.Duration // how long a reader waits for a recall
 	ReleaseWait   time.Duration // how long a release waits for open handles
-	Leader        int64         // bytes a release keeps at a file's head
 	RecallRate    int64         // bytes per second fetched at most (0: no cap)
 	MigrateRate   int64         // bytes per second uploaded at most (0: no cap)
 	NoPassthrough bool
@@ -209,7 +208,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.Recall, cfg.Workers, cfg.EventTimeout, cfg.ReleaseWait, cfg.Leader = set.Recall, set.Workers, set.EventTimeout, set.ReleaseWait, set.Leader
+	cfg.Recall, cfg.Workers, cfg.EventTimeout, cfg.ReleaseWait = set.Recall, set.Workers, set.EventTimeout, set.ReleaseWait
 	cfg.RecallRate, cfg.MigrateRate = set.RecallRate, set.MigrateRate
 	policy := set.Policy
 	cfg.Policy = func() migrate.Policy { return policy }
@@ -240,7 +239,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 	dm, err := StartDM(ctx, DMConfig{Name: cfg.Name, Backing: backing, ArchiveURL: cfg.ArchiveURL, Owner: localNode, Epoch: 1,
 		Queue: queue, Gate: mount.FS(), Recall: cfg.Recall, Workers: cfg.Workers,
-		EventTimeout: cfg.EventTimeout, ReleaseWait: cfg.ReleaseWait, Leader: cfg.Leader,
+		EventTimeout: cfg.EventTimeout, ReleaseWait: cfg.ReleaseWait,
 		RecallRate: cfg.RecallRate, MigrateRate: cfg.MigrateRate, Policy: policy, Metrics: cfg.Metrics}, log)
 	if err != nil {
 		mount.Stop()

@@ -105,7 +105,6 @@ type DMConfig struct {
 	Workers      int
 	EventTimeout time.Duration
 	ReleaseWait  time.Duration
-	Leader       int64             // bytes a release keeps at a file's head
 	RecallRate   int64             // bytes per second fetched at most (0: no cap)
 	MigrateRate  int64             // bytes per second uploaded at most (0: no cap)
 	Policy       migrate.Policy    // of the space monitor
@@ -161,7 +160,8 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	d.recall.Acting = cfg.Acting
 	d.recall.Throttle = throttle.New(cfg.RecallRate)
 	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
-	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait, Leader: cfg.Leader}, log)
+	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
+	d.migrator.SetLeader(cfg.Policy.Leader)
 	d.migrator.Fence = cfg.Fence
 	d.migrator.Throttle = throttle.New(cfg.MigrateRate)
 	d.migrator.Yield = d.recall.YieldToRecalls
@@ -203,7 +203,7 @@ func (d *DM) Gauges(r *metrics.Registry) {
 	sp, st := d.monitor.Space(), d.monitor.Status()
 	r.Set(metrics.Usage, float64(sp.Usage), "fs", d.cfg.Name)
 	r.Set(metrics.Capacity, float64(sp.Capacity), "fs", d.cfg.Name)
-	r.Set(metrics.HighBytes, float64(sp.Capacity*int64(st.High)/100), "fs", d.cfg.Name)
+	r.Set(metrics.HighBytes, float64(sp.HighBytes), "fs", d.cfg.Name)
 	r.Set(metrics.LowBytes, float64(sp.Capacity*int64(st.Low)/100), "fs", d.cfg.Name)
 	r.Set(metrics.PendingEvents, float64(len(d.session.Pending())), "fs", d.cfg.Name)
 }
@@ -279,8 +279,11 @@ func (d *DM) Space(ctx context.Context, need int64) (dmapi.Space, error) {
 	return d.monitor.OutOfSpace(ctx, need)
 }
 
-// SetPolicy changes the space monitor's policy.
-func (d *DM) SetPolicy(p migrate.Policy) { d.monitor.SetPolicy(p) }
+// SetPolicy changes the space monitor's policy, and the leader a release keeps.
+func (d *DM) SetPolicy(p migrate.Policy) {
+	d.migrator.SetLeader(p.Leader)
+	d.monitor.SetPolicy(p)
+}
 
 // Stuck reports DM workers that finished no event for longer than after
 // although events wait, or a space monitor cycle that finished no file.

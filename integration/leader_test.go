@@ -2,10 +2,12 @@ package integration
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"testing"
 	"time"
 
+	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"github.com/cascadefs/cascadefs/internal/testenv"
 )
@@ -122,5 +124,41 @@ func TestLeaderKeptAcrossCrashInPunch(t *testing.T) {
 				t.Fatalf("migrated again: %+v", s)
 			}
 		})
+	}
+}
+
+// In a cluster, `fs set leader=` applies to the running session without
+// a restart, as the space monitor's settings do.
+func TestLeaderSetWithoutRestart(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1")
+	c.Start("n1")
+	n1 := c.Nodes["n1"]
+	leaderOf := func(rel string) int64 {
+		t.Helper()
+		var entries []daemon.Entry
+		out := c.MustCLI("ls", "--json", n1.M(rel))
+		if err := json.Unmarshal([]byte(out), &entries); err != nil || len(entries) != 1 || entries[0].State != "migrated" {
+			t.Fatalf("ls: %v %s", err, out)
+		}
+		return entries[0].Leader
+	}
+	writeRandom(t, n1.M("a"), 4<<20)
+	c.MustCLI("migrate", n1.M("a"))
+	if l := leaderOf("a"); l != 0 {
+		t.Fatalf("leader %d before the setting", l)
+	}
+	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "leader=1MiB")
+	want := writeRandom(t, n1.M("b"), 4<<20)
+	waitUntil(t, "the new leader to apply", func() bool {
+		c.MustCLI("migrate", n1.M("b"))
+		if leaderOf("b") == 1<<20 {
+			return true
+		}
+		c.MustCLI("recall", n1.M("b")) // premigrated again, for the next try
+		return false
+	})
+	testenv.DropCaches()
+	if sumFile(t, n1.M("b")) != want {
+		t.Fatal("wrong bytes")
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
@@ -51,9 +52,6 @@ type Config struct {
 	// ReleaseWait: how long a release waits for open handles (0: the
 	// default, 5s; negative: not at all, a file open anywhere is skipped).
 	ReleaseWait time.Duration
-	// Leader: a release keeps the file's first Leader bytes (rounded up
-	// to the backing filesystem's block) on disk.
-	Leader int64
 }
 
 // KeptHead is where a release with the given leader starts punching: the
@@ -86,7 +84,15 @@ type Migrator struct {
 	Yield func(ctx context.Context)
 	// Counted, if set, is told of every migration that succeeded.
 	Counted func(Result)
+	// leader: a release keeps the file's first leader bytes (rounded up
+	// to the backing filesystem's block) on disk; the policy's, kept in
+	// step by SetLeader.
+	leader atomic.Int64
 }
+
+// SetLeader sets the bytes a release keeps at a file's head (the
+// policy's Leader; `fs set` changes it without a restart).
+func (m *Migrator) SetLeader(n int64) { m.leader.Store(n) }
 
 // New returns a migrator for the backing tree root.
 func New(root *beneath.Root, arch archive.Archive, rights *dmapi.Rights, gate Gate, garbage dmapi.Garbage, cfg Config, log *slog.Logger) *Migrator {
@@ -220,7 +226,7 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 	if premigrateOnly {
 		return res, nil
 	}
-	if rec.State == stub.Premigrated && KeptHead(m.cfg.Leader, &st) >= st.Size {
+	if rec.State == stub.Premigrated && KeptHead(m.leader.Load(), &st) >= st.Size {
 		return res, nil // all of it is leader: a release would free nothing
 	}
 	if err := failpoint.Hit(failpoint.MigrateAfterPremigrate); err != nil {
@@ -456,7 +462,7 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 			if err := failpoint.Hit(failpoint.MigrateBeforePunch); err != nil {
 				return err
 			}
-			return stub.Punch(fd, KeptHead(m.cfg.Leader, &st), st.Size)
+			return stub.Punch(fd, KeptHead(m.leader.Load(), &st), st.Size)
 		})
 		if err != nil {
 			return err

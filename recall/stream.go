@@ -349,9 +349,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 				return
 			}
 			b = b[:min(chunk, s.end-o)]
-			if s.bulk && !s.hurried.Load() {
-				f.m.yieldToReaders(ctx)
-			}
+			f.m.holdBack(ctx, s) // the archive and the link
 			_, err := io.ReadFull(body, b)
 			if err == nil && f.m.Throttle != nil {
 				err = f.m.Throttle.Wait(ctx, len(b)) // the GET waits in the socket meanwhile
@@ -379,9 +377,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 				return p.off, err, false
 			}
 		}
-		if s.bulk && !s.hurried.Load() {
-			f.m.yieldToReaders(ctx) // the disk and the CPU too
-		}
+		f.m.holdBack(ctx, s) // the disk and the CPU
 		if err := ctx.Err(); err != nil {
 			return p.off, err, false // cancelled: not a byte more
 		}
@@ -554,6 +550,14 @@ func (f *fileRecall) makeResident() error {
 		f.rec = nil
 	}
 	return err
+}
+
+// holdBack lets readers go first: a bulk stream nobody reads through
+// waits while readers wait (at most maxYield).
+func (m *Manager) holdBack(ctx context.Context, s *stream) {
+	if s.bulk && !s.hurried.Load() {
+		m.yieldToReaders(ctx)
+	}
 }
 
 // takeStream takes a stream slot; bulk work takes a bulk token first, so

@@ -25,7 +25,6 @@ type FS struct {
 	ReleaseWait  time.Duration // -1: skip open files at once
 	HoldLease    time.Duration
 	Failover     string // async or sync
-	Leader       int64  // bytes a migrated file keeps resident at its head
 	RecallRate   int64  // bytes per second the owner recalls at most (0: no cap)
 	MigrateRate  int64  // bytes per second the owner uploads at most (0: no cap)
 	Policy       migrate.Policy
@@ -87,8 +86,7 @@ var keys = []key{
 		return nil
 	}},
 	{"leader", "0", "a migrated file keeps its first SIZE bytes on disk (rounded up to a block), so headers read without a recall (0: none)", func(s *FS, v string) (err error) {
-		s.Leader, err = units.ParseSize(v)
-		s.Policy.Leader = s.Leader // files that fit in it free nothing
+		s.Policy.Leader, err = units.ParseSize(v)
 		return err
 	}},
 	{"recall-rate", "0", "bytes per second the node running the session fetches from the archive at most, such as 100MiB (0: no cap)", func(s *FS, v string) (err error) {
