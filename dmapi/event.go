@@ -58,6 +58,10 @@ type Event struct {
 	// Priority orders the session's queue; the zero value is a reader's
 	// (so are events from nodes that do not send one).
 	Priority Priority `json:"priority,omitempty"`
+	// UID is the user the event is raised for (the reader's; 0 for root
+	// and the daemon's own work): workers and the recall rate are shared
+	// fairly between users.
+	UID uint32 `json:"uid,omitempty"`
 }
 
 // Priority is who waits for an event: a user's read goes before an

@@ -73,6 +73,8 @@ type FS struct {
 	opts    Options
 	root    string
 	tree    *beneath.Root // the backing tree: the daemon's own opens resolve beneath it
+	rootDev uint64        // device of the root, mixed into inode numbers as go-fuse's loopback does
+	mounts  mounts        // descriptors that file handles are decoded with
 	server  *fuse.Server
 	served  chan struct{} // closed when the server has ended
 	gates   gates
@@ -121,16 +123,17 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("backing directory: %w", err)
 	}
-	f := &FS{opts: opts, root: root, tree: tree, log: opts.Log, nodes: map[uint64]*node{}}
+	rootMount, err := rootMountID(tree.FD())
+	if err != nil {
+		tree.Close()
+		return nil, fmt.Errorf("backing directory %s: %w", root, err)
+	}
+	f := &FS{opts: opts, root: root, tree: tree, log: opts.Log, nodes: map[uint64]*node{}, rootDev: uint64(st.Dev)}
+	f.mounts.root = rootMount
 	if opts.Space != nil {
 		f.space = &spaceGuard{src: opts.Space, root: root}
 	}
-	rootData := &gofs.LoopbackRoot{Path: root, Dev: uint64(st.Dev)}
-	rootData.NewNode = func(rd *gofs.LoopbackRoot, parent *gofs.Inode, name string, st *syscall.Stat_t) gofs.InodeEmbedder {
-		return &node{LoopbackNode: gofs.LoopbackNode{RootData: rd}, fs: f}
-	}
-	rootNode := &node{LoopbackNode: gofs.LoopbackNode{RootData: rootData}, fs: f}
-	rootData.RootNode = rootNode
+	rootNode := &node{fs: f, root: true}
 
 	asRoot := os.Geteuid() == 0
 	one := time.Second
@@ -165,11 +168,12 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	}
 	if err != nil {
 		tree.Close()
+		f.closeMounts()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	f.server = server
 	f.served = make(chan struct{})
-	go func() { server.Wait(); tree.Close(); close(f.served) }()
+	go func() { server.Wait(); tree.Close(); f.closeMounts(); close(f.served) }()
 	f.passthrough = !opts.NoPassthrough && server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0
 	return f, nil
 }
@@ -204,12 +208,6 @@ func (f *FS) Unmount() error {
 
 // Wait blocks until the filesystem is unmounted.
 func (f *FS) Wait() { <-f.served }
-
-// node is one file or directory of the mount.
-type node struct {
-	gofs.LoopbackNode
-	fs *FS
-}
 
 // OnAdd and OnForget keep the registry of inodes the kernel knows, so that
 // Invalidate can find them by backing inode number.
@@ -270,8 +268,19 @@ func (f *FS) Invalidate(c Change) {
 func (n *node) ino() uint64 { return n.StableAttr().Ino }
 
 var (
+	_ = (gofs.NodeLookuper)((*node)(nil))
+	_ = (gofs.NodeGetattrer)((*node)(nil))
+	_ = (gofs.NodeStatxer)((*node)(nil))
+	_ = (gofs.NodeStatfser)((*node)(nil))
 	_ = (gofs.NodeOpener)((*node)(nil))
 	_ = (gofs.NodeCreater)((*node)(nil))
+	_ = (gofs.NodeTmpfiler)((*node)(nil))
+	_ = (gofs.NodeMkdirer)((*node)(nil))
+	_ = (gofs.NodeMknoder)((*node)(nil))
+	_ = (gofs.NodeSymlinker)((*node)(nil))
+	_ = (gofs.NodeLinker)((*node)(nil))
+	_ = (gofs.NodeReadlinker)((*node)(nil))
+	_ = (gofs.NodeOpendirHandler)((*node)(nil))
 	_ = (gofs.NodeSetattrer)((*node)(nil))
 	_ = (gofs.NodeUnlinker)((*node)(nil))
 	_ = (gofs.NodeRmdirer)((*node)(nil))
@@ -281,20 +290,23 @@ var (
 	_ = (gofs.NodeRemovexattrer)((*node)(nil))
 	_ = (gofs.NodeListxattrer)((*node)(nil))
 	_ = (gofs.NodeCopyFileRanger)((*node)(nil))
+	_ = (gofs.NodeOnAdder)((*node)(nil))
+	_ = (gofs.NodeOnForgetter)((*node)(nil))
 )
 
-func (n *node) backingPath() string {
-	return filepath.Join(n.RootData.Path, n.Path(n.Root()))
-}
-
-// relPath is the node's path relative to the backing root; the daemon's
-// own opens resolve it beneath the root, never through a symlink, so a
-// directory swapped for a symlink by a racing rename cannot lead out.
+// relPath is the node's path relative to the backing root as the kernel
+// last named it: a label for logs and events, never opened.
 func (n *node) relPath() string {
 	if p := n.Path(n.Root()); p != "" {
 		return p
 	}
 	return "."
+}
+
+// openFlags are the flags an open of n's file by identity takes from the
+// kernel's: no creation, no truncation (done under the DM protocol).
+func openFlags(flags uint32) int {
+	return int(flags) &^ (unix.O_TRUNC | unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY)
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
@@ -303,7 +315,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	var h *handle
 	var fuseFlags uint32
 	for round := 0; ; round++ {
-		fd, err := n.fs.tree.OpenFD(p, int(flags)&^unix.O_TRUNC)
+		fd, err := n.open(openFlags(flags))
 		if err != nil {
 			return nil, 0, gofs.ToErrno(err)
 		}
@@ -314,13 +326,14 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		}
 		if errno != errNeedResident || round == 2 {
 			if errno == errNeedResident {
+				n.fs.log.Error("file could not be made resident for an open beside passthrough opens; the open gets EIO", "file", p)
 				errno = syscall.EIO
 			}
 			return nil, 0, errno
 		}
 		// Open for passthrough elsewhere: make the file resident (drop its
 		// record), then it can be opened for passthrough too.
-		if errno := n.fs.makeResident(ctx, p); errno != 0 {
+		if errno := n.makeResident(ctx); errno != 0 {
 			return nil, 0, errno
 		}
 	}
@@ -339,11 +352,14 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 // O_TRUNC of a stub (a plain open with O_TRUNC would cut its data under
 // its record).
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	inode, fh, _, errno := n.createName(ctx, name, flags|unix.O_EXCL, mode, out)
+	if !nameOK(name) {
+		return nil, nil, 0, syscall.EINVAL
+	}
+	inode, fd, errno := n.createName(ctx, name, flags, mode, out)
 	for try := 0; errno == syscall.EEXIST && flags&unix.O_EXCL == 0 && try < 3; try++ {
 		child, lerr := n.Lookup(ctx, name, out)
 		if lerr == syscall.ENOENT { // removed meanwhile: create again
-			inode, fh, _, errno = n.createName(ctx, name, flags|unix.O_EXCL, mode, out)
+			inode, fd, errno = n.createName(ctx, name, flags, mode, out)
 			continue
 		}
 		if lerr != 0 {
@@ -362,27 +378,46 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
-	// Re-open so that the handle is ours; the loopback one is closed.
-	lf := fh.(*gofs.LoopbackFile)
-	fd, _ := lf.PassthroughFd()
-	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-	lf.Release(ctx)
-	if err != nil {
-		return nil, nil, 0, gofs.ToErrno(err)
-	}
-	// Giving the new file to its caller (a chown) cleared the set-ID
-	// bits it was made with, which the creator may have.
-	if want := mode & 07777; out.Attr.Mode&07777 != want {
-		var st syscall.Stat_t
-		if unix.Fchmod(dup, want) == nil && syscall.Fstat(dup, &st) == nil {
-			out.Attr.FromStat(&st) // the new ctime too, for the kernel's cache
-		}
-	}
-	h, fuseFlags, errno := n.fs.newHandle(ctx, dup, filepath.Join(n.relPath(), name), flags)
+	h, fuseFlags, errno := n.fs.newHandle(ctx, fd, n.relPath()+"/"+name, flags)
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
 	return inode, h.kernelHandle(), fuseFlags, 0
+}
+
+// createName makes the new file name (O_EXCL, never through a symlink)
+// and gives it to the caller through its own descriptor.
+func (n *node) createName(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, int, syscall.Errno) {
+	dir, err := n.openDir(false)
+	if err != nil {
+		return nil, -1, gofs.ToErrno(err)
+	}
+	defer unix.Close(dir)
+	open := int(flags&^syscall.O_APPEND)&^unix.O_TRUNC | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := unix.Openat(dir, name, open, mode&07777)
+	if err != nil {
+		return nil, -1, gofs.ToErrno(err)
+	}
+	if uid, gid, ok := callerIDs(ctx); ok {
+		if err := unix.Fchown(fd, uid, gid); err != nil {
+			unix.Close(fd)
+			unix.Unlinkat(dir, name, 0)
+			return nil, -1, gofs.ToErrno(err)
+		}
+		// Giving the new file to its caller cleared the set-ID bits it
+		// was made with, which the creator may have.
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && st.Mode&07777 != mode&07777 {
+			unix.Fchmod(fd, mode&07777)
+		}
+	}
+	ch, errno := n.child(ctx, name, fd, out)
+	if errno != 0 {
+		unix.Close(fd)
+		unix.Unlinkat(dir, name, 0)
+		return nil, -1, errno
+	}
+	return ch, fd, 0
 }
 
 func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
@@ -394,27 +429,40 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 }
 
 func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if f == nil {
-		if _, ok := in.GetSize(); ok || hasTimes(in) {
-			// Size and time changes of a possible stub go through a handle.
-			fd, err := n.fs.tree.OpenFD(n.relPath(), unix.O_RDWR|unix.O_NONBLOCK)
+	if fsa, ok := f.(gofs.FileSetattrer); ok && f != nil {
+		// The handle's own descriptor (ftruncate and the like).
+		if errno := fsa.Setattr(ctx, in, out); errno != 0 {
+			return errno
+		}
+		if fga, ok := f.(gofs.FileGetattrer); ok {
+			return fga.Getattr(ctx, out)
+		}
+		return 0
+	}
+	return n.withFD(func(fd int) syscall.Errno {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return gofs.ToErrno(err)
+		}
+		_, sized := in.GetSize()
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && (sized || hasTimes(in)) {
+			// Size and time changes of a possible stub go through a
+			// handle of the file (the DM protocol).
+			rw, err := reopen(fd, unix.O_RDWR|unix.O_NONBLOCK)
 			if err == nil {
-				h, _, errno := n.fs.newHandleMode(ctx, fd, n.relPath(), unix.O_RDWR, modeNone)
+				h, _, errno := n.fs.newHandleMode(ctx, rw, n.relPath(), unix.O_RDWR, modeNone)
 				if errno != 0 {
 					return errno
 				}
 				defer h.Release(ctx)
 				return h.Setattr(ctx, in, out)
 			}
-			if !errors.Is(err, unix.EISDIR) && !errors.Is(err, beneath.ErrSymlink) && !errors.Is(err, unix.ENXIO) && !errors.Is(err, unix.EACCES) {
+			if !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.ETXTBSY) && !errors.Is(err, unix.EROFS) {
 				return gofs.ToErrno(err)
 			}
 		}
-	}
-	if f == nil {
-		return n.setattrByPath(ctx, in, out)
-	}
-	return n.LoopbackNode.Setattr(ctx, f, in, out)
+		return setattrFD(fd, in, out)
+	})
 }
 
 func hasTimes(in *fuse.SetAttrIn) bool {
@@ -425,8 +473,13 @@ func hasTimes(in *fuse.SetAttrIn) bool {
 
 // Unlink of the last link of a stub queues a durable DESTROY of its object.
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
-	errno := n.fs.destroying(filepath.Join(n.relPath(), name), func() error {
-		return errnoErr(n.removeName(ctx, name, false))
+	if !nameOK(name) {
+		return syscall.EINVAL
+	}
+	errno := n.inDir(true, func(dir int) syscall.Errno {
+		return n.fs.destroying(dir, name, n.relPath()+"/"+name, func() error {
+			return unix.Unlinkat(dir, name, 0)
+		})
 	})
 	if errno == 0 {
 		n.fs.changed(Change{Entries: []Entry{{n.ino(), name}}})
@@ -435,7 +488,12 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
-	errno := n.removeName(ctx, name, true)
+	if !nameOK(name) {
+		return syscall.EINVAL
+	}
+	errno := n.inDir(false, func(dir int) syscall.Errno {
+		return gofs.ToErrno(unix.Unlinkat(dir, name, unix.AT_REMOVEDIR))
+	})
 	if errno == 0 {
 		n.fs.changed(Change{Entries: []Entry{{n.ino(), name}}})
 	}
@@ -448,37 +506,47 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if !ok {
 		return syscall.EXDEV
 	}
-	var errno syscall.Errno
-	if flags&unix.RENAME_EXCHANGE != 0 {
-		errno = n.rename(ctx, name, np, newName, flags)
-	} else {
-		target := filepath.Join(np.relPath(), newName)
-		errno = n.fs.destroying(target, func() error {
-			return errnoErr(n.rename(ctx, name, np, newName, flags))
-		})
+	if !nameOK(name) || !nameOK(newName) {
+		return syscall.EINVAL
 	}
+	errno := n.inDir(false, func(from int) syscall.Errno {
+		return np.inDir(true, func(to int) syscall.Errno {
+			rename := func() error { return unix.Renameat2(from, name, to, newName, uint(flags)) }
+			if flags&unix.RENAME_EXCHANGE != 0 {
+				return gofs.ToErrno(rename())
+			}
+			return n.fs.destroying(to, newName, np.relPath()+"/"+newName, rename)
+		})
+	})
 	if errno == 0 {
 		n.fs.changed(Change{Entries: []Entry{{n.ino(), name}, {np.ino(), newName}}})
 	}
 	return errno
 }
 
-// destroying runs op, which removes the name p (backing-relative), and
-// destroys the archive object of the stub it named unless the file still
-// uses it afterwards (another hard link: the DESTROY queue looks at the
-// file by its handle before it deletes anything). Record commits of the
-// file wait meanwhile, so a premigration cannot record an object on a
-// file that is being removed.
-func (f *FS) destroying(p string, op func() error) syscall.Errno {
-	fd, err := f.tree.OpenFD(p, unix.O_RDONLY|unix.O_NONBLOCK)
+// destroying runs op, which removes the entry name of directory dir (an
+// open, syncable descriptor; p labels it), and destroys the archive object
+// of the stub it named unless the file still uses it afterwards (another
+// hard link: the DESTROY queue looks at the file by its handle before it
+// deletes anything). Record commits of the file wait meanwhile, so a
+// premigration cannot record an object on a file that is being removed.
+func (f *FS) destroying(dir int, name, p string, op func() error) syscall.Errno {
+	pfd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return gofs.ToErrno(op())
+	}
+	var st unix.Stat_t
+	if unix.Fstat(pfd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(pfd)
+		return gofs.ToErrno(op())
+	}
+	// Only a regular file is opened for real (never a device or a fifo).
+	fd, err := reopen(pfd, unix.O_RDONLY|unix.O_NONBLOCK)
+	unix.Close(pfd)
 	if err != nil {
 		return gofs.ToErrno(op())
 	}
 	defer unix.Close(fd)
-	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return gofs.ToErrno(op())
-	}
 	g := f.gates.get(st.Ino)
 	defer f.gates.put(st.Ino)
 	g.io.Lock()
@@ -498,11 +566,6 @@ func (f *FS) destroying(p string, op func() error) syscall.Errno {
 	if rec == nil {
 		return gofs.ToErrno(op())
 	}
-	dir, err := f.tree.OpenFD(filepath.Dir(p), unix.O_RDONLY|unix.O_DIRECTORY)
-	if err != nil {
-		return gofs.ToErrno(err)
-	}
-	defer unix.Close(dir)
 	token, err := f.opts.Events.Prepare(fd, p, rec.Key)
 	if err != nil {
 		f.log.Error("cannot queue DESTROY; unlink refused", "file", p, "reason", err)
@@ -535,11 +598,14 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 		return 0, syscall.ENODATA
 	}
 	var sz int
-	errno := n.withPath("", func(p string) (errno syscall.Errno) {
+	errno := n.withXattrPath(func(p string) (errno syscall.Errno) {
 		var err error
-		sz, err = unix.Lgetxattr(p, attr, dest)
+		sz, err = unix.Getxattr(p, attr, dest)
 		return gofs.ToErrno(err)
 	})
+	if errno == syscall.EPERM {
+		errno = syscall.ENODATA // a symlink's
+	}
 	return uint32(sz), errno
 }
 
@@ -547,8 +613,8 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if hidden(attr) {
 		return syscall.EPERM
 	}
-	return n.withPath("", func(p string) syscall.Errno {
-		return gofs.ToErrno(unix.Lsetxattr(p, attr, data, int(flags)))
+	return n.withXattrPath(func(p string) syscall.Errno {
+		return gofs.ToErrno(unix.Setxattr(p, attr, data, int(flags)))
 	})
 }
 
@@ -556,23 +622,26 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if hidden(attr) {
 		return syscall.EPERM
 	}
-	return n.withPath("", func(p string) syscall.Errno {
-		return gofs.ToErrno(unix.Lremovexattr(p, attr))
+	return n.withXattrPath(func(p string) syscall.Errno {
+		return gofs.ToErrno(unix.Removexattr(p, attr))
 	})
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
 	var buf []byte
-	errno := n.withPath("", func(p string) syscall.Errno {
-		sz, err := unix.Llistxattr(p, nil)
+	errno := n.withXattrPath(func(p string) syscall.Errno {
+		sz, err := unix.Listxattr(p, nil)
 		if err != nil {
 			return gofs.ToErrno(err)
 		}
 		buf = make([]byte, sz+64)
-		sz, err = unix.Llistxattr(p, buf)
+		sz, err = unix.Listxattr(p, buf)
 		buf = buf[:max(sz, 0)]
 		return gofs.ToErrno(err)
 	})
+	if errno == syscall.EPERM {
+		buf, errno = nil, 0 // a symlink's: none shown
+	}
 	if errno != 0 {
 		return 0, errno
 	}

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -290,6 +291,9 @@ func (h *handle) event(t dmapi.Type, off, length int64) *dmapi.Event {
 
 // raise sends an event and maps its outcome to an errno.
 func (h *handle) raise(ctx context.Context, ev *dmapi.Event) syscall.Errno {
+	if fc, ok := ctx.(*fuse.Context); ok {
+		ev.UID = fc.Caller.Uid // workers and the recall rate are shared between users
+	}
 	start := time.Now()
 	err := h.fs.opts.Events.Raise(ctx, ev)
 	if ev.Type == dmapi.Read {
@@ -305,9 +309,11 @@ func (h *handle) raise(ctx context.Context, ev *dmapi.Event) syscall.Errno {
 		h.cancelled.Store(time.Now().UnixNano())
 		return syscall.ECANCELED
 	default:
-		if !errors.Is(err, context.DeadlineExceeded) {
-			h.fs.log.Error("DM event failed", "event", ev.Type.String(), "file", ev.Path, "offset", ev.Offset, "reason", err)
+		// Every EIO a reader gets is logged with its cause, a timeout too.
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, dmapi.ErrTimeout) {
+			err = fmt.Errorf("no answer within the event timeout: %w", err)
 		}
+		h.fs.log.Error("DM event failed; the caller gets EIO", "event", ev.Type.String(), "file", ev.Path, "offset", ev.Offset, "reason", err)
 		return syscall.EIO
 	}
 }
@@ -340,7 +346,8 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 			return fuse.ReadResultData(dest[:n]), 0
 		}
 		if attempt == 2 {
-			return nil, syscall.EIO // punched again and again: never zeros for data
+			h.fs.log.Error("stub punched again under the reader three times; the reader gets EIO", "file", h.path, "offset", off)
+			return nil, syscall.EIO // never zeros for data
 		}
 	}
 }
@@ -408,14 +415,14 @@ func (h *handle) residentFrom(ctx context.Context, off, n int64) (*stub.Record, 
 	}
 }
 
-// makeResident raises a WRITE event for the file at path (backing) so that
-// the DM application drops its stub record.
-func (f *FS) makeResident(ctx context.Context, path string) syscall.Errno {
-	fd, err := f.tree.OpenFD(path, unix.O_RDONLY|unix.O_NONBLOCK)
+// makeResident raises a WRITE event for n's file so that the DM
+// application drops its stub record.
+func (n *node) makeResident(ctx context.Context) syscall.Errno {
+	fd, err := n.open(unix.O_RDONLY | unix.O_NONBLOCK)
 	if err != nil {
 		return gofs.ToErrno(err)
 	}
-	h, _, errno := f.newHandleMode(ctx, fd, path, unix.O_RDONLY, modeNone)
+	h, _, errno := n.fs.newHandleMode(ctx, fd, n.relPath(), unix.O_RDONLY, modeNone)
 	if errno != 0 {
 		return errno
 	}

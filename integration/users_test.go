@@ -28,6 +28,12 @@ func TestMain(m *testing.M) {
 	case "swap-loop":
 		swapLoop(os.Getenv("CASCADEFS_TEST_FILE"))
 		return
+	case "swap-attack":
+		swapAttack()
+		return
+	case "race-attack":
+		raceAttack()
+		return
 	}
 	os.Exit(m.Run())
 }
