@@ -48,7 +48,8 @@ func (n *Node) register() {
 		n.holds.release(req.Token)
 		return struct{}{}, nil
 	})
-	n.server.Handle(pathInvalidate, func(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+	// A batch of up to maxBatch changes, each with names up to NAME_MAX.
+	n.server.HandleLimit(pathInvalidate, 1<<20, func(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
 		var req invalidateReq
 		if err := json.Unmarshal(raw, &req); err != nil {
 			return nil, err

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/member"
@@ -37,6 +38,9 @@ type Config struct {
 	RunDir    string   // control sockets (default daemon.RunDir())
 	// NoPassthrough disables kernel passthrough for resident files.
 	NoPassthrough bool
+	// AllowUserBacking mounts backing directories that users other than
+	// root can reach (refused otherwise; see daemon.CheckPrivate).
+	AllowUserBacking bool
 	// Tune adjusts memberlist timing (failure detection).
 	Tune func(*memberlist.Config)
 	// Metrics: serve Prometheus metrics at http://Metrics/metrics ("": off).
@@ -64,9 +68,12 @@ type Node struct {
 	log    *slog.Logger
 	repo   repo.Repository
 	member *member.Member
-	server *rpc.Server
-	client *rpc.Client
-	holds  holds
+	// gossiping is member once started, for the RPC server's accept
+	// loop (which starts first): its members' addresses are trusted.
+	gossiping atomic.Pointer[member.Member]
+	server    *rpc.Server
+	client    *rpc.Client
+	holds     holds
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -133,7 +140,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err := n.checkNameFree(); err != nil {
 		return nil, err
 	}
-	if n.server, err = rpc.Listen(cfg.RPC, cfg.Name, key, n.log); err != nil {
+	lim := rpc.DefaultLimits()
+	lim.Trusted = n.isMemberIP
+	if n.server, err = rpc.ListenLimited(cfg.RPC, cfg.Name, key, n.log, lim); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -162,6 +171,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	n.gossiping.Store(n.member)
 	if err := n.member.Join(cfg.Join); err != nil {
 		n.member.Shutdown()
 		return nil, err
@@ -460,4 +470,21 @@ func mkdirMount(root, name, runDir string) (string, error) {
 		}
 	}
 	return p, nil
+}
+
+// isMemberIP says whether ip is the gossip address of a cluster member
+// (gossip is encrypted with the cluster key): the node RPC server holds
+// connections from members apart from the limits on everyone else.
+func (n *Node) isMemberIP(ip net.IP) bool {
+	m := n.gossiping.Load()
+	if m == nil || ip == nil {
+		return false
+	}
+	for _, i := range m.Members() {
+		host, _, err := net.SplitHostPort(i.Addr)
+		if err == nil && net.ParseIP(host).Equal(ip) {
+			return true
+		}
+	}
+	return false
 }

@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 	case "race-attack":
 		raceAttack()
 		return
+	case "rpc-flood":
+		floodAttack()
+		return
 	}
 	os.Exit(m.Run())
 }

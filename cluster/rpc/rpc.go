@@ -59,7 +59,8 @@ const (
 	hTime  = "X-Cascadefs-Time"
 	hNonce = "X-Cascadefs-Nonce"
 	hSig   = "X-Cascadefs-Sig"
-	skew   = 60 * time.Second // accepted clock difference, and how long nonces are remembered
+	hBody  = "X-Cascadefs-Body" // the body's SHA-256: signed, so the body is read only after the signature holds
+	skew   = 60 * time.Second   // accepted clock difference, and how long nonces are remembered
 )
 
 // Key is the RPC signing key; derive it with NewKey.
@@ -90,28 +91,70 @@ func bodySum(b []byte) string {
 // Handler serves one path; caller is the signed name of the calling node.
 type Handler func(ctx context.Context, caller string, req json.RawMessage) (any, error)
 
-// Server answers signed requests.
+// Server answers signed requests. What a caller without the key can cost
+// it is bounded (DESIGN.md, invariant 14): connections in total and per
+// peer address (limit.go), headers in size and time, idle connections in
+// time, and nothing of a body is read before the headers' signature holds.
 type Server struct {
 	name   string // this node: calls must be signed for it
 	key    Key
 	log    *slog.Logger
 	mux    *http.ServeMux
 	srv    *http.Server
-	ln     net.Listener
+	ln     *limitListener
 	mu     sync.Mutex
 	nonces map[string]time.Time
+	// refusals counts refused calls since the last log line about them
+	// (a flood is logged once a second, not once per call).
+	refusals   int
+	lastRefLog time.Time
 }
+
+// Timeouts and sizes of the server; see Limits for connections.
+const (
+	headerTimeout = 5 * time.Second  // a slow sender of headers is cut off
+	bodyTimeout   = 30 * time.Second // the whole request, body included
+	idleTimeout   = 30 * time.Second // a kept-alive connection with no call
+	maxHeader     = 16 << 10
+	// DefaultMaxBody is the largest body a path takes unless registered
+	// with another bound.
+	DefaultMaxBody = 64 << 10
+	maxAnswer      = 16 << 20 // an answer's body (a status with many files)
+)
 
 // Listen starts the server of node name on addr (HOST:PORT).
 func Listen(addr, name string, key Key, log *slog.Logger) (*Server, error) {
+	return ListenLimited(addr, name, key, log, DefaultLimits())
+}
+
+// ListenLimited is Listen with limits on connections.
+func ListenLimited(addr, name string, key Key, log *slog.Logger, lim Limits) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("node RPC on %s: %w", addr, err)
 	}
-	s := &Server{name: name, key: key, log: log, mux: http.NewServeMux(), ln: ln, nonces: map[string]time.Time{}}
-	s.srv = &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
-	go s.srv.Serve(ln)
+	s := &Server{name: name, key: key, log: log, mux: http.NewServeMux(), nonces: map[string]time.Time{}}
+	s.ln = newLimitListener(ln, lim, s.refused)
+	s.srv = &http.Server{Handler: s.mux, ReadHeaderTimeout: headerTimeout, ReadTimeout: bodyTimeout,
+		IdleTimeout: idleTimeout, MaxHeaderBytes: maxHeader,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	go s.srv.Serve(s.ln)
 	return s, nil
+}
+
+// refused logs refusals, at most one line a second with the count since.
+func (s *Server) refused(from, caller, path string, err error) {
+	s.mu.Lock()
+	s.refusals++
+	now := time.Now()
+	if now.Sub(s.lastRefLog) < time.Second {
+		s.mu.Unlock()
+		return
+	}
+	n := s.refusals
+	s.refusals, s.lastRefLog = 0, now
+	s.mu.Unlock()
+	s.log.Warn("node RPC refused", "from", from, "caller", caller, "path", path, "reason", err, "refused_since_last_line", n)
 }
 
 // Addr is the address the server listens on.
@@ -120,20 +163,43 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 // Close stops the server; calls in progress are cancelled.
 func (s *Server) Close() error { return s.srv.Close() }
 
-// Handle registers fn for path.
-func (s *Server) Handle(path string, fn Handler) {
+// ErrTooLarge: a signed body past the bound of its path.
+var ErrTooLarge = errors.New("request body too large")
+
+// Handle registers fn for path, with bodies of at most DefaultMaxBody.
+func (s *Server) Handle(path string, fn Handler) { s.HandleLimit(path, DefaultMaxBody, fn) }
+
+// HandleLimit registers fn for path, with bodies of at most maxBody bytes.
+func (s *Server) HandleLimit(path string, maxBody int64, fn Handler) {
 	s.mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
-		if err != nil {
-			return
-		}
 		caller, nonce := r.Header.Get(hNode), r.Header.Get(hNonce)
 		var out []byte
 		status := http.StatusOK
-		if err := s.verify(r, body); err != nil {
-			s.log.Warn("node RPC refused", "from", r.RemoteAddr, "caller", caller, "path", path, "reason", err)
+		refuse := func(err error) {
+			s.refused(r.RemoteAddr, caller, path, err)
 			out, _ = json.Marshal(&RemoteError{Msg: err.Error()})
+			// The unread body goes with the connection.
+			w.Header().Set("Connection", "close")
 			s.answer(w, nonce, http.StatusUnauthorized, out)
+		}
+		if err := s.verify(r); err != nil {
+			refuse(err)
+			return
+		}
+		if r.ContentLength > maxBody {
+			refuse(fmt.Errorf("%w: %d bytes, at most %d on %s", ErrTooLarge, r.ContentLength, maxBody, path))
+			return
+		}
+		body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+		if err != nil {
+			return
+		}
+		if int64(len(body)) > maxBody {
+			refuse(fmt.Errorf("%w: more than %d bytes on %s", ErrTooLarge, maxBody, path))
+			return
+		}
+		if bodySum(body) != r.Header.Get(hBody) {
+			refuse(fmt.Errorf("%w: body does not match its signed hash", ErrUnauthorized))
 			return
 		}
 		res, err := fn(r.Context(), caller, body)
@@ -154,18 +220,22 @@ func (s *Server) Handle(path string, fn Handler) {
 
 // answer writes a signed answer: a caller accepts none that is not.
 func (s *Server) answer(w http.ResponseWriter, nonce string, status int, out []byte) {
-	w.Header().Set(hSig, s.key.sign("answer", s.name, nonce, strconv.Itoa(status), bodySum(out)))
+	sum := bodySum(out)
+	w.Header().Set(hBody, sum)
+	w.Header().Set(hSig, s.key.sign("answer", s.name, nonce, strconv.Itoa(status), sum))
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	w.Write(out)
 }
 
-func (s *Server) verify(r *http.Request, body []byte) error {
-	caller, ts, nonce, sig := r.Header.Get(hNode), r.Header.Get(hTime), r.Header.Get(hNonce), r.Header.Get(hSig)
-	if caller == "" || ts == "" || nonce == "" || sig == "" {
+// verify checks the signature of a call from its headers alone; the
+// body is checked against the signed hash once read.
+func (s *Server) verify(r *http.Request) error {
+	caller, ts, nonce, sig, sum := r.Header.Get(hNode), r.Header.Get(hTime), r.Header.Get(hNonce), r.Header.Get(hSig), r.Header.Get(hBody)
+	if caller == "" || ts == "" || nonce == "" || sig == "" || len(sum) != 64 {
 		return ErrUnauthorized
 	}
-	want := s.key.sign("call", s.name, r.Method, r.URL.Path, caller, ts, nonce, bodySum(body))
+	want := s.key.sign("call", s.name, r.Method, r.URL.Path, caller, ts, nonce, sum)
 	if !hmac.Equal([]byte(sig), []byte(want)) {
 		return ErrUnauthorized
 	}
@@ -224,24 +294,31 @@ func (c *Client) Call(ctx context.Context, to, addr, path string, req, resp any)
 	hr.Header.Set(hNode, c.self)
 	hr.Header.Set(hTime, ts)
 	hr.Header.Set(hNonce, nonce)
+	hr.Header.Set(hBody, bodySum(body))
 	hr.Header.Set(hSig, c.key.sign("call", to, http.MethodPost, path, c.self, ts, nonce, bodySum(body)))
 	r, err := c.http.Do(hr)
 	if err != nil {
 		return fmt.Errorf("node RPC %s%s: %w", addr, path, err)
 	}
 	defer r.Body.Close()
-	out, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("node RPC %s%s: %w", addr, path, err)
-	}
-	want := c.key.sign("answer", to, nonce, strconv.Itoa(r.StatusCode), bodySum(out))
-	if !hmac.Equal([]byte(r.Header.Get(hSig)), []byte(want)) {
+	// The answer's signature is checked from its headers before its body
+	// is read: a peer without the key costs no memory.
+	sum := r.Header.Get(hBody)
+	want := c.key.sign("answer", to, nonce, strconv.Itoa(r.StatusCode), sum)
+	if len(sum) != 64 || !hmac.Equal([]byte(r.Header.Get(hSig)), []byte(want)) {
 		if r.StatusCode == http.StatusUnauthorized {
 			// Refused by a node with another key (or not the node named):
 			// said as a refusal, but nothing in it is trusted.
 			return fmt.Errorf("node RPC %s%s: %w (%w)", addr, path, ErrUnauthorized, ErrBadAnswer)
 		}
 		return fmt.Errorf("node RPC %s%s: %w", addr, path, ErrBadAnswer)
+	}
+	out, err := io.ReadAll(io.LimitReader(r.Body, maxAnswer+1))
+	if err != nil {
+		return fmt.Errorf("node RPC %s%s: %w", addr, path, err)
+	}
+	if len(out) > maxAnswer || bodySum(out) != sum {
+		return fmt.Errorf("node RPC %s%s: %w (body does not match its signed hash)", addr, path, ErrBadAnswer)
 	}
 	if r.StatusCode == http.StatusUnauthorized {
 		return fmt.Errorf("node RPC %s%s: %w", addr, path, ErrUnauthorized)

@@ -73,6 +73,7 @@ func TestReplayRefused(t *testing.T) {
 	req.Header.Set(hNode, "n1")
 	req.Header.Set(hTime, ts)
 	req.Header.Set(hNonce, nonce)
+	req.Header.Set(hBody, bodySum([]byte(body)))
 	req.Header.Set(hSig, key.sign("call", "s", http.MethodPost, "/echo", "n1", ts, nonce, bodySum([]byte(body))))
 	r, err := http.DefaultClient.Do(req)
 	if err != nil || r.StatusCode != http.StatusOK {
@@ -105,6 +106,7 @@ func TestCallBoundToNodeAndPath(t *testing.T) {
 	req.Header.Set(hTime, ts)
 	req.Header.Set(hNonce, nonce)
 	req.Header.Set(hSig, sig)
+	req.Header.Set(hBody, bodySum([]byte(body)))
 	r, err := http.DefaultClient.Do(req)
 	if err != nil || r.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("call for /echo sent to /other: %v %v", r.StatusCode, err)
