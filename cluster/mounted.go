@@ -55,10 +55,11 @@ func (n *Node) mountFS(fs repo.FS) (*mounted, error) {
 	cfg := daemon.Config{Name: fs.Name, Backing: fs.Backing, Mountpoint: mp, ArchiveURL: fs.Archive,
 		Source: fs.Name + "@" + n.cfg.Name, RunDir: n.cfg.RunDir, Recall: s.Recall, Workers: s.Workers,
 		EventTimeout: s.EventTimeout, ReleaseWait: s.ReleaseWait, NoPassthrough: n.cfg.NoPassthrough,
-		Written: func(ino uint64) { n.invalidatePeers(fs.Name, ino) },
-		Changed: m.changes.add,
-		Policy:  func() migrate.Policy { return settingsOf(m.config()).Policy },
-		Metrics: n.metrics}
+		AllowUserBacking: n.cfg.AllowUserBacking,
+		Written:          func(ino uint64) { n.invalidatePeers(fs.Name, ino) },
+		Changed:          m.changes.add,
+		Policy:           func() migrate.Policy { return settingsOf(m.config()).Policy },
+		Metrics:          n.metrics}
 	if m.mount, err = daemon.StartMount(cfg, m, m.queue, n.log); err != nil {
 		m.changes.stop()
 		return nil, err

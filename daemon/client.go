@@ -74,6 +74,23 @@ func Mounts() ([]MountInfo, error) {
 	return out, nil
 }
 
+// MountsIn lists the cascadefs mounts served from the run directory
+// runDir (their control socket is there): mounts of daemons that use
+// another run directory (another instance, a test) are not this admin's.
+func MountsIn(runDir string) ([]MountInfo, error) {
+	all, err := Mounts()
+	if err != nil {
+		return nil, err
+	}
+	var out []MountInfo
+	for _, m := range all {
+		if _, err := os.Lstat(SocketPath(runDir, m.Name)); err == nil {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
 func unescapeMount(s string) string {
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {

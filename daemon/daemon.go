@@ -50,6 +50,9 @@ type Config struct {
 	MigrateRate   int64         // bytes per second uploaded at most (0: no cap)
 	NoPassthrough bool
 	Debug         bool
+	// AllowUserBacking lets the mount start on a backing directory that
+	// users other than root can reach (CheckPrivate says why not to).
+	AllowUserBacking bool
 	// Settings are the filesystem's settings (see package settings) of a
 	// single node; a cluster keeps them in its repository.
 	Settings map[string]string
@@ -109,6 +112,9 @@ func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger
 	cfg.Backing = backing
 	if st, err := os.Stat(backing); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("backing directory %s: not a directory", backing)
+	}
+	if err := checkPlaces(&cfg); err != nil {
+		return nil, err
 	}
 	if err := CleanDeadMount(cfg.Mountpoint, cfg.RunDir); err != nil {
 		return nil, err
@@ -198,6 +204,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if st, err := os.Stat(backing); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("backing directory %s: not a directory", backing)
 	}
+	// Before anything is made (state, archive directory): a layout that
+	// is unsafe is refused.
+	if err := checkPlaces(&cfg); err != nil {
+		return nil, err
+	}
 	// Fail on an unreachable archive before anything is mounted.
 	if _, err := OpenArchive(ctx, cfg.ArchiveURL); err != nil {
 		return nil, err
@@ -282,9 +293,9 @@ func (d *Daemon) Stop() {
 }
 
 // CleanDeadMount detaches cascadefs mounts at mountpoint that no daemon
-// serves any more (left by a kill -9), and refuses a live one. A dead
-// mount's root may still stat fine from the attribute cache, so liveness
-// is asked of its control socket.
+// serves any more (left by a kill -9), and refuses a live one, whichever
+// run directory its daemon uses: the kernel tells them apart (mountLive),
+// not a control socket.
 func CleanDeadMount(mountpoint, runDir string) error {
 	for range 16 { // killed daemons' mounts may be stacked
 		mounts, err := Mounts()
@@ -300,9 +311,8 @@ func CleanDeadMount(mountpoint, runDir string) error {
 		if top == nil {
 			break
 		}
-		if c, err := net.DialTimeout("unix", SocketPath(runDir, top.Name), time.Second); err == nil {
-			c.Close()
-			return fmt.Errorf("%s is already mounted and served (filesystem %s)", mountpoint, top.Name)
+		if mountLive(mountpoint) {
+			return fmt.Errorf("%s is already mounted and served (filesystem %s); unmount it first", mountpoint, top.Name)
 		}
 		if err := unix.Unmount(mountpoint, unix.MNT_DETACH); err != nil {
 			return fmt.Errorf("clean dead mount %s: %w", mountpoint, err)

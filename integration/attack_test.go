@@ -331,7 +331,7 @@ func TestAttackSwapThroughSecondNode(t *testing.T) {
 // The swap through the backing directory, for a site that lets users
 // reach it (--allow-user-backing).
 func TestAttackSwapThroughBacking(t *testing.T) {
-	d := testenv.NewDaemon(t, "", nil)
+	d := testenv.NewDaemon(t, "", nil, "--allow-user-backing")
 	d.Start()
 	dec := decoy(t, d.Dir)
 	before := snapshot(t, dec)

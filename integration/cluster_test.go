@@ -266,6 +266,25 @@ func TestClusterRefusesBadNodes(t *testing.T) {
 	openKey := c.Dir + "/open.key"
 	os.WriteFile(openKey, []byte(c.MustCLI("keygen")), 0o644)
 	os.Chmod(openKey, 0o644)
+	// Secret files (issue 20, item 6): one rule for all, each refused
+	// with a sentence: owned by root, no access for group or others.
+	othersKey := c.Dir + "/others.key"
+	os.WriteFile(othersKey, []byte(c.MustCLI("keygen")), 0o600)
+	os.Chown(othersKey, nobody, nobody)
+	openCreds := c.Dir + "/open.creds"
+	os.WriteFile(openCreds, []byte("AWS_SECRET_ACCESS_KEY=x\n"), 0o644)
+	os.Chmod(openCreds, 0o644)
+	for _, sc := range []struct{ flag, file, want string }{
+		{"--key-file", othersKey, "owned by uid 65534"},
+		{"--key-file", openKey, "chmod 600"},
+		{"--credentials-file", openCreds, "credentials file " + openCreds + ": unsafe secret file: group or others may use it (mode 644); chmod 600"},
+	} {
+		args := []string{"node", "--name", "x", "--bind", x.Bind, "--rpc", x.RPC, "--repo", c.Repo, "--mount-root", x.MountRoot,
+			"--key-file", c.KeyFile, sc.flag, sc.file}
+		if _, e, err := c.CLI(args...); err == nil || !strings.Contains(e, sc.want) {
+			t.Errorf("%s %s: want a refusal saying %q, got %v %q", sc.flag, sc.file, sc.want, err, e)
+		}
+	}
 	cases := map[string][]string{
 		"taken": {"node", "--name", "n1", "--bind", x.Bind, "--rpc", x.RPC, "--repo", c.Repo,
 			"--mount-root", x.MountRoot, "--key-file", c.KeyFile},

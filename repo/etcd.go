@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cascadefs/cascadefs/internal/secret"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -87,9 +88,9 @@ func OpenEtcd(url string) (*Etcd, error) {
 	if user := os.Getenv(envEtcdUser); user != "" {
 		pass := os.Getenv(envEtcdPassword)
 		if f := os.Getenv(envEtcdPassFile); f != "" {
-			b, err := os.ReadFile(f)
+			b, err := secret.Read("etcd password file ("+envEtcdPassFile+")", f)
 			if err != nil {
-				return nil, fmt.Errorf("etcd password file: %w", err)
+				return nil, err
 			}
 			pass = strings.TrimSpace(string(b))
 		}
@@ -189,6 +190,11 @@ func etcdTLS(ca, cert, key string) (*tls.Config, error) {
 	}
 	t := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	if cert != "" || key != "" {
+		if key != "" {
+			if err := secret.Check("etcd client key ("+envEtcdKey+")", key); err != nil {
+				return nil, err
+			}
+		}
 		pair, err := tls.LoadX509KeyPair(cert, key)
 		if err != nil {
 			return nil, fmt.Errorf("etcd client certificate: %w", err)

@@ -424,3 +424,29 @@ func TestEtcdTLSAndPassword(t *testing.T) {
 		})
 	}
 }
+
+// The etcd password file and client key follow the rule of every secret
+// file (internal/secret): refused with a sentence before any connection.
+func TestEtcdSecretFilesRefused(t *testing.T) {
+	dir := t.TempDir()
+	pass := filepath.Join(dir, "password")
+	os.WriteFile(pass, []byte("pw\n"), 0o644)
+	os.Chmod(pass, 0o644)
+	t.Setenv("CASCADEFS_ETCD_USER", "root")
+	t.Setenv("CASCADEFS_ETCD_PASSWORD_FILE", pass)
+	if _, err := OpenEtcd("etcd://127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("open password file: %v", err)
+	}
+	os.Chmod(pass, 0o600)
+	testenv.WriteTestCA(t, dir)
+	key := filepath.Join(dir, "client.key")
+	os.WriteFile(key, []byte("not a key"), 0o640)
+	os.Chmod(key, 0o640)
+	t.Setenv("CASCADEFS_ETCD_CA", filepath.Join(dir, "ca.pem"))
+	t.Setenv("CASCADEFS_ETCD_CERT", filepath.Join(dir, "ca.pem"))
+	t.Setenv("CASCADEFS_ETCD_KEY", key)
+	if _, err := OpenEtcd("etcd://127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "etcd client key") ||
+		!strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("open client key: %v", err)
+	}
+}

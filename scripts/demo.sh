@@ -24,6 +24,8 @@ cleanup() {
 }
 trap cleanup EXIT
 rm -rf "$demo" && mkdir -p "$demo"/{backing,mnt,archive,state,run}
+# Users must only use the mount: the backing directories are root's alone.
+chmod 700 "$demo"
 export CASCADEFS_RUN_DIR=$demo/run
 
 echo "== mount $demo/backing at $demo/mnt, archive file://$demo/archive"

@@ -19,7 +19,7 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-mkdir -p "$W/minio/bench" "$W/backing" "$W/mnt" "$W/run"
+mkdir -p "$W/minio/bench" "$W/backing" "$W/mnt" "$W/run" && chmod 700 "$W"
 export MINIO_ROOT_USER=cascadefs MINIO_ROOT_PASSWORD=cascadefs-secret
 export AWS_ACCESS_KEY_ID=$MINIO_ROOT_USER AWS_SECRET_ACCESS_KEY=$MINIO_ROOT_PASSWORD CASCADEFS_RUN_DIR=$W/run
 .tools/minio server --quiet --address 127.0.0.1:$PORT "$W/minio" >"$W/minio.log" 2>&1 &

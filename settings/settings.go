@@ -58,8 +58,8 @@ var keys = []key{
 		}
 		return err
 	}},
-	{"window", "4MiB", "first GET of a streaming recall (0: the default)", sizeOr(func(s *FS) *int64 { return &s.Recall.Window })},
-	{"max-window", "256MiB", "largest GET of a sequential reader (0: the default)", sizeOr(func(s *FS) *int64 { return &s.Recall.MaxWindow })},
+	{"window", "4MiB", "first GET of a streaming recall (0: the default; at least 64KiB)", sizeOr(minWindow, func(s *FS) *int64 { return &s.Recall.Window })},
+	{"max-window", "256MiB", "largest GET of a sequential reader (0: the default; at least 64KiB)", sizeOr(minWindow, func(s *FS) *int64 { return &s.Recall.MaxWindow })},
 	{"workers", "8", "DM session workers: events handled at once", func(s *FS, v string) error {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 1024 {
@@ -68,16 +68,19 @@ var keys = []key{
 		s.Workers = n
 		return nil
 	}},
-	{"event-timeout", "5m", "a reader waits this long for its recall, then EIO (0: the default)", durationOr(func(s *FS) *time.Duration { return &s.EventTimeout })},
-	{"release-wait", "5s", "a release waits this long for open handles (0: skip open files at once)", func(s *FS, v string) error {
+	{"event-timeout", "5m", "a reader waits this long for its recall, then EIO (0: the default; at least 10s)", durationOr(minEventTimeout, func(s *FS) *time.Duration { return &s.EventTimeout })},
+	{"release-wait", "5s", "a release waits this long for open handles (0: skip open files at once; else at least 10ms)", func(s *FS, v string) error {
 		d, err := duration(v)
+		if err == nil && d > 0 && d < minReleaseWait {
+			return atLeast(time.Duration(minReleaseWait), "0 skips open files at once")
+		}
 		if d == 0 {
 			d = -1
 		}
 		s.ReleaseWait = d
 		return err
 	}},
-	{"hold-lease", "1m", "a node keeps a file closed for another node's release at most this long; a release punches only within it (0: the default)", durationOr(func(s *FS) *time.Duration { return &s.HoldLease })},
+	{"hold-lease", "1m", "a node keeps a file closed for another node's release at most this long; a release punches only within it (0: the default; at least 1s)", durationOr(minHoldLease, func(s *FS) *time.Duration { return &s.HoldLease })},
 	{"failover", "async", "async (race once the owner's lease lapsed) or sync (vote first)", func(s *FS, v string) error {
 		if v != "async" && v != "sync" {
 			return fmt.Errorf("want async or sync")
@@ -89,17 +92,14 @@ var keys = []key{
 		s.Policy.Leader, err = units.ParseSize(v)
 		return err
 	}},
-	{"recall-rate", "0", "bytes per second the node running the session fetches from the archive at most, such as 100MiB (0: no cap)", func(s *FS, v string) (err error) {
-		s.RecallRate, err = units.ParseSize(strings.TrimSuffix(v, "/s"))
-		return err
-	}},
-	{"migrate-rate", "0", "bytes per second the node running the session uploads to the archive at most, such as 50MiB (0: no cap)", func(s *FS, v string) (err error) {
-		s.MigrateRate, err = units.ParseSize(strings.TrimSuffix(v, "/s"))
-		return err
-	}},
+	{"recall-rate", "0", "bytes per second the node running the session fetches from the archive at most, such as 100MiB (0: no cap; else at least 64KiB)", rate(func(s *FS) *int64 { return &s.RecallRate })},
+	{"migrate-rate", "0", "bytes per second the node running the session uploads to the archive at most, such as 50MiB (0: no cap; else at least 64KiB)", rate(func(s *FS) *int64 { return &s.MigrateRate })},
 	// The space monitor (see migrate.Policy for how they combine).
-	{"quota", "0", "space the filesystem may use, such as 100GiB (0: the backing filesystem's size)", func(s *FS, v string) (err error) {
+	{"quota", "0", "space the filesystem may use, such as 100GiB (0: the backing filesystem's size; else at least 1MiB)", func(s *FS, v string) (err error) {
 		s.Policy.Quota, err = units.ParseSize(v)
+		if err == nil && s.Policy.Quota > 0 && s.Policy.Quota < minQuota {
+			return atLeast(int64(minQuota), "0 is the backing filesystem's size")
+		}
 		return err
 	}},
 	{"high", "70", "usage percentage that starts a migration cycle", func(s *FS, v string) (err error) {
@@ -110,7 +110,7 @@ var keys = []key{
 		s.Policy.Low, err = units.ParsePercent(v, 0, 99)
 		return err
 	}},
-	{"interval", "1m", "how often the space monitor checks usage (0: the default)", durationOr(func(s *FS) *time.Duration { return &s.Policy.Interval })},
+	{"interval", "1m", "how often the space monitor checks usage (0: the default; at least 100ms)", durationOr(minInterval, func(s *FS) *time.Duration { return &s.Policy.Interval })},
 	{"min-size", "1B", "files smaller than this are never migrated by the monitor (0: any size)", func(s *FS, v string) (err error) {
 		s.Policy.MinSize, err = units.ParseSize(v)
 		return err
@@ -137,10 +137,36 @@ func duration(v string) (time.Duration, error) {
 	return d, nil
 }
 
-// durationOr reads a duration into the field; 0 keeps the default.
-func durationOr(field func(*FS) *time.Duration) func(*FS, string) error {
+// Floors: a value below its floor does no good and some harm (a 1ns
+// interval spins a core, a 1ns event timeout makes every stub read EIO),
+// so it is refused with the floor in the sentence.
+const (
+	minEventTimeout = 10 * time.Second
+	minHoldLease    = time.Second
+	minInterval     = 100 * time.Millisecond
+	minReleaseWait  = 10 * time.Millisecond
+	minWindow       = 64 << 10
+	minRate         = 64 << 10
+	minQuota        = 1 << 20
+)
+
+// atLeast is the refusal of a value under its floor.
+func atLeast[T time.Duration | int64](floor T, zero string) error {
+	f := fmt.Sprint(floor)
+	if n, ok := any(floor).(int64); ok {
+		f = strings.ReplaceAll(units.Human(n), ".0 ", "")
+	}
+	return fmt.Errorf("want at least %s (%s)", f, zero)
+}
+
+// durationOr reads a duration into the field; 0 keeps the default, and
+// anything else must be at least floor.
+func durationOr(floor time.Duration, field func(*FS) *time.Duration) func(*FS, string) error {
 	return func(s *FS, v string) error {
 		d, err := duration(v)
+		if err == nil && d > 0 && d < floor {
+			return atLeast(floor, "0 keeps the default")
+		}
 		if err == nil && d > 0 {
 			*field(s) = d
 		}
@@ -148,13 +174,29 @@ func durationOr(field func(*FS) *time.Duration) func(*FS, string) error {
 	}
 }
 
-// sizeOr reads a size into the field; 0 keeps the default.
-func sizeOr(field func(*FS) *int64) func(*FS, string) error {
+// sizeOr reads a size into the field; 0 keeps the default, and anything
+// else must be at least floor.
+func sizeOr(floor int64, field func(*FS) *int64) func(*FS, string) error {
 	return func(s *FS, v string) error {
 		n, err := units.ParseSize(v)
+		if err == nil && n > 0 && n < floor {
+			return atLeast(floor, "0 keeps the default")
+		}
 		if err == nil && n > 0 {
 			*field(s) = n
 		}
+		return err
+	}
+}
+
+// rate reads bytes per second (a "/s" suffix allowed); 0 is no cap.
+func rate(field func(*FS) *int64) func(*FS, string) error {
+	return func(s *FS, v string) error {
+		n, err := units.ParseSize(strings.TrimSuffix(v, "/s"))
+		if err == nil && n > 0 && n < minRate {
+			return atLeast(int64(minRate), "0 is no cap")
+		}
+		*field(s) = n
 		return err
 	}
 }

@@ -1,6 +1,7 @@
 package settings
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -73,7 +74,7 @@ func mustDefault(name string) string {
 }
 
 func TestSettings(t *testing.T) {
-	for _, kv := range [][2]string{{"small-file", "16MiB"}, {"window", "4096"}, {"workers", "3"}, {"event-timeout", "90s"}, {"failover", "sync"}, {"recall", "whole"}} {
+	for _, kv := range [][2]string{{"small-file", "16MiB"}, {"window", "64KiB"}, {"workers", "3"}, {"event-timeout", "90s"}, {"failover", "sync"}, {"recall", "whole"}} {
 		if err := Check(kv[0], kv[1]); err != nil {
 			t.Errorf("%s=%s refused: %v", kv[0], kv[1], err)
 		}
@@ -97,6 +98,35 @@ func TestSettingsAcceptZero(t *testing.T) {
 	for _, kv := range [][2]string{{"min-size", "-1"}, {"release-wait", "-1s"}, {"interval", "soon"}, {"quota", "lots"}} {
 		if err := Check(kv[0], kv[1]); err == nil {
 			t.Errorf("%s=%s accepted", kv[0], kv[1])
+		}
+	}
+}
+
+// Each duration and size has a floor, said in the refusal (issue 20, item
+// 5): interval=1ns would spin a core, event-timeout=1ns turn every stub
+// read into EIO. 0 still means the default (or none, or no cap).
+func TestFloors(t *testing.T) {
+	for _, c := range []struct{ key, value, want string }{
+		{"interval", "1ns", "at least 100ms"},
+		{"event-timeout", "1ns", "at least 10s"},
+		{"event-timeout", "9s", "at least 10s"},
+		{"hold-lease", "1ms", "at least 1s"},
+		{"release-wait", "1ns", "at least 10ms"},
+		{"window", "1", "at least 64KiB"},
+		{"max-window", "4096", "at least 64KiB"},
+		{"recall-rate", "1", "at least 64KiB"},
+		{"migrate-rate", "100/s", "at least 64KiB"},
+		{"quota", "1KiB", "at least 1MiB"},
+	} {
+		err := Check(c.key, c.value)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s=%s: %v, want a refusal saying %q", c.key, c.value, err, c.want)
+		}
+	}
+	for _, kv := range [][2]string{{"interval", "100ms"}, {"event-timeout", "10s"}, {"hold-lease", "1s"}, {"release-wait", "10ms"},
+		{"window", "64KiB"}, {"recall-rate", "64KiB"}, {"quota", "1MiB"}, {"interval", "0"}, {"event-timeout", "0"}, {"recall-rate", "0"}} {
+		if err := Check(kv[0], kv[1]); err != nil {
+			t.Errorf("%s=%s at the floor (or 0): %v", kv[0], kv[1], err)
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cascadefs/cascadefs/internal/secret"
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
 )
@@ -70,16 +71,9 @@ type Member struct {
 
 // ReadKey reads a cluster key file: the base64 of 16, 24 or 32 bytes.
 func ReadKey(path string) ([]byte, error) {
-	st, err := os.Stat(path)
+	b, err := secret.Read("key file", path)
 	if err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("key file %s: readable by others (mode %o); chmod 600 it", path, st.Mode().Perm())
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
+		return nil, err
 	}
 	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
 	if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {

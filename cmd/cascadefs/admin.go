@@ -137,7 +137,7 @@ func cancelRecalls(paths []string, all bool) error {
 	var targets []target
 	switch {
 	case all && len(paths) == 0:
-		mounts, err := daemon.Mounts()
+		mounts, err := daemon.MountsIn(daemon.RunDir())
 		if err != nil {
 			return err
 		}
@@ -291,7 +291,7 @@ func cmdStatus(args []string) error {
 			return err
 		}
 	}
-	mounts, err := daemon.Mounts()
+	mounts, err := daemon.MountsIn(daemon.RunDir())
 	if err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@ func cmdDF(args []string) error {
 	}
 	var names []string // socket names, one per filesystem
 	if fl.NArg() == 0 {
-		mounts, err := daemon.Mounts()
+		mounts, err := daemon.MountsIn(daemon.RunDir())
 		if err != nil {
 			return err
 		}

@@ -22,6 +22,7 @@ func cmdMount(args []string) error {
 	fl.StringVar(&cfg.StateDir, "state-dir", "", "durable DM state (default /var/lib/cascadefs/NAME)")
 	fl.BoolVar(&cfg.NoPassthrough, "no-passthrough", false, "never open resident files in kernel passthrough")
 	fl.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request")
+	fl.BoolVar(&cfg.AllowUserBacking, "allow-user-backing", false, allowUserBackingHelp)
 	fl.StringVar(&cfg.MetricsAddr, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
 	logFormat := logFormatFlag(fl)
 	// The filesystem's settings, spelled and checked as in `cascadefs fs
@@ -78,3 +79,5 @@ func cmdMount(args []string) error {
 	dm.Stop()
 	return nil
 }
+
+const allowUserBackingHelp = "mount a backing directory that users other than root can reach (unsafe: see docs/DEPLOY.md)"

@@ -15,6 +15,7 @@ import (
 	"github.com/cascadefs/cascadefs/cluster"
 	"github.com/cascadefs/cascadefs/cluster/member"
 	"github.com/cascadefs/cascadefs/daemon"
+	"github.com/cascadefs/cascadefs/internal/secret"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -34,6 +35,7 @@ func cmdNode(args []string) error {
 	credsFile := fl.String("credentials-file", "", "KEY=VALUE lines put into the environment (archive credentials)")
 	configFile := fl.String("config", "", "file with these settings, one KEY = VALUE per line")
 	fl.BoolVar(&cfg.NoPassthrough, "no-passthrough", false, "never use kernel FUSE passthrough")
+	fl.BoolVar(&cfg.AllowUserBacking, "allow-user-backing", false, allowUserBackingHelp)
 	fl.StringVar(&cfg.Metrics, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
 	logFormat := logFormatFlag(fl)
 	fl.IntVar(&cfg.MaxFilesystems, "max-filesystems", 0, "take at most this many DM sessions (0: no bound)")
@@ -123,9 +125,9 @@ func readConfig(path string) ([]string, error) {
 // loadEnvFile sets KEY=VALUE lines as environment variables (archive
 // credentials), so they stay out of configs, the repository and logs.
 func loadEnvFile(path string) error {
-	b, err := os.ReadFile(path)
+	b, err := secret.Read("credentials file", path)
 	if err != nil {
-		return fmt.Errorf("credentials file: %w", err)
+		return err
 	}
 	for i, line := range strings.Split(string(b), "\n") {
 		line = strings.TrimSpace(line)

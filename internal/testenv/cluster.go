@@ -57,7 +57,7 @@ func NewClusterOn(t testing.TB, repoURL, archiveURL string, env []string, names 
 	t.Helper()
 	RequireRoot(t)
 	dir := t.TempDir()
-	c := &Cluster{t: t, Dir: dir, Repo: cmp.Or(repoURL, filepath.Join(dir, "repo")), Backing: filepath.Join(dir, "backing"),
+	c := &Cluster{t: t, Dir: dir, Repo: cmp.Or(repoURL, filepath.Join(dir, "repo")), Backing: filepath.Join(dir, "private", "backing"),
 		Archive: archiveURL, KeyFile: filepath.Join(dir, "cluster.key"), RunDir: filepath.Join(dir, "run"),
 		Env: env, Nodes: map[string]*Node{}}
 	if archiveURL == "" {
@@ -66,6 +66,7 @@ func NewClusterOn(t testing.TB, repoURL, archiveURL string, env []string, names 
 	for _, p := range []string{c.Backing, c.RunDir} {
 		os.MkdirAll(p, 0o755)
 	}
+	os.Chmod(filepath.Dir(c.Backing), 0o700) // users must only use the mounts
 	if repoURL == "" {
 		os.MkdirAll(c.Repo, 0o755)
 	}

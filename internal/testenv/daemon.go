@@ -94,7 +94,7 @@ func NewDaemon(t testing.TB, archiveURL string, env []string, extra ...string) *
 	t.Helper()
 	RequireRoot(t)
 	dir := t.TempDir()
-	d := &Daemon{t: t, Dir: dir, Backing: filepath.Join(dir, "backing"), Mountpoint: filepath.Join(dir, "mnt"),
+	d := &Daemon{t: t, Dir: dir, Backing: filepath.Join(dir, "private", "backing"), Mountpoint: filepath.Join(dir, "mnt"),
 		RunDir: filepath.Join(dir, "run"), Archive: archiveURL, Env: env, Args: extra}
 	if archiveURL == "" {
 		d.Archive = "file://" + filepath.Join(dir, "archive")
@@ -102,6 +102,9 @@ func NewDaemon(t testing.TB, archiveURL string, env []string, extra ...string) *
 	for _, p := range []string{d.Backing, d.Mountpoint, d.RunDir} {
 		os.MkdirAll(p, 0o755)
 	}
+	// Users must only use the mount: the backing directory lies in a
+	// root-only directory, whatever a test opens up above the mountpoint.
+	os.Chmod(filepath.Dir(d.Backing), 0o700)
 	t.Cleanup(d.cleanup)
 	return d
 }
