@@ -37,6 +37,9 @@ func TestMain(m *testing.M) {
 	case "rpc-flood":
 		floodAttack()
 		return
+	case "set-xattr":
+		setXattr()
+		return
 	}
 	os.Exit(m.Run())
 }

@@ -24,14 +24,60 @@ const (
 // ReadRecord returns the record of the open backing file, or nil when the
 // file has none (it is resident). A record that does not decode is an error
 // wrapping ErrCorrupt or ErrVersion: never trusted, never ignored.
+//
+// A record is trusted only on the file it was written for (its Ino): one
+// found on another file (copied there through the backing tree, or by a
+// restore of stubs with their xattrs) is a *ForeignError, never a record.
 func ReadRecord(fd int) (*Record, error) {
-	return readRecord(func(buf []byte) (int, error) { return unix.Fgetxattr(fd, XattrName, buf) })
+	rec, err := readRecord(func(buf []byte) (int, error) { return unix.Fgetxattr(fd, XattrName, buf) })
+	if rec == nil || err != nil {
+		return rec, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("read stub record: %w", err)
+	}
+	return bound(rec, st.Ino)
+}
+
+// ErrForeign: a stub record found on a file it was not written for.
+var ErrForeign = errors.New("stub record belongs to another file")
+
+// ForeignError is a record found on another file than its own: Rec says
+// which object it names (kept, never deleted for this file), Ino where it
+// was found.
+type ForeignError struct {
+	Rec *Record
+	Ino uint64
+}
+
+func (e *ForeignError) Error() string {
+	return fmt.Sprintf("%v: written for inode %d, found on inode %d; not trusted (its object %s is kept until reconcile finds no record using it)",
+		ErrForeign, e.Rec.Ino, e.Ino, e.Rec.Key)
+}
+
+func (e *ForeignError) Unwrap() error { return ErrForeign }
+
+// bound returns rec if it was written for inode ino.
+func bound(rec *Record, ino uint64) (*Record, error) {
+	if rec.Ino != ino {
+		return nil, &ForeignError{Rec: rec, Ino: ino}
+	}
+	return rec, nil
 }
 
 // ReadRecordAt is ReadRecord by path, without following a symlink in the
 // last component (tests; the daemon goes through ReadRecordIn).
 func ReadRecordAt(path string) (*Record, error) {
-	return readRecord(func(buf []byte) (int, error) { return unix.Lgetxattr(path, XattrName, buf) })
+	rec, err := readRecord(func(buf []byte) (int, error) { return unix.Lgetxattr(path, XattrName, buf) })
+	if rec == nil || err != nil {
+		return rec, err
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return nil, err
+	}
+	return bound(rec, st.Ino)
 }
 
 // ReadRecordIn is ReadRecord for the entry name of the open directory
@@ -41,7 +87,14 @@ func ReadRecordIn(dirfd int, name string) (*Record, error) {
 	if !noGetxattrat.Load() {
 		rec, err := readRecord(func(buf []byte) (int, error) { return getxattrat(dirfd, name, XattrName, buf) })
 		if !errors.Is(err, unix.ENOSYS) {
-			return rec, err
+			if rec == nil || err != nil {
+				return rec, err
+			}
+			var st unix.Stat_t
+			if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return nil, err
+			}
+			return bound(rec, st.Ino)
 		}
 		noGetxattrat.Store(true)
 	}
@@ -106,7 +159,20 @@ func readRecord(get func([]byte) (int, error)) (*Record, error) {
 }
 
 // WriteRecord stores the record on the open backing file.
+//
+// The record is bound to the file: written for another inode (a record
+// read from one file and written onto another), it is refused.
 func WriteRecord(fd int, r *Record) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("write stub record: %w", err)
+	}
+	if r.Ino == 0 {
+		r.Ino = st.Ino
+	}
+	if r.Ino != st.Ino {
+		return fmt.Errorf("write stub record: written for inode %d, refused on inode %d: %w", r.Ino, st.Ino, ErrForeign)
+	}
 	b, err := r.Encode()
 	if err != nil {
 		return err

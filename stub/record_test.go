@@ -165,12 +165,38 @@ func TestRecordOnFile(t *testing.T) {
 		t.Fatalf("fresh file: %v %v", r, err)
 	}
 	want := sampleRecord(InlineSumsMax) // the largest inline record must fit an xattr
+	// A record is bound to its file: one written for another inode is
+	// refused.
+	if err := WriteRecord(fd, want); !errors.Is(err, ErrForeign) {
+		t.Fatalf("record of inode 42 written on another file: %v", err)
+	}
+	want.Ino = 0 // bound to the file it is written on
 	if err := WriteRecord(fd, want); err != nil {
 		t.Fatal(err)
 	}
 	got, err := ReadRecord(fd)
 	if err != nil || got.Key != want.Key {
 		t.Fatalf("read back: %v %v", got, err)
+	}
+	// The same bytes copied onto another file are not a record there.
+	q := filepath.Join(t.TempDir(), "copy")
+	os.WriteFile(q, []byte("x"), 0o644)
+	b := make([]byte, 4096)
+	n, _ := unix.Fgetxattr(fd, XattrName, b)
+	unix.Setxattr(q, XattrName, b[:n], 0)
+	var fe *ForeignError
+	if r, err := ReadRecordAt(q); r != nil || !errors.As(err, &fe) || fe.Rec.Key != want.Key {
+		t.Fatalf("copied record: %v %v", r, err)
+	}
+	cf, _ := os.Open(q)
+	defer cf.Close()
+	if r, err := ReadRecord(int(cf.Fd())); r != nil || !errors.Is(err, ErrForeign) {
+		t.Fatalf("copied record by descriptor: %v %v", r, err)
+	}
+	dir, _ := os.Open(filepath.Dir(q))
+	defer dir.Close()
+	if r, err := ReadRecordIn(int(dir.Fd()), "copy"); r != nil || !errors.Is(err, ErrForeign) {
+		t.Fatalf("copied record by name: %v %v", r, err)
 	}
 	unix.Fsetxattr(fd, XattrName, []byte("CFSRgarbage"), 0)
 	if _, err := ReadRecord(fd); !IsCorrupt(err) {
