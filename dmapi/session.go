@@ -54,6 +54,7 @@ type Session struct {
 	running  int
 	bulk     int // running calls that are not readers'
 	reserved int // workers only readers' events may take
+	byUser   map[uint32]int // running readers' calls per user (Event.UID)
 	closed   bool
 	progress time.Time // last completion, or when the session last became busy
 }
@@ -89,13 +90,15 @@ func NewSession(fs string, cfg Config, h Handler, log *slog.Logger) *Session {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Session{FS: fs, cfg: cfg, handler: h, log: log, inflight: map[dedupeKey]*call{}}
+	s := &Session{FS: fs, cfg: cfg, handler: h, log: log, inflight: map[dedupeKey]*call{}, byUser: map[uint32]int{}}
 	if cfg.Workers >= 2 {
 		s.reserved = max(1, cfg.Workers/4)
 	}
 	s.cond = sync.NewCond(&s.mu)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	for range cfg.Workers {
+	// One worker more than cfg.Workers: it only takes a reader's event of
+	// a user who has none running (see next).
+	for range cfg.Workers + 1 {
 		s.wg.Add(1)
 		go s.worker()
 	}
@@ -173,6 +176,9 @@ func (s *Session) worker() {
 		s.queue = slices.Delete(s.queue, i, i+1)
 		s.running++
 		bulk := c.prio > PriorityReader
+		if !bulk {
+			s.byUser[c.ev.UID]++
+		}
 		if bulk {
 			s.bulk++
 		}
@@ -189,6 +195,12 @@ func (s *Session) worker() {
 
 		s.mu.Lock()
 		s.running--
+		if !bulk {
+			if s.byUser[c.ev.UID]--; s.byUser[c.ev.UID] <= 0 {
+				delete(s.byUser, c.ev.UID)
+			}
+			s.cond.Broadcast() // a user's reader done: another user's may start
+		}
 		if bulk {
 			s.bulk--
 			s.cond.Broadcast() // a worker may now take bulk work
@@ -203,19 +215,29 @@ func (s *Session) worker() {
 }
 
 // next is the index of the queued call a free worker takes: the first of
-// the most urgent priority, but bulk work only while the reserved workers
-// stay free for readers; -1 for none. s.mu is held.
+// the most urgent priority, with readers' calls shared fairly between
+// users (the reader whose user has the fewest running goes first); bulk
+// work only while the reserved workers stay free for readers; at most
+// cfg.Workers calls at once, but for one more worker kept for a reader of
+// a user who has none running, so that one user's many reads never make
+// another user's first read wait for them. -1 for none. s.mu is held.
 func (s *Session) next() int {
 	best := -1
 	for i, c := range s.queue {
-		if c.prio > PriorityReader && s.bulk >= s.cfg.Workers-s.reserved {
+		reader := c.prio == PriorityReader
+		if !reader && s.bulk >= s.cfg.Workers-s.reserved {
 			continue
 		}
-		if best < 0 || c.prio < s.queue[best].prio {
-			best = i
+		if s.running >= s.cfg.Workers && (!reader || s.byUser[c.ev.UID] > 0) {
+			continue // the spare worker is for another user's reader
 		}
-		if c.prio == PriorityReader {
-			break // the first reader: nothing goes before it
+		if best < 0 {
+			best = i
+			continue
+		}
+		b := s.queue[best]
+		if c.prio < b.prio || (reader && b.prio == PriorityReader && s.byUser[c.ev.UID] < s.byUser[b.ev.UID]) {
+			best = i
 		}
 	}
 	return best

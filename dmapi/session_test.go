@@ -302,3 +302,53 @@ func TestCancelAnswersWaitersAtOnce(t *testing.T) {
 		t.Fatalf("an event after the cancel: %v", err)
 	}
 }
+
+// Workers are shared fairly between users (issue 20, item 7): one user's
+// many reads, which hold every worker, never make another user's first
+// read wait for them; and each user's readers go in turn.
+func TestOneUserCannotStarveAnother(t *testing.T) {
+	block := make(chan struct{})
+	s := NewSession("fs", Config{Workers: 4}, func(ctx context.Context, ev *Event) error {
+		if ev.UID == 1000 {
+			select {
+			case <-block:
+			case <-ctx.Done():
+			}
+		}
+		return nil
+	}, nil)
+	defer s.Close()
+	defer close(block)
+	for i := range 16 {
+		s.Post(&Event{Type: Read, Ino: uint64(100 + i), Length: -1, UID: 1000})
+	}
+	waitFor(t, func() bool {
+		n := 0
+		for _, p := range s.Pending() {
+			if p.Running {
+				n++
+			}
+		}
+		return n == 4
+	})
+	done := make(chan error, 1)
+	go func() { done <- s.Raise(context.Background(), &Event{Type: Read, Ino: 1, Length: 4096, UID: 2000}) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("another user's read waited behind one user's sixteen")
+	}
+	// The first user still has only its four workers.
+	n := 0
+	for _, p := range s.Pending() {
+		if p.Running {
+			n++
+		}
+	}
+	if n != 4 {
+		t.Fatalf("%d of one user's events run with 4 workers", n)
+	}
+}

@@ -580,3 +580,85 @@ func writeFileOf(b *testing.B, p string, size int64) {
 		b.Fatal(err)
 	}
 }
+
+// BenchmarkFairRecall: one user (the attacker uid) reads 16 large stubs at
+// once, over and over; another user (nobody) reads the first 4 KiB of a
+// stub of their own. The second user's read, against the same read with
+// nothing else running, at no recall-rate cap and under one (issue 20,
+// item 7: at most 2x).
+func BenchmarkFairRecall(b *testing.B) {
+	for _, rate := range []string{"0", "8MiB"} {
+		b.Run("recall-rate="+rate, func(b *testing.B) {
+			m := testenv.StartMinIO(b)
+			d := testenv.NewDaemon(b, m.Bucket(b, "bench"), m.EnvList(), "--recall-rate", rate)
+			d.Start()
+			for p := d.Mountpoint; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+				os.Chmod(p, 0o755)
+			}
+			const bulkFiles, bulkSize, small = 16, 64 << 20, 7
+			os.Mkdir(d.M("a"), 0o755)
+			os.Mkdir(d.M("b"), 0o755)
+			var all []string
+			for i := range bulkFiles {
+				p := d.M(fmt.Sprintf("a/%02d", i))
+				writeFileOf(b, p, bulkSize)
+				all = append(all, p)
+			}
+			for i := range small {
+				p := d.M(fmt.Sprintf("b/%d", i))
+				writeFileOf(b, p, 32<<20)
+				all = append(all, p)
+			}
+			os.Chown(d.M("a"), attackerUID, attackerUID)
+			os.Chown(d.M("b"), nobody, nobody)
+			d.MustCLI(append([]string{"migrate", "-j", "8"}, all...)...)
+			try := func(i int) time.Duration {
+				d.MustCLI("migrate", d.M(fmt.Sprintf("b/%d", i))) // punched again
+				start := time.Now()
+				// As nobody: a 4 KiB read at an offset past the first window.
+				if _, err := asUser(b, d.Mountpoint, "/bin/dd", "if="+fmt.Sprintf("b/%d", i), "of=/dev/null",
+					"bs=4096", "count=1", "skip=4096", "status=none"); err != nil {
+					b.Fatal(err)
+				}
+				return time.Since(start)
+			}
+			for range b.N {
+				testenv.DropCaches()
+				var idle, busy []time.Duration
+				for i := range small {
+					idle = append(idle, try(i))
+				}
+				stop := make(chan struct{})
+				var wg sync.WaitGroup
+				for i := range bulkFiles {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for {
+							select {
+							case <-stop:
+								return
+							default:
+							}
+							cmd := exec.Command("/bin/cat", d.M(fmt.Sprintf("a/%02d", i)))
+							cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: attackerUID, Gid: attackerUID}}
+							cmd.Stdout = io.Discard
+							cmd.Run()
+							d.CLI("migrate", d.M(fmt.Sprintf("a/%02d", i)))
+						}
+					}()
+				}
+				time.Sleep(2 * time.Second) // the bulk readers under way
+				for i := range small {
+					busy = append(busy, try(i))
+				}
+				close(stop)
+				d.CLI("recall", "--cancel", "--all")
+				wg.Wait()
+				b.ReportMetric(float64(median(idle).Microseconds())/1000, "first4k-idle-ms")
+				b.ReportMetric(float64(median(busy).Microseconds())/1000, "first4k-busy-ms")
+				b.ReportMetric(median(busy).Seconds()/median(idle).Seconds(), "busy-x")
+			}
+		})
+	}
+}

@@ -164,7 +164,7 @@ func TestInterruptedReaderGetsEINTR(t *testing.T) {
 }
 
 // asUser runs a command as user nobody and returns its stdout and error.
-func asUser(t *testing.T, dir, name string, args ...string) ([]byte, error) {
+func asUser(t testing.TB, dir, name string, args ...string) ([]byte, error) {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Dir = dir

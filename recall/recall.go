@@ -196,7 +196,8 @@ func NewManager(root *beneath.Root, arch archive.Archive, rights *dmapi.Rights, 
 		cfg.Retries = d.Retries
 	}
 	m := &Manager{root: root, arch: arch, rights: rights, garbage: garbage, cfg: cfg, log: log,
-		streams: make(chan struct{}, cfg.MaxStreams), files: map[uint64]*fileRecall{}, history: map[uint64]*history{},
+		// One slot past MaxStreams, never taken by a prefetch (tryStream).
+		streams: make(chan struct{}, cfg.MaxStreams+1), files: map[uint64]*fileRecall{}, history: map[uint64]*history{},
 		bulkStreams: make(chan struct{}, max(1, cfg.MaxStreams-max(1, cfg.MaxStreams/4)))}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	return m
@@ -299,7 +300,7 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 	end = min(end, f.rec.Size)
 	defer m.waits(ev.Type == dmapi.Read && ev.Priority == dmapi.PriorityReader)()
 	for attempt := 0; ; attempt++ {
-		if err := f.ensure(ctx, off, end, ev.Priority > dmapi.PriorityReader); err != nil {
+		if err := f.ensure(ctx, off, end, ev.Priority > dmapi.PriorityReader, ev.UID); err != nil {
 			if ctx.Err() != nil && m.ctx.Err() == nil {
 				m.log.Info("recall event ended before its data came (cancelled)", "fs", ev.FS, "file", ev.Path, "offset", off)
 			} else {

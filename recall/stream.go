@@ -49,8 +49,9 @@ type stream struct {
 	next       int64 // bytes below next are written
 	done       bool
 	err        error
-	prefetched bool // the stream after this one was started (or judged needless)
-	bulk       bool // started for bulk work: holds a bulk token too
+	prefetched bool   // the stream after this one was started (or judged needless)
+	bulk       bool   // started for bulk work: holds a bulk token too
+	uid        uint32 // the user it was started for: the recall rate is shared fairly between users
 	// hurried: a reader waits on this (bulk) stream: it no longer holds
 	// back for readers, one of which it would keep waiting.
 	hurried atomic.Bool
@@ -61,7 +62,7 @@ type stream struct {
 // ensure returns once [off, end) holds data, starting or joining streams,
 // or when ctx ends. Bulk work (not a reader's) starts its streams within
 // the bulk share of the stream slots.
-func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool) error {
+func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool, uid uint32) error {
 	stop := context.AfterFunc(ctx, func() {
 		f.mu.Lock()
 		f.cond.Broadcast()
@@ -101,7 +102,7 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool) erro
 				f.m.putStream(bulk)
 				f.mu.Unlock()
 				return err
-			} else if s, err = f.startLocked(hole, end, bulk); err != nil {
+			} else if s, err = f.startLocked(hole, end, bulk, uid); err != nil {
 				f.m.putStream(bulk)
 				f.mu.Unlock()
 				return err
@@ -156,7 +157,7 @@ func (f *fileRecall) prefetchLocked(s *stream) {
 	if !f.m.tryStream(s.bulk) {
 		return
 	}
-	if _, err := f.startLocked(s.end, s.end, s.bulk); err != nil {
+	if _, err := f.startLocked(s.end, s.end, s.bulk, s.uid); err != nil {
 		f.m.putStream(s.bulk)
 	}
 }
@@ -164,7 +165,7 @@ func (f *fileRecall) prefetchLocked(s *stream) {
 // startLocked starts a stream at the chunk holding hole. The caller holds f.mu,
 // the file's shared DM right and a stream token, which the stream gives back
 // when it ends.
-func (f *fileRecall) startLocked(hole, want int64, bulk bool) (*stream, error) {
+func (f *fileRecall) startLocked(hole, want int64, bulk bool, uid uint32) (*stream, error) {
 	if f.rec == nil {
 		return nil, fmt.Errorf("%s: recall after the file became resident", f.path)
 	}
@@ -187,7 +188,7 @@ func (f *fileRecall) startLocked(hole, want int64, bulk bool) (*stream, error) {
 		end = min(end, max((next+chunk-1)/chunk*chunk, start+chunk))
 	}
 	f.m.log.Debug("recall stream", "file", f.path, "start", start, "end", end)
-	s := &stream{start: start, end: end, next: start, bulk: bulk}
+	s := &stream{start: start, end: end, next: start, bulk: bulk, uid: uid}
 	s.ctx, s.cancel = context.WithCancel(f.m.ctx)
 	f.streams = append(f.streams, s)
 	f.lastEnd, f.window = end, window
@@ -352,7 +353,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 			f.m.holdBack(ctx, s) // the archive and the link
 			_, err := io.ReadFull(body, b)
 			if err == nil && f.m.Throttle != nil {
-				err = f.m.Throttle.Wait(ctx, len(b)) // the GET waits in the socket meanwhile
+				err = f.m.Throttle.WaitFor(ctx, s.uid, len(b)) // the GET waits in the socket meanwhile
 			}
 			filled <- piece{b, o, err}
 			if err != nil {
@@ -581,8 +582,14 @@ func (m *Manager) takeStream(ctx context.Context, bulk bool) error {
 	}
 }
 
-// tryStream takes a stream slot if one is free at once.
+// tryStream takes a stream slot if one is free at once, for a prefetch.
+// The slot past MaxStreams is never taken so: it is kept for an event
+// that a worker takes while every other stream is busy (the DM session's
+// spare worker, for another user's reader).
 func (m *Manager) tryStream(bulk bool) bool {
+	if len(m.streams) >= m.cfg.MaxStreams {
+		return false
+	}
 	if bulk {
 		select {
 		case m.bulkStreams <- struct{}{}:

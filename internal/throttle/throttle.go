@@ -14,7 +14,8 @@ import (
 
 // Throttle is safe for concurrent use; the zero limit means no cap.
 type Throttle struct {
-	lim *rate.Limiter
+	lim   *rate.Limiter
+	turns turns // users take turns at lim (fair.go)
 
 	mu      sync.Mutex
 	limit   int64
@@ -63,13 +64,27 @@ func (t *Throttle) Limit() int64 {
 
 // Wait takes n bytes from the budget, waiting as long as the cap needs
 // (or until ctx ends), and counts them as they are granted.
-func (t *Throttle) Wait(ctx context.Context, n int) error {
+func (t *Throttle) Wait(ctx context.Context, n int) error { return t.WaitFor(ctx, 0, n) }
+
+// WaitFor is Wait for the bytes of user key: under a cap, users take
+// turns one step at a time (fair.go).
+func (t *Throttle) WaitFor(ctx context.Context, key uint32, n int) error {
 	for n > 0 {
 		step := n
-		if b := t.lim.Burst(); t.lim.Limit() != rate.Inf && step > b {
+		capped := t.lim.Limit() != rate.Inf
+		if b := t.lim.Burst(); capped && step > b {
 			step = b
 		}
-		if err := t.lim.WaitN(ctx, step); err != nil {
+		if capped {
+			if err := t.turns.take(ctx, key); err != nil {
+				return err
+			}
+		}
+		err := t.lim.WaitN(ctx, step)
+		if capped {
+			t.turns.give()
+		}
+		if err != nil {
 			return err
 		}
 		t.count(step)

@@ -3,6 +3,7 @@ package throttle
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -56,5 +57,33 @@ func TestThrottleUnlimitedAndChanged(t *testing.T) {
 	th.SetLimit(0)
 	if err := th.Wait(context.Background(), 1<<30); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Under a cap, users take turns (issue 20, item 7): a user arriving while
+// another's eight streams wait for the limiter gets its bytes after at
+// most a turn or two of theirs, not after all of their queued bytes.
+func TestUsersTakeTurns(t *testing.T) {
+	th := New(640 << 10) // bursts of 80 KiB: 8 steps a second
+	step := th.lim.Burst()
+	var aSteps atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for range 8 {
+		go func() {
+			for ctx.Err() == nil {
+				if th.WaitFor(ctx, 1, step) == nil {
+					aSteps.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond) // user 1's streams queue up
+	before := aSteps.Load()
+	if err := th.WaitFor(context.Background(), 2, step); err != nil {
+		t.Fatal(err)
+	}
+	if got := aSteps.Load() - before; got > 2 {
+		t.Fatalf("user 2 waited for %d steps of user 1, want at most 2", got)
 	}
 }
