@@ -10,6 +10,9 @@ import (
 // goes to the waiting user served longest ago, so one user's many
 // streams cannot make another's first bytes wait behind all of theirs.
 
+// turnStep is the most bytes one turn takes.
+const turnStep = 64 << 10
+
 // turns hands the limiter to one caller at a time.
 type turns struct {
 	mu      sync.Mutex

@@ -72,8 +72,8 @@ func (t *Throttle) WaitFor(ctx context.Context, key uint32, n int) error {
 	for n > 0 {
 		step := n
 		capped := t.lim.Limit() != rate.Inf
-		if b := t.lim.Burst(); capped && step > b {
-			step = b
+		if b := min(t.lim.Burst(), turnStep); capped && step > b {
+			step = b // short turns: another user's bytes wait for little
 		}
 		if capped {
 			if err := t.turns.take(ctx, key); err != nil {

@@ -64,8 +64,8 @@ func TestThrottleUnlimitedAndChanged(t *testing.T) {
 // another's eight streams wait for the limiter gets its bytes after at
 // most a turn or two of theirs, not after all of their queued bytes.
 func TestUsersTakeTurns(t *testing.T) {
-	th := New(640 << 10) // bursts of 80 KiB: 8 steps a second
-	step := th.lim.Burst()
+	th := New(640 << 10) // turns of 64 KiB: 10 a second
+	step := turnStep
 	var aSteps atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
