@@ -75,6 +75,7 @@ type FS struct {
 	tree    *beneath.Root // the backing tree: the daemon's own opens resolve beneath it
 	rootDev uint64        // device of the root, mixed into inode numbers as go-fuse's loopback does
 	mounts  mounts        // descriptors that file handles are decoded with
+	dirs    *dirCache     // O_PATH descriptors of directories used last
 	server  *fuse.Server
 	served  chan struct{} // closed when the server has ended
 	gates   gates
@@ -130,6 +131,7 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	}
 	f := &FS{opts: opts, root: root, tree: tree, log: opts.Log, nodes: map[uint64]*node{}, rootDev: uint64(st.Dev)}
 	f.mounts.root = rootMount
+	f.dirs = newDirCache(dirCacheSize)
 	if opts.Space != nil {
 		f.space = &spaceGuard{src: opts.Space, root: root}
 	}
@@ -144,8 +146,14 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 		DirectMount:  true,
 		MaxWrite:     1 << 20,
 		MaxReadAhead: 1 << 20,
-		EnableLocks:  true,
-		Debug:        opts.Debug,
+		// Readahead of stubs waits for recalls: with the kernel's default
+		// of 12 such requests in flight, one user's dozen readers held
+		// every slot and another user's read queued behind them in the
+		// kernel, whatever the DM session did. The kernel throttles new
+		// readahead only past the congestion threshold (3/4 of it).
+		MaxBackground: maxBackground,
+		EnableLocks:   true,
+		Debug:         opts.Debug,
 		// We clear set-ID bits ourselves; the kernel stops asking for
 		// security.capability before each write (killpriv.go).
 		ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
@@ -167,13 +175,14 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 		err = server.WaitMount() // on failure the serve loop ends by itself
 	}
 	if err != nil {
+		f.dirs.close()
 		tree.Close()
 		f.closeMounts()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	f.server = server
 	f.served = make(chan struct{})
-	go func() { server.Wait(); tree.Close(); f.closeMounts(); close(f.served) }()
+	go func() { server.Wait(); f.dirs.close(); tree.Close(); f.closeMounts(); close(f.served) }()
 	f.passthrough = !opts.NoPassthrough && server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0
 	return f, nil
 }
@@ -218,12 +227,20 @@ func (n *node) OnAdd(ctx context.Context) {
 }
 
 func (n *node) OnForget() {
+	n.fs.dirs.drop(n)
 	n.fs.nodesMu.Lock()
 	if n.fs.nodes[n.StableAttr().Ino] == n {
 		delete(n.fs.nodes, n.StableAttr().Ino)
 	}
 	n.fs.nodesMu.Unlock()
 }
+
+// maxBackground is how many asynchronous requests (readahead, mostly)
+// the kernel keeps in flight to the daemon.
+const maxBackground = 256
+
+// dirCacheSize bounds the directory descriptors the mount keeps open.
+const dirCacheSize = 256
 
 // Change is what a change through one mount makes stale in the others'
 // kernel caches: a file's attributes and pages (Ino), and names (an entry
@@ -387,12 +404,16 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 
 // createName makes the new file name (O_EXCL, never through a symlink)
 // and gives it to the caller through its own descriptor.
-func (n *node) createName(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, int, syscall.Errno) {
-	dir, err := n.openDir(false)
-	if err != nil {
-		return nil, -1, gofs.ToErrno(err)
-	}
-	defer unix.Close(dir)
+func (n *node) createName(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (ch *gofs.Inode, fd int, errno syscall.Errno) {
+	fd = -1
+	errno = n.inDir(false, func(dir int) syscall.Errno {
+		ch, fd, errno = n.createIn(ctx, dir, name, flags, mode, out)
+		return errno
+	})
+	return ch, fd, errno
+}
+
+func (n *node) createIn(ctx context.Context, dir int, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, int, syscall.Errno) {
 	open := int(flags&^syscall.O_APPEND)&^unix.O_TRUNC | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
 	fd, err := unix.Openat(dir, name, open, mode&07777)
 	if err != nil {

@@ -76,14 +76,8 @@ func (n *node) open(flags int) (int, error) {
 // /proc/self/fd reopens, and never opens a device or waits on a fifo.
 func (n *node) openPath() (int, error) { return n.open(unix.O_PATH) }
 
-// openDir opens the node as a directory for *at calls on its names; a
-// directory that must be synced needs the real open (forSync).
-func (n *node) openDir(forSync bool) (int, error) {
-	if forSync {
-		return n.open(unix.O_RDONLY | unix.O_DIRECTORY)
-	}
-	return n.open(unix.O_PATH | unix.O_DIRECTORY)
-}
+// openDir opens the node as a directory for *at calls on its names.
+func (n *node) openDir() (int, error) { return n.open(unix.O_PATH | unix.O_DIRECTORY) }
 
 func (f *FS) mountFD(id int) (int, error) {
 	if id == f.mounts.root {
@@ -208,18 +202,25 @@ func (n *node) child(ctx context.Context, name string, fd int, out *fuse.EntryOu
 	return n.NewInode(ctx, ch, attr), 0
 }
 
-// inDir runs fn with a descriptor of directory n (O_PATH unless forSync).
+// inDir runs fn with a descriptor of directory n (one that *at calls,
+// fsync and fstat take): the root's own, or one the directory cache keeps.
 func (n *node) inDir(forSync bool, fn func(dir int) syscall.Errno) syscall.Errno {
-	dir, err := n.openDir(forSync)
+	if n.root {
+		return fn(n.fs.tree.FD())
+	}
+	dir, put, err := n.fs.dirs.get(n)
 	if err != nil {
 		return gofs.ToErrno(err)
 	}
-	defer unix.Close(dir)
+	defer put()
 	return fn(dir)
 }
 
 // withFD runs fn with an O_PATH descriptor of n.
 func (n *node) withFD(fn func(fd int) syscall.Errno) syscall.Errno {
+	if n.root || n.StableAttr().Mode&unix.S_IFMT == unix.S_IFDIR {
+		return n.inDir(false, fn)
+	}
 	fd, err := n.openPath()
 	if err != nil {
 		return gofs.ToErrno(err)
@@ -487,7 +488,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 }
 
 func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	dir, err := n.openDir(false)
+	dir, err := n.openDir()
 	if err != nil {
 		return nil, nil, 0, gofs.ToErrno(err)
 	}
