@@ -60,7 +60,7 @@ type Manager struct {
 	rights  *dmapi.Rights
 	cfg     Config
 	log     *slog.Logger
-	streams chan struct{}
+	streams *slots
 	// bulkStreams bounds the streams of bulk work (admin recalls) below
 	// MaxStreams: the rest are kept for readers.
 	bulkStreams chan struct{}
@@ -99,14 +99,18 @@ type Manager struct {
 	waitMu            sync.Mutex
 	readers, recalls  int
 	readersIdle, idle chan struct{}
+	// readersBy counts waiting readers per user: a user's streams hold
+	// back while a user with fewer waits (yieldToLighter).
+	readersBy map[uint32]int
 }
 
 // maxYield bounds how long a bulk stream holds back for readers per
 // chunk: readers that never stop cannot starve it.
 const maxYield = 200 * time.Millisecond
 
-// waits counts a recall event (a reader's, or not) until it ends.
-func (m *Manager) waits(reader bool) func() {
+// waits counts a recall event (a reader's of user uid, or not) until it
+// ends.
+func (m *Manager) waits(reader bool, uid uint32) func() {
 	m.waitMu.Lock()
 	if m.recalls == 0 {
 		m.idle = make(chan struct{})
@@ -117,6 +121,10 @@ func (m *Manager) waits(reader bool) func() {
 			m.readersIdle = make(chan struct{})
 		}
 		m.readers++
+		if m.readersBy == nil {
+			m.readersBy = map[uint32]int{}
+		}
+		m.readersBy[uid]++
 	}
 	m.waitMu.Unlock()
 	return func() {
@@ -128,8 +136,40 @@ func (m *Manager) waits(reader bool) func() {
 			if m.readers--; m.readers == 0 {
 				close(m.readersIdle)
 			}
+			if m.readersBy[uid]--; m.readersBy[uid] <= 0 {
+				delete(m.readersBy, uid)
+			}
 		}
 		m.waitMu.Unlock()
+	}
+}
+
+// lighterWaiting reports whether a reader of a user with fewer readers
+// waiting than user uid waits now.
+func (m *Manager) lighterWaiting(uid uint32) bool {
+	m.waitMu.Lock()
+	defer m.waitMu.Unlock()
+	mine := m.readersBy[uid]
+	for u, n := range m.readersBy {
+		if u != uid && n < mine {
+			return true
+		}
+	}
+	return false
+}
+
+// yieldToLighter holds a stream of user uid back between chunks while a
+// reader of a lighter user (fewer readers waiting) waits, at most
+// maxYield: users share the archive, the link and the CPU fairly, so one
+// user's many reads cannot make another's first bytes wait behind theirs.
+func (m *Manager) yieldToLighter(ctx context.Context, uid uint32) {
+	deadline := time.Now().Add(maxYield)
+	for m.lighterWaiting(uid) && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Millisecond):
+		}
 	}
 }
 
@@ -196,8 +236,7 @@ func NewManager(root *beneath.Root, arch archive.Archive, rights *dmapi.Rights, 
 		cfg.Retries = d.Retries
 	}
 	m := &Manager{root: root, arch: arch, rights: rights, garbage: garbage, cfg: cfg, log: log,
-		// One slot past MaxStreams, never taken by a prefetch (tryStream).
-		streams: make(chan struct{}, cfg.MaxStreams+1), files: map[uint64]*fileRecall{}, history: map[uint64]*history{},
+		streams: newSlots(cfg.MaxStreams), files: map[uint64]*fileRecall{}, history: map[uint64]*history{},
 		bulkStreams: make(chan struct{}, max(1, cfg.MaxStreams-max(1, cfg.MaxStreams/4)))}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	return m
@@ -298,7 +337,7 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 		off, end = 0, f.rec.Size
 	}
 	end = min(end, f.rec.Size)
-	defer m.waits(ev.Type == dmapi.Read && ev.Priority == dmapi.PriorityReader)()
+	defer m.waits(ev.Type == dmapi.Read && ev.Priority == dmapi.PriorityReader, ev.UID)()
 	for attempt := 0; ; attempt++ {
 		if err := f.ensure(ctx, off, end, ev.Priority > dmapi.PriorityReader, ev.UID); err != nil {
 			if ctx.Err() != nil && m.ctx.Err() == nil {

@@ -52,6 +52,7 @@ type stream struct {
 	prefetched bool   // the stream after this one was started (or judged needless)
 	bulk       bool   // started for bulk work: holds a bulk token too
 	uid        uint32 // the user it was started for: the recall rate is shared fairly between users
+	waiting    int    // events waiting on it now (f.mu): one with none may end early
 	// hurried: a reader waits on this (bulk) stream: it no longer holds
 	// back for readers, one of which it would keep waiting.
 	hurried atomic.Bool
@@ -90,33 +91,35 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool, uid 
 		s := f.covering(hole)
 		if s == nil {
 			f.mu.Unlock()
-			if err := f.m.takeStream(ctx, bulk); err != nil {
+			if err := f.m.takeStream(ctx, bulk, uid); err != nil {
 				return err
 			}
 			f.mu.Lock()
 			if s = f.covering(hole); s != nil {
-				f.m.putStream(bulk)
+				f.m.putStream(bulk, uid)
 			} else if err = ctx.Err(); err != nil {
 				// Cancelled: a stream started now would escape the
 				// Cancel that comes after (it takes f.mu).
-				f.m.putStream(bulk)
+				f.m.putStream(bulk, uid)
 				f.mu.Unlock()
 				return err
 			} else if s, err = f.startLocked(hole, end, bulk, uid); err != nil {
-				f.m.putStream(bulk)
+				f.m.putStream(bulk, uid)
 				f.mu.Unlock()
 				return err
 			}
 		}
-		if !bulk && s.bulk {
-			s.hurried.Store(true)
+		if !bulk && (s.bulk || uid != s.uid) {
+			s.hurried.Store(true) // another's reader waits on it: no holding back
 		}
 		if hole >= s.start+(s.end-s.start)/2 {
 			f.prefetchLocked(s)
 		}
+		s.waiting++
 		for !s.done && s.next <= hole && ctx.Err() == nil {
 			f.cond.Wait()
 		}
+		s.waiting--
 		if err := ctx.Err(); err != nil && s.next <= hole {
 			f.mu.Unlock()
 			return err // the stream goes on for the others
@@ -154,11 +157,11 @@ func (f *fileRecall) prefetchLocked(s *stream) {
 	if hole, err := stub.FirstMissing(f.fd, f.rec, s.end, min(s.end+f.rec.ChunkSize, f.rec.Size)); err != nil || hole > s.end {
 		return // already here (or unknown: the reader will ask)
 	}
-	if !f.m.tryStream(s.bulk) {
+	if !f.m.tryStream(s.bulk, s.uid) {
 		return
 	}
 	if _, err := f.startLocked(s.end, s.end, s.bulk, s.uid); err != nil {
-		f.m.putStream(s.bulk)
+		f.m.putStream(s.bulk, s.uid)
 	}
 }
 
@@ -268,7 +271,7 @@ func (f *fileRecall) waitSums(ctx context.Context) ([]uint32, error) {
 // on a transient error), verifies and writes each chunk.
 func (f *fileRecall) run(s *stream, releaseRight func()) {
 	defer f.m.wg.Done()
-	defer f.m.putStream(s.bulk)
+	defer f.m.putStream(s.bulk, s.uid)
 	defer f.m.releaseFile(f)
 	defer releaseRight()
 	defer s.cancel()
@@ -340,16 +343,17 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		free <- make([]byte, chunk)
 	}
 	filled := make(chan piece, readAhead)
+	end := s.end // the receiver's own copy: the writer may cut s.end short
 	go func() {
 		defer close(filled)
-		for o := off; o < s.end; {
+		for o := off; o < end; {
 			var b []byte
 			select {
 			case b = <-free:
 			case <-ctx.Done():
 				return
 			}
-			b = b[:min(chunk, s.end-o)]
+			b = b[:min(chunk, end-o)]
 			f.m.holdBack(ctx, s) // the archive and the link
 			_, err := io.ReadFull(body, b)
 			if err == nil && f.m.Throttle != nil {
@@ -393,6 +397,14 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		f.fetched += int64(len(p.buf))
 		f.m.count(0, int64(len(p.buf)))
 		f.cond.Broadcast()
+		// Reading ahead with nobody waiting on it, while a recall waits
+		// for a GET stream: the stream ends here and gives its slot up
+		// (a reader that comes for the rest starts another).
+		if s.waiting == 0 && s.next < s.end && f.m.streams.contended() {
+			s.end = s.next
+			f.mu.Unlock()
+			return s.end, nil, false
+		}
 		f.mu.Unlock()
 		free <- p.buf[:cap(p.buf)]
 	}
@@ -554,16 +566,21 @@ func (f *fileRecall) makeResident() error {
 }
 
 // holdBack lets readers go first: a bulk stream nobody reads through
-// waits while readers wait (at most maxYield).
+// waits while readers wait, and a reader's stream while a reader of a
+// lighter user waits (at most maxYield each chunk).
 func (m *Manager) holdBack(ctx context.Context, s *stream) {
-	if s.bulk && !s.hurried.Load() {
+	switch {
+	case s.hurried.Load():
+	case s.bulk:
 		m.yieldToReaders(ctx)
+	default:
+		m.yieldToLighter(ctx, s.uid)
 	}
 }
 
-// takeStream takes a stream slot; bulk work takes a bulk token first, so
-// that it never holds the slots kept for readers.
-func (m *Manager) takeStream(ctx context.Context, bulk bool) error {
+// takeStream takes a stream slot for user uid; bulk work takes a bulk
+// token first, so that it never holds the slots kept for readers.
+func (m *Manager) takeStream(ctx context.Context, bulk bool, uid uint32) error {
 	if bulk {
 		select {
 		case m.bulkStreams <- struct{}{}:
@@ -571,25 +588,18 @@ func (m *Manager) takeStream(ctx context.Context, bulk bool) error {
 			return ctx.Err()
 		}
 	}
-	select {
-	case m.streams <- struct{}{}:
-		return nil
-	case <-ctx.Done():
+	if err := m.streams.take(ctx, uid); err != nil {
 		if bulk {
 			<-m.bulkStreams
 		}
-		return ctx.Err()
+		return err
 	}
+	return nil
 }
 
-// tryStream takes a stream slot if one is free at once, for a prefetch.
-// The slot past MaxStreams is never taken so: it is kept for an event
-// that a worker takes while every other stream is busy (the DM session's
-// spare worker, for another user's reader).
-func (m *Manager) tryStream(bulk bool) bool {
-	if len(m.streams) >= m.cfg.MaxStreams {
-		return false
-	}
+// tryStream takes a stream slot if one is free at once, for a prefetch:
+// never the slot past MaxStreams (see slots).
+func (m *Manager) tryStream(bulk bool, uid uint32) bool {
 	if bulk {
 		select {
 		case m.bulkStreams <- struct{}{}:
@@ -597,22 +607,92 @@ func (m *Manager) tryStream(bulk bool) bool {
 			return false
 		}
 	}
-	select {
-	case m.streams <- struct{}{}:
-		return true
-	default:
+	if !m.streams.try(uid) {
 		if bulk {
 			<-m.bulkStreams
 		}
 		return false
 	}
+	return true
 }
 
-func (m *Manager) putStream(bulk bool) {
-	<-m.streams
+func (m *Manager) putStream(bulk bool, uid uint32) {
+	m.streams.put(uid)
 	if bulk {
 		<-m.bulkStreams
 	}
+}
+
+// slots bound the GET streams: max at once, and one more that only a
+// user holding none may take, so that one user's streams (which outlive
+// the events that started them) never make another user's first read
+// wait for one of them to end.
+type slots struct {
+	mu      sync.Mutex
+	max     int
+	used    int
+	waiters int // callers blocked in take
+	by      map[uint32]int
+	free    chan struct{} // closed (and replaced) when a slot is given back
+}
+
+func newSlots(max int) *slots {
+	return &slots{max: max, by: map[uint32]int{}, free: make(chan struct{})}
+}
+
+func (s *slots) take(ctx context.Context, uid uint32) error {
+	for {
+		s.mu.Lock()
+		if s.used < s.max || (s.used == s.max && s.by[uid] == 0) {
+			s.used++
+			s.by[uid]++
+			s.mu.Unlock()
+			return nil
+		}
+		free := s.free
+		s.waiters++
+		s.mu.Unlock()
+		select {
+		case <-free:
+		case <-ctx.Done():
+		}
+		s.mu.Lock()
+		s.waiters--
+		s.mu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}
+
+// try takes a slot within max at once, or none.
+func (s *slots) try(uid uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.used >= s.max {
+		return false
+	}
+	s.used++
+	s.by[uid]++
+	return true
+}
+
+// contended reports whether a caller waits for a slot.
+func (s *slots) contended() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.waiters > 0
+}
+
+func (s *slots) put(uid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.used--
+	if s.by[uid]--; s.by[uid] <= 0 {
+		delete(s.by, uid)
+	}
+	close(s.free)
+	s.free = make(chan struct{})
 }
 
 // Cancel stops the GETs of the file's recall streams (an admin's cancel):
