@@ -52,8 +52,8 @@ type Session struct {
 	queue    []*call
 	inflight map[dedupeKey]*call
 	running  int
-	bulk     int // running calls that are not readers'
-	reserved int // workers only readers' events may take
+	bulk     int            // running calls that are not readers'
+	reserved int            // workers only readers' events may take
 	byUser   map[uint32]int // running readers' calls per user (Event.UID)
 	closed   bool
 	progress time.Time // last completion, or when the session last became busy
