@@ -176,11 +176,10 @@ func (s *Session) worker() {
 		s.queue = slices.Delete(s.queue, i, i+1)
 		s.running++
 		bulk := c.prio > PriorityReader
-		if !bulk {
-			s.byUser[c.ev.UID]++
-		}
 		if bulk {
 			s.bulk++
+		} else {
+			s.byUser[c.ev.UID]++
 		}
 		c.started = time.Now()
 		ctx, cancel := context.WithCancel(s.ctx)
@@ -195,16 +194,12 @@ func (s *Session) worker() {
 
 		s.mu.Lock()
 		s.running--
-		if !bulk {
-			if s.byUser[c.ev.UID]--; s.byUser[c.ev.UID] <= 0 {
-				delete(s.byUser, c.ev.UID)
-			}
-			s.cond.Broadcast() // a user's reader done: another user's may start
-		}
 		if bulk {
 			s.bulk--
-			s.cond.Broadcast() // a worker may now take bulk work
+		} else if s.byUser[c.ev.UID]--; s.byUser[c.ev.UID] <= 0 {
+			delete(s.byUser, c.ev.UID)
 		}
+		s.cond.Broadcast() // a worker may now take bulk work, or another user's reader
 		s.progress = time.Now()
 		if k := c.ev.dedupeKey(); s.inflight[k] == c {
 			delete(s.inflight, k)

@@ -107,7 +107,7 @@ func (f *FS) newHandle(ctx context.Context, fd int, path string, flags uint32) (
 	// writes of files without a stub record.
 	mode := modeCached
 	if st.Mode&unix.S_IFMT == unix.S_IFREG && f.passthrough {
-		rec, err := stub.ReadRecord(fd)
+		rec, err := stub.ReadRecordOf(fd, st.Ino)
 		if err != nil {
 			f.log.Error("stub record unreadable", "file", path, "reason", err)
 			unix.Close(fd)
@@ -276,7 +276,7 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 
 // record reads the current stub record; a corrupt one is logged and EIO.
 func (h *handle) record() (*stub.Record, syscall.Errno) {
-	rec, err := stub.ReadRecord(h.fd)
+	rec, err := stub.ReadRecordOf(h.fd, h.ino)
 	if err != nil {
 		h.fs.log.Error("stub record unreadable", "file", h.path, "reason", err)
 		return nil, syscall.EIO

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -95,13 +94,13 @@ func (f *FS) mountFD(id int) (int, error) {
 // lookup, O_PATH) lies on, when it is not the root's: open_by_handle_at
 // needs a real descriptor there. Only directories (a mount's root) are
 // kept; anything else mounted inside the tree is refused.
-func (f *FS) learnMount(id int, fd int, st *unix.Stat_t) error {
+func (f *FS) learnMount(id int, fd int, mode uint32) error {
 	f.mounts.mu.Lock()
 	defer f.mounts.mu.Unlock()
 	if _, ok := f.mounts.fds[id]; ok || id == f.mounts.root {
 		return nil
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+	if mode&unix.S_IFMT != unix.S_IFDIR {
 		return unix.EXDEV
 	}
 	dfd, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -189,9 +188,7 @@ func (n *node) child(ctx context.Context, name string, fd int, out *fuse.EntryOu
 		n.fs.log.Warn("a file of the tree gives no file handle; it is not served", "file", n.relPath()+"/"+name, "reason", err)
 		return nil, syscall.EXDEV
 	}
-	var ust unix.Stat_t
-	ust.Mode = st.Mode
-	if err := n.fs.learnMount(mount, fd, &ust); err != nil {
+	if err := n.fs.learnMount(mount, fd, st.Mode); err != nil {
 		return nil, gofs.ToErrno(err)
 	}
 	out.Attr.FromStat(&st)
@@ -349,10 +346,6 @@ func callerIDs(ctx context.Context) (uid, gid int, ok bool) {
 	}
 	return int(caller.Uid), int(caller.Gid), true
 }
-
-// errSwapped: the name just made was replaced before the daemon could
-// open it; nothing is given to the caller.
-var errSwapped = errors.New("a new entry was replaced before it was given to its creator")
 
 // makeEntry makes n's entry name with mk (mode 0: nobody but root can use
 // it yet), opens it without following anything, checks that it is still

@@ -29,15 +29,31 @@ const (
 // found on another file (copied there through the backing tree, or by a
 // restore of stubs with their xattrs) is a *ForeignError, never a record.
 func ReadRecord(fd int) (*Record, error) {
+	return readRecordOf(fd, func() (uint64, error) {
+		var st unix.Stat_t
+		err := unix.Fstat(fd, &st)
+		return st.Ino, err
+	})
+}
+
+// ReadRecordOf is ReadRecord for a caller that knows fd's inode already
+// (an open handle of the mount): no fstat on the read path.
+func ReadRecordOf(fd int, ino uint64) (*Record, error) {
+	return readRecordOf(fd, func() (uint64, error) { return ino, nil })
+}
+
+// readRecordOf reads fd's record and binds it to the inode that inoOf
+// gives (asked only when there is a record: resident files cost no more).
+func readRecordOf(fd int, inoOf func() (uint64, error)) (*Record, error) {
 	rec, err := readRecord(func(buf []byte) (int, error) { return unix.Fgetxattr(fd, XattrName, buf) })
 	if rec == nil || err != nil {
 		return rec, err
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
+	ino, err := inoOf()
+	if err != nil {
 		return nil, fmt.Errorf("read stub record: %w", err)
 	}
-	return bound(rec, st.Ino)
+	return bound(rec, ino)
 }
 
 // ErrForeign: a stub record found on a file it was not written for.
