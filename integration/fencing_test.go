@@ -104,11 +104,25 @@ func TestFencingPausedRecallWrite(t *testing.T) {
 // wakes and punches; the change must still see the file's own bytes
 // around it (recalled again), never the punched zeros.
 func TestFencingPausedPunch(t *testing.T) {
+	pausedReleaseThenChange(t, failpoint.MigrateBeforePunch)
+}
+
+// The owner stops after its release's confirm, its record still
+// premigrated, holding the file's right. Another node takes over; a
+// change through it must wait for the right before it makes the file
+// resident (and deletes the object): the old code let the write through
+// at once, and the old owner, woken, recorded the deleted object as the
+// file's and punched it (every byte then read EIO).
+func TestFencingPausedReleaseAfterConfirm(t *testing.T) {
+	pausedReleaseThenChange(t, failpoint.MigrateAfterConfirm)
+}
+
+func pausedReleaseThenChange(t *testing.T, point string) {
 	c := testenv.NewCluster(t, "", nil, "n1", "n2")
 	// A short hold-lease: n2's hold for n1's release ends while n1 is
 	// stopped, so only the right keeps n2 from the file.
 	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "release-wait=100ms", "hold-lease=1s")
-	c.Nodes["n1"].Env = []string{"CASCADEFS_FAILPOINTS=" + failpoint.MigrateBeforePunch + "=stop@1"}
+	c.Nodes["n1"].Env = []string{"CASCADEFS_FAILPOINTS=" + point + "=stop@1"}
 	c.Start("n1", "n2")
 	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
 	size := 4 << 20

@@ -196,19 +196,30 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 	if err != nil {
 		return res, fmt.Errorf("migrate %s: %w", rel, err)
 	}
-	stale := false
-	if rec != nil && rec.State == stub.Premigrated {
-		watched, err := stub.Watched(fd, "")
-		if err != nil {
-			return res, fmt.Errorf("migrate %s: %w", rel, err)
-		}
-		stale = !watched || !rec.Unchanged(&st)
+	stale, err := staleCopy(fd, rec, &st)
+	if err != nil {
+		return res, fmt.Errorf("migrate %s: %w", rel, err)
 	}
 	if stale {
-		// Changed behind our back since the copy: that copy is stale.
+		// Changed behind our back since the copy: that copy is stale. The
+		// record goes under the storage right, looked at again there: a
+		// node paused past its own look must not remove a record another
+		// wrote meanwhile.
 		err := dmapi.Orphan(m.garbage, fd, rel, rec.Key, func() error {
 			return m.gate.Commit(st.Ino, func() error {
-				return m.Fence.Run(func() error { return stub.RemoveRecord(fd) })
+				return stub.Change(fd, func(cur *stub.Record) error {
+					var now unix.Stat_t
+					if err := unix.Fstat(fd, &now); err != nil {
+						return err
+					}
+					if cur == nil || cur.Key != rec.Key {
+						return ErrChanged
+					}
+					if stale, err := staleCopy(fd, cur, &now); err != nil || !stale {
+						return cmp.Or(err, ErrChanged)
+					}
+					return m.Fence.Run(func() error { return stub.RemoveRecord(fd) })
+				})
 			})
 		})
 		if err != nil {
@@ -475,6 +486,20 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 		return stub.RestoreTimes(fd, &st)
 	})
 	return released, err
+}
+
+// staleCopy reports whether rec is a premigrated copy that no longer
+// matches the file (st): its watch is gone, or its size, mtime or inode
+// differ.
+func staleCopy(fd int, rec *stub.Record, st *unix.Stat_t) (bool, error) {
+	if rec == nil || rec.State != stub.Premigrated {
+		return false, nil
+	}
+	watched, err := stub.Watched(fd, "")
+	if err != nil {
+		return false, err
+	}
+	return !watched || !rec.Unchanged(st), nil
 }
 
 func (m *Migrator) newKey(ino uint64) string {

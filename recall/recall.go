@@ -390,15 +390,20 @@ func (m *Manager) dropPremigrated(ev *dmapi.Event) error {
 		return err
 	}
 	defer m.rights.Shared(st.Ino)()
-	rec, err := stub.ReadRecord(fd)
-	if err != nil || rec == nil {
-		return err
-	}
-	if rec.State != stub.Premigrated {
-		return fmt.Errorf("%s: record changed to %s while it was made resident: %w", ev.Path, rec.State, errReleasedMeanwhile)
-	}
-	return dmapi.Orphan(m.garbage, fd, ev.Path, rec.Key, func() error {
-		return m.Fence.Run(func() error { return stub.RemoveRecord(fd) })
+	// Under the storage right: a release of an old owner paused past its
+	// confirm still holds it, and must finish (or fail) before the record
+	// goes and the object is deleted; else its late punch would land on
+	// a resident file, under a record naming a deleted object.
+	return stub.Change(fd, func(rec *stub.Record) error {
+		if rec == nil {
+			return nil
+		}
+		if rec.State != stub.Premigrated {
+			return fmt.Errorf("%s: record changed to %s while it was made resident: %w", ev.Path, rec.State, errReleasedMeanwhile)
+		}
+		return dmapi.Orphan(m.garbage, fd, ev.Path, rec.Key, func() error {
+			return m.Fence.Run(func() error { return stub.RemoveRecord(fd) })
+		})
 	})
 }
 

@@ -408,6 +408,25 @@ func LockCommit(fd int, shared bool) (unlock func(), err error) {
 	return lockCommit(fd, shared, true)
 }
 
+// Change runs change holding fd's storage right exclusively (waiting for
+// any holder, on any node) with the file's record as it is under the
+// right: every change of a file's state takes the right and looks again,
+// so that an old owner paused after its own look (a release past its
+// confirm) finishes or fails before anyone else changes the file, and no
+// look made before the right is trusted.
+func Change(fd int, change func(cur *Record) error) error {
+	unlock, err := LockCommit(fd, false)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	cur, err := ReadRecord(fd)
+	if err != nil {
+		return err
+	}
+	return change(cur)
+}
+
 // TryLockCommit is LockCommit without the wait: it fails with
 // unix.EAGAIN while another holder excludes it.
 func TryLockCommit(fd int, shared bool) (unlock func(), err error) {
