@@ -1,6 +1,8 @@
 package repo
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,15 +42,25 @@ type Bolt struct {
 	path    string
 	timeout time.Duration
 
+	holder string // this handle's identity as a lease holder (random)
+
 	mu   sync.Mutex
 	seen map[string]sighting // leases by node, as this process saw them
+}
+
+// newBolt is a handle of the repository file at path, with an identity
+// of its own as a lease holder.
+func newBolt(path string) *Bolt {
+	var id [8]byte
+	rand.Read(id[:])
+	return &Bolt{path: path, timeout: 10 * time.Second, holder: hex.EncodeToString(id[:])}
 }
 
 var _ Repository = (*Bolt)(nil)
 
 // Open opens the repository in dir; it must have been created.
 func Open(dir string) (*Bolt, error) {
-	b := &Bolt{path: filepath.Join(dir, FileName), timeout: 10 * time.Second}
+	b := newBolt(filepath.Join(dir, FileName))
 	if _, err := os.Stat(b.path); err != nil {
 		return nil, fmt.Errorf("%w in %s (cascadefs fs add creates one)", ErrNoRepo, dir)
 	}
@@ -62,7 +74,7 @@ func Create(dir string) (*Bolt, error) {
 	if err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("repository directory %s: not a directory", dir)
 	}
-	b := &Bolt{path: filepath.Join(dir, FileName), timeout: 10 * time.Second}
+	b := newBolt(filepath.Join(dir, FileName))
 	return b, b.update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta != nil && string(meta.Get(formatKey)) == string(formatValue) {
@@ -304,30 +316,42 @@ func (b *Bolt) ListNodes() (out []Node, err error) {
 
 // leaseRecord is a node's lease in the file: renewals count up Term. The
 // file holds no time: observers judge a lease by their own clocks.
+//
+// A lease is known by its holder and term together. Holder is the
+// renewing process's own random identity, and the record is never deleted
+// (a drop marks it), so Term never starts again: an observer that last saw
+// term k of an earlier process cannot take a restarted process's fresh
+// renewal for that same lease, unchanged since, and judge it lapsed.
 type leaseRecord struct {
-	Term  uint64 `json:"term"`
-	TTLMs int64  `json:"ttl_ms"`
+	Term    uint64 `json:"term"`
+	TTLMs   int64  `json:"ttl_ms"`
+	Holder  string `json:"holder,omitempty"`
+	Dropped bool   `json:"dropped,omitempty"`
 }
 
-// sighting is when this process first saw a lease at its current term,
-// by its monotonic clock.
+// sighting is when this process first saw a lease (holder and term), by
+// its monotonic clock.
 type sighting struct {
-	term uint64
-	at   time.Time
+	holder string
+	term   uint64
+	at     time.Time
 }
 
-// live judges a lease: live until this process has seen it at one term
-// for its whole TTL. A lease first seen now is live: its owner may have
-// renewed it just before.
+// live judges a lease: live until this process has seen it at one holder
+// and term for its whole TTL. A lease first seen now is live: its owner
+// may have renewed it just before. A dropped lease is not live.
 func (b *Bolt) live(node string, l leaseRecord) bool {
+	if l.Dropped {
+		return false
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.seen == nil {
 		b.seen = map[string]sighting{}
 	}
 	s, ok := b.seen[node]
-	if !ok || s.term != l.Term {
-		b.seen[node] = sighting{term: l.Term, at: time.Now()}
+	if !ok || s.term != l.Term || s.holder != l.Holder {
+		b.seen[node] = sighting{holder: l.Holder, term: l.Term, at: time.Now()}
 		return true
 	}
 	return time.Since(s.at) < time.Duration(l.TTLMs)*time.Millisecond
@@ -348,16 +372,29 @@ func (b *Bolt) Renew(node string, ttl time.Duration) error {
 		}
 		l.Term++
 		l.TTLMs = ttl.Milliseconds()
+		l.Holder, l.Dropped = b.holder, false
 		return put(bk, node, l)
 	})
 }
 
+// DropLease marks the lease dropped: not live, at once. The record stays,
+// so that its term goes on counting (see leaseRecord).
 func (b *Bolt) DropLease(node string) error {
 	return b.update(func(tx *bolt.Tx) error {
-		if bk := tx.Bucket(bucketLeases); bk != nil {
-			return bk.Delete([]byte(node))
+		bk := tx.Bucket(bucketLeases)
+		if bk == nil {
+			return nil
 		}
-		return nil
+		l, err := get[leaseRecord](bk, node, "lease")
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		l.Term++
+		l.Dropped = true
+		return put(bk, node, l)
 	})
 }
 
@@ -371,6 +408,9 @@ func (b *Bolt) Leases() (out []NodeLease, err error) {
 			var l leaseRecord
 			if err := json.Unmarshal(raw, &l); err != nil {
 				return fmt.Errorf("%w: lease %q: %v", ErrCorrupt, k, err)
+			}
+			if l.Dropped {
+				return nil
 			}
 			out = append(out, NodeLease{Node: string(k), TTL: time.Duration(l.TTLMs) * time.Millisecond, Live: b.live(string(k), l)})
 			return nil

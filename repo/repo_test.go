@@ -259,6 +259,70 @@ func testOwnership(t *testing.T, r, other Repository, ttl time.Duration) {
 	}
 }
 
+// A lease is never mistaken for another: a node's process that stops
+// cleanly (its lease dropped) and one started again under the same name
+// that renews are two leases. An observer that last saw the first for
+// longer than its TTL must judge the second live: before the lease kept
+// a holder and its term went on counting, the restarted process renewed
+// at term 1 again and the observer, which had seen term 1 long before,
+// took the filesystem right after that renewal.
+func TestLeaseIdentityBolt(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Create(dir); err != nil {
+		t.Fatal(err)
+	}
+	open := func() Repository {
+		r, err := Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	testLeaseIdentity(t, open, 300*time.Millisecond)
+}
+
+func TestLeaseIdentityEtcd(t *testing.T) {
+	cluster := testenv.StartEtcd(t, 1)
+	open := func() Repository {
+		r, err := OpenEtcd(cluster.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		return r
+	}
+	testLeaseIdentity(t, open, 2*time.Second)
+}
+
+func testLeaseIdentity(t *testing.T, open func() Repository, ttl time.Duration) {
+	first, observer := open(), open()
+	if err := first.AddFS(FS{Name: "home", Backing: "/b", Archive: "file:///a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Renew("n1", ttl); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Claim("home", "n1", "", "had no owner"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := observer.Claim("home", "n2", "n1", "n1 failed"); !errors.Is(err, ErrLeaseLive) {
+		t.Fatalf("claim from a live owner: %v", err)
+	}
+	time.Sleep(ttl + ttl/2)
+	if err := first.DropLease("n1"); err != nil {
+		t.Fatal(err)
+	}
+	again := open() // n1 started again
+	for range 2 {
+		if err := again.Renew("n1", ttl); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := observer.Claim("home", "n2", "n1", "n1 failed"); !errors.Is(err, ErrLeaseLive) {
+			t.Fatalf("claim right after the restarted owner renewed: %v", err)
+		}
+	}
+}
+
 func TestNodesAndEntries(t *testing.T) {
 	r := newRepo(t)
 	r.PutNode(Node{Name: "n2", RPC: "127.0.0.1:2"})
