@@ -21,7 +21,7 @@ $(TOOLS)/etcd: tools/etcd/go.mod tools/etcd/go.sum tools/etcd/main.go
 
 test: tools build
 	scripts/need-system.sh
-	CASCADEFS_REQUIRE_ALL=1 $(GO) test -count=1 -timeout 45m ./...
+	CASCADEFS_REQUIRE_ALL=1 $(GO) test -tags failpoints -count=1 -timeout 45m ./...
 
 # The randomized crash suite at full length (a short run is part of make
 # test): kill -9 at named failpoints and random moments under a mixed
@@ -33,7 +33,7 @@ CRASH_REPORT ?= $(CURDIR)/crash-report.md
 crash: tools build
 	scripts/need-system.sh
 	CASCADEFS_REQUIRE_ALL=1 CASCADEFS_CRASH_TRIALS=$(CRASH_TRIALS) CASCADEFS_CRASH_CLUSTER_TRIALS=$(CRASH_CLUSTER_TRIALS) \
-		CASCADEFS_CRASH_REPORT=$(CRASH_REPORT) $(GO) test -count=1 -run '^TestCrashSuite' -timeout 80m -v ./integration
+		CASCADEFS_CRASH_REPORT=$(CRASH_REPORT) $(GO) test -tags failpoints -count=1 -run '^TestCrashSuite' -timeout 80m -v ./integration
 
 # The archive tests and the integration tests that use S3, against a second
 # S3 server: versitygw with its POSIX backend (built into .tools/, about 2

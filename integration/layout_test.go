@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/daemon"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"github.com/cascadefs/cascadefs/internal/testenv"
 )
 
@@ -146,5 +147,35 @@ func TestFloorsAndEveryEIOLogged(t *testing.T) {
 	t.Logf("EIO after %s", time.Since(start).Round(time.Millisecond))
 	if !strings.Contains(d.Log(), "the caller gets EIO") || !strings.Contains(d.Log(), "event timeout") {
 		t.Fatalf("the EIO is not logged with its cause:\n%s", d.Log())
+	}
+}
+
+// Failpoints are compiled only into test builds: the binary `make build`
+// makes ignores CASCADEFS_FAILPOINTS (and says so), where the test build
+// obeys it. A repository update is a point (repo-in-update) that any
+// command reaches.
+func TestProductionBuildHasNoFailpoints(t *testing.T) {
+	dir := t.TempDir()
+	for _, sub := range []string{"repo", "backing", "archive"} {
+		if err := os.Mkdir(filepath.Join(dir, sub), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add := func(bin, name string) (string, error) {
+		cmd := exec.Command(bin, "fs", "add", "--repo", filepath.Join(dir, "repo"), name,
+			"--backing", filepath.Join(dir, "backing"), "--archive", "file://"+filepath.Join(dir, "archive"))
+		cmd.Env = append(os.Environ(), "CASCADEFS_FAILPOINTS="+failpoint.RepoInUpdate+"=kill")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := add(testenv.Binary(t), "one"); err == nil {
+		t.Fatalf("the test build ignored its failpoint:\n%s", out)
+	}
+	out, err := add(testenv.ProductionBinary(t), "two")
+	if err != nil {
+		t.Fatalf("the production build obeyed a failpoint: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "ignored") {
+		t.Fatalf("the production build does not say it ignores CASCADEFS_FAILPOINTS:\n%s", out)
 	}
 }

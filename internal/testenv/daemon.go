@@ -43,7 +43,8 @@ func Binary(t testing.TB) string {
 		}
 		tmp.Close()
 		defer os.Remove(tmp.Name())
-		out, err := exec.Command("go", "build", "-o", tmp.Name(), filepath.Join(RepoRoot(), "cmd", "cascadefs")).CombinedOutput()
+		// A test build: failpoints compiled in (internal/failpoint).
+		out, err := exec.Command("go", "build", "-tags", "failpoints", "-o", tmp.Name(), filepath.Join(RepoRoot(), "cmd", "cascadefs")).CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("build: %v\n%s", err, out)
 			return
@@ -55,6 +56,17 @@ func Binary(t testing.TB) string {
 		t.Fatal(buildErr)
 	}
 	return binPath
+}
+
+// ProductionBinary builds the cascadefs command as `make build` does (no
+// failpoints) into a temporary directory of t.
+func ProductionBinary(t testing.TB) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "cascadefs")
+	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(RepoRoot(), "cmd", "cascadefs")).CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // RequireRoot skips tests that mount FUSE with allow_other.
