@@ -101,12 +101,16 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	}
 	m.mu.Unlock()
 	m.stopDM(fmt.Sprintf("epoch is now %d", fs.Epoch)) // a session at an older epoch would be fenced
+	gen, ok := m.n.claimedIn(fs)
+	if !ok {
+		return fmt.Errorf("epoch %d: %w", fs.Epoch, errLapsedSinceClaim)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := settingsOf(fs)
 	dm, err := daemon.StartDM(m.n.ctx, daemon.DMConfig{Name: fs.Name, Backing: fs.Backing, ArchiveURL: fs.Archive,
-		Owner: m.n.cfg.Name, Epoch: fs.Epoch, Queue: m.queue, Gate: &clusterGate{n: m.n, m: m}, Fence: m.fence(fs.Epoch),
-		Acting: m.n.acting,
+		Owner: m.n.cfg.Name, Epoch: fs.Epoch, Queue: m.queue, Gate: &clusterGate{n: m.n, m: m}, Fence: m.fence(fs.Epoch, gen),
+		Acting: func() error { return m.n.actingIn(gen) },
 		Recall: s.Recall, Workers: s.Workers, EventTimeout: s.EventTimeout, ReleaseWait: s.ReleaseWait,
 		RecallRate: s.RecallRate, MigrateRate: s.MigrateRate, Policy: s.Policy, Metrics: m.n.metrics}, m.n.log)
 	if err != nil {
@@ -116,6 +120,10 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	m.n.log.Info("DM session started", "fs", fs.Name, "epoch", fs.Epoch)
 	return nil
 }
+
+// errLapsedSinceClaim: the lease lapsed after the epoch was claimed; the
+// next reconcile claims a new one (not a reason to give the filesystem up).
+var errLapsedSinceClaim = errors.New("not claimed by this process since its lease last lapsed")
 
 func (m *mounted) stopDM(why string) {
 	m.mu.Lock()

@@ -92,7 +92,7 @@ type Node struct {
 
 	lease   leaseKeeper
 	epochMu sync.Mutex
-	epochs  map[string]uint64 // fs -> the epoch this process claimed
+	epochs  map[string]claim // fs -> the epoch this process claimed last
 	started time.Time
 	// minoritySince: since when every look at the quorum found this node
 	// in a minority (zero while it has one); guarded by lease.mu.
@@ -133,7 +133,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		cfg.StuckAfter = 5 * time.Minute
 	}
 	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), repo: r, fss: map[string]*mounted{},
-		wake: make(chan struct{}, 1), failWake: make(chan struct{}, 1), declined: map[string]string{}, gaveUp: map[string]time.Time{}, epochs: map[string]uint64{}}
+		wake: make(chan struct{}, 1), failWake: make(chan struct{}, 1), declined: map[string]string{}, gaveUp: map[string]time.Time{}, epochs: map[string]claim{}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	key := rpc.NewKey(cfg.Key)
 	n.client = rpc.NewClient(cfg.Name, key)
@@ -284,7 +284,9 @@ func (n *Node) reconcile() {
 				continue
 			}
 			s.m.setConf(fs)
-			if err := s.m.ensureDM(fs); err != nil {
+			if err := s.m.ensureDM(fs); errors.Is(err, errLapsedSinceClaim) {
+				n.log.Warn("DM session not started: the lease lapsed meanwhile", "fs", s.fs.Name)
+			} else if err != nil {
 				n.log.Error("cannot start DM session", "fs", s.fs.Name, "reason", err)
 				n.giveUp(s.m, "its DM session cannot start: "+err.Error())
 			}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cascadefs/cascadefs/dmapi"
@@ -32,7 +33,10 @@ import (
 //     reaches the repository must not keep what nobody can reach it for.
 //   - Every process takes a fresh epoch for what it owns, even one its
 //     previous incarnation owned: a paused old process of the same name is
-//     fenced by the epoch.
+//     fenced by the epoch. So does a process after each lapse of its
+//     lease, and a session serves within one lapse count: what a session
+//     started before a lapse commits nothing, even once the lease is
+//     renewed (the count is read without any lock that I/O holds).
 
 // DefaultLease is the lease TTL when none is set.
 const DefaultLease = 5 * time.Second
@@ -42,6 +46,11 @@ type leaseKeeper struct {
 	mu    sync.Mutex
 	until time.Time   // by the monotonic clock; zero before the first renewal
 	lapse *time.Timer // stops the sessions at until, should no renewal come first
+	// lapses counts the lapses of this process's lease (changed under mu,
+	// read without it). A session is bound to the count at the claim of
+	// its epoch; its commits are refused once the count moved on.
+	lapses atomic.Uint64
+	noted  bool // this lapse is counted (until the next renewal)
 }
 
 // leaseMargin: how long before the TTL's end a node stops acting, for
@@ -60,11 +69,14 @@ func (n *Node) renewLease() error {
 	}
 	n.lease.mu.Lock()
 	n.lease.until = sent.Add(n.cfg.Lease - n.leaseMargin())
+	if time.Now().Before(n.lease.until) {
+		n.lease.noted = false
+	}
 	// Not left to the renewal loop, which may be stuck in a call to an
 	// unreachable repository when the lease runs out.
 	if n.lease.lapse == nil {
 		n.lease.lapse = time.AfterFunc(time.Until(n.lease.until), func() {
-			if !n.leaseValid() && n.ctx.Err() == nil {
+			if n.noteLapse() && n.ctx.Err() == nil {
 				n.selfFence("lease lapsed")
 			}
 		})
@@ -82,6 +94,21 @@ func (n *Node) leaseValid() bool {
 	return time.Now().Before(n.lease.until)
 }
 
+// noteLapse counts a lapse of the lease, once per lapse, and reports
+// whether the lease has lapsed.
+func (n *Node) noteLapse() bool {
+	n.lease.mu.Lock()
+	defer n.lease.mu.Unlock()
+	if time.Now().Before(n.lease.until) {
+		return false
+	}
+	if !n.lease.noted {
+		n.lease.noted = true
+		n.lease.lapses.Add(1)
+	}
+	return true
+}
+
 // leaseLoop renews the lease four times per TTL. When the lease lapsed
 // (the repository unreachable, or this process paused), it stops every
 // session before it renews again: what ran across the lapse may have been
@@ -90,7 +117,7 @@ func (n *Node) leaseValid() bool {
 func (n *Node) leaseLoop() { n.every(n.cfg.Lease/4, nil, n.leaseTick) }
 
 func (n *Node) leaseTick() {
-	lapsed := !n.leaseValid()
+	lapsed := n.noteLapse()
 	if lapsed {
 		n.selfFence("lease lapsed")
 	}
@@ -107,9 +134,21 @@ func (n *Node) leaseTick() {
 
 // acting fails once this node may no longer act for what it owns.
 func (n *Node) acting() error {
-	if !n.leaseValid() {
+	if n.noteLapse() {
 		n.kick()
 		return fmt.Errorf("%w (this node's lease lapsed)", dmapi.ErrFenced)
+	}
+	return nil
+}
+
+// actingIn is acting for a session bound to lapse count gen: it fails
+// for good once the lease lapsed after the session's epoch was claimed.
+func (n *Node) actingIn(gen uint64) error {
+	if err := n.acting(); err != nil {
+		return err
+	}
+	if n.lease.lapses.Load() != gen {
+		return fmt.Errorf("%w (this node's lease lapsed since the session started)", dmapi.ErrFenced)
 	}
 	return nil
 }
@@ -204,12 +243,10 @@ func (n *Node) take(name string) (*repo.FS, error) {
 }
 
 // renewEpoch gives a filesystem this node owns a fresh epoch when this
-// process has not claimed it yet (it was owned by an earlier incarnation).
+// process has not claimed it since its lease last lapsed (or at all: it
+// was owned by an earlier incarnation).
 func (n *Node) renewEpoch(fs repo.FS) (repo.FS, error) {
-	n.epochMu.Lock()
-	mine := n.epochs[fs.Name] == fs.Epoch
-	n.epochMu.Unlock()
-	if mine {
+	if _, mine := n.claimedIn(fs); mine {
 		return fs, nil
 	}
 	if !n.leaseValid() {
@@ -223,11 +260,26 @@ func (n *Node) renewEpoch(fs repo.FS) (repo.FS, error) {
 	return fs, nil
 }
 
-// claimed notes an epoch this process got.
+// claimed notes an epoch this process got, and the lapse count then:
+// the session that serves it is bound to that count.
 func (n *Node) claimed(fs repo.FS) {
 	n.epochMu.Lock()
-	n.epochs[fs.Name] = fs.Epoch
+	n.epochs[fs.Name] = claim{epoch: fs.Epoch, gen: n.lease.lapses.Load()}
 	n.epochMu.Unlock()
+}
+
+// claim is an epoch this process claimed, and the lapse count then.
+type claim struct {
+	epoch, gen uint64
+}
+
+// claimedIn gives the lapse count of fs's epoch if this process claimed
+// it and the lease has not lapsed since.
+func (n *Node) claimedIn(fs repo.FS) (gen uint64, ok bool) {
+	n.epochMu.Lock()
+	c, ok := n.epochs[fs.Name]
+	n.epochMu.Unlock()
+	return c.gen, ok && c.epoch == fs.Epoch && c.gen == n.lease.lapses.Load()
 }
 
 // takeOver takes a filesystem from a failed owner once the owner's lease
@@ -290,6 +342,11 @@ func (n *Node) startOwned(fs repo.FS) {
 		if err == nil {
 			return
 		}
+		if errors.Is(err, errLapsedSinceClaim) {
+			n.log.Warn("DM session not started: the lease lapsed meanwhile", "fs", fs.Name)
+			n.kick() // the reconcile loop claims a new epoch
+			return
+		}
 		n.log.Error("cannot serve the filesystem taken over; giving it up", "fs", fs.Name, "reason", err)
 	}
 	n.move(fs.Name, fs.Epoch, "", "given up: "+n.cfg.Name+" cannot serve it")
@@ -338,10 +395,10 @@ func (n *Node) move(name string, epoch uint64, to, reason string) error {
 // comes after the margin, and the file's own commit lock (stub.LockCommit)
 // keeps other nodes off the file while the commit changes it. A replaced
 // node commits nothing and stops its session.
-func (m *mounted) fence(epoch uint64) dmapi.Fence {
+func (m *mounted) fence(epoch, gen uint64) dmapi.Fence {
 	return func(commit func() error) error {
 		n := m.n
-		if err := n.acting(); err != nil {
+		if err := n.actingIn(gen); err != nil {
 			return err
 		}
 		if err := n.repo.Confirm(m.name, n.cfg.Name, epoch); err != nil {
@@ -351,6 +408,10 @@ func (m *mounted) fence(epoch uint64) dmapi.Fence {
 			n.log.Warn("fenced: replaced, commit refused; stopping the session", "fs", m.name, "reason", err)
 			n.kick() // the reconcile loop stops the session (not from inside it)
 			return fmt.Errorf("%w: %v", dmapi.ErrFenced, err)
+		}
+		// Again: the lease may have lapsed while the repository answered.
+		if err := n.actingIn(gen); err != nil {
+			return err
 		}
 		return commit()
 	}

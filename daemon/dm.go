@@ -125,6 +125,42 @@ type DM struct {
 
 	reconciling   sync.Mutex // one reconcile at a time
 	lastReconcile atomic.Pointer[migrate.ReconcileReport]
+
+	// The calls in flight (admin and RPC migrations, reconciles, waits
+	// for space): Close cancels them and waits, and the fence refuses
+	// every commit once closed, so that nothing this session started
+	// commits after the next session began.
+	ctx    context.Context
+	cancel context.CancelFunc
+	callMu sync.Mutex
+	closed bool
+	calls  sync.WaitGroup
+}
+
+// ErrSessionClosed: the DM session serving a call was closed (a lapse, a
+// new epoch, a stop); the call committed nothing after that.
+var ErrSessionClosed = fmt.Errorf("%w: the DM session was closed", dmapi.ErrFenced)
+
+// enter registers a call; its context ends when the session closes. The
+// returned function ends the call.
+func (d *DM) enter(ctx context.Context) (context.Context, func(), error) {
+	d.callMu.Lock()
+	defer d.callMu.Unlock()
+	if d.closed {
+		return nil, nil, ErrSessionClosed
+	}
+	d.calls.Add(1)
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(d.ctx, cancel)
+	return ctx, func() { stop(); cancel(); d.calls.Done() }, nil
+}
+
+// fence is cfg.Fence refusing every commit once the session closed.
+func (d *DM) fence(commit func() error) error {
+	if d.ctx.Err() != nil {
+		return ErrSessionClosed
+	}
+	return d.cfg.Fence.Run(commit)
 }
 
 var _ DMAccess = (*DM)(nil)
@@ -154,15 +190,16 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 		return nil, fmt.Errorf("backing directory: %w", err)
 	}
 	d := &DM{cfg: cfg, root: root, log: log, arch: arch}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
 	rights := &dmapi.Rights{}
 	d.recall = recall.NewManager(root, arch, rights, cfg.Queue, cfg.Recall, log)
-	d.recall.Fence = cfg.Fence
+	d.recall.Fence = d.fence
 	d.recall.Acting = cfg.Acting
 	d.recall.Throttle = throttle.New(cfg.RecallRate)
 	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
 	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
 	d.migrator.SetLeader(cfg.Policy.Leader)
-	d.migrator.Fence = cfg.Fence
+	d.migrator.Fence = d.fence
 	d.migrator.Throttle = throttle.New(cfg.MigrateRate)
 	d.migrator.Yield = d.recall.YieldToRecalls
 	d.count(cfg.Metrics)
@@ -224,6 +261,11 @@ func (d *DM) Cancel(_ context.Context, req CancelRequest) ([]dmapi.Event, error)
 }
 
 func (d *DM) Migrate(ctx context.Context, rel string, ino uint64, premigrate bool) (migrate.Result, error) {
+	ctx, done, err := d.enter(ctx)
+	if err != nil {
+		return migrate.Result{}, err
+	}
+	defer done()
 	return d.migrator.Migrate(ctx, rel, ino, premigrate)
 }
 
@@ -244,11 +286,16 @@ func (d *DM) SetRates(recall, migrate int64) {
 
 // Reconcile runs a reconcile of the filesystem; one at a time.
 func (d *DM) Reconcile(ctx context.Context, opt migrate.ReconcileOptions, progress func(migrate.ReconcileProgress)) (*migrate.ReconcileReport, error) {
+	ctx, done, err := d.enter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	if !d.reconciling.TryLock() {
 		return nil, fmt.Errorf("a reconcile of %s is already running", d.cfg.Name)
 	}
 	defer d.reconciling.Unlock()
-	r := &migrate.Reconciler{FS: d.cfg.Name, Root: d.root, Arch: d.arch, Fence: d.cfg.Fence, Queued: d.cfg.Queue.Keys}
+	r := &migrate.Reconciler{FS: d.cfg.Name, Root: d.root, Arch: d.arch, Fence: d.fence, Queued: d.cfg.Queue.Keys}
 	d.log.Info("reconcile started", "fs", d.cfg.Name, "dry_run", opt.DryRun, "grace", opt.Grace)
 	rep, err := r.Run(ctx, opt, progress)
 	if rep != nil {
@@ -276,6 +323,11 @@ func (d *DM) Space(ctx context.Context, need int64) (dmapi.Space, error) {
 	if need <= 0 {
 		return d.monitor.Space(), nil
 	}
+	ctx, done, err := d.enter(ctx)
+	if err != nil {
+		return dmapi.Space{}, err
+	}
+	defer done()
 	return d.monitor.OutOfSpace(ctx, need)
 }
 
@@ -293,11 +345,32 @@ func (d *DM) Stuck(after time.Duration) bool {
 
 // Close stops the DM application; queued DESTROY events stay stored.
 func (d *DM) Close() {
-	d.monitor.Close() // first: a cycle stops between files
+	d.callMu.Lock()
+	d.closed = true
+	d.callMu.Unlock()
+	d.cancel() // first: no commit from here on, calls in flight end
+	d.waitCalls()
+	d.monitor.Close() // a cycle stops between files
 	d.cfg.Queue.Stop()
 	d.recall.Close() // first: streams stuck on the archive end, so handlers can
 	d.session.Close()
 	d.root.Close()
+}
+
+// closeWait bounds how long Close waits for calls in flight: one may be
+// waiting on a file's right that a stopped peer holds. Past it they run
+// on, but commit nothing (the fence refuses them).
+const closeWait = 5 * time.Second
+
+// waitCalls waits for the calls in flight to end, at most closeWait.
+func (d *DM) waitCalls() {
+	ended := make(chan struct{})
+	go func() { d.calls.Wait(); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(closeWait):
+		d.log.Warn("DM session closed with calls still running; they commit nothing", "fs", d.cfg.Name)
+	}
 }
 
 // Router is the DMAccess of a single-node mount, whose DM application

@@ -3,11 +3,13 @@ package integration
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -117,24 +119,32 @@ func TestFencingPausedReleaseAfterConfirm(t *testing.T) {
 	pausedReleaseThenChange(t, failpoint.MigrateAfterConfirm)
 }
 
-func pausedReleaseThenChange(t *testing.T, point string) {
-	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+// ownerStoppedInMigrate starts n1 and n2, writes f (4 MiB, returned)
+// through n1 and migrates it there; n1 stops itself at point, and n2
+// takes the filesystem over. resume wakes n1 (also at cleanup).
+func ownerStoppedInMigrate(t *testing.T, point string) (c *testenv.Cluster, orig []byte, resume func()) {
+	c = testenv.NewCluster(t, "", nil, "n1", "n2")
 	// A short hold-lease: n2's hold for n1's release ends while n1 is
 	// stopped, so only the right keeps n2 from the file.
 	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "release-wait=100ms", "hold-lease=1s")
 	c.Nodes["n1"].Env = []string{"CASCADEFS_FAILPOINTS=" + point + "=stop@1"}
 	c.Start("n1", "n2")
-	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
-	size := 4 << 20
-	orig := make([]byte, size)
+	orig = make([]byte, 4<<20)
 	rand.Read(orig)
-	if err := os.WriteFile(n1.M("f"), orig, 0o644); err != nil {
+	if err := os.WriteFile(c.Nodes["n1"].M("f"), orig, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	go c.CLI("migrate", n1.M("f")) // n1 stops inside it
-	resume := waitStopped(t, n1)
-	defer resume()
+	go c.CLI("migrate", c.Nodes["n1"].M("f")) // n1 stops inside it
+	resume = waitStopped(t, c.Nodes["n1"])
+	t.Cleanup(resume)
 	waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" })
+	return c, orig, resume
+}
+
+func pausedReleaseThenChange(t *testing.T, point string) {
+	c, orig, resume := ownerStoppedInMigrate(t, point)
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	size := len(orig)
 	wrote := make(chan error, 1)
 	patch := []byte("written through n2 after the takeover")
 	go func() {
@@ -220,5 +230,81 @@ func finishes(t *testing.T, done <-chan error, what string) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatalf("%s never finished after the old owner woke", what)
+	}
+}
+
+// The owner's whole process stops past its lease while an admin's
+// migration waits between its upload and its commit; nobody else can
+// take the filesystem (one node). When the process wakes, it renews its
+// lease and serves at a new epoch, and the migration that the old
+// session started commits nothing: the file stays resident, its bytes
+// right. Before, the session came back at the same epoch and the old
+// call's commit went through.
+func TestLapseMeansANewEpochAndNothingOld(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1")
+	dir := t.TempDir()
+	n1 := c.Nodes["n1"]
+	n1.Env = []string{"CASCADEFS_FAILPOINTS=" + failpoint.MigrateAfterUpload + "=pause@1", "CASCADEFS_FAILPOINT_DIR=" + dir}
+	c.Start("n1")
+	want := writeRandom(t, n1.M("f"), 2<<20)
+	_, e0 := fsOwner(t, c, testenv.FSName)
+	done := make(chan cliResult, 1)
+	go func() { o, e, err := c.CLI("migrate", n1.M("f")); done <- cliResult{err, o + e} }()
+	marker := filepath.Join(dir, failpoint.MigrateAfterUpload+".paused")
+	waitForFile(t, marker)
+
+	if err := syscall.Kill(n1.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // the lease is 2 s
+	n1.Resume()
+	waitUntil(t, "a new epoch after the lapse", func() bool {
+		_, e := fsOwner(t, c, testenv.FSName)
+		return e > e0
+	})
+	waitUntil(t, "the session at the new epoch", func() bool {
+		return strings.Count(n1.Log(), `msg="DM session started"`) >= 2
+	})
+	os.Remove(marker)
+	r := <-done
+	if r.err == nil {
+		t.Fatalf("the migration started before the lapse committed after it:\n%s", r.out)
+	}
+	if s := clusterState(t, c, n1, "f"); s != "resident" {
+		t.Fatalf("state %s after the old session's migration, want resident", s)
+	}
+	testenv.DropCaches()
+	if sumFile(t, n1.M("f")) != want {
+		t.Fatal("wrong bytes after the lapse")
+	}
+}
+
+// The owner stops inside its copy commit, after its confirm and before
+// its premigrated record is written, holding the file's right. Another
+// node takes over, and its DESTROY queue finds the upload's entry, whose
+// node looks dead. It must not delete the object while the file's right
+// is held: the old owner, woken, writes the record naming it. Before,
+// the object was deleted and the record named a missing object (the
+// next release failed: "object not found").
+func TestFencingPausedCopyCommit(t *testing.T) {
+	c, orig, resume := ownerStoppedInMigrate(t, failpoint.MigrateBeforeRecord)
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	want := sha256.Sum256(orig)
+	// n2's queue looks at the upload's entry every 2 s, once gossip
+	// calls n1 failed.
+	time.Sleep(10 * time.Second)
+	resume()
+	time.Sleep(2 * time.Second)
+	if o, e, err := c.CLI("migrate", n2.M("f")); err != nil {
+		t.Fatalf("migrate after the old owner's late record: %v\n%s%s\nn2:\n%s", err, o, e, n2.Log())
+	}
+	if s := clusterState(t, c, n2, "f"); s != "migrated" {
+		t.Fatalf("state %s, want migrated", s)
+	}
+	testenv.DropCaches()
+	for _, n := range []*testenv.Node{n1, n2} {
+		if sumFile(t, n.M("f")) != want {
+			t.Fatalf("wrong bytes through %s", n.Name)
+		}
 	}
 }

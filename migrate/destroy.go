@@ -253,13 +253,20 @@ func (q *DestroyQueue) drain(ctx context.Context) {
 			continue // its change is in progress
 		}
 		// Ready or not: no object goes while its file still names it (a
-		// hard link left, a rename after a failed abort).
-		if q.fileStillUses(&e.Event) {
+		// hard link left, a rename after a failed abort), looked at and
+		// deleted under the file's right.
+		use, unlock := q.fileUse(&e.Event)
+		switch use {
+		case inUse:
 			q.log.Info("DESTROY dropped: the file still uses the object", "fs", e.Event.FS, "file", e.Event.Path, "key", e.Event.Key)
 			q.store.Delete(token)
 			continue
+		case rightHeld:
+			continue // a commit of the file may be naming the object: next pass
 		}
-		if err := q.raise(ctx, &e.Event); err != nil {
+		err := q.raise(ctx, &e.Event)
+		unlock()
+		if err != nil {
 			q.log.Warn("destroy failed, will retry", "key", e.Event.Key, "reason", err)
 			continue
 		}
@@ -323,40 +330,63 @@ func (q *DestroyQueue) Adopt() {
 	}
 }
 
-// fileStillUses reports whether the file of an entry (found by its
-// handle, else its path) still has a record naming the object. When it
-// cannot tell, it says yes: an object kept is found by reconcile, one
-// deleted is data lost.
-func (q *DestroyQueue) fileStillUses(ev *dmapi.Event) bool {
+// use is what an entry's file says of its object.
+type use int
+
+const (
+	unused    use = iota // no file names it: it may go
+	inUse                // the file's record names it, or nobody can tell
+	rightHeld            // the file's right is held elsewhere: look again later
+)
+
+// fileUse looks at the file of an entry (found by its handle, else its
+// path) under its storage right, taken shared without waiting: a copy
+// commit that holds it (an old owner stopped between its confirm and its
+// record write) may be about to name the object, so the entry waits for
+// a later pass. When the object is unused, the right stays held until
+// unlock, across the delete. When it cannot tell, it says inUse: an
+// object kept is found by reconcile, one deleted is data lost.
+func (q *DestroyQueue) fileUse(ev *dmapi.Event) (use, func()) {
+	none := func() {}
 	root, err := beneath.Open(q.root)
 	if err != nil {
-		return true
+		return inUse, none
 	}
 	defer root.Close()
 	fd := -1
 	if len(ev.Handle) > 0 {
 		fd, err = stub.OpenHandle(root.FD(), ev.Handle, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
 		if errors.Is(err, unix.ESTALE) {
-			return false // the inode is gone: no link of it is left
+			return unused, none // the inode is gone: no link of it is left
 		}
 	}
 	if fd < 0 {
 		fd, err = root.OpenFD(ev.Path, unix.O_RDONLY|unix.O_NONBLOCK)
 		if err != nil {
-			return !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, beneath.ErrSymlink)
+			if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, beneath.ErrSymlink) {
+				return inUse, none
+			}
+			return unused, none
 		}
+	}
+	defer unix.Close(fd)
+	unlock, err := stub.TryLockCommit(fd, true)
+	if errors.Is(err, unix.EAGAIN) {
+		return rightHeld, none
+	}
+	if err != nil {
+		return inUse, none
 	}
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) == nil && st.Nlink == 0 {
-		unix.Close(fd)
-		return false // removed (still open somewhere)
+		return unused, unlock // removed (still open somewhere)
 	}
-	defer unix.Close(fd)
 	rec, err := stub.ReadRecord(fd)
-	if err != nil {
-		return true // cannot tell: keep the object
+	if err != nil || (rec != nil && rec.Key == ev.Key) {
+		unlock()
+		return inUse, none
 	}
-	return rec != nil && rec.Key == ev.Key
+	return unused, unlock
 }
 
 func (q *DestroyQueue) read(token string) (destroyEntry, error) {

@@ -345,7 +345,12 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 		if err := stub.SyncData(int(file.Fd())); err != nil {
 			return err
 		}
-		return m.Fence.Run(func() error { return stub.WriteRecordSync(int(file.Fd()), rec) })
+		return m.Fence.Run(func() error {
+			if err := failpoint.Hit(failpoint.MigrateBeforeRecord); err != nil {
+				return err
+			}
+			return stub.WriteRecordSync(int(file.Fd()), rec)
+		})
 	})
 	if err != nil {
 		discard()

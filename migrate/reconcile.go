@@ -2,6 +2,8 @@ package migrate
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -163,6 +165,13 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 	if err != nil {
 		return nil, fmt.Errorf("reconcile: DESTROY queue: %w", err)
 	}
+	// Ages are judged by the archive's own clock, never ours against
+	// another machine's: an archive whose clock runs days behind would
+	// otherwise make an upload in flight look old.
+	archNow, err := r.archiveNow(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reconcile: %w", err)
+	}
 	first, err := r.walk(ctx, func(files, stubs int64) {
 		report(func(p *ReconcileProgress) { p.Phase, p.Files, p.Stubs = "walk", files, stubs })
 	})
@@ -235,7 +244,7 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 	}
 
 	// Orphans: which may go.
-	cutoff := rep.Started.Add(-opt.Grace)
+	cutoff := archNow.Add(-opt.Grace)
 	var second *walkResult
 	needSecond := false
 	for i := range candidates {
@@ -243,7 +252,7 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 		switch {
 		case queued[o.Key] || queued[strings.TrimSuffix(o.Key, stub.SumsSuffix)]:
 			o.Kept = "named by a DESTROY queue entry (an upload in flight, or bound for deletion)"
-		case !o.Modified.Before(cutoff) || !o.Modified.Before(rep.Started):
+		case !o.Modified.Before(cutoff) || !o.Modified.Before(archNow):
 			o.Kept = fmt.Sprintf("younger than the grace period (%s)", opt.Grace)
 		case first.bad > 0:
 			o.Kept = fmt.Sprintf("the walk could not read %d entries: no object is called an orphan", first.bad)
@@ -514,4 +523,34 @@ func (r *Reconciler) eachFile(ctx context.Context, fn func(rel string, st *unix.
 	}
 	wg.Wait()
 	return bad.Load()
+}
+
+// clockPrefix is where reconcile leaves a marker object for a moment, to
+// read the archive's clock; outside every filesystem's prefix.
+const clockPrefix = ".cascadefs-clock/"
+
+// archiveNow is the archive's clock now: the time it gives a marker
+// object stored and listed at once (then deleted).
+func (r *Reconciler) archiveNow(ctx context.Context) (time.Time, error) {
+	var b [8]byte
+	rand.Read(b[:])
+	key := clockPrefix + r.FS + "-" + hex.EncodeToString(b[:])
+	if _, err := r.Arch.Put(ctx, key, strings.NewReader("clock"), 5); err != nil {
+		return time.Time{}, fmt.Errorf("read the archive's clock: %w", err)
+	}
+	defer r.Arch.Delete(context.WithoutCancel(ctx), key)
+	var now time.Time
+	err := r.Arch.List(ctx, key, func(o archive.ObjectInfo) error {
+		if o.Key == key {
+			now = o.Modified
+		}
+		return nil
+	})
+	if err == nil && now.IsZero() {
+		err = errors.New("the marker object is not listed")
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the archive's clock: %w", err)
+	}
+	return now, nil
 }

@@ -204,3 +204,45 @@ func mustDir(t *testing.T) archive.Archive {
 	}
 	return a
 }
+
+// skewedArchive lists objects with times off by skew: an archive server
+// whose clock is not ours.
+type skewedArchive struct {
+	archive.Archive
+	skew time.Duration
+}
+
+func (a skewedArchive) List(ctx context.Context, prefix string, fn func(archive.ObjectInfo) error) error {
+	return a.Archive.List(ctx, prefix, func(o archive.ObjectInfo) error {
+		o.Modified = o.Modified.Add(a.skew)
+		return fn(o)
+	})
+}
+
+// Ages are the archive's: with its clock two days behind ours, an orphan
+// stored an hour ago is still young (judged by our clock it was older
+// than the grace period and deleted), and one stored two days ago is old
+// even with its clock two days ahead.
+func TestReconcileJudgesAgesByTheArchiveClock(t *testing.T) {
+	for _, skew := range []time.Duration{-48 * time.Hour, 48 * time.Hour} {
+		s := newReconcileSetup(t)
+		s.r.Arch = skewedArchive{s.r.Arch, skew}
+		ino := inoOf(t, filepath.Join(s.root, "resident"))
+		young := fmt.Sprintf("t/%d/1-young", ino)
+		s.orphan(t, young, time.Hour)
+		old := fmt.Sprintf("t/%d/2-old", ino)
+		s.orphan(t, old, 72*time.Hour)
+		if _, err := s.r.Run(context.Background(), ReconcileOptions{Grace: DefaultGrace}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if !s.exists(young) {
+			t.Errorf("archive clock off by %v: an orphan an hour old was deleted", skew)
+		}
+		if s.exists(old) {
+			t.Errorf("archive clock off by %v: an orphan three days old was kept", skew)
+		}
+		if entries, _ := os.ReadDir(filepath.Join(s.archDir, ".cascadefs-clock")); len(entries) != 0 {
+			t.Errorf("clock markers left: %v", entries)
+		}
+	}
+}
