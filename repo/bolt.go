@@ -10,10 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"sync"
 	"syscall"
 	"time"
 
+	"github.com/cascadefs/cascadefs/internal/clock"
 	"github.com/cascadefs/cascadefs/internal/failpoint"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
@@ -42,10 +42,8 @@ type Bolt struct {
 	path    string
 	timeout time.Duration
 
-	holder string // this handle's identity as a lease holder (random)
-
-	mu   sync.Mutex
-	seen map[string]sighting // leases by node, as this process saw them
+	holder string     // this handle's identity as a lease holder (random)
+	judge  LeaseJudge // of the others' leases, by this process's boot clock
 }
 
 // newBolt is a handle of the repository file at path, with an identity
@@ -53,7 +51,7 @@ type Bolt struct {
 func newBolt(path string) *Bolt {
 	var id [8]byte
 	rand.Read(id[:])
-	return &Bolt{path: path, timeout: 10 * time.Second, holder: hex.EncodeToString(id[:])}
+	return &Bolt{path: path, timeout: 10 * time.Second, holder: hex.EncodeToString(id[:]), judge: LeaseJudge{Now: clock.Boot}}
 }
 
 var _ Repository = (*Bolt)(nil)
@@ -314,49 +312,6 @@ func (b *Bolt) ListNodes() (out []Node, err error) {
 	return out, err
 }
 
-// leaseRecord is a node's lease in the file: renewals count up Term. The
-// file holds no time: observers judge a lease by their own clocks.
-//
-// A lease is known by its holder and term together. Holder is the
-// renewing process's own random identity, and the record is never deleted
-// (a drop marks it), so Term never starts again: an observer that last saw
-// term k of an earlier process cannot take a restarted process's fresh
-// renewal for that same lease, unchanged since, and judge it lapsed.
-type leaseRecord struct {
-	Term    uint64 `json:"term"`
-	TTLMs   int64  `json:"ttl_ms"`
-	Holder  string `json:"holder,omitempty"`
-	Dropped bool   `json:"dropped,omitempty"`
-}
-
-// sighting is when this process first saw a lease (holder and term), by
-// its monotonic clock.
-type sighting struct {
-	holder string
-	term   uint64
-	at     time.Time
-}
-
-// live judges a lease: live until this process has seen it at one holder
-// and term for its whole TTL. A lease first seen now is live: its owner
-// may have renewed it just before. A dropped lease is not live.
-func (b *Bolt) live(node string, l leaseRecord) bool {
-	if l.Dropped {
-		return false
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.seen == nil {
-		b.seen = map[string]sighting{}
-	}
-	s, ok := b.seen[node]
-	if !ok || s.term != l.Term || s.holder != l.Holder {
-		b.seen[node] = sighting{holder: l.Holder, term: l.Term, at: time.Now()}
-		return true
-	}
-	return time.Since(s.at) < time.Duration(l.TTLMs)*time.Millisecond
-}
-
 func (b *Bolt) Renew(node string, ttl time.Duration) error {
 	if err := ValidName("node", node); err != nil {
 		return err
@@ -366,14 +321,11 @@ func (b *Bolt) Renew(node string, ttl time.Duration) error {
 		if err != nil {
 			return err
 		}
-		l, err := get[leaseRecord](bk, node, "lease")
+		l, err := get[LeaseRecord](bk, node, "lease")
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
-		l.Term++
-		l.TTLMs = ttl.Milliseconds()
-		l.Holder, l.Dropped = b.holder, false
-		return put(bk, node, l)
+		return put(bk, node, l.Renew(b.holder, ttl))
 	})
 }
 
@@ -385,16 +337,14 @@ func (b *Bolt) DropLease(node string) error {
 		if bk == nil {
 			return nil
 		}
-		l, err := get[leaseRecord](bk, node, "lease")
+		l, err := get[LeaseRecord](bk, node, "lease")
 		if errors.Is(err, ErrNotFound) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		l.Term++
-		l.Dropped = true
-		return put(bk, node, l)
+		return put(bk, node, l.Drop())
 	})
 }
 
@@ -405,14 +355,14 @@ func (b *Bolt) Leases() (out []NodeLease, err error) {
 			return nil
 		}
 		return bk.ForEach(func(k, raw []byte) error {
-			var l leaseRecord
+			var l LeaseRecord
 			if err := json.Unmarshal(raw, &l); err != nil {
 				return fmt.Errorf("%w: lease %q: %v", ErrCorrupt, k, err)
 			}
 			if l.Dropped {
 				return nil
 			}
-			out = append(out, NodeLease{Node: string(k), TTL: time.Duration(l.TTLMs) * time.Millisecond, Live: b.live(string(k), l)})
+			out = append(out, NodeLease{Node: string(k), TTL: l.TTL(), Live: b.judge.Live(string(k), l)})
 			return nil
 		})
 	})
@@ -426,14 +376,14 @@ func (b *Bolt) leaseLive(tx *bolt.Tx, node string) (bool, error) {
 	if bk == nil {
 		return false, nil
 	}
-	l, err := get[leaseRecord](bk, node, "lease")
+	l, err := get[LeaseRecord](bk, node, "lease")
 	if errors.Is(err, ErrNotFound) {
 		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	return b.live(node, l), nil
+	return b.judge.Live(node, l), nil
 }
 
 func (b *Bolt) Claim(name, node, from, reason string) (out FS, err error) {
@@ -443,19 +393,9 @@ func (b *Bolt) Claim(name, node, from, reason string) (out FS, err error) {
 		if err != nil {
 			return err
 		}
-		if fs.Owner != from {
-			return fmt.Errorf("filesystem %q: owner is %q, not %q: %w", name, fs.Owner, from, ErrOwnerChanged)
+		if err := claimFrom(&fs, node, from, reason, func() (bool, error) { return b.leaseLive(tx, from) }); err != nil {
+			return err
 		}
-		if from != "" && from != node {
-			live, err := b.leaseLive(tx, from)
-			if err != nil {
-				return err
-			}
-			if live {
-				return fmt.Errorf("filesystem %q: %s: %w", name, from, ErrLeaseLive)
-			}
-		}
-		fs.setOwner(node, reason)
 		out = fs
 		return put(bk, name, fs)
 	})
@@ -469,10 +409,9 @@ func (b *Bolt) Move(name, from string, epoch uint64, to, reason string) (out FS,
 		if err != nil {
 			return err
 		}
-		if fs.Owner != from || fs.Epoch != epoch {
-			return notOwner(fs, from, epoch)
+		if err := moveFrom(&fs, from, epoch, to, reason); err != nil {
+			return err
 		}
-		fs.setOwner(to, reason)
 		out = fs
 		return put(bk, name, fs)
 	})

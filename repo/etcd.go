@@ -482,13 +482,9 @@ func (e *Etcd) Claim(name, node, from, reason string) (FS, error) {
 			return []clientv3.Cmp{clientv3.Compare(clientv3.Version(leaseKey(from)), "=", 0)}
 		}
 	}
-	fs, err := e.change(name, func(fs *FS) error {
-		if fs.Owner != from {
-			return fmt.Errorf("filesystem %q: owner is %q, not %q: %w", name, fs.Owner, from, ErrOwnerChanged)
-		}
-		fs.setOwner(node, reason)
-		return nil
-	}, leaseCheck)
+	// The lease part of the rule is the transaction's compare.
+	notHere := func() (bool, error) { return false, nil }
+	fs, err := e.change(name, func(fs *FS) error { return claimFrom(fs, node, from, reason, notHere) }, leaseCheck)
 	if errors.Is(err, errExtraFailed) {
 		return FS{}, fmt.Errorf("filesystem %q: %s: %w", name, from, ErrLeaseLive)
 	}
@@ -496,13 +492,7 @@ func (e *Etcd) Claim(name, node, from, reason string) (FS, error) {
 }
 
 func (e *Etcd) Move(name, from string, epoch uint64, to, reason string) (FS, error) {
-	return e.change(name, func(fs *FS) error {
-		if fs.Owner != from || fs.Epoch != epoch {
-			return notOwner(*fs, from, epoch)
-		}
-		fs.setOwner(to, reason)
-		return nil
-	}, nil)
+	return e.change(name, func(fs *FS) error { return moveFrom(fs, from, epoch, to, reason) }, nil)
 }
 
 // Confirm reads the record linearizably (through the cluster's leader):
