@@ -88,9 +88,10 @@ func (n *Node) onTakeover(ctx context.Context, caller string, raw json.RawMessag
 	if why := n.ineligible(fs); why != "" {
 		return nil, fmt.Errorf("%s cannot serve %s: %s", n.cfg.Name, req.FS, why)
 	}
+	gen := n.own.Gen() // a lapse during the move voids it
 	switch {
 	case fs.Owner == "":
-		if _, err := n.take(req.FS); err != nil {
+		if _, err := n.claim(req.FS, "", "had no owner (moved by hand)"); err != nil {
 			return nil, err
 		}
 	case n.ownerDead(fs.Owner):
@@ -104,7 +105,7 @@ func (n *Node) onTakeover(ctx context.Context, caller string, raw json.RawMessag
 		}
 	}
 	if f, err := n.repo.GetFS(req.FS); err == nil && f.Owner == n.cfg.Name {
-		n.claimed(f) // moved to this process at its request: its own epoch
+		n.own.Claimed(f.Name, f.Epoch, gen) // moved to this process at its request: its own epoch
 	}
 	n.reconcile() // start the session now
 	fs, err = n.repo.GetFS(req.FS)

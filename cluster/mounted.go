@@ -91,17 +91,11 @@ func (m *mounted) currentDM() *daemon.DM {
 
 // ensureDM runs the DM session of an owned filesystem at fs.Epoch.
 func (m *mounted) ensureDM(fs repo.FS) error {
-	m.mu.Lock()
-	if m.dm != nil && m.dmEpoch == fs.Epoch {
-		s := settingsOf(fs) // `fs set` applies without a restart
-		m.dm.SetPolicy(s.Policy)
-		m.dm.SetRates(s.RecallRate, s.MigrateRate)
-		m.mu.Unlock()
+	if m.refreshSettings(fs) {
 		return nil
 	}
-	m.mu.Unlock()
 	m.stopDM(fmt.Sprintf("epoch is now %d", fs.Epoch)) // a session at an older epoch would be fenced
-	gen, ok := m.n.claimedIn(fs)
+	gen, ok := m.n.own.ClaimedIn(fs.Name, fs.Epoch)
 	if !ok {
 		return fmt.Errorf("epoch %d: %w", fs.Epoch, errLapsedSinceClaim)
 	}
@@ -119,6 +113,27 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	m.dm, m.dmEpoch = dm, fs.Epoch
 	m.n.log.Info("DM session started", "fs", fs.Name, "epoch", fs.Epoch)
 	return nil
+}
+
+// refreshSettings applies fs's settings to the session running at its
+// epoch (`fs set` applies without a restart); false if none runs.
+func (m *mounted) refreshSettings(fs repo.FS) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.dm == nil || m.dmEpoch != fs.Epoch {
+		return false
+	}
+	s := settingsOf(fs)
+	m.dm.SetPolicy(s.Policy)
+	m.dm.SetRates(s.RecallRate, s.MigrateRate)
+	return true
+}
+
+// runningEpoch gives the epoch of the session running here, if any.
+func (m *mounted) runningEpoch() (uint64, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.dmEpoch, m.dm != nil
 }
 
 // errLapsedSinceClaim: the lease lapsed after the epoch was claimed; the

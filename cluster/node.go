@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/member"
+	"github.com/cascadefs/cascadefs/cluster/owner"
 	"github.com/cascadefs/cascadefs/cluster/rpc"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/metrics"
@@ -90,13 +91,13 @@ type Node struct {
 	declined  map[string]string    // fs -> why this node did not take it (failover loop only)
 	gaveUp    map[string]time.Time // fs -> when this node gave it up (guarded by mu)
 
-	lease   leaseKeeper
-	epochMu sync.Mutex
-	epochs  map[string]claim // fs -> the epoch this process claimed last
-	started time.Time
-	// minoritySince: since when every look at the quorum found this node
-	// in a minority (zero while it has one); guarded by lease.mu.
-	minoritySince time.Time
+	// own holds the lease and every ownership decision (package owner).
+	own *owner.State
+	// lapse stops the sessions when the lease runs out without a renewal.
+	lapseMu sync.Mutex
+	lapse   *time.Timer
+	// reconcileMu: one reconcile at a time (the loop's, and the first).
+	reconcileMu sync.Mutex
 
 	metrics   *metrics.Registry // nil when not served
 	metricsLn net.Listener
@@ -133,7 +134,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		cfg.StuckAfter = 5 * time.Minute
 	}
 	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), repo: r, fss: map[string]*mounted{},
-		wake: make(chan struct{}, 1), failWake: make(chan struct{}, 1), declined: map[string]string{}, gaveUp: map[string]time.Time{}, epochs: map[string]claim{}}
+		wake: make(chan struct{}, 1), failWake: make(chan struct{}, 1), declined: map[string]string{}, gaveUp: map[string]time.Time{},
+		own: owner.New(cfg.Name, cfg.Lease, now())}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	key := rpc.NewKey(cfg.Key)
 	n.client = rpc.NewClient(cfg.Name, key)
@@ -189,10 +191,12 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		n.member.Leave()
 		return nil, fmt.Errorf("lease: %w", err)
 	}
-	n.started = time.Now()
-	n.reconcile()
+	// Renewals first: the first reconcile may take long (an archive
+	// check of up to 15 s per filesystem), and the lease must not lapse
+	// meanwhile.
 	n.wg.Add(4)
 	go n.leaseLoop()
+	n.reconcile()
 	go n.loop()
 	go n.failoverLoop()
 	go n.watchdog()
@@ -248,98 +252,135 @@ func (n *Node) every(period time.Duration, wake <-chan struct{}, fn func()) {
 }
 
 // reconcile brings mounts and sessions in line with the repository: mount
-// what this node is a candidate for, take a filesystem nobody owns, run the
-// session of what it owns and stop the session of what it no longer owns.
+// what this node is a candidate for, then do what the ownership state
+// plans (take a filesystem nobody owns, queue takeovers, claim a fresh
+// epoch, start or stop sessions, give up in a minority). No lock of the
+// node is held across a repository call, a mount or an unmount.
 func (n *Node) reconcile() {
+	n.reconcileMu.Lock()
+	defer n.reconcileMu.Unlock()
+	if n.ctx.Err() != nil {
+		return
+	}
 	list, err := n.repo.ListFS()
 	if err != nil {
 		n.log.Warn("repository unreadable; keeping the current state", "reason", err)
 		return
 	}
-	quorate, why, leases := n.quorum()
-	// A node gives up what it owns only after a whole lease in a minority
-	// (see quorum); just after its start it may not have heard from all
-	// its peers yet.
-	settling := time.Since(n.started) < n.cfg.Lease || n.minorityFor() < n.cfg.Lease
+	quorate, why, live := n.quorum()
+	n.syncMounts(list)
+	plan := n.own.Plan(owner.View{Now: now(), FS: list, Quorate: quorate, Why: why, Live: live,
+		Dead: n.ownerDead, Ineligible: n.ineligible,
+		Healthy: func(name string) bool { m := n.lookup(name); return m != nil && m.unhealthy() == "" },
+		Running: func(name string) (uint64, bool) {
+			if m := n.lookup(name); m != nil {
+				return m.runningEpoch()
+			}
+			return 0, false
+		}})
+	for _, a := range plan {
+		n.carryOut(a)
+	}
+}
+
+// syncMounts mounts every filesystem this node is a candidate for and
+// unmounts the others.
+func (n *Node) syncMounts(list []repo.FS) {
 	want := map[string]repo.FS{}
 	for _, fs := range list {
 		if fs.IsCandidate(n.cfg.Name) {
 			want[fs.Name] = fs
-			if fs.Owner != "" && fs.Owner != n.cfg.Name && quorate && (!leases[fs.Owner] || n.ownerDead(fs.Owner)) {
-				n.requestFailover(fs.Owner, "owner "+fs.Owner+" is gone")
-			}
 		}
 	}
-	type start struct {
-		m  *mounted
-		fs repo.FS
-	}
-	var starts []start
-	defer func() {
-		// Sessions start outside the lock: opening the archive may take a while.
-		for _, s := range starts {
-			fs, err := n.renewEpoch(s.fs)
-			if err != nil {
-				n.log.Warn("cannot renew the epoch of an owned filesystem", "fs", fs.Name, "reason", err)
-				continue
-			}
-			s.m.setConf(fs)
-			if err := s.m.ensureDM(fs); errors.Is(err, errLapsedSinceClaim) {
-				n.log.Warn("DM session not started: the lease lapsed meanwhile", "fs", s.fs.Name)
-			} else if err != nil {
-				n.log.Error("cannot start DM session", "fs", s.fs.Name, "reason", err)
-				n.giveUp(s.m, "its DM session cannot start: "+err.Error())
-			}
-		}
-	}()
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.ctx.Err() != nil {
-		return
-	}
+	var gone []*mounted
 	for name, m := range n.fss {
 		if _, ok := want[name]; !ok {
-			n.log.Info("filesystem no longer served here", "fs", name)
-			m.stop(false)
+			gone = append(gone, m)
 			delete(n.fss, name)
 		}
 	}
+	n.mu.Unlock()
+	for _, m := range gone {
+		n.log.Info("filesystem no longer served here", "fs", m.name)
+		m.stop(false)
+	}
 	for name, fs := range want {
-		m := n.fss[name]
-		if m == nil {
-			var err error
-			if m, err = n.mountFS(fs); err != nil {
-				n.log.Error("cannot mount filesystem", "fs", name, "reason", err)
-				if fs.Owner == n.cfg.Name { // cannot serve what it owns: let the others take it
-					n.gaveUp[name] = time.Now()
-					go n.handOverByName(name, n.cfg.Name+" cannot mount it: "+err.Error())
-				}
-				continue
-			}
-			n.fss[name] = m
-		}
-		if !quorate && !settling && fs.Owner == n.cfg.Name {
-			// Cut off from most of the cluster: give it up to those who
-			// can reach each other (they take it at once: no lease wait).
-			m.stopDM("minority: " + why)
-			n.log.Error("minority: giving the filesystem up", "fs", name, "because", why)
-			go n.move(name, fs.Epoch, "", "given up: "+n.cfg.Name+" "+why)
+		if m := n.lookup(name); m != nil {
+			m.setConf(fs)
+			m.refreshSettings(fs)
 			continue
 		}
-		if fs.Owner == "" && quorate && n.ineligibleLocked(fs) == "" {
-			if taken, err := n.take(name); err != nil {
-				n.log.Warn("cannot take filesystem", "fs", name, "reason", err)
-			} else if taken != nil {
-				fs = *taken
+		m, err := n.mountFS(fs)
+		if err != nil {
+			n.log.Error("cannot mount filesystem", "fs", name, "reason", err)
+			if fs.Owner == n.cfg.Name { // cannot serve what it owns: let the others take it
+				n.mu.Lock()
+				n.gaveUp[name] = time.Now()
+				n.mu.Unlock()
+				go n.handOverByName(name, n.cfg.Name+" cannot mount it: "+err.Error())
 			}
+			continue
 		}
-		m.setConf(fs)
-		if fs.Owner == n.cfg.Name && m.unhealthy() == "" && n.leaseValid() && quorate {
-			starts = append(starts, start{m, fs})
-		} else if fs.Owner != n.cfg.Name && m.currentDM() != nil {
-			n.log.Warn("replaced: another node owns the filesystem now; stopping its session here", "fs", name, "owner", fs.Owner, "epoch", fs.Epoch)
-			m.stopDM("owner is now " + fs.Owner)
+		n.mu.Lock()
+		n.fss[name] = m
+		n.mu.Unlock()
+	}
+}
+
+// carryOut does one planned step.
+func (n *Node) carryOut(a owner.Action) {
+	name := a.FS.Name
+	m := n.lookup(name)
+	switch a.Kind {
+	case owner.TakeOver:
+		n.requestFailover(a.From, a.Why)
+	case owner.Take, owner.ClaimEpoch:
+		from := ""
+		if a.Kind == owner.ClaimEpoch {
+			from = n.cfg.Name
 		}
+		got, err := n.claim(name, from, a.Why)
+		if err != nil {
+			n.log.Warn("cannot claim filesystem", "fs", name, "reason", err)
+			return
+		}
+		if got == nil || m == nil {
+			return // another node was first
+		}
+		if a.Kind == owner.Take {
+			n.log.Info("took filesystem", "fs", name, "epoch", got.Epoch)
+		}
+		m.setConf(*got)
+		n.startSession(m, *got)
+	case owner.Start:
+		if m != nil {
+			n.startSession(m, a.FS)
+		}
+	case owner.Stop:
+		if m != nil && m.currentDM() != nil {
+			n.log.Warn("replaced: stopping the session here", "fs", name, "owner", a.FS.Owner, "epoch", a.FS.Epoch, "reason", a.Why)
+			m.stopDM(a.Why)
+		}
+	case owner.GiveUp:
+		if m != nil {
+			m.stopDM(a.Why)
+		}
+		n.log.Error("minority: giving the filesystem up", "fs", name, "because", a.Why)
+		go n.move(name, a.FS.Epoch, "", "given up: "+n.cfg.Name+" "+a.Why)
+	}
+}
+
+// startSession starts fs's session (at an epoch this process claimed);
+// a session that cannot start gives the filesystem up to the others.
+func (n *Node) startSession(m *mounted, fs repo.FS) {
+	switch err := m.ensureDM(fs); {
+	case errors.Is(err, errLapsedSinceClaim):
+		n.log.Warn("DM session not started: the lease lapsed meanwhile", "fs", fs.Name)
+		n.kick() // the next reconcile claims a new epoch
+	case err != nil:
+		n.log.Error("cannot start DM session", "fs", fs.Name, "reason", err)
+		n.giveUp(m, "its DM session cannot start: "+err.Error())
 	}
 }
 

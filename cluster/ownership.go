@@ -3,121 +3,70 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/clock"
 	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/repo"
 )
 
-// Ownership, all in one place: this node's lease, every change of a
-// filesystem's owner (take one without owner, take over from a node whose
-// lease lapsed, hand over, give up, move by hand) and the fence that every
-// commit passes. The rules:
-//
-//   - A node acts for a filesystem (commits, recalls) only while its lease
-//     is valid by its own monotonic clock: renewed less than the lease TTL
-//     minus a margin ago, measured from when the renewal was sent. The
-//     others judge the lease lapsed only after a whole TTL by their own
-//     clocks, so the owner has stopped before anybody takes over.
-//   - A filesystem is taken from its owner only once the owner's lease
-//     lapsed (repo.Claim checks it), never because gossip says it failed:
-//     gossip only makes the others look sooner.
-//   - A node that sees fewer than half of the nodes holding live leases
-//     (itself included; a tie goes to the half with the smallest name)
-//     gives its filesystems up and takes none: a cut-off owner that still
-//     reaches the repository must not keep what nobody can reach it for.
-//   - Every process takes a fresh epoch for what it owns, even one its
-//     previous incarnation owned: a paused old process of the same name is
-//     fenced by the epoch. So does a process after each lapse of its
-//     lease, and a session serves within one lapse count: what a session
-//     started before a lapse commits nothing, even once the lease is
-//     renewed (the count is read without any lock that I/O holds).
+// Ownership: the decisions and the lease state are in package owner
+// (one type, no I/O, run under the simulator); this file carries them
+// out: renewals, the lapse timer, claims, moves and the fence that every
+// commit passes.
 
 // DefaultLease is the lease TTL when none is set.
 const DefaultLease = 5 * time.Second
 
-// leaseKeeper renews this node's lease and knows until when it may act.
-type leaseKeeper struct {
-	mu    sync.Mutex
-	until time.Time   // by the monotonic clock; zero before the first renewal
-	lapse *time.Timer // stops the sessions at until, should no renewal come first
-	// lapses counts the lapses of this process's lease (changed under mu,
-	// read without it). A session is bound to the count at the claim of
-	// its epoch; its commits are refused once the count moved on.
-	lapses atomic.Uint64
-	noted  bool // this lapse is counted (until the next renewal)
-}
-
-// leaseMargin: how long before the TTL's end a node stops acting, for
-// clocks that run at slightly different rates and for the time a commit
-// takes after its check.
-func (n *Node) leaseMargin() time.Duration { return max(n.cfg.Lease/5, 100*time.Millisecond) }
+// now is this node's clock for its lease: the boot clock, which runs on
+// while the host is suspended.
+func now() time.Duration { return clock.Boot() }
 
 // renewLease renews the lease; the validity counts from before the call.
 func (n *Node) renewLease() error {
-	sent := time.Now()
+	sent := now()
 	if err := failpoint.Hit(failpoint.LeaseRenew); err != nil {
 		return err
 	}
 	if err := n.repo.Renew(n.cfg.Name, n.cfg.Lease); err != nil {
 		return err
 	}
-	n.lease.mu.Lock()
-	n.lease.until = sent.Add(n.cfg.Lease - n.leaseMargin())
-	if time.Now().Before(n.lease.until) {
-		n.lease.noted = false
-	}
+	left := n.own.Renewed(sent, now())
 	// Not left to the renewal loop, which may be stuck in a call to an
 	// unreachable repository when the lease runs out.
-	if n.lease.lapse == nil {
-		n.lease.lapse = time.AfterFunc(time.Until(n.lease.until), func() {
-			if n.noteLapse() && n.ctx.Err() == nil {
-				n.selfFence("lease lapsed")
-			}
-		})
+	n.lapseMu.Lock()
+	if n.lapse == nil {
+		n.lapse = time.AfterFunc(left, n.onLapseTimer)
 	} else {
-		n.lease.lapse.Reset(time.Until(n.lease.until))
+		n.lapse.Reset(left)
 	}
-	n.lease.mu.Unlock()
+	n.lapseMu.Unlock()
 	return nil
 }
 
-// leaseValid: this node may act for what it owns.
-func (n *Node) leaseValid() bool {
-	n.lease.mu.Lock()
-	defer n.lease.mu.Unlock()
-	return time.Now().Before(n.lease.until)
+// onLapseTimer runs when the lease would run out without a renewal.
+func (n *Node) onLapseTimer() {
+	if n.own.NoteLapse(now()) && n.ctx.Err() == nil {
+		n.selfFence("lease lapsed")
+	}
 }
 
-// noteLapse counts a lapse of the lease, once per lapse, and reports
-// whether the lease has lapsed.
-func (n *Node) noteLapse() bool {
-	n.lease.mu.Lock()
-	defer n.lease.mu.Unlock()
-	if time.Now().Before(n.lease.until) {
-		return false
-	}
-	if !n.lease.noted {
-		n.lease.noted = true
-		n.lease.lapses.Add(1)
-	}
-	return true
-}
+// leaseValid: this node may act for what it owns.
+func (n *Node) leaseValid() bool { return n.own.Valid(now()) }
 
 // leaseLoop renews the lease four times per TTL. When the lease lapsed
 // (the repository unreachable, or this process paused), it stops every
 // session before it renews again: what ran across the lapse may have been
-// taken over meanwhile, and the sessions start again only after the
-// reconcile loop sees this node still owns them.
+// taken over meanwhile, and the sessions start again only at a new epoch
+// once the reconcile loop sees this node still owns them.
 func (n *Node) leaseLoop() { n.every(n.cfg.Lease/4, nil, n.leaseTick) }
 
 func (n *Node) leaseTick() {
-	lapsed := n.noteLapse()
+	lapsed := n.own.NoteLapse(now())
 	if lapsed {
 		n.selfFence("lease lapsed")
 	}
@@ -132,32 +81,24 @@ func (n *Node) leaseTick() {
 	}
 }
 
-// acting fails once this node may no longer act for what it owns.
-func (n *Node) acting() error {
-	if n.noteLapse() {
-		n.kick()
-		return fmt.Errorf("%w (this node's lease lapsed)", dmapi.ErrFenced)
-	}
-	return nil
-}
-
-// actingIn is acting for a session bound to lapse count gen: it fails
-// for good once the lease lapsed after the session's epoch was claimed.
+// actingIn fails once this node may no longer act for a session bound to
+// lapse count gen.
 func (n *Node) actingIn(gen uint64) error {
-	if err := n.acting(); err != nil {
-		return err
-	}
-	if n.lease.lapses.Load() != gen {
-		return fmt.Errorf("%w (this node's lease lapsed since the session started)", dmapi.ErrFenced)
+	if err := n.own.Acting(now(), gen); err != nil {
+		n.kick()
+		return fmt.Errorf("%w: %v", dmapi.ErrFenced, err)
 	}
 	return nil
 }
 
-// selfFence stops every session this node runs.
+// selfFence stops every session this node runs. Commits stopped already
+// (the lapse count moved on); the sessions are stopped outside n.mu, which
+// a slow reconcile may hold.
 func (n *Node) selfFence(why string) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, m := range n.fss {
+	all := slices.Collect(maps.Values(n.fss))
+	n.mu.Unlock()
+	for _, m := range all {
 		if m.currentDM() != nil {
 			n.log.Error("self-fenced: stopping the session", "fs", m.name, "reason", why)
 			m.stopDM(why)
@@ -165,121 +106,33 @@ func (n *Node) selfFence(why string) {
 	}
 }
 
-// quorum reports whether this node sees at least half of the nodes that
-// hold live leases (itself included); a tie goes to the half that holds
-// the smallest name. It says why not, and which leases are live. It is
-// looked at four times per lease (leaseTick) and at each reconcile, and
-// notes since when the answer has been no: gossip calls a busy or just
-// woken peer failed for a moment, and such a moment must not move a
-// filesystem, while a cut-off node stays in its minority.
+// quorum asks the repository for the leases and judges the quorum (see
+// owner.State.Quorum).
 func (n *Node) quorum() (bool, string, map[string]bool) {
-	ok, why, live := n.judgeQuorum()
-	n.lease.mu.Lock()
-	switch {
-	case ok:
-		n.minoritySince = time.Time{}
-	case n.minoritySince.IsZero():
-		n.minoritySince = time.Now()
-	}
-	n.lease.mu.Unlock()
-	return ok, why, live
-}
-
-// minorityFor: how long every look found this node in a minority.
-func (n *Node) minorityFor() time.Duration {
-	n.lease.mu.Lock()
-	defer n.lease.mu.Unlock()
-	if n.minoritySince.IsZero() {
-		return 0
-	}
-	return time.Since(n.minoritySince)
-}
-
-func (n *Node) judgeQuorum() (bool, string, map[string]bool) {
 	leases, err := n.repo.Leases()
 	if err != nil {
 		return false, "repository unreadable: " + err.Error(), nil
 	}
-	liveSet := map[string]bool{n.cfg.Name: true}
-	live := []string{n.cfg.Name}
-	for _, l := range leases {
-		if l.Live && l.Node != n.cfg.Name {
-			live = append(live, l.Node)
-			liveSet[l.Node] = true
-		}
-	}
-	slices.Sort(live)
-	seen := 0
-	for _, name := range live {
-		if name == n.cfg.Name || n.alive(name) {
-			seen++
-		}
-	}
-	switch {
-	case 2*seen > len(live):
-		return true, "", liveSet
-	case 2*seen == len(live) && (live[0] == n.cfg.Name || n.alive(live[0])):
-		return true, "", liveSet
-	}
-	return false, fmt.Sprintf("sees %d of the %d nodes with live leases", seen, len(live)), liveSet
+	return n.own.Quorum(now(), leases, n.alive)
 }
 
-// take makes this node the owner of a filesystem nobody owns; it returns
-// the new record, or nil if another node won.
-func (n *Node) take(name string) (*repo.FS, error) {
+// claim makes this node the owner of fs at its next epoch, from its owner
+// from ("" or this node: no lease wait), and notes the epoch; nil when
+// another node got it first.
+func (n *Node) claim(fs, from, reason string) (*repo.FS, error) {
 	if !n.leaseValid() {
 		return nil, errors.New("this node's lease is not valid")
 	}
-	fs, err := n.repo.Claim(name, n.cfg.Name, "", "had no owner")
+	gen := n.own.Gen()
+	got, err := n.repo.Claim(fs, n.cfg.Name, from, reason)
 	if errors.Is(err, repo.ErrOwnerChanged) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	n.claimed(fs)
-	n.log.Info("took filesystem", "fs", name, "epoch", fs.Epoch)
-	return &fs, nil
-}
-
-// renewEpoch gives a filesystem this node owns a fresh epoch when this
-// process has not claimed it since its lease last lapsed (or at all: it
-// was owned by an earlier incarnation).
-func (n *Node) renewEpoch(fs repo.FS) (repo.FS, error) {
-	if _, mine := n.claimedIn(fs); mine {
-		return fs, nil
-	}
-	if !n.leaseValid() {
-		return fs, errors.New("this node's lease is not valid")
-	}
-	fs, err := n.repo.Claim(fs.Name, n.cfg.Name, n.cfg.Name, "a new epoch for this process of "+n.cfg.Name)
-	if err != nil {
-		return fs, err
-	}
-	n.claimed(fs)
-	return fs, nil
-}
-
-// claimed notes an epoch this process got, and the lapse count then:
-// the session that serves it is bound to that count.
-func (n *Node) claimed(fs repo.FS) {
-	n.epochMu.Lock()
-	n.epochs[fs.Name] = claim{epoch: fs.Epoch, gen: n.lease.lapses.Load()}
-	n.epochMu.Unlock()
-}
-
-// claim is an epoch this process claimed, and the lapse count then.
-type claim struct {
-	epoch, gen uint64
-}
-
-// claimedIn gives the lapse count of fs's epoch if this process claimed
-// it and the lease has not lapsed since.
-func (n *Node) claimedIn(fs repo.FS) (gen uint64, ok bool) {
-	n.epochMu.Lock()
-	c, ok := n.epochs[fs.Name]
-	n.epochMu.Unlock()
-	return c.gen, ok && c.epoch == fs.Epoch && c.gen == n.lease.lapses.Load()
+	n.own.Claimed(got.Name, got.Epoch, gen)
+	return &got, nil
 }
 
 // takeOver takes a filesystem from a failed owner once the owner's lease
@@ -291,10 +144,7 @@ func (n *Node) takeOver(name, failed, reason string) {
 	said := false
 	for n.ctx.Err() == nil {
 		ok, why, _ := n.quorum()
-		if ok && !n.leaseValid() {
-			ok, why = false, "this node's lease is not valid"
-		}
-		if !ok {
+		if why := n.own.MayTake(now(), ok, why); why != "" {
 			n.log.Warn("failover: not taking filesystem", "fs", name, "from", failed, "because", why)
 			return
 		}
@@ -302,10 +152,11 @@ func (n *Node) takeOver(name, failed, reason string) {
 			n.log.Warn("failover: attempt failed", "fs", name, "reason", err)
 			return
 		}
+		gen := n.own.Gen()
 		fs, err := n.repo.Claim(name, n.cfg.Name, failed, reason)
 		switch {
 		case err == nil:
-			n.claimed(fs)
+			n.own.Claimed(fs.Name, fs.Epoch, gen)
 			n.log.Info("took over filesystem", "fs", name, "from", failed, "epoch", fs.Epoch, "reason", reason)
 			n.metrics.Add(metrics.Takeovers, 1, "fs", name)
 			n.startOwned(fs)
@@ -377,6 +228,7 @@ func (n *Node) handOverByName(name, why string) {
 // move gives a filesystem this node owns at epoch to another node, or to
 // none.
 func (n *Node) move(name string, epoch uint64, to, reason string) error {
+	n.own.Relinquish(name, epoch) // never served again at that epoch here
 	_, err := n.repo.Move(name, n.cfg.Name, epoch, to, reason)
 	switch {
 	case err == nil:
