@@ -4,7 +4,7 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 TOOLS := $(CURDIR)/.tools
 GO ?= go
 
-.PHONY: build tools test unit bench crash compat demo clean
+.PHONY: build tools test unit bench crash compat demo sim clean
 
 build:
 	$(GO) build -o bin/cascadefs ./cmd/cascadefs
@@ -47,6 +47,13 @@ compat: tools $(TOOLS)/versitygw build
 	scripts/need-system.sh
 	CASCADEFS_REQUIRE_ALL=1 CASCADEFS_S3_SERVER=versitygw $(GO) test -count=1 -timeout 20m ./archive
 	CASCADEFS_REQUIRE_ALL=1 CASCADEFS_S3_SERVER=versitygw $(GO) test -count=1 -timeout 30m -run '$(COMPAT_TESTS)' ./integration
+
+# The ownership simulator (cluster/owner/sim_test.go) over more seeds than
+# the 10,000 of make test; a failing seed replays with its trace:
+# CASCADEFS_SIM_SEED=N go test -run TestSimulation -v ./cluster/owner
+SEEDS ?= 100000
+sim:
+	CASCADEFS_SIM_SEEDS=$(SEEDS) $(GO) test -count=1 -run '^TestSimulation$$' -v -timeout 0 ./cluster/owner
 
 unit:
 	$(GO) test -count=1 ./stub ./dmapi ./archive
