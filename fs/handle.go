@@ -221,6 +221,18 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 	case mode == modePassthrough && g.cached > 0:
 		mode = modeCached
 	}
+	if mode == modePassthrough {
+		// The kernel takes the first passthrough open's descriptor as the
+		// inode's backing file and keeps it while any passthrough open
+		// lasts, even past a kill -9 of this daemon: the shield held on
+		// that very description lasts as long, so a restarted daemon (or
+		// any node) cannot punch the file under those handles.
+		var err error
+		if fd, err = kernelShield(fd, flags); err != nil {
+			f.log.Warn("passthrough open without a shield that outlives the daemon; served by the daemon instead", "file", path, "reason", err)
+			mode = modeCached
+		}
+	}
 	if mode == modeCached && g.passthrough > 0 {
 		return fail(errNeedResident)
 	}
@@ -242,6 +254,26 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 		h.wrote.Store(true) // its writes bypass us: assume it changes the file
 	}
 	return h, 0, 0
+}
+
+// kernelShield holds the read shield on fd's own description (see
+// stub.ShieldReadsOn), first reopening a write-only fd for reading and
+// writing (a read lock needs read access; the kernel still lets the
+// caller only write). It returns the descriptor to use.
+func kernelShield(fd int, flags uint32) (int, error) {
+	if flags&unix.O_ACCMODE == unix.O_WRONLY {
+		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		if err != nil {
+			return fd, err
+		}
+		rw, err := unix.Open(procPath(fd), (fl&^unix.O_ACCMODE)|unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fd, err
+		}
+		unix.Close(fd)
+		fd = rw
+	}
+	return fd, stub.ShieldReadsOn(fd)
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {

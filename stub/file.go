@@ -448,6 +448,30 @@ func ShieldReads(fd int) (unlock func(), err error) {
 	return lockByte(fd, readShieldOffset, true, false)
 }
 
+// ShieldReadsOn takes the read shield shared on fd's own open file
+// description, without waiting, and never lets it go: it lasts as long
+// as that description. The kernel keeps the description it was given as
+// the backing file of an inode's passthrough opens for as long as any of
+// them is open, whatever becomes of the daemon that gave it: a daemon's
+// other locks die with it (kill -9), while its handles read and write
+// the file on. fd must be open for reading.
+func ShieldReadsOn(fd int) error {
+	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: readShieldOffset, Len: 1}
+	for {
+		err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EACCES):
+			err = unix.EAGAIN
+		}
+		if err != nil {
+			return fmt.Errorf("read shield: %w", err)
+		}
+		return nil
+	}
+}
+
 // TryExcludeReaders takes the read shield exclusively, without waiting:
 // it fails with unix.EAGAIN while any node has the file open by
 // passthrough.
