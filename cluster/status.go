@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cascadefs/cascadefs/cluster/member"
@@ -28,6 +30,33 @@ type Status struct {
 	Leases     []repo.NodeLease `json:"leases"`
 	LeaseValid bool             `json:"lease_valid"`
 	FS         []FSStatus       `json:"filesystems"`
+	// RepoError: the repository did not answer in time (the filesystems
+	// shown are this node's last look at them).
+	RepoError string `json:"repo_error,omitempty"`
+}
+
+// statusBudget is how long a node takes at most to answer a status: the
+// CLI waits StatusWait for every daemon of the host at once.
+const statusBudget = daemon.StatusBudget
+
+// StatusWait is how long `cascadefs status` waits for each daemon.
+const StatusWait = statusBudget + 500*time.Millisecond
+
+// within runs fn, giving up on it after d (it runs on; its result is lost).
+func within[T any](d time.Duration, fn func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() { v, err := fn(); ch <- result{v, err} }()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-time.After(d):
+		var zero T
+		return zero, fmt.Errorf("no answer within %v", d)
+	}
 }
 
 // FSStatus is one filesystem: its repository record and its DM session.
@@ -38,22 +67,83 @@ type FSStatus struct {
 }
 
 // Status collects the cluster's state.
+//
+// It answers within statusBudget whatever the repository or a peer does:
+// what did not answer in time is marked so.
 func (n *Node) Status(ctx context.Context) Status {
+	ctx, cancel := context.WithTimeout(ctx, statusBudget)
+	defer cancel()
 	st := Status{Node: n.cfg.Name, Repo: n.cfg.RepoDir, Engine: repo.Engine(n.repo), Members: n.member.Members(), LeaseValid: n.leaseValid()}
-	st.Leases, _ = n.repo.Leases()
-	list, _ := n.repo.ListFS()
-	for _, fs := range list {
-		fst := FSStatus{FS: fs}
-		if m := n.lookup(fs.Name); m != nil {
-			fst.Mountpoint = filepath.Join(n.cfg.MountRoot, fs.Name)
-			fst.Session = m.Session(ctx)
-		} else {
-			fst.Session = daemon.SessionInfo{Owner: fs.Owner, Epoch: fs.Epoch, State: "not mounted on " + n.cfg.Name}
-		}
-		st.FS = append(st.FS, fst)
+	type look struct {
+		leases []repo.NodeLease
+		list   []repo.FS
 	}
+	got, err := within(statusBudget/2, func() (look, error) {
+		var l look
+		var err error
+		if l.leases, err = n.repo.Leases(); err != nil {
+			return l, err
+		}
+		l.list, err = n.repo.ListFS()
+		return l, err
+	})
+	st.Leases = got.leases
+	list := got.list
+	if err != nil {
+		st.RepoError = "repository: " + err.Error()
+		n.mu.Lock()
+		for _, m := range n.fss {
+			list = append(list, m.config())
+		}
+		n.mu.Unlock()
+	}
+	st.FS = make([]FSStatus, len(list))
+	var wg sync.WaitGroup
+	for i, fs := range list {
+		st.FS[i] = FSStatus{FS: fs}
+		m := n.lookup(fs.Name)
+		if m == nil {
+			st.FS[i].Session = daemon.SessionInfo{Owner: fs.Owner, Epoch: fs.Epoch, State: "not mounted on " + n.cfg.Name}
+			continue
+		}
+		st.FS[i].Mountpoint = filepath.Join(n.cfg.MountRoot, fs.Name)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			info, err := within(statusBudget*3/4, func() (daemon.SessionInfo, error) { return m.Session(ctx), nil })
+			if err != nil {
+				info = daemon.SessionInfo{Owner: fs.Owner, Epoch: fs.Epoch, State: "session did not answer: " + err.Error()}
+			}
+			st.FS[i].Session = info
+		}()
+	}
+	wg.Wait()
 	sort.Slice(st.FS, func(i, j int) bool { return st.FS[i].Name < st.FS[j].Name })
 	return st
+}
+
+// Healthy says what is wrong with the cluster as st shows it (nil: all
+// is well): every member alive, this node's lease valid, the repository
+// answering, and every filesystem served by an active session.
+func (st *Status) Healthy() []string {
+	var bad []string
+	if st.RepoError != "" {
+		bad = append(bad, st.RepoError)
+	}
+	if st.Node != "" && !st.LeaseValid {
+		bad = append(bad, "the lease of "+st.Node+" is not valid")
+	}
+	for _, m := range st.Members {
+		if m.Status != member.Alive {
+			bad = append(bad, "node "+m.Name+" is "+string(m.Status))
+		}
+	}
+	for _, f := range st.FS {
+		if f.Session.State != "active" {
+			bad = append(bad, "filesystem "+f.Name+": "+f.Session.State)
+		}
+	}
+	return bad
 }
 
 // NodeSocket is the control socket of node name.
@@ -91,23 +181,38 @@ type expelReq struct {
 	Node string `json:"node"`
 }
 
-// LocalNodes asks every node daemon on this host for its cluster status.
-func LocalNodes(runDir string) []Status {
+// LocalNodes asks every node daemon on this host for its cluster status,
+// all at once, each for at most StatusWait; silent names the sockets of
+// those that did not answer (a stopped or wedged node).
+func LocalNodes(runDir string) (out []Status, silent []string) {
 	socks, _ := filepath.Glob(filepath.Join(runDir, "node@*.sock"))
-	var out []Status
-	for _, s := range socks {
-		resp, err := daemon.UnixClient(s, 10*time.Second).Get("http://node/cluster")
-		if err != nil {
-			continue
-		}
-		var st Status
-		if json.NewDecoder(resp.Body).Decode(&st) == nil {
-			st.sock = s
-			out = append(out, st)
-		}
-		resp.Body.Close()
+	answers := make([]*Status, len(socks))
+	var wg sync.WaitGroup
+	for i, s := range socks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := daemon.UnixClient(s, StatusWait).Get("http://node/cluster")
+			if err != nil {
+				return
+			}
+			defer resp.Body.Close()
+			var st Status
+			if json.NewDecoder(resp.Body).Decode(&st) == nil {
+				st.sock = s
+				answers[i] = &st
+			}
+		}()
 	}
-	return out
+	wg.Wait()
+	for i, a := range answers {
+		if a != nil {
+			out = append(out, *a)
+		} else {
+			silent = append(silent, socks[i])
+		}
+	}
+	return out, silent
 }
 
 // RequestMove asks a node of this host (of the cluster whose repository is
@@ -126,7 +231,8 @@ func RequestExpel(runDir, repoDir, node string) error {
 // askLocalNode posts req to a node daemon of this host (of the cluster
 // whose repository is repoDir, if given) and decodes its reply.
 func askLocalNode(runDir, repoDir, path string, req, reply any) error {
-	for _, st := range LocalNodes(runDir) {
+	nodes, _ := LocalNodes(runDir)
+	for _, st := range nodes {
 		if repoDir != "" && !SameDir(st.Repo, repoDir) {
 			continue
 		}

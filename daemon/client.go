@@ -143,7 +143,7 @@ func (c *Client) do(method, path string, body any) (*http.Response, error) {
 // Status asks for the filesystem's status.
 func (c *Client) Status() (Status, error) {
 	var st Status
-	c.http.Timeout = 5 * time.Second
+	c.http.Timeout = StatusBudget + 500*time.Millisecond // whatever the daemon's peers do
 	resp, err := c.do("GET", "/status", nil)
 	if err != nil {
 		return st, err

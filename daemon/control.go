@@ -185,16 +185,31 @@ func startControl(d *Mount) (*ControlServer, error) {
 	mux.HandleFunc("GET /df", d.serveDF)
 	mux.HandleFunc("POST /cancel", d.serveCancel)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(d.Status(r.Context()))
+		ctx, cancel := context.WithTimeout(r.Context(), StatusBudget)
+		defer cancel()
+		json.NewEncoder(w).Encode(d.Status(ctx))
 	})
 	return ServeControl(SocketPath(d.cfg.RunDir, d.cfg.Source), mux)
 }
 
-// Status reports the filesystem's state.
+// StatusBudget bounds how long a daemon takes to answer a status: the
+// session's owner may be another node, stopped or cut off.
+const StatusBudget = 1500 * time.Millisecond
+
+// Status reports the filesystem's state; a session that does not answer
+// before ctx ends is marked so.
 func (d *Mount) Status(ctx context.Context) Status {
+	info := make(chan SessionInfo, 1)
+	go func() { info <- d.dm.Session(ctx) }()
+	var si SessionInfo
+	select {
+	case si = <-info:
+	case <-ctx.Done():
+		si = SessionInfo{State: "the DM session did not answer in time"}
+	}
 	return Status{
 		Name: d.cfg.Name, Source: d.cfg.Source, Mountpoint: d.cfg.Mountpoint, Backing: d.cfg.Backing, Archive: d.archive,
-		PID: os.Getpid(), Started: d.started, Passthrough: d.fs.Passthrough(), SessionInfo: d.dm.Session(ctx),
+		PID: os.Getpid(), Started: d.started, Passthrough: d.fs.Passthrough(), SessionInfo: si,
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -267,9 +268,43 @@ func cmdStatus(args []string) error {
 		return errReported
 	}
 	var rep StatusReport
-	for _, st := range cluster.LocalNodes(daemon.RunDir()) {
+	var unhealthy []string
+	// Every daemon of this host is asked at once, each for at most
+	// cluster.StatusWait: a stopped or cut-off one cannot hold the answer.
+	type mountAnswer struct {
+		st  daemon.Status
+		err error
+	}
+	var nodes []cluster.Status
+	var silent []string
+	var mounts []daemon.MountInfo
+	var mountsErr error
+	var answers []mountAnswer
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); nodes, silent = cluster.LocalNodes(daemon.RunDir()) }()
+	mounts, mountsErr = daemon.MountsIn(daemon.RunDir())
+	if mountsErr != nil {
+		return mountsErr
+	}
+	sort.Slice(mounts, func(i, j int) bool { return mounts[i].Name < mounts[j].Name })
+	answers = make([]mountAnswer, len(mounts))
+	for i, m := range mounts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, err := daemon.Dial(daemon.RunDir(), m.Name).Status()
+			answers[i] = mountAnswer{st, err}
+		}()
+	}
+	wg.Wait()
+	for _, s := range silent {
+		unhealthy = append(unhealthy, fmt.Sprintf("the node daemon at %s did not answer within %v", s, cluster.StatusWait))
+	}
+	for _, st := range nodes {
 		if *repoDir == "" || cluster.SameDir(st.Repo, *repoDir) {
 			rep.Cluster = &st
+			unhealthy = append(unhealthy, st.Healthy()...)
 			break
 		}
 	}
@@ -291,18 +326,17 @@ func cmdStatus(args []string) error {
 			return err
 		}
 	}
-	mounts, err := daemon.MountsIn(daemon.RunDir())
-	if err != nil {
-		return err
-	}
-	sort.Slice(mounts, func(i, j int) bool { return mounts[i].Name < mounts[j].Name })
 	bad := false
-	for _, m := range mounts {
-		st, err := daemon.Dial(daemon.RunDir(), m.Name).Status()
+	for i, m := range mounts {
+		st, err := answers[i].st, answers[i].err
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "cascadefs status: %s at %s: %v\n", m.Name, m.Mountpoint, oneLine(err))
+			unhealthy = append(unhealthy, m.Name+" did not answer")
 			bad = true
 			continue
+		}
+		if rep.Cluster == nil && st.SessionInfo.State != "active" {
+			unhealthy = append(unhealthy, "filesystem "+st.Name+": "+st.SessionInfo.State)
 		}
 		rep.Mounts = append(rep.Mounts, st)
 	}
@@ -324,7 +358,10 @@ func cmdStatus(args []string) error {
 			printSession("  DM session:  ", s.SessionInfo)
 		}
 	}
-	if bad {
+	if bad || len(unhealthy) > 0 {
+		for _, u := range unhealthy {
+			fmt.Fprintln(os.Stderr, "cascadefs status: unhealthy:", u)
+		}
 		return errReported
 	}
 	return nil
