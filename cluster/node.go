@@ -24,6 +24,7 @@ import (
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/repo"
+	"github.com/cascadefs/cascadefs/stub"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -130,6 +131,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if cfg.Lease <= 0 {
 		cfg.Lease = DefaultLease
 	}
+	// A holder of a file's right stopped for twice the lease has lost its
+	// lease long ago: a writer waiting for the right ends it.
+	stub.StoppedHolderGrace.Store(int64(2 * cfg.Lease))
 	if cfg.StuckAfter <= 0 {
 		cfg.StuckAfter = 5 * time.Minute
 	}

@@ -308,3 +308,35 @@ func TestFencingPausedCopyCommit(t *testing.T) {
 		}
 	}
 }
+
+// A writer must not wait forever for a file's right that a stopped old
+// owner holds: on one host, a holder of this program stopped for twice
+// its lease is killed by the waiter, as a crash would end it, and the
+// write goes through. Before, the rewrite waited for as long as the old
+// owner stayed stopped.
+func TestWriterEndsAStoppedRightHolder(t *testing.T) {
+	c, _, _ := ownerStoppedInMigrate(t, failpoint.MigrateAfterConfirm)
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	fresh := make([]byte, 2<<20)
+	rand.Read(fresh)
+	wrote := make(chan error, 1)
+	go func() { wrote <- os.WriteFile(n2.M("f"), fresh, 0o644) }()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatalf("the rewrite: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the rewrite still waits for the right of the stopped old owner after 30 s")
+	}
+	if !n1.Exited(5 * time.Second) {
+		t.Fatal("the stopped old owner still runs")
+	}
+	if !strings.Contains(n2.Log(), "holding a file's right was stopped; killed it") {
+		t.Fatalf("n2 does not say it killed the stopped holder:\n%s", n2.Log())
+	}
+	testenv.DropCaches()
+	if got, err := os.ReadFile(n2.M("f")); err != nil || !bytes.Equal(got, fresh) {
+		t.Fatalf("after the rewrite: %v", err)
+	}
+}

@@ -10,11 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"syscall"
 	"time"
 
 	"github.com/cascadefs/cascadefs/internal/clock"
 	"github.com/cascadefs/cascadefs/internal/failpoint"
+	"github.com/cascadefs/cascadefs/internal/holder"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
@@ -119,22 +119,14 @@ func (b *Bolt) open(readOnly, create bool) (*bolt.DB, error) {
 // timeout.
 func (b *Bolt) openLocked(readOnly bool) (*bolt.DB, error) {
 	deadline := time.Now().Add(b.timeout)
-	var stoppedSince time.Time
+	watch := holder.Watch{Grace: stoppedGrace}
 	for {
 		db, err := bolt.Open(b.path, 0o600, &bolt.Options{Timeout: lockPoll, ReadOnly: readOnly})
 		if !errors.Is(err, bolterrors.ErrTimeout) || time.Now().After(deadline) {
 			return db, err
 		}
-		pid := stoppedHolder(b.path)
-		switch {
-		case pid == 0:
-			stoppedSince = time.Time{}
-		case stoppedSince.IsZero():
-			stoppedSince = time.Now()
-		case time.Since(stoppedSince) >= stoppedGrace:
-			slog.Default().Error("repository: the process holding its lock is stopped; killing it", "pid", pid, "file", b.path)
-			syscall.Kill(pid, syscall.SIGKILL)
-			stoppedSince = time.Time{}
+		if pid := watch.Saw(holder.StoppedFlockHolder(b.path)); pid != 0 {
+			slog.Default().Error("repository: the process holding its lock was stopped; killed it", "pid", pid, "file", b.path)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	holderpkg "github.com/cascadefs/cascadefs/internal/holder"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -372,7 +373,7 @@ func TestStoppedHolderIsKilled(t *testing.T) {
 	go func() { exited <- holder.Wait() }()
 	// Wait until it is stopped holding the lock.
 	deadline := time.Now().Add(30 * time.Second)
-	for stoppedHolder(filepath.Join(dir, FileName)) != holder.Process.Pid {
+	for holderpkg.StoppedFlockHolder(filepath.Join(dir, FileName)) != holder.Process.Pid {
 		select {
 		case err := <-exited:
 			t.Fatalf("the helper exited (%v) before it stopped holding the lock:\n%s", err, out.String())

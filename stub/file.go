@@ -5,12 +5,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/cascadefs/cascadefs/internal/failpoint"
+	"log/slog"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
+	"github.com/cascadefs/cascadefs/internal/failpoint"
+	"github.com/cascadefs/cascadefs/internal/holder"
 	"golang.org/x/sys/unix"
 )
 
@@ -503,22 +506,41 @@ func lockByte(fd int, offset int64, shared, wait bool) (unlock func(), err error
 		return nil, fmt.Errorf("file lock: %w", err)
 	}
 	lk := unix.Flock_t{Type: kind, Whence: 0, Start: offset, Len: 1}
-	cmd := unix.F_OFD_SETLKW
-	if !wait {
-		cmd = unix.F_OFD_SETLK
-	}
-	for {
-		err = unix.FcntlFlock(uintptr(own), cmd, &lk)
-		if !errors.Is(err, unix.EINTR) {
-			break
+	watch := holder.Watch{Grace: time.Duration(StoppedHolderGrace.Load())}
+	started, looked := time.Now(), time.Now()
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		err = unix.FcntlFlock(uintptr(own), unix.F_OFD_SETLK, &lk)
+		if errors.Is(err, unix.EINTR) {
+			continue
 		}
-	}
-	if err != nil {
-		unix.Close(own)
 		if errors.Is(err, unix.EACCES) {
 			err = unix.EAGAIN
 		}
+		if !wait || !errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		// Waited for a while: a holder of this program on this host that
+		// stays stopped past the grace is ended, as a crash would end it.
+		if watch.Grace > 0 && time.Since(started) > time.Second && time.Since(looked) > time.Second {
+			looked = time.Now()
+			if pid := watch.Saw(holder.StoppedOFDHolder(own, offset)); pid != 0 {
+				slog.Default().Error("a process holding a file's right was stopped; killed it", "pid", pid, "after", watch.Grace.String())
+			}
+		}
+		time.Sleep(delay)
+	}
+	if err != nil {
+		unix.Close(own)
 		return nil, fmt.Errorf("file lock: %w", err)
 	}
 	return func() { unix.Close(own) }, nil // closing the description drops its lock
 }
+
+// StoppedHolderGrace is how long a waiter for a file's right lets a
+// holder of this same program on this host stay stopped (SIGSTOP, a
+// frozen process) before it kills it, as the repository's lock holder is
+// (ns; 0: never). Nodes set it to twice their lease: past it, the holder's
+// lease has lapsed and another node serves its filesystems. Across hosts
+// the shared filesystem breaks a dead or stopped client's locks (see
+// docs/DEPLOY.md).
+var StoppedHolderGrace atomic.Int64

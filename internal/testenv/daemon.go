@@ -349,10 +349,18 @@ func (p *proc) Exited(timeout time.Duration) bool {
 }
 
 // Pause stops the process (SIGSTOP): to the others it looks dead or cut off.
-func (p *proc) Pause() { p.cmd.Process.Signal(syscall.SIGSTOP) }
+func (p *proc) Pause() {
+	if p.cmd != nil {
+		p.cmd.Process.Signal(syscall.SIGSTOP)
+	}
+}
 
 // Resume lets a paused process go on (SIGCONT).
-func (p *proc) Resume() { p.cmd.Process.Signal(syscall.SIGCONT) }
+func (p *proc) Resume() {
+	if p.cmd != nil {
+		p.cmd.Process.Signal(syscall.SIGCONT)
+	}
+}
 
 // Kill9 kills the process with SIGKILL, leaving its dead mounts behind.
 func (p *proc) Kill9() {
