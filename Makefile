@@ -4,7 +4,7 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 TOOLS := $(CURDIR)/.tools
 GO ?= go
 
-.PHONY: build tools test unit bench crash compat demo sim clean
+.PHONY: build tools test unit bench crash compat demo sim protections clean
 
 build:
 	$(GO) build -o bin/cascadefs ./cmd/cascadefs
@@ -29,11 +29,13 @@ test: tools build
 # appended to CRASH_REPORT (see docs/CRASH.md).
 CRASH_TRIALS ?= 100
 CRASH_CLUSTER_TRIALS ?= 30
+CRASH_PAUSE_TRIALS ?= 30
 CRASH_REPORT ?= $(CURDIR)/crash-report.md
 crash: tools build
 	scripts/need-system.sh
 	CASCADEFS_REQUIRE_ALL=1 CASCADEFS_CRASH_TRIALS=$(CRASH_TRIALS) CASCADEFS_CRASH_CLUSTER_TRIALS=$(CRASH_CLUSTER_TRIALS) \
-		CASCADEFS_CRASH_REPORT=$(CRASH_REPORT) $(GO) test -tags failpoints -count=1 -run '^TestCrashSuite' -timeout 80m -v ./integration
+		CASCADEFS_CRASH_PAUSE_TRIALS=$(CRASH_PAUSE_TRIALS) \
+		CASCADEFS_CRASH_REPORT=$(CRASH_REPORT) $(GO) test -tags failpoints -count=1 -run '^TestCrashSuite' -timeout 120m -v ./integration
 
 # The archive tests and the integration tests that use S3, against a second
 # S3 server: versitygw with its POSIX backend (built into .tools/, about 2
@@ -54,6 +56,12 @@ compat: tools $(TOOLS)/versitygw build
 SEEDS ?= 100000
 sim:
 	CASCADEFS_SIM_SEEDS=$(SEEDS) $(GO) test -count=1 -run '^TestSimulation$$' -v -timeout 0 ./cluster/owner
+
+# Each protection (internal/protect) switched off in turn: its tests must
+# fail. Prints the table (about 10 minutes).
+protections: tools build
+	scripts/need-system.sh
+	CASCADEFS_PROTECTIONS=1 $(GO) test -tags failpoints -count=1 -v -timeout 90m -run '^TestEveryProtectionFailsItsTest$$' ./internal/protect
 
 unit:
 	$(GO) test -count=1 ./stub ./dmapi ./archive

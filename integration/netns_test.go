@@ -234,3 +234,31 @@ func TestNetnsOwnerPaused(t *testing.T) {
 		t.Fatal("wrong bytes on the woken node")
 	}
 }
+
+// The owner is cut from its peers but still reaches etcd (a split
+// between the nodes): it renews its lease, so nobody may take its
+// filesystem by the lease; it sees one of the three live leases, and the
+// quorum rule makes it give the filesystem up after a lease; the two
+// that see each other take it, and their readers get their bytes.
+// Without the rule the filesystem stayed with a node nobody could reach.
+func TestNetnsOwnerCutFromPeers(t *testing.T) {
+	_, _, c, want := netCluster(t)
+	n1, n2, n3 := c.Nodes["n1"], c.Nodes["n2"], c.Nodes["n3"]
+	n1.Host.Block(n2.Host, n3.Host)
+	n2.Host.Block(n1.Host)
+	n3.Host.Block(n1.Host)
+	defer func() {
+		n1.Host.Unblock(n2.Host, n3.Host)
+		n2.Host.Unblock(n1.Host)
+		n3.Host.Unblock(n1.Host)
+	}()
+	owner, _ := waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" || o == "n3" })
+	if !strings.Contains(n1.Log(), "minority") {
+		t.Fatalf("n1 does not say it gave the filesystem up in a minority:\n%s", n1.Log())
+	}
+	for _, reader := range []*testenv.Node{n2, n3} {
+		if sumFile(t, reader.M("f2")) != want["f2"] {
+			t.Fatalf("wrong bytes on %s after %s took over", reader.Name, owner)
+		}
+	}
+}

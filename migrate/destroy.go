@@ -12,6 +12,7 @@ import (
 
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
+	"github.com/cascadefs/cascadefs/internal/protect"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -371,6 +372,12 @@ func (q *DestroyQueue) fileUse(ev *dmapi.Event) (use, func()) {
 	}
 	defer unix.Close(fd)
 	unlock, err := stub.TryLockCommit(fd, true)
+	if protect.Off(protect.RightDestroy) && err == nil {
+		unlock()
+	}
+	if protect.Off(protect.RightDestroy) {
+		unlock, err = func() {}, nil
+	}
 	if errors.Is(err, unix.EAGAIN) {
 		return rightHeld, none
 	}

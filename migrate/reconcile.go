@@ -20,6 +20,7 @@ import (
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
+	"github.com/cascadefs/cascadefs/internal/protect"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -171,6 +172,9 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 	archNow, err := r.archiveNow(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reconcile: %w", err)
+	}
+	if protect.Off(protect.ArchiveClock) {
+		archNow = rep.Started
 	}
 	first, err := r.walk(ctx, func(files, stubs int64) {
 		report(func(p *ReconcileProgress) { p.Phase, p.Files, p.Stubs = "walk", files, stubs })

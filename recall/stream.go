@@ -14,6 +14,7 @@ import (
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/protect"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -427,6 +428,12 @@ func (f *fileRecall) write(ctx context.Context, b []byte, off int64) error {
 	// paused in between, cannot write old bytes over a file made resident
 	// and changed meanwhile.
 	unlock, err := stub.LockCommit(f.fd, true)
+	if protect.Off(protect.RightRecallWrite) {
+		if err == nil {
+			unlock()
+		}
+		unlock, err = func() {}, nil
+	}
 	if err != nil {
 		return err
 	}
@@ -537,6 +544,12 @@ func (f *fileRecall) makeResident() error {
 	// Exclusive: a recall write still in flight on any node (an old owner
 	// that paused) ends before the record goes and the change comes.
 	unlock, err := stub.LockCommit(f.fd, false)
+	if protect.Off(protect.RightMakeResident) {
+		if err == nil {
+			unlock()
+		}
+		unlock, err = func() {}, nil
+	}
 	if err != nil {
 		return err
 	}

@@ -39,6 +39,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cascadefs/cascadefs/internal/protect"
 	"github.com/cascadefs/cascadefs/repo"
 )
 
@@ -119,10 +120,10 @@ func (s *State) NoteLapse(now time.Duration) bool {
 // Acting fails unless this node may act now for a session bound to lapse
 // count gen: its lease is valid and has not lapsed since the claim.
 func (s *State) Acting(now time.Duration, gen uint64) error {
-	if s.NoteLapse(now) {
+	if !protect.Off(protect.LeaseValidity) && s.NoteLapse(now) {
 		return fmt.Errorf("%w (this node's lease lapsed)", ErrNotActing)
 	}
-	if s.lapses.Load() != gen {
+	if s.lapses.Load() != gen && !protect.Off(protect.LapseBinding) {
 		return fmt.Errorf("%w (this node's lease lapsed since the session started)", ErrNotActing)
 	}
 	return nil
@@ -148,6 +149,9 @@ func (s *State) Claimed(fs string, epoch, gen uint64) {
 // land: a later plan claims a fresh epoch instead (which fails once the
 // Move landed).
 func (s *State) Relinquish(fs string, epoch uint64) {
+	if protect.Off(protect.Relinquish) {
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c, ok := s.claims[fs]; ok && c.epoch == epoch {
@@ -161,7 +165,7 @@ func (s *State) ClaimedIn(fs string, epoch uint64) (gen uint64, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, ok := s.claims[fs]
-	return c.gen, ok && c.epoch == epoch && c.gen == s.lapses.Load()
+	return c.gen, ok && c.epoch == epoch && (c.gen == s.lapses.Load() || protect.Off(protect.LapseBinding))
 }
 
 // Quorum judges whether this node sees at least half of the nodes that
@@ -277,7 +281,7 @@ func (s *State) Plan(v View) []Action {
 			if v.Quorate && valid && v.Ineligible(fs) == "" {
 				out = append(out, Action{Kind: Take, FS: fs, Why: "had no owner"})
 			}
-		case !v.Quorate && !settling:
+		case !v.Quorate && !settling && !protect.Off(protect.QuorumRule):
 			s.Relinquish(fs.Name, fs.Epoch)
 			out = append(out, Action{Kind: GiveUp, FS: fs, Why: "minority: " + v.Why})
 		case v.Quorate && valid && v.Healthy(fs.Name):

@@ -193,3 +193,29 @@ func TestPlan(t *testing.T) {
 		t.Fatalf("a whole lease in a minority: %v", k)
 	}
 }
+
+// A filesystem given up (left without owner by a Move that may land
+// late) is never served again at that epoch by this process: the plan
+// claims a fresh epoch instead, which fails once the Move landed. Found
+// by the simulator: served again at the old epoch, the node committed
+// while another, which took it from nobody without a lease wait, did too.
+func TestGiveUpRelinquishes(t *testing.T) {
+	s := New("n1", ttl, 0)
+	s.Renewed(0, 0)
+	s.Claimed("b", 3, s.Gen())
+	mine := repo.FS{Name: "b", Owner: "n1", Epoch: 3}
+	live := map[string]bool{"n1": true, "n2": true, "n3": true}
+	s.Quorum(time.Second, leases("n1", "n2", "n3"), func(string) bool { return false })
+	s.Renewed(ttl, ttl)
+	s.Quorum(ttl+time.Second, leases("n1", "n2", "n3"), func(string) bool { return false })
+	if k := kinds(s.Plan(view(ttl+time.Second, []repo.FS{mine}, false, live, nil, map[string]uint64{"b": 3}))); len(k) != 1 || k[0] != GiveUp {
+		t.Fatalf("a whole lease in a minority: %v", k)
+	}
+	// Back in the majority before the Move landed: the repository still
+	// says n1 at epoch 3.
+	s.Renewed(ttl+2*time.Second, ttl+2*time.Second)
+	s.Quorum(ttl+2*time.Second, leases("n1", "n2", "n3"), func(string) bool { return true })
+	if k := kinds(s.Plan(view(ttl+2*time.Second, []repo.FS{mine}, true, live, nil, nil))); len(k) != 1 || k[0] != ClaimEpoch {
+		t.Fatalf("after giving it up, the plan for the old epoch is %v, want a fresh claim", k)
+	}
+}

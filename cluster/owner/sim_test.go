@@ -208,8 +208,8 @@ type simNode struct {
 	// repository applied makes the lease valid from its sending for the
 	// TTL minus the margin (node clock), known to the node or not.
 	valid [][2]time.Duration
-	// noticed: when State told the node its lease had lapsed (node clock).
-	noticed []time.Duration
+	// noticedAt: when State counted a lapse of the lease (node clock).
+	noticedAt []time.Duration
 	// claimSent: when the claim of each (fs, epoch) was sent.
 	claimSent map[string]time.Duration
 }
@@ -362,7 +362,7 @@ func (n *simNode) start() {
 	n.h = s.mem.Handle(fmt.Sprintf("%s#%d", n.name, inc), func() time.Duration { return n.clock(s.now) })
 	n.sessions = map[string]*simSession{}
 	n.taking = map[string]bool{}
-	n.valid, n.noticed, n.claimSent = nil, nil, map[string]time.Duration{}
+	n.valid, n.noticedAt, n.claimSent = nil, nil, map[string]time.Duration{}
 	s.logf("%s: process %d starts", n.name, inc)
 	n.leaseTick()
 	n.after(time.Duration(s.rng.Int63n(int64(simReconcile))), n.reconcile)
@@ -394,21 +394,29 @@ func (n *simNode) leaseTick() {
 	n.after(simTTL/4, n.leaseTick)
 }
 
-// noteLapse asks State whether the lease lapsed, and marks the sessions
-// that saw it.
+// noteLapse asks State whether the lease lapsed (as the lease loop does),
+// noting when State counted a lapse.
 func (n *simNode) noteLapse() bool {
-	if !n.st.NoteLapse(n.nowC()) {
-		return false
-	}
-	n.s.stats.lapses++
-	n.noticed = append(n.noticed, n.nowC())
-	return true
+	before := n.st.Gen()
+	lapsed := n.st.NoteLapse(n.nowC())
+	n.noticed(before)
+	return lapsed
 }
 
-// acting is the fence's check of State, noting a lapse it finds.
+// noticed records a lapse State counted since its count was before.
+func (n *simNode) noticed(before uint64) {
+	if n.st.Gen() != before {
+		n.s.stats.lapses++
+		n.noticedAt = append(n.noticedAt, n.nowC())
+	}
+}
+
+// acting is the fence's check of State, as the node makes it.
 func (n *simNode) acting(se *simSession) bool {
-	n.noteLapse()
-	return n.st.Acting(n.nowC(), se.gen) == nil
+	before := n.st.Gen()
+	err := n.st.Acting(n.nowC(), se.gen)
+	n.noticed(before)
+	return err == nil
 }
 
 // validAt: the lease, as tracked here, is valid at the node's time x.
@@ -636,7 +644,7 @@ func (s *sim) committed(n *simNode, fs string, se *simSession) {
 	if !n.validAt(n.nowC()) {
 		s.failf("%s committed for %s at epoch %d without a valid lease", n.name, fs, se.epoch)
 	}
-	if slices.ContainsFunc(n.noticed, func(x time.Duration) bool { return x > se.claimSent }) {
+	if slices.ContainsFunc(n.noticedAt, func(x time.Duration) bool { return x > se.claimSent }) {
 		s.failf("%s committed for %s at epoch %d in a session from before a lapse of its lease", n.name, fs, se.epoch)
 	}
 }
