@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cascadefs/cascadefs/cluster/owner"
 	"github.com/cascadefs/cascadefs/repo"
 	"github.com/hashicorp/serf/serf"
 )
@@ -20,13 +21,6 @@ const queryVote = "cascadefs-vote"
 // voteTimeout is how long a vote collects keys.
 const voteTimeout = 500 * time.Millisecond
 
-type ballot struct {
-	FS     string  `json:"fs"`
-	Failed string  `json:"failed"`
-	Node   string  `json:"node"`
-	Key    float64 `json:"key"`
-}
-
 // priorityKey: the lower the 15-minute load average, the higher the key;
 // the node's --weight biases it.
 func (n *Node) priorityKey() float64 {
@@ -37,17 +31,9 @@ func (n *Node) priorityKey() float64 {
 	return n.cfg.Weight - load
 }
 
-// better orders ballots: higher key first, then the smaller name.
-func better(a, b ballot) bool {
-	if a.Key != b.Key {
-		return a.Key > b.Key
-	}
-	return a.Node < b.Node
-}
-
 // vote runs the vote for fs and reports whether this node won it.
 func (n *Node) vote(fs repo.FS, failed string) (bool, error) {
-	mine := ballot{FS: fs.Name, Failed: failed, Node: n.cfg.Name, Key: n.priorityKey()}
+	mine := owner.Ballot{FS: fs.Name, Failed: failed, Node: n.cfg.Name, Key: n.priorityKey()}
 	payload, _ := json.Marshal(mine)
 	resp, err := n.member.Serf().Query(queryVote, payload, &serf.QueryParam{Timeout: voteTimeout})
 	if err != nil {
@@ -55,8 +41,8 @@ func (n *Node) vote(fs repo.FS, failed string) (bool, error) {
 	}
 	best := mine
 	for r := range resp.ResponseCh() { // closed when the vote times out
-		var b ballot
-		if json.Unmarshal(r.Payload, &b) == nil && b.FS == fs.Name && better(b, best) {
+		var b owner.Ballot
+		if json.Unmarshal(r.Payload, &b) == nil && b.FS == fs.Name && owner.Better(b, best) {
 			best = b
 		}
 	}
@@ -71,7 +57,7 @@ func (n *Node) onQuery(name string, payload []byte) ([]byte, bool) {
 	if name != queryVote {
 		return nil, false
 	}
-	var b ballot
+	var b owner.Ballot
 	if json.Unmarshal(payload, &b) != nil || b.Node == n.cfg.Name {
 		return nil, false
 	}
@@ -79,7 +65,7 @@ func (n *Node) onQuery(name string, payload []byte) ([]byte, bool) {
 	if err != nil || n.ineligible(fs) != "" {
 		return nil, false
 	}
-	mine, _ := json.Marshal(ballot{FS: b.FS, Failed: b.Failed, Node: n.cfg.Name, Key: n.priorityKey()})
+	mine, _ := json.Marshal(owner.Ballot{FS: b.FS, Failed: b.Failed, Node: n.cfg.Name, Key: n.priorityKey()})
 	return mine, true
 }
 

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"time"
+
+	"github.com/cascadefs/cascadefs/cluster/owner"
 )
 
 // The watchdog (the patent's dsmwatchd) checks, every second, that this
@@ -23,8 +25,7 @@ func (n *Node) watchdog() {
 	defer n.wg.Done()
 	t := time.NewTicker(watchEvery)
 	defer t.Stop()
-	restarted := map[string]bool{}   // FUSE servers remounted once
-	dmRestarted := map[string]bool{} // DM sessions restarted once
+	var w owner.Watchdog // restart once, then give up
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -39,32 +40,23 @@ func (n *Node) watchdog() {
 		n.mu.Unlock()
 		for _, m := range all {
 			if dm := m.currentDM(); dm != nil {
-				switch {
-				case !dm.Stuck(n.cfg.StuckAfter):
-					delete(dmRestarted, m.name)
-				case !dmRestarted[m.name]:
-					dmRestarted[m.name] = true
+				switch w.Session(m.name, dm.Stuck(n.cfg.StuckAfter)) {
+				case owner.Restart:
 					n.log.Warn("watchdog: DM workers or space monitor stuck; restarting the session once", "fs", m.name, "after", n.cfg.StuckAfter.String())
 					m.stopDM("workers or space monitor stuck")
 					n.kick() // the reconcile loop starts it again
 					continue
-				default:
-					delete(dmRestarted, m.name)
+				case owner.GiveItUp:
 					n.giveUp(m, "its DM workers or space monitor stay stuck after a restart")
 					continue
 				}
 			}
 			why := m.unhealthy()
-			if why == "" {
-				continue
-			}
-			if why == fuseDied && !restarted[m.name] {
-				restarted[m.name] = true
+			switch w.Mount(m.name, why, why == fuseDied, m.currentDM() != nil) {
+			case owner.Remount:
 				n.log.Warn("watchdog: FUSE server died; remounting once", "fs", m.name)
 				n.remount(m)
-				continue
-			}
-			if m.currentDM() != nil {
+			case owner.GiveItUp:
 				n.giveUp(m, why)
 			}
 		}

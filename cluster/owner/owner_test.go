@@ -219,3 +219,44 @@ func TestGiveUpRelinquishes(t *testing.T) {
 		t.Fatalf("after giving it up, the plan for the old epoch is %v, want a fresh claim", k)
 	}
 }
+
+func TestWatchdog(t *testing.T) {
+	var w Watchdog
+	if v := w.Session("a", false); v != Fine {
+		t.Fatalf("a session not stuck: %v", v)
+	}
+	if v := w.Session("a", true); v != Restart {
+		t.Fatalf("stuck once: %v", v)
+	}
+	if v := w.Session("a", true); v != GiveItUp {
+		t.Fatalf("stuck again after the restart: %v", v)
+	}
+	w.Session("a", true)
+	if v := w.Session("a", false); v != Fine {
+		t.Fatalf("recovered: %v", v)
+	}
+	if v := w.Session("a", true); v != Restart {
+		t.Fatalf("stuck after a recovery restarts again first: %v", v)
+	}
+	if v := w.Mount("a", "fuse died", true, true); v != Remount {
+		t.Fatalf("FUSE died once: %v", v)
+	}
+	if v := w.Mount("a", "fuse died", true, true); v != GiveItUp {
+		t.Fatalf("FUSE died again, owned: %v", v)
+	}
+	if v := w.Mount("b", "backing gone", false, false); v != Fine {
+		t.Fatalf("unhealthy, not owned: %v", v)
+	}
+	if v := w.Mount("b", "backing gone", false, true); v != GiveItUp {
+		t.Fatalf("unhealthy, owned: %v", v)
+	}
+}
+
+func TestVoteOrder(t *testing.T) {
+	a := Ballot{Node: "n2", Key: 1.5}
+	b := Ballot{Node: "n1", Key: 1.5}
+	c := Ballot{Node: "n3", Key: 2}
+	if !Better(c, a) || Better(a, c) || !Better(b, a) || Better(a, b) {
+		t.Fatal("ballots not ordered by key, then name")
+	}
+}
