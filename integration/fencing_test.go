@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -338,5 +339,55 @@ func TestWriterEndsAStoppedRightHolder(t *testing.T) {
 	testenv.DropCaches()
 	if got, err := os.ReadFile(n2.M("f")); err != nil || !bytes.Equal(got, fresh) {
 		t.Fatalf("after the rewrite: %v", err)
+	}
+}
+
+// A node's first look at the repository may take long: here a filesystem
+// whose archive accepts connections and never answers keeps its session
+// from starting for 15 s. Renewals run from the start, so the lease does
+// not lapse meanwhile. Before, they began only after that first look: the
+// node's lease lapsed at every start.
+func TestSlowStartKeepsTheLease(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var conns []net.Conn
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	c := testenv.NewCluster(t, "", []string{"AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=y"}, "n1")
+	slow := filepath.Join(c.Dir, "private", "slow")
+	if err := os.MkdirAll(slow, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c.MustCLI("fs", "add", "--repo", c.Repo, "slow", "--backing", slow, "--archive", "s3://bucket?endpoint="+ln.Addr().String()+"&insecure=true")
+	start := time.Now()
+	c.Start("n1")
+	n1 := c.Nodes["n1"]
+	if took := time.Since(start); took < 10*time.Second {
+		t.Logf("the first look took only %v", took)
+	}
+	for _, bad := range []string{"lease lapsed", "renewed after a lapse", "self-fenced"} {
+		if strings.Contains(n1.Log(), bad) {
+			t.Fatalf("the lease lapsed during a slow start (%q):\n%s", bad, n1.Log())
+		}
 	}
 }

@@ -65,7 +65,7 @@ func TestEveryProtectionFailsItsTest(t *testing.T) {
 			cmd.Env = append(os.Environ(), "CASCADEFS_PROTECTION_OFF="+p.Name, "CASCADEFS_REQUIRE_ALL=1", "CASCADEFS_SIM_SEEDS=2000")
 			out, err := cmd.CombinedOutput()
 			name := strings.Trim(tst.Run, "^$")
-			outcome := fmt.Sprintf("FAILS, as it must (%s)", time.Since(start).Round(time.Second))
+			outcome := fmt.Sprintf("FAILS, as it must (%s): %s", time.Since(start).Round(time.Second), firstFailure(string(out)))
 			switch {
 			case err == nil:
 				outcome = "passes: the protection is not shown"
@@ -79,4 +79,20 @@ func TestEveryProtectionFailsItsTest(t *testing.T) {
 		}
 	}
 	fmt.Println(strings.Join(table, "\n"))
+}
+
+// firstFailure is the first assertion a failing test printed (file:line:
+// message), cut to a table cell.
+func firstFailure(out string) string {
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.TrimSpace(line)
+		if i := strings.Index(line, "_test.go:"); i > 0 && !strings.Contains(line, "time=") && !strings.Contains(line, " log:") && !strings.Contains(line, "seeds in") {
+			line = strings.ReplaceAll(line, "|", "/")
+			if len(line) > 160 {
+				line = line[:160] + "..."
+			}
+			return line
+		}
+	}
+	return "(no assertion line)"
 }
