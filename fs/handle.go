@@ -229,7 +229,7 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 		// that very description lasts as long, so a restarted daemon (or
 		// any node) cannot punch the file under those handles.
 		var err error
-		if fd, err = kernelShield(fd, flags); err != nil {
+		if fd, err = kernelShield(fd); err != nil {
 			f.log.Warn("passthrough open without a shield that outlives the daemon; served by the daemon instead", "file", path, "reason", err)
 			mode = modeCached
 		}
@@ -261,16 +261,19 @@ func (f *FS) newHandleMode(ctx context.Context, fd int, path string, flags uint3
 // stub.ShieldReadsOn), first reopening a write-only fd for reading and
 // writing (a read lock needs read access; the kernel still lets the
 // caller only write). It returns the descriptor to use.
-func kernelShield(fd int, flags uint32) (int, error) {
+func kernelShield(fd int) (int, error) {
 	if protect.Off(protect.KernelShield) {
 		return fd, nil
 	}
-	if flags&unix.O_ACCMODE == unix.O_WRONLY {
-		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-		if err != nil {
-			return fd, err
-		}
-		rw, err := unix.Open(procPath(fd), (fl&^unix.O_ACCMODE)|unix.O_RDWR|unix.O_CLOEXEC, 0)
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return fd, err
+	}
+	if fl&unix.O_ACCMODE == unix.O_WRONLY {
+		// Only the flags that matter to I/O carry over: the magic link
+		// must be followed (no O_NOFOLLOW), and nothing is created anew.
+		keep := fl & (unix.O_APPEND | unix.O_NONBLOCK | unix.O_DIRECT | unix.O_NOATIME | unix.O_SYNC | unix.O_DSYNC | unix.O_LARGEFILE)
+		rw, err := unix.Open(procPath(fd), keep|unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fd, err
 		}

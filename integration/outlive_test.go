@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"io"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/cascadefs/cascadefs/internal/testenv"
@@ -22,7 +23,7 @@ import (
 func TestReaderOutlivesKilledDaemon(t *testing.T) {
 	d := testenv.NewDaemon(t, "", nil)
 	d.Start()
-	readerOutlives(t, outliving{m: d.M, cli: d.CLI, kill: d.Kill9, restart: d.Start})
+	readerOutlives(t, outliving{m: d.M, cli: d.CLI, kill: d.Kill9, restart: d.Start, log: d.Log})
 }
 
 // In a cluster: the reader on n2, n2 killed and started again, the
@@ -31,14 +32,14 @@ func TestReaderOutlivesKilledNode(t *testing.T) {
 	c := testenv.NewCluster(t, "", nil, "n1", "n2")
 	c.Start("n1", "n2")
 	n2 := c.Nodes["n2"]
-	readerOutlives(t, outliving{m: n2.M, cli: c.CLI, kill: n2.Kill9, restart: n2.Start})
+	readerOutlives(t, outliving{m: n2.M, cli: c.CLI, kill: n2.Kill9, restart: n2.Start, log: n2.Log})
 }
 
 func TestWriterOutlivesKilledNode(t *testing.T) {
 	c := testenv.NewCluster(t, "", nil, "n1", "n2")
 	c.Start("n1", "n2")
 	n2 := c.Nodes["n2"]
-	writerOutlives(t, outliving{m: n2.M, cli: c.CLI, kill: n2.Kill9, restart: n2.Start})
+	writerOutlives(t, outliving{m: n2.M, cli: c.CLI, kill: n2.Kill9, restart: n2.Start, log: n2.Log})
 }
 
 // outliving is where a handle is opened (m), how its daemon is killed
@@ -47,6 +48,16 @@ type outliving struct {
 	m             func(rel string) string
 	cli           func(args ...string) (string, string, error)
 	kill, restart func()
+	log           func() string
+}
+
+// passthrough fails the test unless the handle just opened is served by
+// kernel passthrough with the shield that outlives its daemon.
+func (o outliving) passthrough(t *testing.T) {
+	t.Helper()
+	if l := o.log(); strings.Contains(l, "passthrough open without a shield") {
+		t.Fatalf("the handle is not passthrough with a kernel-lived shield:\n%s", l)
+	}
 }
 
 func (o outliving) mustCLI(t *testing.T, args ...string) {
@@ -69,6 +80,7 @@ func readerOutlives(t *testing.T, d outliving) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	d.passthrough(t)
 	head := make([]byte, 1<<20)
 	if _, err := io.ReadFull(f, head); err != nil || !bytes.Equal(head, want[:1<<20]) {
 		t.Fatalf("first MiB: %v", err)
@@ -99,7 +111,7 @@ func readerOutlives(t *testing.T, d outliving) {
 func TestWriterOutlivesKilledDaemon(t *testing.T) {
 	d := testenv.NewDaemon(t, "", nil)
 	d.Start()
-	writerOutlives(t, outliving{m: d.M, cli: d.CLI, kill: d.Kill9, restart: d.Start})
+	writerOutlives(t, outliving{m: d.M, cli: d.CLI, kill: d.Kill9, restart: d.Start, log: d.Log})
 }
 
 func writerOutlives(t *testing.T, d outliving) {
@@ -113,6 +125,7 @@ func writerOutlives(t *testing.T, d outliving) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	d.passthrough(t)
 	// A write that returns an error is not lost (its caller knows); one
 	// that returns success must be in the file at the end.
 	patch := func(off int) error {
