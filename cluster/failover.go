@@ -105,29 +105,28 @@ func (n *Node) handleFailover(req failoverReq) {
 	}
 }
 
-// ineligible says why this node cannot serve a filesystem now ("" if it can).
+// ineligible says why this node cannot serve a filesystem now ("" if it
+// can). The look at the backing directory is made outside n.mu: a
+// stalled disk must not hold the node's lock.
 func (n *Node) ineligible(fs repo.FS) string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.ineligibleLocked(fs)
-}
-
-// ineligibleLocked is ineligible with n.mu held.
-func (n *Node) ineligibleLocked(fs repo.FS) string {
 	if !fs.IsCandidate(n.cfg.Name) {
 		return "not a candidate"
 	}
+	n.mu.Lock()
 	m := n.fss[fs.Name]
+	gaveUp, cooling := n.gaveUp[fs.Name]
+	owned := n.ownedCountLocked()
+	n.mu.Unlock()
 	if m == nil {
 		return "not mounted here"
 	}
 	if why := m.unhealthy(); why != "" {
 		return why
 	}
-	if t, ok := n.gaveUp[fs.Name]; ok && time.Since(t) < giveUpCooldown {
-		return "gave it up " + time.Since(t).Round(time.Second).String() + " ago"
+	if cooling && time.Since(gaveUp) < giveUpCooldown {
+		return "gave it up " + time.Since(gaveUp).Round(time.Second).String() + " ago"
 	}
-	if max := n.cfg.MaxFilesystems; max > 0 && n.ownedCountLocked() >= max {
+	if max := n.cfg.MaxFilesystems; max > 0 && owned >= max {
 		return fmt.Sprintf("serves %d filesystem(s) already (max-filesystems)", max)
 	}
 	return ""
