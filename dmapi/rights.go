@@ -25,10 +25,11 @@ type Rights struct {
 }
 
 type right struct {
-	shared    int
-	exclusive bool
-	waiting   int // exclusive takers waiting
-	cond      sync.Cond
+	shared        int
+	exclusive     bool
+	waiting       int // exclusive takers waiting
+	sharedWaiting int // shared takers waiting
+	cond          sync.Cond
 }
 
 func (r *Rights) get(ino uint64) *right {
@@ -45,9 +46,11 @@ func (r *Rights) get(ino uint64) *right {
 }
 
 // done drops the entry of a file nobody holds or waits for; r.mu is held.
+// A shared taker that waits counts too: dropped under it, its entry would
+// be one nobody else sees, and an exclusive taker would not wait for it.
 func (r *Rights) done(ino uint64, e *right) {
 	e.cond.Broadcast()
-	if e.shared == 0 && !e.exclusive && e.waiting == 0 {
+	if e.shared == 0 && !e.exclusive && e.waiting == 0 && e.sharedWaiting == 0 && r.files[ino] == e {
 		delete(r.files, ino)
 	}
 }
@@ -90,9 +93,11 @@ func (r *Rights) Shared(ino uint64) (release func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.get(ino)
+	e.sharedWaiting++
 	for e.exclusive || e.waiting > 0 {
 		e.cond.Wait()
 	}
+	e.sharedWaiting--
 	return r.addShared(ino, e)
 }
 

@@ -96,3 +96,30 @@ func TestTryExclusive(t *testing.T) {
 		t.Fatalf("entries left behind: %d", len(r.files))
 	}
 }
+
+// A shared taker that waited for an exclusive holder keeps the entry it
+// waits on: dropped under it when the exclusive holder let go, its share
+// was on an entry nobody saw (Share panicked, and an exclusive taker went
+// through). Found by the paused-owner crash trials.
+func TestSharedWaiterKeepsItsEntry(t *testing.T) {
+	var r Rights
+	release := r.Exclusive(7)
+	got := make(chan func(), 1)
+	go func() { got <- r.Shared(7) }()
+	time.Sleep(50 * time.Millisecond) // the shared taker waits
+	release()
+	shared := <-got
+	r.Share(7)() // must not panic: the shared right is there
+	if _, ok := r.TryExclusive(7); ok {
+		t.Fatal("an exclusive taker went through a shared holder")
+	}
+	shared()
+	rel, ok := r.TryExclusive(7)
+	if !ok {
+		t.Fatal("the right stayed taken after its holder let go")
+	}
+	rel()
+	if len(r.files) != 0 {
+		t.Fatalf("entries left: %d", len(r.files))
+	}
+}
