@@ -328,18 +328,6 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 			return err
 		}
 		defer unlock()
-		var now unix.Stat_t
-		if err := unix.Fstat(int(file.Fd()), &now); err != nil {
-			return err
-		}
-		// Removed meanwhile (rm during the upload): a record on a file
-		// without a name would keep its object forever.
-		if !rec.Unchanged(&now) || now.Nlink == 0 {
-			return ErrChanged
-		}
-		if ok, err := stub.Watched(int(file.Fd()), watch); err != nil || !ok {
-			return cmp.Or(err, ErrChanged)
-		}
 		// The record claims the local data matches the archive copy, and
 		// it is what keeps the upload's DESTROY entry from being needed:
 		// data durable before it, it durable before the entry goes.
@@ -350,7 +338,35 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 			if err := failpoint.Hit(failpoint.MigrateBeforeRecord); err != nil {
 				return err
 			}
-			return stub.WriteRecordSync(int(file.Fd()), rec)
+			// Looked at last, just before the write: a committer that
+			// paused after its fence must not trust an earlier look (the
+			// file may have changed, or another node copied it and set
+			// its own watch meanwhile).
+			var now unix.Stat_t
+			if err := unix.Fstat(int(file.Fd()), &now); err != nil {
+				return err
+			}
+			// Removed meanwhile (rm during the upload): a record on a file
+			// without a name would keep its object forever.
+			if !rec.Unchanged(&now) || now.Nlink == 0 {
+				return ErrChanged
+			}
+			if ok, err := stub.Watched(int(file.Fd()), watch); err != nil || !ok {
+				return cmp.Or(err, ErrChanged)
+			}
+			cur, err := stub.ReadRecord(int(file.Fd()))
+			if err != nil {
+				return err
+			}
+			if cur == nil || cur.Key == rec.Key {
+				return stub.WriteRecordSync(int(file.Fd()), rec)
+			}
+			// Another copy's record is there (written by a committer
+			// that paused past its own look): it is replaced, and its
+			// object goes through the DESTROY queue, never leaked.
+			return dmapi.Orphan(m.garbage, int(file.Fd()), rel, cur.Key, func() error {
+				return stub.WriteRecordSync(int(file.Fd()), rec)
+			})
 		})
 	})
 	if err != nil {
