@@ -152,17 +152,15 @@ func (n *Node) takeOver(name, failed, reason string) {
 			n.log.Warn("failover: attempt failed", "fs", name, "reason", err)
 			return
 		}
-		gen := n.own.Gen()
-		fs, err := n.repo.Claim(name, n.cfg.Name, failed, reason)
+		fs, err := n.claim(name, failed, reason)
 		switch {
+		case err == nil && fs == nil:
+			n.log.Info("failover: already taken", "fs", name)
+			return
 		case err == nil:
-			n.own.Claimed(fs.Name, fs.Epoch, gen)
 			n.log.Info("took over filesystem", "fs", name, "from", failed, "epoch", fs.Epoch, "reason", reason)
 			n.metrics.Add(metrics.Takeovers, 1, "fs", name)
-			n.startOwned(fs)
-			return
-		case errors.Is(err, repo.ErrOwnerChanged):
-			n.log.Info("failover: already taken", "fs", name, "reason", err)
+			n.startOwned(*fs)
 			return
 		case errors.Is(err, repo.ErrLeaseLive):
 			if !said {

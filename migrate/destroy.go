@@ -371,13 +371,7 @@ func (q *DestroyQueue) fileUse(ev *dmapi.Event) (use, func()) {
 		}
 	}
 	defer unix.Close(fd)
-	unlock, err := stub.TryLockCommit(fd, true)
-	if protect.Off(protect.RightDestroy) && err == nil {
-		unlock()
-	}
-	if protect.Off(protect.RightDestroy) {
-		unlock, err = func() {}, nil
-	}
+	unlock, err := protect.Take(protect.RightDestroy, func() (func(), error) { return stub.TryLockCommit(fd, true) })
 	if errors.Is(err, unix.EAGAIN) {
 		return rightHeld, none
 	}

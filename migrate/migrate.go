@@ -472,13 +472,7 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 		// handle trusts what it found resident), and none can open it
 		// with the shield until the punch is done. Unlike the holds, it
 		// cannot run out while this release is paused.
-		unshield, err := stub.TryExcludeReaders(fd)
-		if protect.Off(protect.ReadShield) {
-			if err == nil {
-				unshield()
-			}
-			unshield, err = func() {}, nil
-		}
+		unshield, err := protect.Take(protect.ReadShield, func() (func(), error) { return stub.TryExcludeReaders(fd) })
 		if errors.Is(err, unix.EAGAIN) {
 			return fmt.Errorf("open on a node: %w", dmapi.ErrBusy)
 		}

@@ -427,13 +427,7 @@ func (f *fileRecall) write(ctx context.Context, b []byte, off int64) error {
 	// on any node): held from the check to the write, so that this node,
 	// paused in between, cannot write old bytes over a file made resident
 	// and changed meanwhile.
-	unlock, err := stub.LockCommit(f.fd, true)
-	if protect.Off(protect.RightRecallWrite) {
-		if err == nil {
-			unlock()
-		}
-		unlock, err = func() {}, nil
-	}
+	unlock, err := protect.Take(protect.RightRecallWrite, func() (func(), error) { return stub.LockCommit(f.fd, true) })
 	if err != nil {
 		return err
 	}
@@ -543,13 +537,7 @@ func (f *fileRecall) makeResident() error {
 	}
 	// Exclusive: a recall write still in flight on any node (an old owner
 	// that paused) ends before the record goes and the change comes.
-	unlock, err := stub.LockCommit(f.fd, false)
-	if protect.Off(protect.RightMakeResident) {
-		if err == nil {
-			unlock()
-		}
-		unlock, err = func() {}, nil
-	}
+	unlock, err := protect.Take(protect.RightMakeResident, func() (func(), error) { return stub.LockCommit(f.fd, false) })
 	if err != nil {
 		return err
 	}

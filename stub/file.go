@@ -425,10 +425,7 @@ func LockCommit(fd int, shared bool) (unlock func(), err error) {
 // confirm) finishes or fails before anyone else changes the file, and no
 // look made before the right is trusted.
 func Change(fd int, change func(cur *Record) error) error {
-	unlock, err := func() {}, error(nil)
-	if !protect.Off(protect.RightMakeResident) {
-		unlock, err = LockCommit(fd, false)
-	}
+	unlock, err := protect.Take(protect.RightMakeResident, func() (func(), error) { return LockCommit(fd, false) })
 	if err != nil {
 		return err
 	}

@@ -4,9 +4,18 @@
 //
 //	CASCADEFS_PROTECTION_OFF=right-make-resident
 //
-// and `make protections` (scripts/protections.sh) switches each off in
+// and `make protections` (internal/protect/run) switches each off in
 // turn and shows its test fail. In other builds Off is always false.
 package protect
+
+// Take runs take, which takes a lock that is protection name, unless
+// name is switched off: then nothing is taken and unlock does nothing.
+func Take(name string, take func() (unlock func(), err error)) (unlock func(), err error) {
+	if Off(name) {
+		return func() {}, nil
+	}
+	return take()
+}
 
 // Test is a test that must fail while its protection is off.
 type Test struct {
