@@ -61,7 +61,7 @@ sim:
 # fail. Prints the table (about 10 minutes).
 protections: tools build
 	scripts/need-system.sh
-	CASCADEFS_PROTECTIONS=1 $(GO) test -tags failpoints -count=1 -v -timeout 90m -run '^TestEveryProtectionFailsItsTest$$' ./internal/protect
+	CASCADEFS_REQUIRE_ALL=1 $(GO) run ./internal/protect/run
 
 unit:
 	$(GO) test -count=1 ./stub ./dmapi ./archive
