@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -42,23 +41,6 @@ const statusBudget = daemon.StatusBudget
 // StatusWait is how long `cascadefs status` waits for each daemon.
 const StatusWait = statusBudget + 500*time.Millisecond
 
-// within runs fn, giving up on it after d (it runs on; its result is lost).
-func within[T any](d time.Duration, fn func() (T, error)) (T, error) {
-	type result struct {
-		v   T
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() { v, err := fn(); ch <- result{v, err} }()
-	select {
-	case r := <-ch:
-		return r.v, r.err
-	case <-time.After(d):
-		var zero T
-		return zero, fmt.Errorf("no answer within %v", d)
-	}
-}
-
 // FSStatus is one filesystem: its repository record and its DM session.
 type FSStatus struct {
 	repo.FS
@@ -78,7 +60,7 @@ func (n *Node) Status(ctx context.Context) Status {
 		leases []repo.NodeLease
 		list   []repo.FS
 	}
-	got, err := within(statusBudget/2, func() (look, error) {
+	got, err := daemon.Within(statusBudget/2, func() (look, error) {
 		var l look
 		var err error
 		if l.leases, err = n.repo.Leases(); err != nil {
@@ -110,7 +92,7 @@ func (n *Node) Status(ctx context.Context) Status {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			info, err := within(statusBudget*3/4, func() (daemon.SessionInfo, error) { return m.Session(ctx), nil })
+			info, err := daemon.Within(statusBudget*3/4, func() (daemon.SessionInfo, error) { return m.Session(ctx), nil })
 			if err != nil {
 				info = daemon.SessionInfo{Owner: fs.Owner, Epoch: fs.Epoch, State: "session did not answer: " + err.Error()}
 			}

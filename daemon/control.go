@@ -196,15 +196,30 @@ func startControl(d *Mount) (*ControlServer, error) {
 // session's owner may be another node, stopped or cut off.
 const StatusBudget = 1500 * time.Millisecond
 
-// Status reports the filesystem's state; a session that does not answer
-// before ctx ends is marked so.
-func (d *Mount) Status(ctx context.Context) Status {
-	info := make(chan SessionInfo, 1)
-	go func() { info <- d.dm.Session(ctx) }()
-	var si SessionInfo
+// Within runs fn, giving up on it after d (it runs on; its result is
+// lost): what a daemon asks of a peer or the repository for a status
+// must not hold the answer.
+func Within[T any](d time.Duration, fn func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() { v, err := fn(); ch <- result{v, err} }()
 	select {
-	case si = <-info:
-	case <-ctx.Done():
+	case r := <-ch:
+		return r.v, r.err
+	case <-time.After(d):
+		var zero T
+		return zero, fmt.Errorf("no answer within %v", d)
+	}
+}
+
+// Status reports the filesystem's state; a session that does not answer
+// within the budget is marked so.
+func (d *Mount) Status(ctx context.Context) Status {
+	si, err := Within(StatusBudget, func() (SessionInfo, error) { return d.dm.Session(ctx), nil })
+	if err != nil {
 		si = SessionInfo{State: "the DM session did not answer in time"}
 	}
 	return Status{

@@ -273,7 +273,7 @@ func kernelShield(fd int) (int, error) {
 		// Only the flags that matter to I/O carry over: the magic link
 		// must be followed (no O_NOFOLLOW), and nothing is created anew.
 		keep := fl & (unix.O_APPEND | unix.O_NONBLOCK | unix.O_DIRECT | unix.O_NOATIME | unix.O_SYNC | unix.O_DSYNC | unix.O_LARGEFILE)
-		rw, err := unix.Open(procPath(fd), keep|unix.O_RDWR|unix.O_CLOEXEC, 0)
+		rw, err := reopen(fd, keep|unix.O_RDWR)
 		if err != nil {
 			return fd, err
 		}

@@ -364,8 +364,9 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 			// Another copy's record is there (written by a committer
 			// that paused past its own look): it is replaced, and its
 			// object goes through the DESTROY queue, never leaked.
+			// (Orphan makes the change durable before its entry goes.)
 			return dmapi.Orphan(m.garbage, int(file.Fd()), rel, cur.Key, func() error {
-				return stub.WriteRecordSync(int(file.Fd()), rec)
+				return stub.WriteRecord(int(file.Fd()), rec)
 			})
 		})
 	})

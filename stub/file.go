@@ -467,18 +467,24 @@ func ShieldReads(fd int) (unlock func(), err error) {
 // the file on. fd must be open for reading.
 func ShieldReadsOn(fd int) error {
 	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: readShieldOffset, Len: 1}
+	if err := tryOFDLock(fd, &lk); err != nil {
+		return fmt.Errorf("read shield: %w", err)
+	}
+	return nil
+}
+
+// tryOFDLock tries once to take the OFD lock lk on fd's description
+// (retried on EINTR); a conflicting holder is unix.EAGAIN.
+func tryOFDLock(fd int, lk *unix.Flock_t) error {
 	for {
-		err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk)
+		err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, lk)
 		switch {
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.EACCES):
-			err = unix.EAGAIN
+			return unix.EAGAIN
 		}
-		if err != nil {
-			return fmt.Errorf("read shield: %w", err)
-		}
-		return nil
+		return err
 	}
 }
 
@@ -519,13 +525,7 @@ func lockByte(fd int, offset int64, shared, wait bool) (unlock func(), err error
 	}
 	started, looked := time.Now(), time.Now()
 	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
-		err = unix.FcntlFlock(uintptr(own), unix.F_OFD_SETLK, &lk)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if errors.Is(err, unix.EACCES) {
-			err = unix.EAGAIN
-		}
+		err = tryOFDLock(own, &lk)
 		if !wait || !errors.Is(err, unix.EAGAIN) {
 			break
 		}
