@@ -97,7 +97,7 @@ func (n *Node) handleFailover(req failoverReq) {
 			continue
 		}
 		delete(n.declined, fs.Name)
-		if fs.Settings["failover"] == "sync" {
+		if m := n.lookup(fs.Name); m != nil && m.settings().Failover == "sync" {
 			n.takeOverSync(fs, req.node, req.reason)
 			continue
 		}

@@ -46,7 +46,7 @@ func (g *clusterGate) Release(ctx context.Context, ino uint64, wait time.Duratio
 	// punch must come before the first could end, counted from before the
 	// first call by this node's clock, with a margin. The waits for open
 	// handles (one per node) must leave room for it.
-	lease := min(max(settingsOf(g.m.config()).HoldLease, minHoldLease), maxHoldLease)
+	lease := min(max(g.m.settings().HoldLease, minHoldLease), maxHoldLease)
 	holdsUntil := time.Now().Add(lease - max(lease/10, 200*time.Millisecond))
 	wait = min(wait, lease/time.Duration(2*(len(peers)+1)))
 	var held []member.Info

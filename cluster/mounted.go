@@ -26,9 +26,14 @@ type mounted struct {
 	// changes sends attribute and name changes made here to the other nodes.
 	changes *changeQueue
 
-	mu      sync.Mutex
-	conf    repo.FS
-	confAt  time.Time  // when conf was read from the repository
+	mu     sync.Mutex
+	conf   repo.FS
+	confAt time.Time // when conf was read from the repository
+	// set is conf's settings, read; when the stored ones stop parsing (a
+	// newer node's key during an upgrade, a hand edit) it keeps the last
+	// good ones, and setErr says why, in the log and in status.
+	set     settings.FS
+	setErr  string
 	dm      *daemon.DM // while this node owns the filesystem
 	dmEpoch uint64     // the epoch dm runs at
 	// ownerGone is closed when conf's owner or epoch changes.
@@ -47,18 +52,22 @@ func (n *Node) mountFS(fs repo.FS) (*mounted, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &mounted{n: n, name: fs.Name, conf: fs}
+	s, err := settings.Parse(fs.Settings)
+	if err != nil {
+		// No last good settings to keep: running without (no quota, say)
+		// is worse than not mounting until they are mended.
+		return nil, fmt.Errorf("stored settings do not parse, not mounted until they do: %w", err)
+	}
+	m := &mounted{n: n, name: fs.Name, conf: fs, set: s}
 	m.changes = newChangeQueue(n, fs.Name)
 	raise := func(ctx context.Context, ev *dmapi.Event) error { return m.Raise(ctx, ev) }
 	m.queue = migrate.NewDestroyQueue(repo.Entries{Repo: n.repo, FS: fs.Name}, fs.Name, n.cfg.Name, fs.Backing, raise, n.alive, n.log)
-	s := settingsOf(fs)
 	cfg := daemon.Config{Name: fs.Name, Backing: fs.Backing, Mountpoint: mp, ArchiveURL: fs.Archive,
-		Source: fs.Name + "@" + n.cfg.Name, RunDir: n.cfg.RunDir, Recall: s.Recall, Workers: s.Workers,
-		EventTimeout: s.EventTimeout, ReleaseWait: s.ReleaseWait, NoPassthrough: n.cfg.NoPassthrough,
+		Source: fs.Name + "@" + n.cfg.Name, RunDir: n.cfg.RunDir, Settings: s, NoPassthrough: n.cfg.NoPassthrough,
 		AllowUserBacking: n.cfg.AllowUserBacking,
 		Written:          func(ino uint64) { n.invalidatePeers(fs.Name, ino) },
 		Changed:          m.changes.add,
-		Policy:           func() migrate.Policy { return settingsOf(m.config()).Policy },
+		Policy:           func() migrate.Policy { return m.settings().Policy },
 		Metrics:          n.metrics}
 	if m.mount, err = daemon.StartMount(cfg, m, m.queue, n.log); err != nil {
 		m.changes.stop()
@@ -74,7 +83,36 @@ func (m *mounted) setConf(fs repo.FS) {
 		m.ownerGone = nil
 	}
 	m.conf, m.confAt = fs, time.Now()
+	set, err := settings.Parse(fs.Settings)
+	was := m.setErr
+	if err == nil {
+		m.set, m.setErr = set, ""
+	} else {
+		m.setErr = err.Error()
+	}
 	m.mu.Unlock()
+	switch {
+	case err != nil && err.Error() != was:
+		m.n.log.Error("stored settings do not parse; keeping the last good ones", "fs", fs.Name, "err", err)
+	case err == nil && was != "":
+		m.n.log.Info("stored settings parse again", "fs", fs.Name)
+	}
+}
+
+// settings are the filesystem's settings: the stored ones, or the last
+// good ones while the stored ones do not parse.
+func (m *mounted) settings() settings.FS {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.set
+}
+
+// settingsError says why the stored settings are not in use ("" if
+// they are).
+func (m *mounted) settingsError() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.setErr
 }
 
 func (m *mounted) config() repo.FS {
@@ -99,14 +137,13 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	if !ok {
 		return fmt.Errorf("epoch %d: %w", fs.Epoch, errLapsedSinceClaim)
 	}
+	s := m.settings()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := settingsOf(fs)
 	dm, err := daemon.StartDM(m.n.ctx, daemon.DMConfig{Name: fs.Name, Backing: fs.Backing, ArchiveURL: fs.Archive,
 		Owner: m.n.cfg.Name, Epoch: fs.Epoch, Queue: m.queue, Gate: &clusterGate{n: m.n, m: m}, Fence: m.fence(fs.Epoch, gen),
-		Acting: func() error { return m.n.actingIn(gen) },
-		Recall: s.Recall, Workers: s.Workers, EventTimeout: s.EventTimeout, ReleaseWait: s.ReleaseWait,
-		RecallRate: s.RecallRate, MigrateRate: s.MigrateRate, Policy: s.Policy, Metrics: m.n.metrics}, m.n.log)
+		Acting:   func() error { return m.n.actingIn(gen) },
+		Settings: s, Metrics: m.n.metrics}, m.n.log)
 	if err != nil {
 		return err
 	}
@@ -118,12 +155,12 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 // refreshSettings applies fs's settings to the session running at its
 // epoch (`fs set` applies without a restart); false if none runs.
 func (m *mounted) refreshSettings(fs repo.FS) bool {
+	s := m.settings()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.dm == nil || m.dmEpoch != fs.Epoch {
 		return false
 	}
-	s := settingsOf(fs)
 	m.dm.SetPolicy(s.Policy)
 	m.dm.SetRates(s.RecallRate, s.MigrateRate)
 	return true
@@ -298,7 +335,7 @@ func (m *mounted) Raise(ctx context.Context, ev *dmapi.Event) error {
 	if ev.Node == "" {
 		ev.Node = m.n.cfg.Name
 	}
-	ctx, cancel := context.WithTimeout(ctx, settingsOf(m.config()).EventTimeout)
+	ctx, cancel := context.WithTimeout(ctx, m.settings().EventTimeout)
 	defer cancel()
 	return m.route(ctx,
 		func(dm *daemon.DM) error { return dm.Raise(ctx, ev) },
@@ -428,14 +465,4 @@ func (m *mounted) Session(ctx context.Context) daemon.SessionInfo {
 		return daemon.SessionInfo{Owner: fs.Owner, Epoch: fs.Epoch, State: "owner unreachable: " + err.Error()}
 	}
 	return reply
-}
-
-// settingsOf reads the repository settings (checked when they were
-// set): a hand-edited repository with a bad value gets the defaults.
-func settingsOf(fs repo.FS) settings.FS {
-	s, err := settings.Parse(fs.Settings)
-	if err != nil {
-		return settings.Defaults()
-	}
-	return s
 }

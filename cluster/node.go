@@ -25,7 +25,6 @@ import (
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/stub"
-	"github.com/hashicorp/memberlist"
 )
 
 // Config of a node daemon.
@@ -43,22 +42,35 @@ type Config struct {
 	// AllowUserBacking mounts backing directories that users other than
 	// root can reach (refused otherwise; see daemon.CheckPrivate).
 	AllowUserBacking bool
-	// Tune adjusts memberlist timing (failure detection).
-	Tune func(*memberlist.Config)
+	// Gossip is the timing of failure detection (member.DefaultTiming
+	// if zero).
+	Gossip member.Timing
 	// Metrics: serve Prometheus metrics at http://Metrics/metrics ("": off).
 	Metrics string
 	// MaxFilesystems bounds the sessions this node takes (0: no bound).
 	MaxFilesystems int
 	// Weight biases this node's priority key in synchronous votes.
 	Weight float64
-	// Lease is the TTL of this node's lease (DefaultLease if 0): nobody
+	// Lease is the TTL of this node's lease (DefaultLease if zero): nobody
 	// takes its filesystems while it renews, and it stops acting when it
 	// cannot renew (see ownership.go).
 	Lease time.Duration
 	// StuckAfter: DM workers that finish no event for this long while
-	// events wait are restarted once, then the filesystem is given up.
+	// events wait are restarted once, then the filesystem is given up
+	// (DefaultStuckAfter if zero).
 	StuckAfter time.Duration
 }
+
+// The defaults of a node's timing; `cascadefs node` shows them with its
+// flags.
+const (
+	// DefaultLease: a node's filesystems are taken about this long after
+	// it stopped renewing (and it stops acting before that).
+	DefaultLease = 5 * time.Second
+	// DefaultStuckAfter: longer than any one event should take (a recall
+	// of a large file streams; an event is a region).
+	DefaultStuckAfter = 5 * time.Minute
+)
 
 // reconcileEvery: how often a node compares its mounts and sessions with
 // the repository (also on every membership change).
@@ -135,7 +147,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	// lease long ago: a writer waiting for the right ends it.
 	stub.StoppedHolderGrace.Store(int64(2 * cfg.Lease))
 	if cfg.StuckAfter <= 0 {
-		cfg.StuckAfter = 5 * time.Minute
+		cfg.StuckAfter = DefaultStuckAfter
 	}
 	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), repo: r, fss: map[string]*mounted{},
 		wake: make(chan struct{}, 1), failWake: make(chan struct{}, 1), declined: map[string]string{}, gaveUp: map[string]time.Time{},
@@ -166,7 +178,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}()
 	n.register()
 	n.member, err = member.Start(member.Config{Name: cfg.Name, Bind: cfg.Bind, RPC: n.server.Addr(), Key: cfg.Key,
-		Log: n.log, Tune: cfg.Tune, OnChange: n.kick, OnMember: n.onMember,
+		Log: n.log, Timing: cfg.Gossip, OnChange: n.kick, OnMember: n.onMember,
 		OnQuery: n.onQuery,
 		OnUserEvent: func(name string, payload []byte) {
 			if name == userEventFailover && string(payload) != cfg.Name {

@@ -19,9 +19,6 @@ import (
 // out: renewals, the lapse timer, claims, moves and the fence that every
 // commit passes.
 
-// DefaultLease is the lease TTL when none is set.
-const DefaultLease = 5 * time.Second
-
 // now is this node's clock for its lease: the boot clock, which runs on
 // while the host is suspended.
 func now() time.Duration { return clock.Boot() }

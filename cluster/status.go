@@ -46,6 +46,9 @@ type FSStatus struct {
 	repo.FS
 	Mountpoint string             `json:"mountpoint,omitempty"` // on the answering node
 	Session    daemon.SessionInfo `json:"session"`
+	// SettingsError: the stored settings do not parse on the answering
+	// node, which keeps using the last good ones.
+	SettingsError string `json:"settings_error,omitempty"`
 }
 
 // Status collects the cluster's state.
@@ -89,6 +92,7 @@ func (n *Node) Status(ctx context.Context) Status {
 			continue
 		}
 		st.FS[i].Mountpoint = filepath.Join(n.cfg.MountRoot, fs.Name)
+		st.FS[i].SettingsError = m.settingsError()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -123,6 +127,9 @@ func (st *Status) Healthy() []string {
 	for _, f := range st.FS {
 		if f.Session.State != "active" {
 			bad = append(bad, "filesystem "+f.Name+": "+f.Session.State)
+		}
+		if f.SettingsError != "" {
+			bad = append(bad, "filesystem "+f.Name+": stored settings do not parse (the last good ones are in use): "+f.SettingsError)
 		}
 	}
 	return bad

@@ -462,13 +462,18 @@ type DF struct {
 	Duration   time.Duration `json:"duration_ns"`
 }
 
+// policy is the space monitor's current policy.
+func (d *Mount) policy() migrate.Policy {
+	if d.cfg.Policy != nil {
+		return d.cfg.Policy()
+	}
+	return d.cfg.Settings.Policy
+}
+
 // serveDF walks the backing tree (any node can: the records are in it)
 // and reads every file's stub record; nothing is changed.
 func (d *Mount) serveDF(w http.ResponseWriter, r *http.Request) {
-	policy := migrate.DefaultPolicy()
-	if d.cfg.Policy != nil {
-		policy = d.cfg.Policy()
-	}
+	policy := d.policy()
 	scan, err := policy.Scan(r.Context(), d.root, migrate.ScanOptions{Tally: true}, time.Now())
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -490,10 +495,7 @@ func (d *Mount) servePlan(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	policy := migrate.DefaultPolicy()
-	if d.cfg.Policy != nil {
-		policy = d.cfg.Policy()
-	}
+	policy := d.policy()
 	json.NewEncoder(w).Encode(policy.Plan(d.root, rels(files), time.Now()))
 }
 

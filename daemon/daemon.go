@@ -20,7 +20,6 @@ import (
 	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/migrate"
-	"github.com/cascadefs/cascadefs/recall"
 	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/settings"
 	"github.com/cascadefs/cascadefs/stub"
@@ -40,23 +39,16 @@ type Config struct {
 	StateDir string
 	// RunDir holds the control sockets (default RunDir()).
 	RunDir string
-	// Recall, Workers, EventTimeout and ReleaseWait come from Settings in
-	// a single node (Start); a node sets them from its repository.
-	Recall        recall.Config
-	Workers       int           // DM session workers (admission control)
-	EventTimeout  time.Duration // how long a reader waits for a recall
-	ReleaseWait   time.Duration // how long a release waits for open handles
-	RecallRate    int64         // bytes per second fetched at most (0: no cap)
-	MigrateRate   int64         // bytes per second uploaded at most (0: no cap)
+	// Settings are the filesystem's settings (package settings): a single
+	// node's from its flags, a node's from its repository when it mounted.
+	Settings      settings.FS
 	NoPassthrough bool
 	Debug         bool
 	// AllowUserBacking lets the mount start on a backing directory that
 	// users other than root can reach (CheckPrivate says why not to).
 	AllowUserBacking bool
-	// Settings are the filesystem's settings (see package settings) of a
-	// single node; a cluster keeps them in its repository.
-	Settings map[string]string
-	// Policy returns the space monitor's current policy (for dry runs).
+	// Policy returns the space monitor's current policy (for dry runs and
+	// df; Settings.Policy if nil).
 	Policy func() migrate.Policy
 	// Metrics receives the mount's and DM's metrics (nil: none). A single
 	// node serves them at MetricsAddr.
@@ -128,15 +120,11 @@ func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger
 		u.RawQuery = "" // the endpoint is shown by the DM side; keep the mount line short
 		m.archive = u.String()
 	}
-	small := cfg.Recall.SmallFile
-	if small <= 0 {
-		small = recall.DefaultConfig().SmallFile
-	}
 	m.fs, err = cfs.Mount(cfg.Mountpoint, cfs.Options{
 		Backing: backing, Name: cfg.Name, Source: cfg.Source, Events: events{dm, garbage}, Log: log,
-		SmallFile: small, Region: stub.DefaultChunkSize,
+		SmallFile: cfg.Settings.Recall.SmallFile, Region: stub.DefaultChunkSize,
 		NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, Written: cfg.Written, Changed: cfg.Changed,
-		Space: dm, SpaceWait: cfg.EventTimeout, Metrics: cfg.Metrics,
+		Space: dm, SpaceWait: cfg.Settings.EventTimeout, Metrics: cfg.Metrics,
 	})
 	if err != nil {
 		root.Close()
@@ -189,7 +177,7 @@ type Daemon struct {
 const localNode = "local"
 
 // Start mounts the filesystem and starts its DM application.
-func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
+func Start(ctx context.Context, cfg Config, given map[string]string, log *slog.Logger) (*Daemon, error) {
 	if err := repo.ValidName("filesystem", cfg.Name); err != nil {
 		return nil, err
 	}
@@ -213,16 +201,6 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if _, err := OpenArchive(ctx, cfg.ArchiveURL); err != nil {
 		return nil, err
 	}
-	// The flags of a mount are the settings of its filesystem: read with
-	// the same schema as `fs set` and a node's, over the same defaults.
-	set, err := settings.Parse(cfg.Settings)
-	if err != nil {
-		return nil, err
-	}
-	cfg.Recall, cfg.Workers, cfg.EventTimeout, cfg.ReleaseWait = set.Recall, set.Workers, set.EventTimeout, set.ReleaseWait
-	cfg.RecallRate, cfg.MigrateRate = set.RecallRate, set.MigrateRate
-	policy := set.Policy
-	cfg.Policy = func() migrate.Policy { return policy }
 	var metricsLn net.Listener
 	if cfg.MetricsAddr != "" {
 		cfg.Metrics = metrics.NewNode()
@@ -237,7 +215,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		}
 		return nil, err
 	}
-	r, err := localRepo(cfg)
+	r, err := localRepo(cfg, given)
 	if err != nil {
 		return fail(err)
 	}
@@ -249,9 +227,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		return fail(err)
 	}
 	dm, err := StartDM(ctx, DMConfig{Name: cfg.Name, Backing: backing, ArchiveURL: cfg.ArchiveURL, Owner: localNode, Epoch: 1,
-		Queue: queue, Gate: mount.FS(), Recall: cfg.Recall, Workers: cfg.Workers,
-		EventTimeout: cfg.EventTimeout, ReleaseWait: cfg.ReleaseWait,
-		RecallRate: cfg.RecallRate, MigrateRate: cfg.MigrateRate, Policy: policy, Metrics: cfg.Metrics}, log)
+		Queue: queue, Gate: mount.FS(), Settings: cfg.Settings, Metrics: cfg.Metrics}, log)
 	if err != nil {
 		mount.Stop()
 		return fail(err)
@@ -264,7 +240,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 
 // localRepo opens (creating) the single-node repository and registers the
 // filesystem in it, owned by this node.
-func localRepo(cfg Config) (repo.Repository, error) {
+func localRepo(cfg Config, given map[string]string) (repo.Repository, error) {
 	dir := filepath.Join(cfg.StateDir, "repo")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
@@ -278,7 +254,7 @@ func localRepo(cfg Config) (repo.Repository, error) {
 		return nil, err
 	}
 	// The flags of this start are the settings (shown by fs list).
-	err = r.UpdateFS(cfg.Name, func(f *repo.FS) error { f.Settings = cfg.Settings; return nil })
+	err = r.UpdateFS(cfg.Name, func(f *repo.FS) error { f.Settings = given; return nil })
 	return r, err
 }
 

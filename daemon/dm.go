@@ -17,6 +17,7 @@ import (
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
+	"github.com/cascadefs/cascadefs/settings"
 )
 
 // DMAccess is how a mount reaches the DM application of its filesystem:
@@ -100,15 +101,9 @@ type DMConfig struct {
 	Fence      dmapi.Fence           // guards commits (nil: single node)
 	// Acting, if set, fails once this node may no longer act for the
 	// filesystem (its lease lapsed): checked before each recall write.
-	Acting       func() error
-	Recall       recall.Config
-	Workers      int
-	EventTimeout time.Duration
-	ReleaseWait  time.Duration
-	RecallRate   int64             // bytes per second fetched at most (0: no cap)
-	MigrateRate  int64             // bytes per second uploaded at most (0: no cap)
-	Policy       migrate.Policy    // of the space monitor
-	Metrics      *metrics.Registry // nil: none
+	Acting   func() error
+	Settings settings.FS       // the filesystem's, when the session started
+	Metrics  *metrics.Registry // nil: none
 }
 
 // DM is the DM application of one filesystem on its owner: the session,
@@ -192,19 +187,20 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	d := &DM{cfg: cfg, root: root, log: log, arch: arch}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	rights := &dmapi.Rights{}
-	d.recall = recall.NewManager(root, arch, rights, cfg.Queue, cfg.Recall, log)
+	set := cfg.Settings
+	d.recall = recall.NewManager(root, arch, rights, cfg.Queue, set.Recall, log)
 	d.recall.Fence = d.fence
 	d.recall.Acting = cfg.Acting
-	d.recall.Throttle = throttle.New(cfg.RecallRate)
-	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: cfg.Workers, Timeout: cfg.EventTimeout}, d.recall.Handle, log)
-	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: cfg.ReleaseWait}, log)
-	d.migrator.SetLeader(cfg.Policy.Leader)
+	d.recall.Throttle = throttle.New(set.RecallRate)
+	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: set.Workers, Timeout: set.EventTimeout}, d.recall.Handle, log)
+	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: set.ReleaseWait}, log)
+	d.migrator.SetLeader(set.Policy.Leader)
 	d.migrator.Fence = d.fence
-	d.migrator.Throttle = throttle.New(cfg.MigrateRate)
+	d.migrator.Throttle = throttle.New(set.MigrateRate)
 	d.migrator.Yield = d.recall.YieldToRecalls
 	d.count(cfg.Metrics)
 	cfg.Queue.Start()
-	d.monitor = migrate.NewMonitor(root, cfg.Policy, d.migrator, log.With("fs", cfg.Name))
+	d.monitor = migrate.NewMonitor(root, set.Policy, d.migrator, log.With("fs", cfg.Name))
 	d.monitor.Cycled = func(migrate.Cycle) { cfg.Metrics.Add(metrics.SpaceCycles, 1, "fs", cfg.Name) }
 	counted := d.recall.Counted
 	d.recall.Counted = func(files int, bytes int64) {
@@ -271,7 +267,7 @@ func (d *DM) Migrate(ctx context.Context, rel string, ino uint64, premigrate boo
 
 func (d *DM) Session(context.Context) SessionInfo {
 	space := d.monitor.Status()
-	return SessionInfo{Owner: d.cfg.Owner, Epoch: d.cfg.Epoch, State: "active", Workers: d.cfg.Workers,
+	return SessionInfo{Owner: d.cfg.Owner, Epoch: d.cfg.Epoch, State: "active", Workers: d.cfg.Settings.Workers,
 		PendingEvents: d.session.Pending(), PendingDestroy: d.cfg.Queue.Pending(), Space: &space,
 		LastReconcile: d.lastReconcile.Load(), Rates: &Rates{
 			Recall: d.recall.Throttle.Rate(), RecallLimit: d.recall.Throttle.Limit(),

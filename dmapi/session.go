@@ -15,12 +15,13 @@ import (
 // the work other readers share.
 type Handler func(ctx context.Context, ev *Event) error
 
-// Config sets a session's limits.
+// Config sets a session's limits: the settings workers and event-timeout
+// (their defaults are in package settings; both must be set).
 type Config struct {
-	// Workers bounds the events handled at once (admission control). Default 8.
+	// Workers bounds the events handled at once (admission control).
 	Workers int
 	// Timeout bounds how long a synchronous event waits for its answer
-	// before the waiter gets ErrTimeout. Default 10 minutes.
+	// before the waiter gets ErrTimeout.
 	Timeout time.Duration
 }
 
@@ -81,11 +82,8 @@ func (c *call) answer(err error) {
 
 // NewSession starts a session with its workers.
 func NewSession(fs string, cfg Config, h Handler, log *slog.Logger) *Session {
-	if cfg.Workers <= 0 {
-		cfg.Workers = 8
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 10 * time.Minute
+	if cfg.Workers <= 0 || cfg.Timeout <= 0 {
+		panic("dmapi: a session Config without Workers and Timeout (settings.Defaults has them)")
 	}
 	if log == nil {
 		log = slog.Default()

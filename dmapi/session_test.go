@@ -12,7 +12,7 @@ import (
 func TestDedupeSharesOneCall(t *testing.T) {
 	var calls atomic.Int32
 	release := make(chan struct{})
-	s := NewSession("fs", Config{Workers: 4}, func(ctx context.Context, ev *Event) error {
+	s := NewSession("fs", Config{Workers: 4, Timeout: time.Minute}, func(ctx context.Context, ev *Event) error {
 		calls.Add(1)
 		<-release
 		return nil
@@ -43,7 +43,7 @@ func TestDedupeSharesOneCall(t *testing.T) {
 
 func TestAdmissionBoundsConcurrency(t *testing.T) {
 	var running, peak atomic.Int32
-	s := NewSession("fs", Config{Workers: 3}, func(ctx context.Context, ev *Event) error {
+	s := NewSession("fs", Config{Workers: 3, Timeout: time.Minute}, func(ctx context.Context, ev *Event) error {
 		n := running.Add(1)
 		for {
 			p := peak.Load()
@@ -73,7 +73,7 @@ func TestAdmissionBoundsConcurrency(t *testing.T) {
 func TestInterruptedWaiterDoesNotCancelWork(t *testing.T) {
 	release := make(chan struct{})
 	var finished atomic.Bool
-	s := NewSession("fs", Config{Workers: 1}, func(ctx context.Context, ev *Event) error {
+	s := NewSession("fs", Config{Workers: 1, Timeout: time.Minute}, func(ctx context.Context, ev *Event) error {
 		select {
 		case <-release:
 		case <-ctx.Done():
@@ -159,7 +159,7 @@ func waitFor(t *testing.T, cond func() bool) {
 
 func TestSessionStuck(t *testing.T) {
 	release := make(chan struct{})
-	s := NewSession("fs", Config{Workers: 1}, func(ctx context.Context, ev *Event) error {
+	s := NewSession("fs", Config{Workers: 1, Timeout: time.Minute}, func(ctx context.Context, ev *Event) error {
 		select {
 		case <-release:
 		case <-ctx.Done():
@@ -201,7 +201,7 @@ func TestReadersGoFirst(t *testing.T) {
 		return gates[ino]
 	}
 	var order []uint64
-	s := NewSession("fs", Config{Workers: 4}, func(ctx context.Context, ev *Event) error {
+	s := NewSession("fs", Config{Workers: 4, Timeout: time.Minute}, func(ctx context.Context, ev *Event) error {
 		mu.Lock()
 		order = append(order, ev.Ino)
 		mu.Unlock()
@@ -266,7 +266,7 @@ func TestReadersGoFirst(t *testing.T) {
 // the same work starts afresh.
 func TestCancelAnswersWaitersAtOnce(t *testing.T) {
 	ended := make(chan uint64, 4)
-	s := NewSession("fs", Config{Workers: 1}, func(ctx context.Context, ev *Event) error {
+	s := NewSession("fs", Config{Workers: 1, Timeout: time.Minute}, func(ctx context.Context, ev *Event) error {
 		if ev.Ino == 9 {
 			return nil
 		}
@@ -308,7 +308,7 @@ func TestCancelAnswersWaitersAtOnce(t *testing.T) {
 // read wait for them; and each user's readers go in turn.
 func TestOneUserCannotStarveAnother(t *testing.T) {
 	block := make(chan struct{})
-	s := NewSession("fs", Config{Workers: 4}, func(ctx context.Context, ev *Event) error {
+	s := NewSession("fs", Config{Workers: 4, Timeout: time.Minute}, func(ctx context.Context, ev *Event) error {
 		if ev.UID == 1000 {
 			select {
 			case <-block:

@@ -50,8 +50,8 @@ type Options struct {
 	NoPassthrough bool
 	Debug         bool
 	// Space, if set, is the filesystem's space monitor: writes keep its
-	// quota, and out-of-space writes wait up to SpaceWait (default 5m) for
-	// its cycle.
+	// quota, and out-of-space writes wait up to SpaceWait (the setting
+	// event-timeout) for its cycle.
 	Space     Space
 	SpaceWait time.Duration
 	// Metrics receives how long readers wait for recalls (nil: none).
@@ -117,8 +117,8 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	if st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
 		return nil, fmt.Errorf("backing directory %s: not a directory", root)
 	}
-	if opts.SpaceWait <= 0 {
-		opts.SpaceWait = 5 * time.Minute
+	if opts.SpaceWait <= 0 || opts.SmallFile <= 0 {
+		return nil, errors.New("fs: Options without SpaceWait and SmallFile (settings.Defaults has them)")
 	}
 	tree, err := beneath.Open(root)
 	if err != nil {

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/internal/testenv"
-	"github.com/cascadefs/cascadefs/stub"
 )
 
 // The calls the durability check looks at.
@@ -76,7 +76,7 @@ func TestDurableBeforeClaimed(t *testing.T) {
 	}
 	waitUntil(t, "the stale objects deleted", func() bool {
 		return !objectExists(d, goneKey) && !objectExists(d, rewriteKey) &&
-			!objectExists(d, goneKey+stub.SumsSuffix) && !objectExists(d, rewriteKey+stub.SumsSuffix)
+			!objectExists(d, archive.SumsKey(goneKey)) && !objectExists(d, archive.SumsKey(rewriteKey))
 	})
 	time.Sleep(300 * time.Millisecond) // the tracer writes a call when it returns
 	calls := tr.Stop(t)

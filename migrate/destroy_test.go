@@ -224,7 +224,7 @@ func TestRmDuringPremigration(t *testing.T) {
 	store, gone := &memStore{m: map[string][]byte{}}, &destroyed{}
 	q := newQueue(t, store, root, gone)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	m := New(fakes.Root(t, root), ba, &dmapi.Rights{}, fakes.OpenGate{}, q, Config{FS: "t"}, log)
+	m := New(fakes.Root(t, root), ba, &dmapi.Rights{}, fakes.OpenGate{}, q, Config{FS: "t", ReleaseWait: 5 * time.Second}, log)
 	os.WriteFile(filepath.Join(root, "f"), bytes.Repeat([]byte("x"), 1<<20), 0o644)
 	done := make(chan error, 1)
 	go func() { _, err := m.Migrate(context.Background(), "f", 0, true); done <- err }()

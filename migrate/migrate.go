@@ -7,8 +7,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"github.com/cascadefs/cascadefs/internal/failpoint"
@@ -50,8 +48,9 @@ var ErrChanged = errors.New("file changed during migration")
 type Config struct {
 	FS        string // filesystem name, part of every object key
 	ChunkSize int64  // verification chunk (default stub.DefaultChunkSize)
-	// ReleaseWait: how long a release waits for open handles (0: the
-	// default, 5s; negative: not at all, a file open anywhere is skipped).
+	// ReleaseWait: how long a release waits for open handles (0 or
+	// less: not at all, a file open anywhere is skipped; the setting
+	// release-wait).
 	ReleaseWait time.Duration
 }
 
@@ -99,9 +98,6 @@ func (m *Migrator) SetLeader(n int64) { m.leader.Store(n) }
 func New(root *beneath.Root, arch archive.Archive, rights *dmapi.Rights, gate Gate, garbage dmapi.Garbage, cfg Config, log *slog.Logger) *Migrator {
 	if cfg.ChunkSize <= 0 {
 		cfg.ChunkSize = stub.DefaultChunkSize
-	}
-	if cfg.ReleaseWait == 0 {
-		cfg.ReleaseWait = 5 * time.Second
 	}
 	return &Migrator{root: root, arch: arch, rights: rights, gate: gate, garbage: garbage, cfg: cfg, log: log}
 }
@@ -307,7 +303,7 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 	}
 	rec.ETag = info.ETag
 	if blob := rec.SetSums(sr.sums); blob != nil {
-		if _, err := m.arch.Put(ctx, rec.Key+stub.SumsSuffix, bytes.NewReader(blob), int64(len(blob))); err != nil {
+		if _, err := m.arch.Put(ctx, archive.SumsKey(rec.Key), bytes.NewReader(blob), int64(len(blob))); err != nil {
 			discard()
 			return nil, err
 		}
@@ -401,22 +397,13 @@ func (m *Migrator) verifyCopy(ctx context.Context, rec *stub.Record, deep bool) 
 		return nil
 	}
 	if !deep {
-		if _, err := m.arch.Stat(ctx, rec.Key+stub.SumsSuffix); err != nil {
+		if _, err := m.arch.Stat(ctx, archive.SumsKey(rec.Key)); err != nil {
 			return fmt.Errorf("verify archive copy: %w", err)
 		}
 		return nil
 	}
-	body, err := m.arch.Get(ctx, rec.Key+stub.SumsSuffix, 0, -1)
-	if err != nil {
+	if _, err := archive.ReadSums(ctx, m.arch, rec); err != nil {
 		return fmt.Errorf("verify archive copy: %w", err)
-	}
-	defer body.Close()
-	blob, err := io.ReadAll(io.LimitReader(body, 4*int64(rec.SumsCount)+1))
-	if err != nil {
-		return fmt.Errorf("verify archive copy: %w", err)
-	}
-	if _, err := stub.DecodeSums(rec, blob); err != nil {
-		return fmt.Errorf("verify archive copy: checksum object: %w", err)
 	}
 	return nil
 }
@@ -525,8 +512,4 @@ func staleCopy(fd int, rec *stub.Record, st *unix.Stat_t) (bool, error) {
 	return !watched || !rec.Unchanged(st), nil
 }
 
-func (m *Migrator) newKey(ino uint64) string {
-	var b [6]byte
-	rand.Read(b[:])
-	return fmt.Sprintf("%s/%d/%d-%s", m.cfg.FS, ino, time.Now().UnixNano(), hex.EncodeToString(b[:]))
-}
+func (m *Migrator) newKey(ino uint64) string { return archive.NewKey(m.cfg.FS, ino).String() }

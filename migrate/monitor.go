@@ -142,12 +142,12 @@ func (m *Monitor) setPolicy(p Policy) {
 }
 
 func withDefaults(p Policy) Policy {
+	if p.Interval <= 0 || p.High <= p.Low {
+		panic("migrate: a Policy without Interval, High and Low (settings.Defaults has them)")
+	}
 	d := DefaultPolicy()
 	if p.Workers <= 0 {
 		p.Workers = d.Workers
-	}
-	if p.Interval <= 0 {
-		p.Interval = d.Interval
 	}
 	if p.MaxCandidates <= 0 {
 		p.MaxCandidates = d.MaxCandidates

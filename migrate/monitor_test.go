@@ -28,7 +28,7 @@ func newMigrator(t *testing.T, root string) *Migrator {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	return New(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, Config{FS: "t"}, log)
+	return New(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, Config{FS: "t", ReleaseWait: 5 * time.Second}, log)
 }
 
 // writeFile writes size random bytes at rel and dates its last use age ago.
@@ -71,7 +71,7 @@ func TestScanRanksLeastRecentlyUsedAndHonoursThePolicy(t *testing.T) {
 	writeFile(t, root, "sub/deep/file", 64<<10, 10*day)
 	os.WriteFile(filepath.Join(root, "empty"), nil, 0o644)
 
-	p := DefaultPolicy()
+	p := testPolicy()
 	p.MinAge, p.MinSize, p.Exclude = time.Hour, 4096, []string{"*.db", "tmp"}
 	s, err := p.Scan(context.Background(), fakes.Root(t, root), ScanOptions{Keep: 100}, time.Now())
 	if err != nil {
@@ -121,7 +121,7 @@ func TestScanStopsWithItsContext(t *testing.T) {
 	writeFile(t, root, "a/b", 10, time.Hour)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	p := DefaultPolicy()
+	p := testPolicy()
 	if _, err := p.Scan(ctx, fakes.Root(t, root), ScanOptions{}, time.Now()); !errors.Is(err, context.Canceled) {
 		t.Fatalf("scan with a cancelled context: %v", err)
 	}
@@ -136,7 +136,7 @@ func TestMonitorCycleBringsUsageUnderLow(t *testing.T) {
 	for i, name := range []string{"f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7"} {
 		content[name] = writeFile(t, root, name, 256<<10, time.Duration(10-i)*day) // f0 oldest
 	}
-	p := DefaultPolicy()
+	p := testPolicy()
 	p.Quota, p.High, p.Low, p.Interval = 2<<20, 70, 40, time.Hour
 	p.Premigrate = 15 // after the cycle, keep ~300 KiB premigrated: 2 more files
 	mig := newMigrator(t, root)
@@ -206,7 +206,7 @@ func TestMonitorCycleBringsUsageUnderLow(t *testing.T) {
 func TestMonitorOutOfSpaceThatCannotBeFreed(t *testing.T) {
 	root := t.TempDir()
 	writeFile(t, root, "young", 512<<10, 0)
-	p := DefaultPolicy()
+	p := testPolicy()
 	p.Quota, p.MinAge, p.Interval = 1<<20, time.Hour, time.Hour
 	mon := NewMonitor(fakes.Root(t, root), p, newMigrator(t, root), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	mon.Start(context.Background())
@@ -273,7 +273,7 @@ func (h hangingMigrater) MigrateIdle(ctx context.Context, rel string, ino uint64
 func TestMonitorStuck(t *testing.T) {
 	root := t.TempDir()
 	writeFile(t, root, "f", 64<<10, 48*time.Hour)
-	p := DefaultPolicy()
+	p := testPolicy()
 	p.Quota, p.Interval = 64<<10, time.Hour // 100% used: a cycle at once
 	h := hangingMigrater{release: make(chan struct{})}
 	mon := NewMonitor(fakes.Root(t, root), p, h, slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -299,7 +299,7 @@ func TestMonitorStuck(t *testing.T) {
 // sends it to the next owner).
 func TestMonitorClosedAnswersAtOnce(t *testing.T) {
 	root := t.TempDir()
-	mon := NewMonitor(fakes.Root(t, root), DefaultPolicy(), newMigrator(t, root), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	mon := NewMonitor(fakes.Root(t, root), testPolicy(), newMigrator(t, root), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	mon.Start(context.Background())
 	mon.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -367,7 +367,7 @@ func (s *waitedSpy) MigrateIdle(ctx context.Context, rel string, ino uint64, pre
 func TestOutOfSpaceCycleMarksItsUploads(t *testing.T) {
 	root := t.TempDir()
 	writeFile(t, root, "f", 512<<10, 48*time.Hour)
-	p := DefaultPolicy()
+	p := testPolicy()
 	p.Quota, p.Interval = 1<<20, time.Hour
 	spy := &waitedSpy{}
 	mon := NewMonitor(fakes.Root(t, root), p, spy, slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -387,7 +387,7 @@ func TestOutOfSpaceCycleMarksItsUploads(t *testing.T) {
 func TestRecallsPastHighWakeTheMonitor(t *testing.T) {
 	root := t.TempDir()
 	writeFile(t, root, "old", 500<<10, 48*time.Hour)
-	p := DefaultPolicy()
+	p := testPolicy()
 	p.Quota, p.Interval = 1<<20, time.Hour
 	cycled := make(chan Cycle, 4)
 	mon := NewMonitor(fakes.Root(t, root), p, newMigrator(t, root), slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -415,4 +415,12 @@ func TestRecallsPastHighWakeTheMonitor(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("recalls past high did not wake the monitor")
 	}
+}
+
+// testPolicy is a whole policy as settings.Defaults makes one (package
+// settings imports this one, so its tests cannot ask it).
+func testPolicy() Policy {
+	p := DefaultPolicy()
+	p.High, p.Low, p.Interval, p.MinSize = 70, 60, time.Minute, 1
+	return p
 }

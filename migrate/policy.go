@@ -14,18 +14,20 @@ import (
 )
 
 // Policy is how the space monitor keeps a filesystem's space in bounds:
-// when to act, and which files it may pick.
+// when to act, and which files it may pick. Quota to Premigrate are
+// filesystem settings, with their defaults in package settings;
+// DefaultPolicy gives the rest.
 type Policy struct {
 	// Quota is the space the filesystem may use, in bytes; 0 means the
 	// size of the backing filesystem.
 	Quota int64
-	// High starts a cycle when usage passes it (percent of capacity, default 70).
+	// High starts a cycle when usage passes it (percent of capacity).
 	High int
-	// Low is where a cycle stops (percent of capacity, default 60).
+	// Low is where a cycle stops (percent of capacity).
 	Low int
-	// Interval between checks (default 1m).
+	// Interval between checks.
 	Interval time.Duration
-	// MinSize: smaller files are never picked (default 1 byte).
+	// MinSize: smaller files are never picked.
 	MinSize int64
 	// Leader: the head a migrated file keeps; files no larger free
 	// nothing and are never picked.
@@ -38,17 +40,21 @@ type Policy struct {
 	Exclude []string
 	// Premigrate: after a cycle, candidates are premigrated until this
 	// percentage of capacity is premigrated, so the next cycle only
-	// releases (default 0).
+	// releases.
 	Premigrate int
-	// Workers: migrations at once (default 4).
+	// Workers: migrations at once.
 	Workers int
-	// MaxCandidates bounds the candidate heap of one scan (default 100000).
+	// MaxCandidates bounds the candidate heap of one scan.
 	MaxCandidates int
 }
 
-// DefaultPolicy returns the defaults documented on Policy.
+// DefaultPolicy gives what is not a filesystem setting; a policy from
+// settings.Defaults or settings.Parse has it.
 func DefaultPolicy() Policy {
-	return Policy{High: 70, Low: 60, Interval: time.Minute, MinSize: 1, Workers: 4, MaxCandidates: 100_000}
+	return Policy{
+		Workers:       4,       // uploads of one cycle at once
+		MaxCandidates: 100_000, // about 10 MB of heap for the best candidates of a scan
+	}
 }
 
 // Excluded returns the pattern that excludes the backing-relative path

@@ -11,7 +11,6 @@ import (
 	"path"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -119,16 +118,11 @@ type stubRef struct {
 	external  bool   // checksums in a checksum object
 }
 
-type externalSums struct {
-	key  string
-	hash [32]byte
-}
-
 // walkResult is what one walk of the tree saw.
 type walkResult struct {
 	stubs   []stubRef               // sorted by key
 	inodes  []uint64                // sorted
-	sums    map[uint64]externalSums // stubs whose checksums are in a checksum object
+	sums    map[uint64]stub.SumsRef // stubs whose checksums are in a checksum object
 	damaged []Damaged               // records that do not decode
 	// doubtful: inodes whose record could not be read or decoded; their
 	// objects are never called orphans.
@@ -198,7 +192,7 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 		if rep.Objects%1000 == 0 {
 			report(func(p *ReconcileProgress) { p.Phase, p.Objects = "list", rep.Objects })
 		}
-		base, isSums := strings.CutSuffix(o.Key, stub.SumsSuffix)
+		base, isSums := archive.DataKeyOf(o.Key)
 		if o.Incomplete {
 			base, isSums = o.Key, false
 		}
@@ -254,7 +248,7 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 	for i := range candidates {
 		o := &candidates[i]
 		switch {
-		case queued[o.Key] || queued[strings.TrimSuffix(o.Key, stub.SumsSuffix)]:
+		case queued[o.Key] || queued[dataKey(o.Key)]:
 			o.Kept = "named by a DESTROY queue entry (an upload in flight, or bound for deletion)"
 		case !o.Modified.Before(cutoff) || !o.Modified.Before(archNow):
 			o.Kept = fmt.Sprintf("younger than the grace period (%s)", opt.Grace)
@@ -275,8 +269,7 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 	for i := range candidates {
 		o := &candidates[i]
 		if o.Kept == "" && !first.sawInode(inodeOfKey(r.FS, o.Key)) {
-			base := strings.TrimSuffix(o.Key, stub.SumsSuffix)
-			switch _, found := second.find(keyHash(base)); {
+			switch _, found := second.find(keyHash(dataKey(o.Key))); {
 			case second == nil:
 				o.Kept = "not checked by a second walk (stopped)"
 			case found:
@@ -350,11 +343,16 @@ func contains(sorted []uint64, v uint64) bool {
 	return v != 0 && i < len(sorted) && sorted[i] == v
 }
 
-// inodeOfKey reads the inode from a key FS/INO/...; 0 when it has none.
+// inodeOfKey reads the inode from an object's key; 0 when it has none.
 func inodeOfKey(fs, key string) uint64 {
-	rest := strings.TrimPrefix(key, fs+"/")
-	ino, _ := strconv.ParseUint(strings.SplitN(rest, "/", 2)[0], 10, 64)
-	return ino
+	k, _ := archive.ParseKey(fs, dataKey(key))
+	return k.Ino
+}
+
+// dataKey is the key of the data object that key belongs to.
+func dataKey(key string) string {
+	data, _ := archive.DataKeyOf(key)
+	return data
 }
 
 // checkSums reads a checksum object and matches it against the hash its
@@ -364,24 +362,18 @@ func (r *Reconciler) checkSums(ctx context.Context, w *walkResult, s stubRef) st
 	if !ok {
 		return ""
 	}
-	body, err := r.Arch.Get(ctx, ext.key+stub.SumsSuffix, 0, -1)
-	if err != nil {
-		return "checksum object unreadable: " + err.Error()
-	}
-	defer body.Close()
-	blob, err := io.ReadAll(io.LimitReader(body, 4*int64(s.sumsCount)+1))
-	if err != nil {
-		return "checksum object unreadable: " + err.Error()
-	}
-	if _, err := stub.DecodeSums(&stub.Record{SumsHash: ext.hash, SumsCount: s.sumsCount}, blob); err != nil {
+	switch _, err := archive.ReadSumsOf(ctx, r.Arch, ext); {
+	case stub.IsCorrupt(err):
 		return "checksum object does not match the record"
+	case err != nil:
+		return "checksum object unreadable: " + err.Error()
 	}
 	return ""
 }
 
 // walk reads every regular file's record (4 workers over directories).
 func (r *Reconciler) walk(ctx context.Context, progress func(files, stubs int64)) (*walkResult, error) {
-	res := &walkResult{sums: map[uint64]externalSums{}}
+	res := &walkResult{sums: map[uint64]stub.SumsRef{}}
 	var mu sync.Mutex
 	var files, stubs atomic.Int64
 	unreadable := r.eachFile(ctx, func(rel string, st *unix.Stat_t, rec *stub.Record, err error) {
@@ -399,7 +391,7 @@ func (r *Reconciler) walk(ctx context.Context, progress func(files, stubs int64)
 			h := keyHash(rec.Key)
 			res.stubs = append(res.stubs, stubRef{key: h, size: rec.PackedSize(), sumsCount: rec.SumsCount, external: !rec.InlineSums()})
 			if !rec.InlineSums() {
-				res.sums[h] = externalSums{rec.Key, rec.SumsHash}
+				res.sums[h] = rec.SumsRef()
 			}
 			return
 		case err != nil && stub.IsCorrupt(err):
@@ -418,7 +410,7 @@ func (r *Reconciler) walk(ctx context.Context, progress func(files, stubs int64)
 			h := keyHash(rec.Key)
 			res.stubs = append(res.stubs, stubRef{key: h, size: rec.PackedSize(), sumsCount: rec.SumsCount, external: !rec.InlineSums()})
 			if !rec.InlineSums() {
-				res.sums[h] = externalSums{rec.Key, rec.SumsHash}
+				res.sums[h] = rec.SumsRef()
 			}
 		}
 		if progress != nil && n%1000 == 0 {

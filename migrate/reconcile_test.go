@@ -91,7 +91,7 @@ func TestReconcileDeletesOnlyOldOrphans(t *testing.T) {
 	// DESTROY was lost): the record names another key, so it may go.
 	stale := fmt.Sprintf("t/%d/1-stale", inoOf(t, filepath.Join(s.root, "pre")))
 	s.orphan(t, stale, old)
-	s.orphan(t, stale+stub.SumsSuffix, old)
+	s.orphan(t, archive.SumsKey(stale), old)
 	gone := "t/999999999/2-gone" // a file removed while its DESTROY was lost
 	s.orphan(t, gone, old)
 	young := fmt.Sprintf("t/%d/3-young", inoOf(t, filepath.Join(s.root, "resident")))
@@ -126,7 +126,7 @@ func TestReconcileDeletesOnlyOldOrphans(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{stale, stale + stub.SumsSuffix, gone, temp} {
+	for _, k := range []string{stale, archive.SumsKey(stale), gone, temp} {
 		if s.exists(k) {
 			t.Errorf("orphan %s kept", k)
 		}
@@ -161,7 +161,7 @@ func TestReconcileReportsDamagedStubs(t *testing.T) {
 	}
 	os.Remove(filepath.Join(s.archDir, recOf("mig").Key))                                   // missing
 	os.WriteFile(filepath.Join(s.archDir, recOf("moved-here").Key), []byte("short"), 0o600) // wrong size
-	sums := filepath.Join(s.archDir, recOf("big").Key+stub.SumsSuffix)
+	sums := filepath.Join(s.archDir, archive.SumsKey(recOf("big").Key))
 	b, _ := os.ReadFile(sums)
 	b[3] ^= 1
 	os.WriteFile(sums, b, 0o600) // checksums that do not match the record

@@ -35,7 +35,7 @@ func BenchmarkScan(b *testing.B) {
 	makeTree(b, root, files)
 	b.Logf("tree of %d files made in %s", files, time.Since(start).Round(time.Second))
 
-	p := DefaultPolicy()
+	p := testPolicy()
 	for i := 0; i < b.N; i++ {
 		for _, cold := range []bool{false, true} {
 			label := "warm"

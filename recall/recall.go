@@ -22,7 +22,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Config holds the recall settings. DefaultConfig documents each default.
+// Config holds the recall settings. SmallFile, Window and MaxWindow are
+// filesystem settings, with their defaults in package settings (no
+// manager starts without them); DefaultConfig gives the rest.
 type Config struct {
 	// SmallFile: files up to this size are recalled whole on first touch.
 	SmallFile int64
@@ -36,14 +38,11 @@ type Config struct {
 	Retries int
 }
 
-// DefaultConfig returns the defaults.
+// DefaultConfig returns what is not a filesystem setting.
 func DefaultConfig() Config {
 	return Config{
-		SmallFile:  16 << 20,
-		Window:     4 << 20,
-		MaxWindow:  256 << 20,
-		MaxStreams: 8,
-		Retries:    3,
+		MaxStreams: 8, // GET streams of one filesystem at once: two cores' worth of verify and write
+		Retries:    3, // a GET that fails this often in a row is the archive's fault: EIO
 	}
 }
 
@@ -219,16 +218,11 @@ const historySize = 256
 
 // NewManager returns a manager for the backing tree root.
 func NewManager(root *beneath.Root, arch archive.Archive, rights *dmapi.Rights, garbage dmapi.Garbage, cfg Config, log *slog.Logger) *Manager {
+	if cfg.SmallFile <= 0 || cfg.Window <= 0 {
+		panic("recall: Config without SmallFile and Window (settings.Defaults has them)")
+	}
 	d := DefaultConfig()
-	if cfg.SmallFile <= 0 {
-		cfg.SmallFile = d.SmallFile
-	}
-	if cfg.Window <= 0 {
-		cfg.Window = d.Window
-	}
-	if cfg.MaxWindow < cfg.Window {
-		cfg.MaxWindow = max(d.MaxWindow, cfg.Window)
-	}
+	cfg.MaxWindow = max(cfg.MaxWindow, cfg.Window)
 	if cfg.MaxStreams <= 0 {
 		cfg.MaxStreams = d.MaxStreams
 	}
@@ -369,7 +363,7 @@ func (m *Manager) destroy(ctx context.Context, ev *dmapi.Event) error {
 		if err := m.arch.Delete(ctx, ev.Key); err != nil {
 			return err
 		}
-		return m.arch.Delete(ctx, ev.Key+stub.SumsSuffix)
+		return m.arch.Delete(ctx, archive.SumsKey(ev.Key))
 	})
 }
 

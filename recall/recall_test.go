@@ -35,7 +35,7 @@ type faulty struct {
 
 func (a *faulty) Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error) {
 	body, err := a.Archive.Get(ctx, key, off, length)
-	if err != nil || filepath.Ext(key) == stub.SumsSuffix {
+	if _, sums := archive.DataKeyOf(key); err != nil || sums {
 		return body, err
 	}
 	a.mu.Lock()
@@ -100,7 +100,7 @@ func migrated(t *testing.T, size int64) (root string, arch *faulty, data []byte,
 	if err := os.WriteFile(filepath.Join(root, "f"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m := migrate.New(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, migrate.Config{FS: "t"}, slog.Default())
+	m := migrate.New(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, migrate.Config{FS: "t", ReleaseWait: 5 * time.Second}, slog.Default())
 	if _, err := m.Migrate(context.Background(), "f", 0, false); err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func migrated(t *testing.T, size int64) (root string, arch *faulty, data []byte,
 }
 
 func newManager(t *testing.T, root string, arch archive.Archive) *recall.Manager {
-	m := recall.NewManager(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.KeptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
+	m := recall.NewManager(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.KeptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20, MaxWindow: 256 << 20}, slog.Default())
 	t.Cleanup(m.Close)
 	return m
 }
@@ -195,7 +195,7 @@ func TestStreamHoldsTheRight(t *testing.T) {
 	root, arch, _, ino := migrated(t, size)
 	arch.slow = 5 * time.Millisecond // streams take a while
 	rights := &dmapi.Rights{}
-	m := recall.NewManager(fakes.Root(t, root), arch, rights, fakes.KeptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20}, slog.Default())
+	m := recall.NewManager(fakes.Root(t, root), arch, rights, fakes.KeptGarbage{}, recall.Config{SmallFile: 1 << 20, Window: 1 << 20, MaxWindow: 256 << 20}, slog.Default())
 	defer m.Close()
 	ev := &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: 0, Length: 1 << 20}
 	if err := m.Handle(context.Background(), ev); err != nil {
@@ -231,7 +231,7 @@ func TestTruncateRacingARelease(t *testing.T) {
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	mig := migrate.New(fakes.Root(t, root), dir, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, migrate.Config{FS: "t"}, slog.Default())
+	mig := migrate.New(fakes.Root(t, root), dir, &dmapi.Rights{}, fakes.OpenGate{}, fakes.KeptGarbage{}, migrate.Config{FS: "t", ReleaseWait: 5 * time.Second}, slog.Default())
 	if _, err := mig.Migrate(context.Background(), "f", 0, true); err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +278,7 @@ func TestReaderOnAdminStreamIsNotHeldBack(t *testing.T) {
 	root, arch, data, ino := migrated(t, size)
 	arch.slow = 10 * time.Millisecond
 	m := recall.NewManager(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.KeptGarbage{},
-		recall.Config{SmallFile: 1 << 20, Window: 64 << 20}, slog.Default())
+		recall.Config{SmallFile: 1 << 20, Window: 64 << 20, MaxWindow: 256 << 20}, slog.Default())
 	t.Cleanup(m.Close)
 	admin := make(chan error, 1)
 	go func() {

@@ -236,16 +236,11 @@ func (f *fileRecall) loadSumsLocked() {
 	go func() {
 		defer f.m.wg.Done()
 		ctx := f.m.ctx
-		blob := make([]byte, 4*int(rec.SumsCount))
-		err := f.m.withRetry(ctx, func() error {
-			return archive.ReadFull(ctx, f.m.arch, rec.Key+stub.SumsSuffix, 0, blob)
-		})
 		var sums []uint32
-		if err != nil {
-			err = fmt.Errorf("checksums of %s: %w", rec.Key, err)
-		} else {
-			sums, err = stub.DecodeSums(rec, blob)
-		}
+		err := f.m.withRetry(ctx, func() (err error) {
+			sums, err = archive.ReadSums(ctx, f.m.arch, rec)
+			return err
+		})
 		f.mu.Lock()
 		f.sums, f.sumsErr = sums, err
 		close(ready)

@@ -17,17 +17,24 @@ import (
 	"github.com/cascadefs/cascadefs/recall"
 )
 
-// FS is a filesystem's settings, read.
+// FS is a filesystem's settings, read: what the daemon, the DM session,
+// recall, migration and the space monitor are given, as it is. Each
+// field's default and meaning is its key's line in the table below (keys);
+// Defaults holds them all. The packages below restate none of them.
 type FS struct {
+	// Recall: small-file, window and max-window (recall.DefaultConfig
+	// adds what is not a setting: streams and retries).
 	Recall       recall.Config
-	Workers      int
-	EventTimeout time.Duration
-	ReleaseWait  time.Duration // -1: skip open files at once
-	HoldLease    time.Duration
-	Failover     string // async or sync
-	RecallRate   int64  // bytes per second the owner recalls at most (0: no cap)
-	MigrateRate  int64  // bytes per second the owner uploads at most (0: no cap)
-	Policy       migrate.Policy
+	Workers      int           // workers: DM events handled at once
+	EventTimeout time.Duration // event-timeout: a reader waits this long for its recall
+	ReleaseWait  time.Duration // release-wait: for open handles (0: skip open files at once)
+	HoldLease    time.Duration // hold-lease: a release hold on another node lasts at most this
+	Failover     string        // failover: async or sync
+	RecallRate   int64         // recall-rate: bytes per second the owner fetches at most (0: no cap)
+	MigrateRate  int64         // migrate-rate: bytes per second the owner uploads at most (0: no cap)
+	// Policy: the space monitor's keys, from leader to premigrate
+	// (migrate.DefaultPolicy adds its workers and candidate bound).
+	Policy migrate.Policy
 }
 
 // key is one setting: its name, its default (as a user writes it), what
@@ -73,9 +80,6 @@ var keys = []key{
 		d, err := duration(v)
 		if err == nil && d > 0 && d < minReleaseWait {
 			return atLeast(time.Duration(minReleaseWait), "0 skips open files at once")
-		}
-		if d == 0 {
-			d = -1
 		}
 		s.ReleaseWait = d
 		return err

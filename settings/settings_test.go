@@ -18,7 +18,7 @@ func TestParse(t *testing.T) {
 		p.MinAge != time.Hour || len(p.Exclude) != 2 || p.Exclude[1] != "tmp/*" || p.Premigrate != 10 {
 		t.Fatalf("policy %+v", p)
 	}
-	if s.Recall.SmallFile != 1<<62 || s.Workers != 3 || s.EventTimeout != 2*time.Minute || s.ReleaseWait != -1 || s.HoldLease != 30*time.Second {
+	if s.Recall.SmallFile != 1<<62 || s.Workers != 3 || s.EventTimeout != 2*time.Minute || s.ReleaseWait != 0 || s.HoldLease != 30*time.Second {
 		t.Fatalf("parsed %+v", s)
 	}
 	// 0 is a size and a duration like any other; each key says what it means.

@@ -37,11 +37,8 @@ func (s State) String() string {
 
 // InlineSumsMax is the largest chunk count whose checksums are kept in the
 // record itself; larger files keep them in the archive beside the object
-// (key + SumsSuffix) and the record holds their SHA-256.
+// (archive.SumsKey) and the record holds their SHA-256.
 const InlineSumsMax = 256
-
-// SumsSuffix names the archive object that holds a large file's chunk checksums.
-const SumsSuffix = ".sums"
 
 // Record is the stub record. It describes the archive copy of the file's
 // data as it was when the copy was made.

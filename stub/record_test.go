@@ -112,12 +112,12 @@ func TestSumsExternal(t *testing.T) {
 		sums[i] = uint32(i)
 	}
 	blob := r.SetSums(sums)
-	got, err := DecodeSums(r, blob)
+	got, err := DecodeSums(r.SumsRef(), blob)
 	if err != nil || len(got) != len(sums) || got[7] != 7 {
 		t.Fatalf("decode sums: %v", err)
 	}
 	blob[0] ^= 1
-	if _, err := DecodeSums(r, blob); !errors.Is(err, ErrCorrupt) {
+	if _, err := DecodeSums(r.SumsRef(), blob); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("tampered sums accepted: %v", err)
 	}
 }

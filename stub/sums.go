@@ -30,15 +30,27 @@ func EncodeSums(sums []uint32) []byte {
 	return b
 }
 
-// DecodeSums checks an external checksum object against the record and parses it.
-func DecodeSums(r *Record, b []byte) ([]uint32, error) {
-	if sha256.Sum256(b) != r.SumsHash {
+// SumsRef is what a record says of its external checksum object: the
+// object it belongs to, how many chunks, and the object's SHA-256.
+type SumsRef struct {
+	Key   string
+	Count uint32
+	Hash  [32]byte
+}
+
+// SumsRef is the record's reference to its external checksum object.
+func (r *Record) SumsRef() SumsRef { return SumsRef{Key: r.Key, Count: r.SumsCount, Hash: r.SumsHash} }
+
+// DecodeSums checks an external checksum object against its reference
+// and parses it.
+func DecodeSums(ref SumsRef, b []byte) ([]uint32, error) {
+	if sha256.Sum256(b) != ref.Hash {
 		return nil, fmt.Errorf("%w: checksum object does not match its hash", ErrCorrupt)
 	}
-	if len(b) != 4*int(r.SumsCount) {
-		return nil, fmt.Errorf("%w: checksum object has %d bytes for %d chunks", ErrCorrupt, len(b), r.SumsCount)
+	if len(b) != 4*int(ref.Count) {
+		return nil, fmt.Errorf("%w: checksum object has %d bytes for %d chunks", ErrCorrupt, len(b), ref.Count)
 	}
-	sums := make([]uint32, r.SumsCount)
+	sums := make([]uint32, ref.Count)
 	for i := range sums {
 		sums[i] = binary.LittleEndian.Uint32(b[4*i:])
 	}

@@ -49,8 +49,8 @@ type Config struct {
 	RPC  string // advertised node RPC address
 	Key  []byte // cluster key (16, 24 or 32 bytes); nil: gossip in clear
 	Log  *slog.Logger
-	// Tune adjusts memberlist's timing (failure detection) before start.
-	Tune func(*memberlist.Config)
+	// Timing of failure detection (DefaultTiming if zero).
+	Timing Timing
 	// OnChange is called (on its own goroutine) after every membership change.
 	OnChange func()
 	// OnMember is told each member's new status as Serf reports it.
@@ -59,6 +59,27 @@ type Config struct {
 	OnUserEvent func(name string, payload []byte)
 	// OnQuery answers a Serf query; ok=false sends no answer.
 	OnQuery func(name string, payload []byte) (answer []byte, ok bool)
+}
+
+// Timing is how fast members find a failed one: about ProbeInterval x
+// SuspicionMult x log(members) after its last answer (docs/BENCHMARKS.md
+// has the measured figures).
+type Timing struct {
+	ProbeInterval  time.Duration // how often each member is probed
+	ProbeTimeout   time.Duration // how long a probe waits for its ack
+	SuspicionMult  int           // suspicion timeout in probe intervals (scaled by cluster size)
+	GossipInterval time.Duration // how often news is gossiped
+}
+
+// DefaultTiming is tuned for a LAN cluster that fails over in about a
+// second (memberlist's LAN defaults take about 5 s).
+func DefaultTiming() Timing {
+	return Timing{
+		ProbeInterval:  200 * time.Millisecond, // memberlist's LAN: 1s
+		ProbeTimeout:   100 * time.Millisecond, // memberlist's LAN: 500ms
+		SuspicionMult:  2,                      // memberlist's LAN: 4
+		GossipInterval: 200 * time.Millisecond, // memberlist's LAN
+	}
 }
 
 // Member is this node's membership.
@@ -108,9 +129,11 @@ func Start(cfg Config) (*Member, error) {
 	if cfg.Key != nil {
 		mc.SecretKey = cfg.Key
 	}
-	if cfg.Tune != nil {
-		cfg.Tune(mc)
+	if cfg.Timing == (Timing{}) {
+		cfg.Timing = DefaultTiming()
 	}
+	t := cfg.Timing
+	mc.ProbeInterval, mc.ProbeTimeout, mc.SuspicionMult, mc.GossipInterval = t.ProbeInterval, t.ProbeTimeout, t.SuspicionMult, t.GossipInterval
 	sc.MemberlistConfig = mc
 	s, err := serf.Create(sc)
 	if err != nil {

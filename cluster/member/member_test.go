@@ -7,18 +7,19 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/internal/testenv"
-	"github.com/hashicorp/memberlist"
 )
 
-func fast(c *memberlist.Config) {
-	c.ProbeInterval, c.ProbeTimeout, c.SuspicionMult = 200*time.Millisecond, 100*time.Millisecond, 2
-	c.GossipInterval = 50 * time.Millisecond
+// fast is the default timing with faster gossip.
+func fast() Timing {
+	t := DefaultTiming()
+	t.GossipInterval = 50 * time.Millisecond
+	return t
 }
 
 func start(t *testing.T, name string, key []byte) *Member {
 	t.Helper()
 	bind := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	m, err := Start(Config{Name: name, Bind: bind, RPC: "127.0.0.1:1", Key: key, Log: slog.Default(), Tune: fast})
+	m, err := Start(Config{Name: name, Bind: bind, RPC: "127.0.0.1:1", Key: key, Log: slog.Default(), Timing: fast()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -405,6 +405,9 @@ func printCluster(rep *StatusReport) {
 	tw.Flush()
 	for _, f := range c.FS {
 		fmt.Printf("  filesystem %s: backing %s, archive %s\n", f.Name, f.Backing, f.Archive)
+		if f.SettingsError != "" {
+			fmt.Printf("    SETTINGS DO NOT PARSE (the last good ones are in use): %s\n", f.SettingsError)
+		}
 		printSession("    DM session: ", f.Session)
 		for _, tk := range f.Takeovers {
 			from, to := tk.From, tk.To

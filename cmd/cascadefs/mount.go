@@ -37,13 +37,14 @@ func cmdMount(args []string) error {
 	if err := fl.Parse(args); err != nil {
 		return errReported
 	}
-	cfg.Settings = map[string]string{}
+	given := map[string]string{}
 	fl.Visit(func(f *flag.Flag) {
 		if slices.Contains(keys, f.Name) {
-			cfg.Settings[f.Name] = f.Value.String()
+			given[f.Name] = f.Value.String()
 		}
 	})
-	if _, err := settings.Parse(cfg.Settings); err != nil {
+	var err error
+	if cfg.Settings, err = settings.Parse(given); err != nil {
 		return err
 	}
 	if fl.NArg() != 1 || cfg.Backing == "" || cfg.ArchiveURL == "" {
@@ -64,7 +65,7 @@ func cmdMount(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	dm, err := daemon.Start(ctx, cfg, log)
+	dm, err := daemon.Start(ctx, cfg, given, log)
 	if err != nil {
 		return err
 	}

@@ -10,13 +10,11 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/cascadefs/cascadefs/cluster"
 	"github.com/cascadefs/cascadefs/cluster/member"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/internal/secret"
-	"github.com/hashicorp/memberlist"
 )
 
 const nodeArgs = "--name N --bind HOST:PORT --rpc HOST:PORT [--join HOST:PORT,...] --repo DIR --mount-root DIR --key-file F [--credentials-file F] | --config F"
@@ -41,10 +39,11 @@ func cmdNode(args []string) error {
 	fl.IntVar(&cfg.MaxFilesystems, "max-filesystems", 0, "take at most this many DM sessions (0: no bound)")
 	fl.Float64Var(&cfg.Weight, "weight", 0, "bias of this node's key in synchronous failover votes (higher wins)")
 	fl.DurationVar(&cfg.Lease, "lease", cluster.DefaultLease, "lease TTL: nobody takes this node's filesystems while it renews; it stops acting when it cannot")
-	fl.DurationVar(&cfg.StuckAfter, "stuck-after", 5*time.Minute, "DM workers that finish nothing this long are restarted once, then the filesystem is given up")
-	probe := fl.Duration("probe-interval", 200*time.Millisecond, "failure detection: how often each member is probed")
-	probeTimeout := fl.Duration("probe-timeout", 100*time.Millisecond, "failure detection: how long a probe waits for its ack")
-	suspicion := fl.Int("suspicion-mult", 2, "failure detection: suspicion timeout in probe intervals (scaled by cluster size)")
+	fl.DurationVar(&cfg.StuckAfter, "stuck-after", cluster.DefaultStuckAfter, "DM workers that finish nothing this long are restarted once, then the filesystem is given up")
+	cfg.Gossip = member.DefaultTiming()
+	fl.DurationVar(&cfg.Gossip.ProbeInterval, "probe-interval", cfg.Gossip.ProbeInterval, "failure detection: how often each member is probed")
+	fl.DurationVar(&cfg.Gossip.ProbeTimeout, "probe-timeout", cfg.Gossip.ProbeTimeout, "failure detection: how long a probe waits for its ack")
+	fl.IntVar(&cfg.Gossip.SuspicionMult, "suspicion-mult", cfg.Gossip.SuspicionMult, "failure detection: suspicion timeout in probe intervals (scaled by cluster size)")
 	if err := fl.Parse(args); err != nil {
 		return errReported
 	}
@@ -65,9 +64,6 @@ func cmdNode(args []string) error {
 		return errors.New("need --name, --bind, --rpc, --repo and --mount-root (or --config)")
 	}
 	cfg.Join = splitList(*join)
-	cfg.Tune = func(c *memberlist.Config) {
-		c.ProbeInterval, c.ProbeTimeout, c.SuspicionMult = *probe, *probeTimeout, *suspicion
-	}
 	// No key, no node: without one anybody who reaches the RPC port could
 	// punch files and delete archive objects.
 	if *keyFile == "" {

@@ -1,0 +1,88 @@
+package archive
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cascadefs/cascadefs/stub"
+)
+
+// The layout of cascadefs's objects in an archive, in one place:
+//
+//	FS/INO/GEN        a migration's data (GEN: nanoseconds, "-", 12 random
+//	                  hex digits: a key is never used twice, so a stale
+//	                  copy is never taken for the current one)
+//	FS/INO/GEN.sums   the chunk checksums of a file too large for its
+//	                  record to hold them (their SHA-256 is in the record)
+
+// sumsSuffix names a key's checksum object.
+const sumsSuffix = ".sums"
+
+// Key is the key of a migration's object.
+type Key struct {
+	FS  string
+	Ino uint64 // the file's inode when it was migrated
+	Gen string
+}
+
+// NewKey makes the key of a new migration of the file ino.
+func NewKey(fs string, ino uint64) Key {
+	var b [6]byte
+	rand.Read(b[:])
+	return Key{FS: fs, Ino: ino, Gen: fmt.Sprintf("%d-%s", time.Now().UnixNano(), hex.EncodeToString(b[:]))}
+}
+
+func (k Key) String() string { return fmt.Sprintf("%s/%d/%s", k.FS, k.Ino, k.Gen) }
+
+// SumsKey names the checksum object of the object key.
+func SumsKey(key string) string { return key + sumsSuffix }
+
+// DataKeyOf is the key of the data object that key belongs to: itself,
+// or the data object of a checksum object (sums true).
+func DataKeyOf(key string) (data string, sums bool) { return strings.CutSuffix(key, sumsSuffix) }
+
+// ParseKey reads a data object's key of the filesystem fs; false for a
+// key that no migration of fs made.
+func ParseKey(fs, key string) (Key, bool) {
+	rest, found := strings.CutPrefix(key, fs+"/")
+	ino, gen, slash := strings.Cut(rest, "/")
+	n, err := strconv.ParseUint(ino, 10, 64)
+	if !found || !slash || err != nil || gen == "" || strings.Contains(gen, "/") {
+		return Key{}, false
+	}
+	return Key{FS: fs, Ino: n, Gen: gen}, true
+}
+
+// ReadSums reads a file's chunk checksums: from its record when it holds
+// them, else from the checksum object, which must be exactly what the
+// record's hash and count say.
+func ReadSums(ctx context.Context, a Archive, rec *stub.Record) ([]uint32, error) {
+	if rec.InlineSums() {
+		return rec.Sums, nil
+	}
+	return ReadSumsOf(ctx, a, rec.SumsRef())
+}
+
+// ReadSumsOf reads and checks the checksum object ref names.
+func ReadSumsOf(ctx context.Context, a Archive, ref stub.SumsRef) ([]uint32, error) {
+	body, err := a.Get(ctx, SumsKey(ref.Key), 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("checksums of %s: %w", ref.Key, err)
+	}
+	defer body.Close()
+	blob, err := io.ReadAll(io.LimitReader(body, 4*int64(ref.Count)+1))
+	if err != nil {
+		return nil, fmt.Errorf("checksums of %s: %w", ref.Key, err)
+	}
+	sums, err := stub.DecodeSums(ref, blob)
+	if err != nil {
+		return nil, fmt.Errorf("checksums of %s: %w", ref.Key, err)
+	}
+	return sums, nil
+}
