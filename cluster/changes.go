@@ -4,7 +4,7 @@ import (
 	"sync"
 	"time"
 
-	cfs "github.com/cascadefs/cascadefs/fs"
+	"github.com/cascadefs/cascadefs/fusefs"
 )
 
 // changeQueue sends the attribute and name changes made through this node
@@ -16,7 +16,7 @@ import (
 type changeQueue struct {
 	n    *Node
 	fs   string
-	ch   chan cfs.Change
+	ch   chan fusefs.Change
 	quit chan struct{}
 	done chan struct{}
 	once sync.Once
@@ -30,13 +30,13 @@ const (
 )
 
 func newChangeQueue(n *Node, fs string) *changeQueue {
-	q := &changeQueue{n: n, fs: fs, ch: make(chan cfs.Change, 4*maxBatch), quit: make(chan struct{}), done: make(chan struct{})}
+	q := &changeQueue{n: n, fs: fs, ch: make(chan fusefs.Change, 4*maxBatch), quit: make(chan struct{}), done: make(chan struct{})}
 	go q.run()
 	return q
 }
 
 // add queues a change; it waits only when the queue is full.
-func (q *changeQueue) add(c cfs.Change) {
+func (q *changeQueue) add(c fusefs.Change) {
 	select {
 	case q.ch <- c:
 	case <-q.quit:
@@ -51,7 +51,7 @@ func (q *changeQueue) stop() {
 func (q *changeQueue) run() {
 	defer close(q.done)
 	for {
-		var batch []cfs.Change
+		var batch []fusefs.Change
 		select {
 		case c := <-q.ch:
 			batch = append(batch, c)

@@ -10,7 +10,7 @@ import (
 	"github.com/cascadefs/cascadefs/cluster/rpc"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/dmapi"
-	cfs "github.com/cascadefs/cascadefs/fs"
+	"github.com/cascadefs/cascadefs/fusefs"
 	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/settings"
 )
@@ -56,7 +56,7 @@ func (n *Node) register() {
 		}
 		if m := n.lookup(req.FS); m != nil {
 			if req.Ino != 0 {
-				m.mount.FS().Invalidate(cfs.Change{Ino: req.Ino})
+				m.mount.FS().Invalidate(fusefs.Change{Ino: req.Ino})
 			}
 			for _, c := range req.Changes {
 				m.mount.FS().Invalidate(c)

@@ -3,7 +3,7 @@ package cluster
 import (
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/dmapi"
-	cfs "github.com/cascadefs/cascadefs/fs"
+	"github.com/cascadefs/cascadefs/fusefs"
 	"github.com/cascadefs/cascadefs/migrate"
 )
 
@@ -100,7 +100,7 @@ type holdReq struct {
 }
 
 type invalidateReq struct {
-	FS      string       `json:"fs"`
-	Ino     uint64       `json:"ino,omitempty"`     // written data, at close
-	Changes []cfs.Change `json:"changes,omitempty"` // attributes and names, batched
+	FS      string          `json:"fs"`
+	Ino     uint64          `json:"ino,omitempty"`     // written data, at close
+	Changes []fusefs.Change `json:"changes,omitempty"` // attributes and names, batched
 }

@@ -16,7 +16,7 @@ import (
 	"net/url"
 
 	"github.com/cascadefs/cascadefs/dmapi"
-	cfs "github.com/cascadefs/cascadefs/fs"
+	"github.com/cascadefs/cascadefs/fusefs"
 	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/migrate"
@@ -57,7 +57,7 @@ type Config struct {
 	// Written and Changed are told of changes through this mount that other
 	// nodes' caches must drop (see fs.Options).
 	Written func(ino uint64)
-	Changed func(cfs.Change)
+	Changed func(fusefs.Change)
 }
 
 // RunDir is where control sockets live: $CASCADEFS_RUN_DIR or /run/cascadefs.
@@ -77,7 +77,7 @@ func SocketPath(runDir, source string) string { return filepath.Join(runDir, sou
 type Mount struct {
 	cfg     Config
 	log     *slog.Logger
-	fs      *cfs.FS
+	fs      *fusefs.FS
 	root    *beneath.Root // the backing tree, for the admin requests
 	dm      DMAccess
 	archive string // for status, without credentials
@@ -120,7 +120,7 @@ func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger
 		u.RawQuery = "" // the endpoint is shown by the DM side; keep the mount line short
 		m.archive = u.String()
 	}
-	m.fs, err = cfs.Mount(cfg.Mountpoint, cfs.Options{
+	m.fs, err = fusefs.Mount(cfg.Mountpoint, fusefs.Options{
 		Backing: backing, Name: cfg.Name, Source: cfg.Source, Events: events{dm, garbage}, Log: log,
 		SmallFile: cfg.Settings.Recall.SmallFile, Region: stub.DefaultChunkSize,
 		NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, Written: cfg.Written, Changed: cfg.Changed,
@@ -139,7 +139,7 @@ func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger
 }
 
 // FS is the FUSE layer (its gates take part in releases).
-func (m *Mount) FS() *cfs.FS { return m.fs }
+func (m *Mount) FS() *fusefs.FS { return m.fs }
 
 // Wait blocks until the filesystem is unmounted (by Stop or from outside).
 func (m *Mount) Wait() { m.fs.Wait() }

@@ -23,14 +23,14 @@ type Garbage interface {
 	Abort(token string)
 }
 
-// Orphan runs change, which stops the file fd (at rel) from using the
+// DropReference runs change, which stops the file fd (at rel) from using the
 // object key (a record removal), between Prepare and Commit: a crash at
 // any moment neither leaks the object nor deletes one that is still in
 // use. The change is made durable (fsync) before the entry is committed:
 // a record that came back after a crash would name a deleted object. If
 // that sync fails, the entry stays prepared and is resolved by looking at
 // the file at the next start.
-func Orphan(g Garbage, fd int, rel string, key string, change func() error) error {
+func DropReference(g Garbage, fd int, rel string, key string, change func() error) error {
 	token, err := g.Prepare(fd, rel, key)
 	if err != nil {
 		return err

@@ -231,8 +231,8 @@ func TestRmDuringPremigration(t *testing.T) {
 	<-ba.started
 	os.Remove(filepath.Join(root, "f")) // no record yet: a plain unlink
 	close(ba.release)
-	if err := <-done; !errors.Is(err, ErrChanged) {
-		t.Fatalf("premigration of a removed file: %v, want ErrChanged", err)
+	if err := <-done; !errors.Is(err, ErrChangedDuringMigration) {
+		t.Fatalf("premigration of a removed file: %v, want ErrChangedDuringMigration", err)
 	}
 	all, _ := store.List()
 	if len(all) != 1 {

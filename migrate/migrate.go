@@ -41,8 +41,8 @@ type Gate interface {
 	Release(ctx context.Context, ino uint64, wait time.Duration, fn func(confirm func() error) error) error
 }
 
-// ErrChanged: the file changed while it was being copied.
-var ErrChanged = errors.New("file changed during migration")
+// ErrChangedDuringMigration: the file changed while it was being copied.
+var ErrChangedDuringMigration = errors.New("file changed during migration")
 
 // Config holds the migration settings.
 type Config struct {
@@ -202,7 +202,7 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 		// record goes under the storage right, looked at again there: a
 		// node paused past its own look must not remove a record another
 		// wrote meanwhile.
-		err := dmapi.Orphan(m.garbage, fd, rel, rec.Key, func() error {
+		err := dmapi.DropReference(m.garbage, fd, rel, rec.Key, func() error {
 			return m.gate.Commit(st.Ino, func() error {
 				return stub.Change(fd, func(cur *stub.Record) error {
 					var now unix.Stat_t
@@ -210,10 +210,10 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 						return err
 					}
 					if cur == nil || cur.Key != rec.Key {
-						return ErrChanged
+						return ErrChangedDuringMigration
 					}
 					if stale, err := staleCopy(fd, cur, &now); err != nil || !stale {
-						return cmp.Or(err, ErrChanged)
+						return cmp.Or(err, ErrChangedDuringMigration)
 					}
 					return m.Fence.Run(func() error { return stub.RemoveRecord(fd) })
 				})
@@ -345,10 +345,10 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 			// Removed meanwhile (rm during the upload): a record on a file
 			// without a name would keep its object forever.
 			if !rec.Unchanged(&now) || now.Nlink == 0 {
-				return ErrChanged
+				return ErrChangedDuringMigration
 			}
 			if ok, err := stub.Watched(int(file.Fd()), watch); err != nil || !ok {
-				return cmp.Or(err, ErrChanged)
+				return cmp.Or(err, ErrChangedDuringMigration)
 			}
 			cur, err := stub.ReadRecord(int(file.Fd()))
 			if err != nil {
@@ -361,7 +361,7 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 			// that paused past its own look): it is replaced, and its
 			// object goes through the DESTROY queue, never leaked.
 			// (Orphan makes the change durable before its entry goes.)
-			return dmapi.Orphan(m.garbage, int(file.Fd()), rel, cur.Key, func() error {
+			return dmapi.DropReference(m.garbage, int(file.Fd()), rel, cur.Key, func() error {
 				return stub.WriteRecord(int(file.Fd()), rec)
 			})
 		})
@@ -424,14 +424,14 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 			return err
 		}
 		if rec.State == stub.Premigrated && !rec.Unchanged(&st) {
-			return ErrChanged
+			return ErrChangedDuringMigration
 		}
 		if st.Size != rec.Size {
-			return ErrChanged
+			return ErrChangedDuringMigration
 		}
 		if rec.State == stub.Premigrated {
 			if ok, err := stub.Watched(fd, ""); err != nil || !ok {
-				return cmp.Or(err, ErrChanged)
+				return cmp.Or(err, ErrChangedDuringMigration)
 			}
 		}
 		// Last look at the archive copy: after the punch it is the only one.
@@ -453,7 +453,7 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 		}
 		defer unlock()
 		if cur, err := stub.ReadRecord(fd); err != nil || cur == nil || cur.Key != rec.Key || cur.MtimeNs != rec.MtimeNs {
-			return cmp.Or(err, ErrChanged)
+			return cmp.Or(err, ErrChangedDuringMigration)
 		}
 		// The read shield, exclusive: no node has the file open (a
 		// passthrough reader would read the holes as zeros, and an open

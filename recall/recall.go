@@ -49,8 +49,8 @@ func DefaultConfig() Config {
 // ErrIntegrity means recalled bytes did not match their checksum.
 var ErrIntegrity = errors.New("archive data does not match its checksum")
 
-// ErrChanged means the backing file no longer matches its stub record.
-var ErrChanged = errors.New("stub changed behind the DM application")
+// ErrStubChanged means the backing file no longer matches its stub record.
+var ErrStubChanged = errors.New("stub changed behind the DM application")
 
 // Manager handles the DM events of one managed filesystem.
 type Manager struct {
@@ -284,7 +284,7 @@ func checkRegular(fd int, ino uint64) (int, error) {
 	}
 	if ino != 0 && st.Ino != ino {
 		unix.Close(fd)
-		return -1, fmt.Errorf("replaced (inode %d, event for %d): %w", st.Ino, ino, ErrChanged)
+		return -1, fmt.Errorf("replaced (inode %d, event for %d): %w", st.Ino, ino, ErrStubChanged)
 	}
 	return fd, nil
 }
@@ -395,7 +395,7 @@ func (m *Manager) dropPremigrated(ev *dmapi.Event) error {
 		if rec.State != stub.Premigrated {
 			return fmt.Errorf("%s: record changed to %s while it was made resident: %w", ev.Path, rec.State, errReleasedMeanwhile)
 		}
-		return dmapi.Orphan(m.garbage, fd, ev.Path, rec.Key, func() error {
+		return dmapi.DropReference(m.garbage, fd, ev.Path, rec.Key, func() error {
 			return m.Fence.Run(func() error { return stub.RemoveRecord(fd) })
 		})
 	})
@@ -422,7 +422,7 @@ func (m *Manager) acquire(ev *dmapi.Event) (*fileRecall, error) {
 	}
 	if ev.Ino != 0 && st.Ino != ev.Ino {
 		file.Close()
-		return nil, fmt.Errorf("%s was replaced (inode %d, event for %d): %w", ev.Path, st.Ino, ev.Ino, ErrChanged)
+		return nil, fmt.Errorf("%s was replaced (inode %d, event for %d): %w", ev.Path, st.Ino, ev.Ino, ErrStubChanged)
 	}
 	rec, err := stub.ReadRecord(fd)
 	if err != nil {
@@ -435,7 +435,7 @@ func (m *Manager) acquire(ev *dmapi.Event) (*fileRecall, error) {
 	}
 	if st.Size != rec.Size {
 		file.Close()
-		return nil, fmt.Errorf("size %d, record says %d: %w", st.Size, rec.Size, ErrChanged)
+		return nil, fmt.Errorf("size %d, record says %d: %w", st.Size, rec.Size, ErrStubChanged)
 	}
 	// The times to put back after each write: the mtime is the record's. A
 	// migrated file cannot change through the mount without its record

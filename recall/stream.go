@@ -552,7 +552,7 @@ func (f *fileRecall) makeResident() error {
 	if err := stub.SyncData(f.fd); err != nil {
 		return err
 	}
-	err = dmapi.Orphan(f.m.garbage, f.fd, f.path, f.rec.Key, func() error {
+	err = dmapi.DropReference(f.m.garbage, f.fd, f.path, f.rec.Key, func() error {
 		return f.m.Fence.Run(func() error { return stub.RemoveRecord(f.fd) })
 	})
 	if err == nil {

@@ -103,7 +103,7 @@ func (b *Bolt) open(readOnly, create bool) (*bolt.DB, error) {
 	case err == nil:
 		return db, nil
 	case errors.Is(err, bolterrors.ErrTimeout):
-		return nil, fmt.Errorf("%w: %s stayed locked for %s", ErrBusy, b.path, b.timeout)
+		return nil, fmt.Errorf("%w: %s stayed locked for %s", ErrLocked, b.path, b.timeout)
 	case errors.Is(err, bolterrors.ErrInvalid), errors.Is(err, bolterrors.ErrChecksum), errors.Is(err, bolterrors.ErrVersionMismatch):
 		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, b.path, err)
 	default:

@@ -20,7 +20,7 @@ var (
 	ErrExists   = errors.New("already exists")
 	ErrNoRepo   = errors.New("no repository")
 	ErrCorrupt  = errors.New("repository is corrupt")
-	ErrBusy     = errors.New("repository is busy")
+	ErrLocked   = errors.New("repository is locked")
 	// ErrOwnerChanged: the owner is not the one an ownership change expected.
 	ErrOwnerChanged = errors.New("owner changed")
 	// ErrLeaseLive: the owner still holds a live lease; its filesystems stay.

@@ -1,8 +1,8 @@
-// Package fs is the FUSE layer: a loopback over the backing directory that
+// Package fusefs is the FUSE layer: a loopback over the backing directory that
 // intercepts stub files. It raises DM events and blocks readers until they
 // are answered, hides the stub records, and opens fully resident files in
 // kernel passthrough. It knows dmapi and stub, never recall or cluster.
-package fs
+package fusefs
 
 import (
 	"context"
