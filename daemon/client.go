@@ -17,13 +17,15 @@ import (
 
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/migrate"
+	"golang.org/x/sys/unix"
 )
 
 // MountInfo is a cascadefs mount found in the mount table: Name is its
-// source (the name of its control socket).
+// source (the name of its control socket), Dev its device number.
 type MountInfo struct {
 	Name       string
 	Mountpoint string
+	Dev        uint64
 }
 
 // FindMount returns the cascadefs mount that holds path, and path relative
@@ -69,14 +71,18 @@ func Mounts() ([]MountInfo, error) {
 		if len(f) < 5 || len(g) < 2 || g[0] != "fuse.cascadefs" {
 			continue
 		}
-		out = append(out, MountInfo{Name: g[1], Mountpoint: unescapeMount(f[4])})
+		var major, minor uint32
+		fmt.Sscanf(f[2], "%d:%d", &major, &minor)
+		out = append(out, MountInfo{Name: g[1], Mountpoint: unescapeMount(f[4]), Dev: unix.Mkdev(major, minor)})
 	}
 	return out, nil
 }
 
-// MountsIn lists the cascadefs mounts served from the run directory
-// runDir (their control socket is there): mounts of daemons that use
-// another run directory (another instance, a test) are not this admin's.
+// MountsIn lists the cascadefs mounts whose control socket's name is in
+// the run directory runDir. Mounts of daemons that use another run
+// directory (another instance, a test) are not this admin's; one of them
+// may have the same name as one here, which its daemon tells apart
+// (ErrOtherMount).
 func MountsIn(runDir string) ([]MountInfo, error) {
 	all, err := Mounts()
 	if err != nil {
@@ -109,13 +115,24 @@ func unescapeMount(s string) string {
 // Client talks to one daemon's control socket.
 type Client struct {
 	Name string
+	dev  uint64 // of the mount asked about
 	http *http.Client
 }
 
-// Dial returns a client for filesystem name.
-func Dial(runDir, name string) *Client {
-	return &Client{Name: name, http: UnixClient(SocketPath(runDir, name), 0)}
+// Dial returns a client of the daemon of mount m, by its control socket in
+// runDir. Every request names m's device: a daemon that serves another
+// mount of the same name refuses it (ErrOtherMount).
+func Dial(runDir string, m MountInfo) *Client {
+	return &Client{Name: m.Name, dev: m.Dev, http: UnixClient(SocketPath(runDir, m.Name), 0)}
 }
+
+// ErrOtherMount: the control socket of that name in this run directory
+// belongs to another mount of the same name (a daemon started with
+// another CASCADEFS_RUN_DIR serves the one asked about).
+var ErrOtherMount = errors.New("served by a daemon of another run directory (CASCADEFS_RUN_DIR)")
+
+// mountDevHeader carries the device number of the mount a request is for.
+const mountDevHeader = "Cascadefs-Mount-Dev"
 
 func (c *Client) do(method, path string, body any) (*http.Response, error) {
 	var rd io.Reader
@@ -124,6 +141,9 @@ func (c *Client) do(method, path string, body any) (*http.Response, error) {
 		rd = bytes.NewReader(b)
 	}
 	req, _ := http.NewRequest(method, "http://cascadefs"+path, rd)
+	if c.dev != 0 {
+		req.Header.Set(mountDevHeader, strconv.FormatUint(c.dev, 10))
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		var ne *net.OpError
@@ -131,6 +151,10 @@ func (c *Client) do(method, path string, body any) (*http.Response, error) {
 			return nil, fmt.Errorf("filesystem %s: its daemon does not answer (%v)", c.Name, ne.Err)
 		}
 		return nil, fmt.Errorf("filesystem %s: %w", c.Name, err)
+	}
+	if resp.StatusCode == http.StatusMisdirectedRequest {
+		resp.Body.Close()
+		return nil, fmt.Errorf("filesystem %s: %w", c.Name, ErrOtherMount)
 	}
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(resp.Body)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -189,7 +190,17 @@ func startControl(d *Mount) (*ControlServer, error) {
 		defer cancel()
 		json.NewEncoder(w).Encode(d.Status(ctx))
 	})
-	return ServeControl(SocketPath(d.cfg.RunDir, d.cfg.Source), mux)
+	// Another daemon's mount may have the same name (it uses another run
+	// directory): a request for it must not act on this one.
+	this := strconv.FormatUint(d.dev, 10)
+	checked := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if dev := r.Header.Get(mountDevHeader); dev != "" && dev != this {
+			http.Error(w, "this daemon serves another mount of that name", http.StatusMisdirectedRequest)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+	return ServeControl(SocketPath(d.cfg.RunDir, d.cfg.Source), checked)
 }
 
 // StatusBudget bounds how long a daemon takes to answer a status: the

@@ -83,6 +83,7 @@ type Mount struct {
 	archive string // for status, without credentials
 	control *ControlServer
 	started time.Time
+	dev     uint64 // the mount's device number: requests for another are refused
 }
 
 // StartMount mounts a filesystem whose events go to dm and whose DESTROY
@@ -130,6 +131,12 @@ func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger
 		root.Close()
 		return nil, err
 	}
+	var st unix.Stat_t
+	if err := unix.Stat(cfg.Mountpoint, &st); err != nil { // answered by this process's FUSE server
+		m.Stop()
+		return nil, fmt.Errorf("mounted, but the mount does not answer: %w", err)
+	}
+	m.dev = st.Dev
 	if m.control, err = startControl(m); err != nil {
 		m.Stop()
 		return nil, err

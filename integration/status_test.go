@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -43,4 +44,49 @@ func TestStatusAnswersWhileANodeIsStopped(t *testing.T) {
 	n1.Resume()
 	resumed = true
 	waitFor(t, "a healthy status again", 45*time.Second, func() bool { _, _, err := c.CLI("status"); return err == nil })
+}
+
+// Another instance on the host (a daemon of another run directory) does
+// not change what the admin commands of this one see or do, even with
+// the same filesystem name, even stopped. Before, a command on a path in
+// the other instance's mount went to this instance's daemon of the same
+// name, which migrated its own file of that relative path; and status
+// listed the other mount as one of this instance's.
+func TestOtherInstancesDoNotMatter(t *testing.T) {
+	other, d := testenv.NewDaemon(t, "", nil), testenv.NewDaemon(t, "", nil)
+	other.Start()
+	d.Start()
+	writeRandom(t, other.M("f"), 1<<20)
+	writeRandom(t, d.M("f"), 1<<20)
+
+	// A path in the other mount, asked through this run directory.
+	_, errOut, err := d.CLI("migrate", other.M("f"))
+	if err == nil || !strings.Contains(errOut, "another run directory") {
+		t.Errorf("migrate of the other instance's file through this one: %v %q", err, errOut)
+	}
+	for _, dm := range []*testenv.Daemon{d, other} {
+		if out := dm.MustCLI("ls", dm.M("f")); !strings.Contains(out, "resident") {
+			t.Errorf("a migrate refused changed %s:\n%s", dm.M("f"), out)
+		}
+	}
+
+	// The other instance stopped: this one's commands answer as before.
+	other.Pause()
+	defer other.Resume()
+	start := time.Now()
+	out := d.MustCLI("status", "--json")
+	var rep struct {
+		Mounts []struct{ Mountpoint string }
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.Mounts) != 1 || rep.Mounts[0].Mountpoint != d.Mountpoint {
+		t.Errorf("status lists %+v (%v), want only %s", rep.Mounts, err, d.Mountpoint)
+	}
+	d.MustCLI("df")
+	d.MustCLI("migrate", d.M("f"))
+	if out := d.MustCLI("ls", d.M("f")); !strings.Contains(out, "migrated") {
+		t.Errorf("after migrate:\n%s", out)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("commands took %v with another instance stopped", took)
+	}
 }

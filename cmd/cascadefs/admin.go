@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -82,7 +83,7 @@ func dryRun(paths []string, recursive, asJSON bool) error {
 	}
 	var all []migrate.Verdict
 	for _, t := range targets {
-		verdicts, err := daemon.Dial(daemon.RunDir(), t.mount.Name).Plan(daemon.Request{Paths: t.rels, Recursive: recursive})
+		verdicts, err := daemon.Dial(daemon.RunDir(), t.mount).Plan(daemon.Request{Paths: t.rels, Recursive: recursive})
 		if err != nil {
 			return err
 		}
@@ -154,7 +155,7 @@ func cancelRecalls(paths []string, all bool) error {
 		}
 	}
 	for _, t := range targets {
-		evs, err := daemon.Dial(daemon.RunDir(), t.mount.Name).Cancel(daemon.Request{Paths: t.rels, All: all})
+		evs, err := daemon.Dial(daemon.RunDir(), t.mount).Cancel(daemon.Request{Paths: t.rels, All: all})
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.mount.Mountpoint, err)
 		}
@@ -175,7 +176,7 @@ func batch(op, verb string, paths []string, req daemon.Request) error {
 	for _, t := range targets {
 		req.Paths = t.rels
 		bar := newProgress(op)
-		err := daemon.Dial(daemon.RunDir(), t.mount.Name).Batch(op, req, func(m daemon.Message) {
+		err := daemon.Dial(daemon.RunDir(), t.mount).Batch(op, req, func(m daemon.Message) {
 			switch m.Type {
 			case "plan":
 				bar.plan(m.Files, m.Bytes)
@@ -222,7 +223,7 @@ func cmdLs(args []string) error {
 	}
 	var all []daemon.Entry
 	for _, t := range targets {
-		entries, err := daemon.Dial(daemon.RunDir(), t.mount.Name).Ls(daemon.Request{Paths: t.rels, Recursive: *r})
+		entries, err := daemon.Dial(daemon.RunDir(), t.mount).Ls(daemon.Request{Paths: t.rels, Recursive: *r})
 		if err != nil {
 			return err
 		}
@@ -293,7 +294,7 @@ func cmdStatus(args []string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st, err := daemon.Dial(daemon.RunDir(), m.Name).Status()
+			st, err := daemon.Dial(daemon.RunDir(), m).Status()
 			answers[i] = mountAnswer{st, err}
 		}()
 	}
@@ -329,6 +330,9 @@ func cmdStatus(args []string) error {
 	bad := false
 	for i, m := range mounts {
 		st, err := answers[i].st, answers[i].err
+		if errors.Is(err, daemon.ErrOtherMount) {
+			continue // another instance's mount of the same name
+		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "cascadefs status: %s at %s: %v\n", m.Name, m.Mountpoint, oneLine(err))
 			unhealthy = append(unhealthy, m.Name+" did not answer")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -19,14 +20,11 @@ func cmdDF(args []string) error {
 	if err := fl.Parse(args); err != nil {
 		return errReported
 	}
-	var names []string // socket names, one per filesystem
+	var mounts []daemon.MountInfo
 	if fl.NArg() == 0 {
-		mounts, err := daemon.MountsIn(daemon.RunDir())
-		if err != nil {
+		var err error
+		if mounts, err = daemon.MountsIn(daemon.RunDir()); err != nil {
 			return err
-		}
-		for _, m := range mounts {
-			names = append(names, m.Name)
 		}
 	} else {
 		for _, p := range fl.Args() {
@@ -34,13 +32,17 @@ func cmdDF(args []string) error {
 			if err != nil {
 				return err
 			}
-			names = append(names, m.Name)
+			mounts = append(mounts, m)
 		}
 	}
 	var out []daemon.DF
 	bad := false
-	for _, name := range names {
-		df, err := daemon.Dial(daemon.RunDir(), name).DF()
+	for _, m := range mounts {
+		name := m.Name
+		df, err := daemon.Dial(daemon.RunDir(), m).DF()
+		if errors.Is(err, daemon.ErrOtherMount) && fl.NArg() == 0 {
+			continue // another instance's mount of the same name
+		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "cascadefs df: %s: %v\n", name, oneLine(err))
 			bad = true

@@ -32,7 +32,7 @@ func cmdReconcile(args []string) error {
 		return err
 	}
 	live := isTerminal(os.Stderr)
-	rep, err := daemon.Dial(daemon.RunDir(), mount.Name).Reconcile(migrate.ReconcileOptions{DryRun: *dry, Grace: *grace}, func(m daemon.Message) {
+	rep, err := daemon.Dial(daemon.RunDir(), mount).Reconcile(migrate.ReconcileOptions{DryRun: *dry, Grace: *grace}, func(m daemon.Message) {
 		if live && m.Progress != nil {
 			p := m.Progress
 			fmt.Fprintf(os.Stderr, "\r\033[K%s: %d files, %d stubs, %d objects", p.Phase, p.Files, p.Stubs, p.Objects)
