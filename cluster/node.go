@@ -92,7 +92,10 @@ type Node struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wake   chan struct{}
-	wg     sync.WaitGroup
+	// wg: every goroutine of the node (spawn); Stop waits for them.
+	wg       sync.WaitGroup
+	spawnMu  sync.Mutex
+	stopping bool
 
 	mu      sync.Mutex
 	fss     map[string]*mounted
@@ -133,7 +136,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 			return nil, err
 		}
 	}
-	r, err := repo.OpenURL(cfg.RepoDir)
+	r, err := repo.OpenURL(cfg.RepoDir, log)
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +148,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 	// A holder of a file's right stopped for twice the lease has lost its
 	// lease long ago: a writer waiting for the right ends it.
-	stub.StoppedHolderGrace.Store(int64(2 * cfg.Lease))
+	stub.SetStoppedHolderPolicy(stub.StoppedHolderPolicy{Grace: 2 * cfg.Lease, Log: log})
 	if cfg.StuckAfter <= 0 {
 		cfg.StuckAfter = DefaultStuckAfter
 	}
@@ -334,7 +337,8 @@ func (n *Node) syncMounts(list []repo.FS) {
 				n.mu.Lock()
 				n.gaveUp[name] = time.Now()
 				n.mu.Unlock()
-				go n.handOverByName(name, n.cfg.Name+" cannot mount it: "+err.Error())
+				why := n.cfg.Name + " cannot mount it: " + err.Error()
+				n.spawn(func() { n.handOverByName(name, why) })
 			}
 			continue
 		}
@@ -383,7 +387,7 @@ func (n *Node) carryOut(a owner.Action) {
 			m.stopDM(a.Why)
 		}
 		n.log.Error("minority: giving the filesystem up", "fs", name, "because", a.Why)
-		go n.move(name, a.FS.Epoch, "", "given up: "+n.cfg.Name+" "+a.Why)
+		n.spawn(func() { n.move(name, a.FS.Epoch, "", "given up: "+n.cfg.Name+" "+a.Why) })
 	}
 }
 
@@ -400,9 +404,27 @@ func (n *Node) startSession(m *mounted, fs repo.FS) {
 	}
 }
 
+// spawn runs fn on a goroutine that Stop waits for; once the node stops,
+// nothing more (Stop hands every filesystem over itself).
+func (n *Node) spawn(fn func()) {
+	n.spawnMu.Lock()
+	defer n.spawnMu.Unlock()
+	if n.stopping {
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		fn()
+	}()
+}
+
 // Stop hands the filesystems this node owns back to the repository (no
 // owner: another candidate takes them at once), unmounts, and leaves.
 func (n *Node) Stop() {
+	n.spawnMu.Lock()
+	n.stopping = true
+	n.spawnMu.Unlock()
 	n.cancel()
 	n.wg.Wait()
 	// Not under n.mu: stopping a mount waits for its change queue, whose

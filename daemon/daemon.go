@@ -222,7 +222,7 @@ func Start(ctx context.Context, cfg Config, given map[string]string, log *slog.L
 		}
 		return nil, err
 	}
-	r, err := localRepo(cfg, given)
+	r, err := localRepo(cfg, given, log)
 	if err != nil {
 		return fail(err)
 	}
@@ -247,12 +247,12 @@ func Start(ctx context.Context, cfg Config, given map[string]string, log *slog.L
 
 // localRepo opens (creating) the single-node repository and registers the
 // filesystem in it, owned by this node.
-func localRepo(cfg Config, given map[string]string) (repo.Repository, error) {
+func localRepo(cfg Config, given map[string]string, log *slog.Logger) (repo.Repository, error) {
 	dir := filepath.Join(cfg.StateDir, "repo")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	r, err := repo.Create(dir)
+	r, err := repo.Create(dir, log)
 	if err != nil {
 		return nil, err
 	}

@@ -86,7 +86,7 @@ func NewSession(fs string, cfg Config, h Handler, log *slog.Logger) *Session {
 		panic("dmapi: a session Config without Workers and Timeout (settings.Defaults has them)")
 	}
 	if log == nil {
-		log = slog.Default()
+		log = slog.New(slog.DiscardHandler) // none given: none
 	}
 	s := &Session{FS: fs, cfg: cfg, handler: h, log: log, inflight: map[dedupeKey]*call{}, byUser: map[uint32]int{}}
 	if cfg.Workers >= 2 {

@@ -98,7 +98,7 @@ type FS struct {
 func Mount(mountpoint string, opts Options) (*FS, error) {
 	unix.Umask(0)
 	if opts.Log == nil {
-		opts.Log = slog.Default()
+		opts.Log = slog.New(slog.DiscardHandler) // none given: none
 	}
 	if opts.Source == "" {
 		opts.Source = opts.Name

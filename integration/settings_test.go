@@ -54,7 +54,7 @@ func TestBadStoredSettingsKeepTheLastGood(t *testing.T) {
 	})
 
 	// What `fs set` refuses, written straight into the repository.
-	r, err := repo.OpenURL(c.Repo)
+	r, err := repo.OpenURL(c.Repo, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -220,7 +220,13 @@ func (q *DestroyQueue) run(stop, done chan struct{}) {
 	defer close(done)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { <-stop; cancel() }()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	retry := time.NewTicker(2 * time.Second) // entries from other nodes come without a kick
 	defer retry.Stop()
 	for {

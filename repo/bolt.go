@@ -44,21 +44,27 @@ type Bolt struct {
 
 	holder string     // this handle's identity as a lease holder (random)
 	judge  LeaseJudge // of the others' leases, by this process's boot clock
+	log    *slog.Logger
 }
 
 // newBolt is a handle of the repository file at path, with an identity
 // of its own as a lease holder.
-func newBolt(path string) *Bolt {
+func newBolt(path string, log *slog.Logger) *Bolt {
 	var id [8]byte
 	rand.Read(id[:])
-	return &Bolt{path: path, timeout: 10 * time.Second, holder: hex.EncodeToString(id[:]), judge: LeaseJudge{Now: clock.Boot}}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Bolt{path: path, timeout: 10 * time.Second, holder: hex.EncodeToString(id[:]), judge: LeaseJudge{Now: clock.Boot}, log: log}
 }
 
 var _ Repository = (*Bolt)(nil)
 
-// Open opens the repository in dir; it must have been created.
-func Open(dir string) (*Bolt, error) {
-	b := newBolt(filepath.Join(dir, FileName))
+// Open opens the repository in dir; it must have been created. log (nil:
+// none) hears what the engine does on its own (a stopped lock holder
+// killed).
+func Open(dir string, log *slog.Logger) (*Bolt, error) {
+	b := newBolt(filepath.Join(dir, FileName), log)
 	if _, err := os.Stat(b.path); err != nil {
 		return nil, fmt.Errorf("%w in %s (cascadefs fs add creates one)", ErrNoRepo, dir)
 	}
@@ -67,12 +73,12 @@ func Open(dir string) (*Bolt, error) {
 
 // Create creates the repository in dir (an existing directory) unless it
 // is there already, and opens it.
-func Create(dir string) (*Bolt, error) {
+func Create(dir string, log *slog.Logger) (*Bolt, error) {
 	st, err := os.Stat(dir)
 	if err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("repository directory %s: not a directory", dir)
 	}
-	b := newBolt(filepath.Join(dir, FileName))
+	b := newBolt(filepath.Join(dir, FileName), log)
 	return b, b.update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta != nil && string(meta.Get(formatKey)) == string(formatValue) {
@@ -126,7 +132,7 @@ func (b *Bolt) openLocked(readOnly bool) (*bolt.DB, error) {
 			return db, err
 		}
 		if pid := watch.Saw(holder.StoppedFlockHolder(b.path)); pid != 0 {
-			slog.Default().Error("repository: the process holding its lock was stopped; killed it", "pid", pid, "file", b.path)
+			b.log.Error("repository: the process holding its lock was stopped; killed it", "pid", pid, "file", b.path)
 		}
 	}
 }

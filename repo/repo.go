@@ -10,6 +10,7 @@ package repo
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 )
@@ -188,20 +189,21 @@ func IsEtcd(spec string) bool { return strings.HasPrefix(spec, EtcdScheme) }
 
 // OpenURL opens the repository spec names: etcd://HOST:PORT[,...] (the
 // etcd engine) or a directory (bbolt).
-func OpenURL(spec string) (Repository, error) {
+// log (nil: none) hears what the engine does on its own.
+func OpenURL(spec string, log *slog.Logger) (Repository, error) {
 	if IsEtcd(spec) {
 		return OpenEtcd(spec)
 	}
-	return Open(spec)
+	return Open(spec, log)
 }
 
 // CreateURL is OpenURL that first creates a bbolt repository if the
 // directory has none (an etcd cluster needs no creation).
-func CreateURL(spec string) (Repository, error) {
+func CreateURL(spec string, log *slog.Logger) (Repository, error) {
 	if IsEtcd(spec) {
 		return OpenEtcd(spec)
 	}
-	return Create(spec)
+	return Create(spec, log)
 }
 
 // Engine names the engine of r, for status.

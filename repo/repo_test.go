@@ -23,7 +23,7 @@ import (
 
 func newRepo(t *testing.T) *Bolt {
 	t.Helper()
-	r, err := Create(t.TempDir())
+	r, err := Create(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,17 +32,17 @@ func newRepo(t *testing.T) *Bolt {
 
 func TestOpenErrors(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := Open(dir); !errors.Is(err, ErrNoRepo) {
+	if _, err := Open(dir, nil); !errors.Is(err, ErrNoRepo) {
 		t.Fatalf("open of an empty dir: %v", err)
 	}
-	if _, err := Create(filepath.Join(dir, "missing")); err == nil {
+	if _, err := Create(filepath.Join(dir, "missing"), nil); err == nil {
 		t.Fatal("create in a missing dir succeeded")
 	}
 	os.WriteFile(filepath.Join(dir, FileName), []byte("not a database at all, just some text..."), 0o600)
-	if _, err := Open(dir); !errors.Is(err, ErrCorrupt) {
+	if _, err := Open(dir, nil); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("open of a garbage file: %v", err)
 	}
-	if _, err := Create(dir); !errors.Is(err, ErrCorrupt) {
+	if _, err := Create(dir, nil); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("create over a garbage file: %v", err)
 	}
 	// A valid bbolt file of someone else is not ours either.
@@ -50,15 +50,15 @@ func TestOpenErrors(t *testing.T) {
 	db, _ := bolt.Open(filepath.Join(other, FileName), 0o600, nil)
 	db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("x")); return err })
 	db.Close()
-	if _, err := Open(other); !errors.Is(err, ErrCorrupt) {
+	if _, err := Open(other, nil); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("open of a foreign bbolt file: %v", err)
 	}
 	// A good one opens, and Create on it again is harmless.
 	r := newRepo(t)
-	if _, err := Open(r.String()); err != nil {
+	if _, err := Open(r.String(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Create(r.String()); err != nil {
+	if _, err := Create(r.String(), nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -128,11 +128,11 @@ func TestFilesystems(t *testing.T) {
 
 func TestOwnershipBolt(t *testing.T) {
 	dir := t.TempDir()
-	owner, err := Create(dir)
+	owner, err := Create(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := Open(dir) // another node: a judge of leases of its own
+	other, err := Open(dir, nil) // another node: a judge of leases of its own
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,11 +269,11 @@ func testOwnership(t *testing.T, r, other Repository, ttl time.Duration) {
 // took the filesystem right after that renewal.
 func TestLeaseIdentityBolt(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := Create(dir); err != nil {
+	if _, err := Create(dir, nil); err != nil {
 		t.Fatal(err)
 	}
 	open := func() Repository {
-		r, err := Open(dir)
+		r, err := Open(dir, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -357,7 +357,7 @@ func TestStoppedHolderIsKilled(t *testing.T) {
 		return // inside the helper process
 	}
 	dir := t.TempDir()
-	r, err := Create(dir)
+	r, err := Create(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +405,7 @@ func TestHoldRepoHelper(t *testing.T) {
 	if dir == "" {
 		return // only does something as the helper of the test above
 	}
-	r, err := Open(dir)
+	r, err := Open(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -519,7 +519,8 @@ func lockByte(fd int, offset int64, shared, wait bool) (unlock func(), err error
 		return nil, fmt.Errorf("file lock: %w", err)
 	}
 	lk := unix.Flock_t{Type: kind, Whence: 0, Start: offset, Len: 1}
-	watch := holder.Watch{Grace: time.Duration(StoppedHolderGrace.Load())}
+	policy := stoppedHolders.Load()
+	watch := holder.Watch{Grace: policy.Grace}
 	if protect.Off(protect.StoppedHolderKill) {
 		watch.Grace = 0
 	}
@@ -534,7 +535,7 @@ func lockByte(fd int, offset int64, shared, wait bool) (unlock func(), err error
 		if watch.Grace > 0 && time.Since(started) > time.Second && time.Since(looked) > time.Second {
 			looked = time.Now()
 			if pid := watch.Saw(holder.StoppedOFDHolder(own, offset)); pid != 0 {
-				slog.Default().Error("a process holding a file's right was stopped; killed it", "pid", pid, "after", watch.Grace.String())
+				policy.Log.Error("a process holding a file's right was stopped; killed it", "pid", pid, "after", watch.Grace.String())
 			}
 		}
 		time.Sleep(delay)
@@ -546,11 +547,24 @@ func lockByte(fd int, offset int64, shared, wait bool) (unlock func(), err error
 	return func() { unix.Close(own) }, nil // closing the description drops its lock
 }
 
-// StoppedHolderGrace is how long a waiter for a file's right lets a
-// holder of this same program on this host stay stopped (SIGSTOP, a
-// frozen process) before it kills it, as the repository's lock holder is
-// (ns; 0: never). Nodes set it to twice their lease: past it, the holder's
-// lease has lapsed and another node serves its filesystems. Across hosts
-// the shared filesystem breaks a dead or stopped client's locks (see
-// docs/DEPLOY.md).
-var StoppedHolderGrace atomic.Int64
+// StoppedHolderPolicy is how a waiter for a file's right treats a holder
+// of this same program on this host that stays stopped (SIGSTOP, a
+// frozen process): past Grace it kills it, as the repository's lock
+// holder is (0: never), and says so in Log. Nodes set Grace to twice
+// their lease: past it, the holder's lease has lapsed and another node
+// serves its filesystems. Across hosts the shared filesystem breaks a
+// dead or stopped client's locks (see docs/DEPLOY.md).
+type StoppedHolderPolicy struct {
+	Grace time.Duration
+	Log   *slog.Logger
+}
+
+var stoppedHolders atomic.Pointer[StoppedHolderPolicy]
+
+func init() {
+	stoppedHolders.Store(&StoppedHolderPolicy{Log: slog.New(slog.DiscardHandler)})
+}
+
+// SetStoppedHolderPolicy sets the policy of this process (a node daemon
+// sets it at start).
+func SetStoppedHolderPolicy(p StoppedHolderPolicy) { stoppedHolders.Store(&p) }

@@ -311,7 +311,7 @@ func cmdStatus(args []string) error {
 	}
 	if rep.Cluster == nil && *repoDir != "" {
 		// No node of that cluster runs here: show what the repository says.
-		r, err := repo.OpenURL(*repoDir)
+		r, err := repo.OpenURL(*repoDir, adminLog)
 		if err != nil {
 			return err
 		}

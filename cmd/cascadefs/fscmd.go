@@ -100,7 +100,7 @@ func fsAdd(args []string) error {
 	if fs.Owner != "" {
 		fs.Epoch = 1
 	}
-	r, err := repo.CreateURL(*repoDir)
+	r, err := repo.CreateURL(*repoDir, adminLog)
 	if err != nil {
 		return err
 	}
@@ -118,7 +118,7 @@ func fsList(args []string) error {
 	if _, err := parseInterleaved(fl, args); err != nil {
 		return err
 	}
-	r, err := repo.OpenURL(*repoDir)
+	r, err := repo.OpenURL(*repoDir, adminLog)
 	if err != nil {
 		return err
 	}
@@ -181,7 +181,7 @@ func fsSet(args []string) error {
 		}
 		changes[k] = v
 	}
-	r, err := repo.OpenURL(*repoDir)
+	r, err := repo.OpenURL(*repoDir, adminLog)
 	if err != nil {
 		return err
 	}
@@ -216,7 +216,7 @@ func fsRemove(args []string) error {
 	if len(pos) != 1 || *repoDir == "" {
 		return errors.New("need --repo DIR NAME")
 	}
-	r, err := repo.OpenURL(*repoDir)
+	r, err := repo.OpenURL(*repoDir, adminLog)
 	if err != nil {
 		return err
 	}

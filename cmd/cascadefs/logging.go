@@ -30,3 +30,7 @@ func newLogger(format string) (*slog.Logger, error) {
 	slog.SetDefault(log)
 	return log, nil
 }
+
+// adminLog is where what an admin command's engines do on their own (a
+// stopped repository lock holder killed) is said: the admin's terminal.
+var adminLog = slog.New(slog.NewTextHandler(os.Stderr, nil))
