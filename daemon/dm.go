@@ -196,6 +196,7 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: set.ReleaseWait}, log)
 	d.migrator.SetLeader(set.Policy.Leader)
 	d.migrator.Fence = d.fence
+	d.migrator.Acting = cfg.Acting
 	d.migrator.Throttle = throttle.New(set.MigrateRate)
 	d.migrator.Yield = d.recall.YieldToRecalls
 	d.count(cfg.Metrics)

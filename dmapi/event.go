@@ -1,6 +1,7 @@
 // Package dmapi holds the DMAPI-style model: events with tokens, the
 // session that queues them (dedupe, admission) and answers them, and the
-// per-file DM rights. It does no I/O of its own: handlers do.
+// per-file DM rights. Its only I/O is DropReference's fsync of the file
+// whose record it removes; handlers do the rest.
 package dmapi
 
 import (

@@ -589,40 +589,38 @@ func (h *handle) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.Attr
 	// The record is read and written back under the file's right, which
 	// every node honours: a release or recall commit on the owner cannot
 	// come between (a premigrated record written back over a punch would
-	// serve the holes as data).
-	unlock, err := stub.LockCommit(h.fd, false)
+	// serve the holes as data). No lease to check: this is no DM commit.
+	var errno syscall.Errno
+	err := stub.UnderRight(h.fd, stub.ForChange, nil, func(rec *stub.Record) error {
+		var before unix.Stat_t
+		unix.Fstat(h.fd, &before)
+		movesRecord := rec != nil && rec.Unchanged(&before)
+		if !movesRecord {
+			// A time change of a file that may be being copied: the copy
+			// is not trusted (a writer may restore the mtime to hide its
+			// writes).
+			if err := stub.Unwatch(h.fd); err != nil {
+				return err
+			}
+		}
+		if errno = h.lf.Setattr(ctx, in, out); errno != 0 || !movesRecord {
+			return nil
+		}
+		var after unix.Stat_t
+		if err := unix.Fstat(h.fd, &after); err != nil {
+			return err
+		}
+		rec.MtimeNs = stub.MtimeNs(&after)
+		return stub.WriteRecord(h.fd, rec)
+	})
+	if stub.IsCorrupt(err) || errors.Is(err, stub.ErrForeign) {
+		h.fs.log.Error("stub record unreadable", "file", h.path, "reason", err)
+		return syscall.EIO
+	}
 	if err != nil {
 		return gofs.ToErrno(err)
 	}
-	defer unlock()
-	rec, errno := h.record()
-	if errno != 0 {
-		return errno
-	}
-	var before unix.Stat_t
-	unix.Fstat(h.fd, &before)
-	movesRecord := rec != nil && rec.Unchanged(&before)
-	if !movesRecord {
-		// A time change of a file that may be being copied: the copy is
-		// not trusted (a writer may restore the mtime to hide its writes).
-		if err := stub.Unwatch(h.fd); err != nil {
-			return gofs.ToErrno(err)
-		}
-	}
-	if errno := h.lf.Setattr(ctx, in, out); errno != 0 {
-		return errno
-	}
-	if movesRecord {
-		var after unix.Stat_t
-		if err := unix.Fstat(h.fd, &after); err != nil {
-			return gofs.ToErrno(err)
-		}
-		rec.MtimeNs = stub.MtimeNs(&after)
-		if err := stub.WriteRecord(h.fd, rec); err != nil {
-			return gofs.ToErrno(err)
-		}
-	}
-	return 0
+	return errno
 }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE for a stub as for the file it

@@ -84,6 +84,10 @@ type Migrator struct {
 	Yield func(ctx context.Context)
 	// Counted, if set, is told of every migration that succeeded.
 	Counted func(Result)
+	// Acting, if set, fails once this node may no longer act for the
+	// filesystem (its lease lapsed): checked under the file's right
+	// before each change.
+	Acting func() error
 	// leader: a release keeps the file's first leader bytes (rounded up
 	// to the backing filesystem's block) on disk; the policy's, kept in
 	// step by SetLeader.
@@ -204,7 +208,7 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 		// wrote meanwhile.
 		err := dmapi.DropReference(m.garbage, fd, rel, rec.Key, func() error {
 			return m.gate.Commit(st.Ino, func() error {
-				return stub.Change(fd, func(cur *stub.Record) error {
+				return stub.UnderRight(fd, stub.ForChange, m.Acting, func(cur *stub.Record) error {
 					var now unix.Stat_t
 					if err := unix.Fstat(fd, &now); err != nil {
 						return err
@@ -447,53 +451,51 @@ func (m *Migrator) release(ctx context.Context, fd int, rec *stub.Record, wait t
 		// The right, exclusive: no node writes the record back (a time
 		// change) or recalls into the file between the last look and the
 		// punch.
-		unlock, err := stub.LockCommit(fd, false)
-		if err != nil {
-			return err
-		}
-		defer unlock()
-		if cur, err := stub.ReadRecord(fd); err != nil || cur == nil || cur.Key != rec.Key || cur.MtimeNs != rec.MtimeNs {
-			return cmp.Or(err, ErrChangedDuringMigration)
-		}
-		// The read shield, exclusive: no node has the file open (a
-		// passthrough reader would read the holes as zeros, and an open
-		// handle trusts what it found resident), and none can open it
-		// with the shield until the punch is done. Unlike the holds, it
-		// cannot run out while this release is paused.
-		unshield, err := protect.Take(protect.ReadShield, func() (func(), error) { return stub.TryExcludeReaders(fd) })
-		if errors.Is(err, unix.EAGAIN) {
-			return fmt.Errorf("open on a node: %w", dmapi.ErrBusy)
-		}
-		if err != nil {
-			return err
-		}
-		defer unshield()
-		err = m.Fence.Run(func() error {
-			if err := confirm(); err != nil {
+		return stub.UnderRight(fd, stub.ForChange, m.Acting, func(cur *stub.Record) error {
+			if cur == nil || cur.Key != rec.Key || cur.MtimeNs != rec.MtimeNs {
+				return ErrChangedDuringMigration
+			}
+			// The read shield, exclusive: no node has the file open (a
+			// passthrough reader would read the holes as zeros, and an
+			// open handle trusts what it found resident), and none can
+			// open it with the shield until the punch is done. Unlike the
+			// holds, it cannot run out while this release is paused.
+			unshield, err := protect.Take(protect.ReadShield, func() (func(), error) { return stub.TryExcludeReaders(fd) })
+			if errors.Is(err, unix.EAGAIN) {
+				return fmt.Errorf("open on a node: %w", dmapi.ErrBusy)
+			}
+			if err != nil {
 				return err
 			}
-			if err := failpoint.Hit(failpoint.MigrateAfterConfirm); err != nil {
+			defer unshield()
+			err = m.Fence.Run(func() error {
+				if err := confirm(); err != nil {
+					return err
+				}
+				if err := failpoint.Hit(failpoint.MigrateAfterConfirm); err != nil {
+					return err
+				}
+				// Durable before the punch: a crash must never leave
+				// holes under a record that does not send reads to the
+				// archive.
+				if err := stub.WriteRecordSync(fd, &migrated); err != nil {
+					return err
+				}
+				if err := failpoint.Hit(failpoint.MigrateBeforePunch); err != nil {
+					return err
+				}
+				return stub.Punch(fd, KeptHead(m.leader.Load(), &st), st.Size)
+			})
+			if err != nil {
 				return err
 			}
-			// Durable before the punch: a crash must never leave holes
-			// under a record that does not send reads to the archive.
-			if err := stub.WriteRecordSync(fd, &migrated); err != nil {
+			kept, err := stub.ResidentBytes(fd, st.Size)
+			if err != nil {
 				return err
 			}
-			if err := failpoint.Hit(failpoint.MigrateBeforePunch); err != nil {
-				return err
-			}
-			return stub.Punch(fd, KeptHead(m.leader.Load(), &st), st.Size)
+			released = resident - kept
+			return stub.RestoreTimes(fd, &st)
 		})
-		if err != nil {
-			return err
-		}
-		kept, err := stub.ResidentBytes(fd, st.Size)
-		if err != nil {
-			return err
-		}
-		released = resident - kept
-		return stub.RestoreTimes(fd, &st)
 	})
 	return released, err
 }

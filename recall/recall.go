@@ -388,7 +388,7 @@ func (m *Manager) dropPremigrated(ev *dmapi.Event) error {
 	// confirm still holds it, and must finish (or fail) before the record
 	// goes and the object is deleted; else its late punch would land on
 	// a resident file, under a record naming a deleted object.
-	return stub.Change(fd, func(rec *stub.Record) error {
+	return stub.UnderRight(fd, stub.ForChange, m.Acting, func(rec *stub.Record) error {
 		if rec == nil {
 			return nil
 		}

@@ -14,7 +14,6 @@ import (
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
-	"github.com/cascadefs/cascadefs/internal/protect"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -422,41 +421,33 @@ func (f *fileRecall) write(ctx context.Context, b []byte, off int64) error {
 	// on any node): held from the check to the write, so that this node,
 	// paused in between, cannot write old bytes over a file made resident
 	// and changed meanwhile.
-	unlock, err := protect.Take(protect.RightRecallWrite, func() (func(), error) { return stub.LockCommit(f.fd, true) })
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	if f.m.Acting != nil {
-		if err := f.m.Acting(); err != nil {
+	return stub.UnderRight(f.fd, stub.ForRecallWrite, f.m.Acting, func(rec *stub.Record) error {
+		if rec == nil || rec.Key != f.key {
+			return fmt.Errorf("%s: no longer the stub of %s: %w", f.path, f.key, errStale)
+		}
+		if err := failpoint.Hit(failpoint.RecallBeforeWrite); err != nil {
 			return err
 		}
-	}
-	if rec, err := stub.ReadRecord(f.fd); err != nil || rec == nil || rec.Key != f.key {
-		return cmp.Or(err, fmt.Errorf("%s: no longer the stub of %s: %w", f.path, f.key, errStale))
-	}
-	if err := failpoint.Hit(failpoint.RecallBeforeWrite); err != nil {
-		return err
-	}
-	asked := false
-	for len(b) > 0 {
-		n, err := unix.Pwrite(f.fd, b, off)
-		if errors.Is(err, unix.ENOSPC) && !asked && f.m.NoSpace != nil {
-			asked = true
-			if err := f.m.NoSpace(ctx, int64(len(b))); err != nil {
-				return fmt.Errorf("write backing file: out of space: %w", err)
+		asked := false
+		for len(b) > 0 {
+			n, err := unix.Pwrite(f.fd, b, off)
+			if errors.Is(err, unix.ENOSPC) && !asked && f.m.NoSpace != nil {
+				asked = true
+				if err := f.m.NoSpace(ctx, int64(len(b))); err != nil {
+					return fmt.Errorf("write backing file: out of space: %w", err)
+				}
+				continue
 			}
-			continue
+			if err != nil {
+				return fmt.Errorf("write backing file: %w", err)
+			}
+			b, off = b[n:], off+int64(n)
 		}
-		if err != nil {
-			return fmt.Errorf("write backing file: %w", err)
+		if err := failpoint.Hit(failpoint.RecallAfterWrite); err != nil {
+			return err
 		}
-		b, off = b[n:], off+int64(n)
-	}
-	if err := failpoint.Hit(failpoint.RecallAfterWrite); err != nil {
-		return err
-	}
-	return stub.RestoreTimes(f.fd, &f.st)
+		return stub.RestoreTimes(f.fd, &f.st)
+	})
 }
 
 // commitIfComplete records a fully recalled file as premigrated: its data
@@ -532,33 +523,31 @@ func (f *fileRecall) makeResident() error {
 	}
 	// Exclusive: a recall write still in flight on any node (an old owner
 	// that paused) ends before the record goes and the change comes.
-	unlock, err := protect.Take(protect.RightMakeResident, func() (func(), error) { return stub.LockCommit(f.fd, false) })
-	if err != nil {
+	return stub.UnderRight(f.fd, stub.ForChange, f.m.Acting, func(cur *stub.Record) error {
+		// Looked at again under the right: an old owner that paused
+		// holding it between its record write and its punch punched the
+		// file after this node found it whole. Its bytes are recalled
+		// again first.
+		if cur == nil || cur.Key != f.key {
+			return fmt.Errorf("%s: no longer the stub of %s: %w", f.path, f.key, errStale)
+		}
+		if hole, err := stub.FirstMissing(f.fd, f.rec, 0, f.rec.Size); err != nil {
+			return err
+		} else if hole < f.rec.Size {
+			return fmt.Errorf("%s: punched at %d meanwhile: %w", f.path, hole, errPunchedMeanwhile)
+		}
+		// Without its record the file's local bytes are all there is.
+		if err := stub.SyncData(f.fd); err != nil {
+			return err
+		}
+		err := dmapi.DropReference(f.m.garbage, f.fd, f.path, f.rec.Key, func() error {
+			return f.m.Fence.Run(func() error { return stub.RemoveRecord(f.fd) })
+		})
+		if err == nil {
+			f.rec = nil
+		}
 		return err
-	}
-	defer unlock()
-	// Looked at again under the right: an old owner that paused holding
-	// it between its record write and its punch punched the file after
-	// this node found it whole. Its bytes are recalled again first.
-	if cur, err := stub.ReadRecord(f.fd); err != nil || cur == nil || cur.Key != f.key {
-		return cmp.Or(err, fmt.Errorf("%s: no longer the stub of %s: %w", f.path, f.key, errStale))
-	}
-	if hole, err := stub.FirstMissing(f.fd, f.rec, 0, f.rec.Size); err != nil {
-		return err
-	} else if hole < f.rec.Size {
-		return fmt.Errorf("%s: punched at %d meanwhile: %w", f.path, hole, errPunchedMeanwhile)
-	}
-	// Without its record the file's local bytes are all there is.
-	if err := stub.SyncData(f.fd); err != nil {
-		return err
-	}
-	err = dmapi.DropReference(f.m.garbage, f.fd, f.path, f.rec.Key, func() error {
-		return f.m.Fence.Run(func() error { return stub.RemoveRecord(f.fd) })
 	})
-	if err == nil {
-		f.rec = nil
-	}
-	return err
 }
 
 // holdBack lets readers go first: a bulk stream nobody reads through

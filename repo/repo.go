@@ -2,9 +2,11 @@
 // repository): managed filesystems and their settings, the owner of each
 // filesystem's DM session with its epoch, locks, the nodes' RPC addresses
 // and the durable queue of asynchronous events. Repository is the small
-// interface the rest of cascadefs uses; Bolt is its first engine (one bbolt
-// file on shared storage); an etcd engine can follow for clusters across
-// machines. No secret is ever stored here.
+// interface the rest of cascadefs uses, with two engines: Bolt (one bbolt
+// file, opened for each short transaction under its file lock: a single
+// node or nodes on one host) and Etcd (clusters across machines; leases
+// and claims as transactions). Memory runs both engines' lease rules for
+// the ownership simulator. No secret is ever stored here.
 package repo
 
 import (

@@ -418,23 +418,48 @@ func LockCommit(fd int, shared bool) (unlock func(), err error) {
 	return lockCommit(fd, shared, true)
 }
 
-// Change runs change holding fd's storage right exclusively (waiting for
-// any holder, on any node) with the file's record as it is under the
-// right: every change of a file's state takes the right and looks again,
-// so that an old owner paused after its own look (a release past its
-// confirm) finishes or fails before anyone else changes the file, and no
-// look made before the right is trusted.
-func Change(fd int, change func(cur *Record) error) error {
-	unlock, err := protect.Take(protect.RightMakeResident, func() (func(), error) { return LockCommit(fd, false) })
+// RightUse is why the storage right is taken, which says how.
+type RightUse int
+
+const (
+	// ForChange: a change of the file's state; exclusive.
+	ForChange RightUse = iota
+	// ForRecallWrite: a recall writes verified bytes into the file's
+	// holes; shared (with other recall writes).
+	ForRecallWrite
+)
+
+// UnderRight is the step of the per-file protocol that every change goes
+// through (see "The per-file protocol" above): it takes fd's storage
+// right for use, waiting for any holder on any node; then checks acting
+// (the caller's lease; nil: none to check), so that a node paused past
+// its lease stops here; then reads the record again, since no look made
+// before the right is trusted; and runs fn with it, the right held
+// throughout. An old owner paused after its own look (a release past its
+// confirm) thus finishes or fails before anyone else changes the file.
+func UnderRight(fd int, use RightUse, acting func() error, fn func(cur *Record) error) error {
+	var unlock func()
+	var err error
+	switch use {
+	case ForRecallWrite:
+		unlock, err = protect.Take(protect.RightRecallWrite, func() (func(), error) { return LockCommit(fd, true) })
+	default:
+		unlock, err = protect.Take(protect.RightMakeResident, func() (func(), error) { return LockCommit(fd, false) })
+	}
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	if acting != nil {
+		if err := acting(); err != nil {
+			return err
+		}
+	}
 	cur, err := ReadRecord(fd)
 	if err != nil {
 		return err
 	}
-	return change(cur)
+	return fn(cur)
 }
 
 // TryLockCommit is LockCommit without the wait: it fails with

@@ -1,6 +1,3 @@
-// Package stub holds the stub record of a managed file (an xattr on the
-// backing file), the file states, and the helpers that punch, probe and
-// inspect the backing file.
 package stub
 
 import (

@@ -35,6 +35,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cascadefs/cascadefs/internal/protect"
 	"github.com/cascadefs/cascadefs/repo"
 )
 
@@ -301,9 +302,15 @@ func (n *simNode) clock(t int64) time.Duration {
 }
 
 // nowC is the clock the node judges its lease by: the boot clock, as
-// package cluster's now() (clock.Boot). Judged by n.mono instead, a
-// resumed host believes its lease valid: the simulator finds overlaps.
-func (n *simNode) nowC() time.Duration { return n.clock(n.s.now) }
+// package cluster's now() (clock.Boot). Judged by n.mono instead (the
+// protection boot-clock off), a resumed host believes its lease valid:
+// the simulator finds overlaps.
+func (n *simNode) nowC() time.Duration {
+	if protect.Off(protect.BootClock) {
+		return n.mono(n.s.now)
+	}
+	return n.clock(n.s.now)
+}
 
 // mono is CLOCK_MONOTONIC: the boot clock less the time suspended.
 func (n *simNode) mono(t int64) time.Duration {

@@ -9,13 +9,18 @@ package clock
 import (
 	"time"
 
+	"github.com/cascadefs/cascadefs/internal/protect"
 	"golang.org/x/sys/unix"
 )
 
 // Boot is the time since the host booted, suspended time included.
 func Boot() time.Duration {
+	id := int32(unix.CLOCK_BOOTTIME)
+	if protect.Off(protect.BootClock) {
+		id = unix.CLOCK_MONOTONIC
+	}
 	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+	if err := unix.ClockGettime(id, &ts); err != nil {
 		panic("clock: CLOCK_BOOTTIME: " + err.Error()) // Linux has had it since 2.6.39
 	}
 	return time.Duration(ts.Nano())

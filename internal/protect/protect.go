@@ -48,6 +48,7 @@ const (
 	StoppedHolderKill = "stopped-holder-kill" // stub: a holder of a right stopped past twice its lease is ended
 	ArchiveClock      = "archive-clock"       // migrate: orphan ages by the archive's clock
 	RecordBinding     = "record-binding"      // stub: a record is trusted only on its own inode
+	BootClock         = "boot-clock"          // cluster: the lease judged by a clock that runs through a suspend
 )
 
 // All lists every protection and its tests.
@@ -59,7 +60,7 @@ var All = []Protection{
 	{Relinquish, "owner.State.Relinquish", []Test{{"./cluster/owner", "^TestGiveUpRelinquishes$"}}},
 	{QuorumRule, "owner.State.Plan (minority)", []Test{{"./cluster/owner", "^TestPlan$"}, {"./integration", "^TestNetnsOwnerCutFromPeers$"}}},
 	{RightRecallWrite, "recall fileRecall.write", []Test{{"./integration", "^TestFencingPausedRecallWrite$"}}},
-	{RightMakeResident, "stub.Change (recall dropPremigrated, migrate stale copy), recall makeResident", []Test{{"./integration", "^TestFencingPausedReleaseAfterConfirm$"}}},
+	{RightMakeResident, "stub.UnderRight ForChange (recall, migrate release and stale copy, fusefs setattr)", []Test{{"./integration", "^TestFencingPausedReleaseAfterConfirm$"}}},
 	{RightDestroy, "migrate DestroyQueue.fileUse", []Test{{"./integration", "^TestFencingPausedCopyCommit$"}}},
 	{ReadShield, "fusefs newHandleMode, migrate release", []Test{{"./integration", "^TestOpenDuringPausedReleaseReadsRightBytes$"}}},
 	{KernelShield, "fusefs kernelShield", []Test{{"./integration", "^TestReaderOutlivesKilledDaemon$"}}},
@@ -67,4 +68,5 @@ var All = []Protection{
 	{StoppedHolderKill, "stub lockByte", []Test{{"./integration", "^TestWriterEndsAStoppedRightHolder$"}}},
 	{ArchiveClock, "migrate Reconciler.Run", []Test{{"./migrate", "^TestReconcileJudgesAgesByTheArchiveClock$"}}},
 	{RecordBinding, "stub bound, WriteRecord", []Test{{"./integration", "^TestCopiedRecordNotTrusted$"}}},
+	{BootClock, "internal/clock Boot (cluster now)", []Test{{"./cluster/owner", "^TestSimulation$"}}},
 }
