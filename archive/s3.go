@@ -82,11 +82,9 @@ func (s *S3) Check(ctx context.Context) error {
 	// what is wrong (a wrong secret and a missing bucket look alike to a HEAD).
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for o := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix, MaxKeys: 1}) {
-		if o.Err != nil {
-			return fmt.Errorf("archive %s: %w", s, s.explainFirstContact(o.Err))
-		}
-		break
+	objects := s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix, MaxKeys: 1})
+	if o, ok := <-objects; ok && o.Err != nil { // the first answer is enough; cancel stops the rest
+		return fmt.Errorf("archive %s: %w", s, s.explainFirstContact(o.Err))
 	}
 	return ctx.Err()
 }

@@ -543,10 +543,9 @@ type pauser interface {
 
 // singleWorld is one `cascadefs mount` daemon.
 type singleWorld struct {
-	t     *testing.T
-	d     *testenv.Daemon
-	armed bool
-	base  []string
+	t    *testing.T
+	d    *testenv.Daemon
+	base []string
 }
 
 func (w *singleWorld) mounts() []string {

@@ -177,8 +177,9 @@ func TestSparseFileKeepsItsHoles(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := make([]byte, size)
+		rng := mrand.New(mrand.NewSource(64))
 		for _, off := range []int{0, 40 * mib} {
-			mrand.Read(want[off : off+mib])
+			rng.Read(want[off : off+mib])
 			if _, err := f.WriteAt(want[off:off+mib], int64(off)); err != nil {
 				t.Fatal(err)
 			}

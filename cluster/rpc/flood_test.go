@@ -12,25 +12,9 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
-
-// countingReader counts what the server pulled of a body it was sent.
-type countingReader struct {
-	n     atomic.Int64
-	limit int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	if c.n.Load() >= c.limit {
-		return 0, io.EOF
-	}
-	n := min(int64(len(p)), c.limit-c.n.Load())
-	c.n.Add(n)
-	return int(n), nil
-}
 
 // An unsigned call is refused from its headers, before any of its body
 // is sent: the server does not wait for (or keep) a body it would refuse,

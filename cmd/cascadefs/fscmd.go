@@ -166,7 +166,7 @@ func fsSet(args []string) error {
 		return err
 	}
 	if len(pos) < 2 || *repoDir == "" {
-		return errors.New("need --repo DIR NAME KEY=VALUE...")
+		return errors.New("need --repo DIR, NAME and at least one KEY=VALUE")
 	}
 	changes := map[string]string{}
 	for _, kv := range pos[1:] {

@@ -35,7 +35,8 @@ func TestErrorOnNthHit(t *testing.T) {
 		t.Fatal(err)
 	}
 	Hit(MigrateAfterUpload)
-	if Hit(MigrateAfterUpload) == nil || Hit(MigrateAfterUpload) == nil {
+	second, third := Hit(MigrateAfterUpload), Hit(MigrateAfterUpload)
+	if second == nil || third == nil {
 		t.Error("@2+ must fail the second hit and every later one")
 	}
 }
