@@ -19,9 +19,19 @@ $(TOOLS)/etcd: tools/etcd/go.mod tools/etcd/go.sum tools/etcd/main.go
 	mkdir -p $(TOOLS)
 	cd tools/etcd && $(GO) build -o $(TOOLS)/etcd .
 
+# The unit tests, then the integration tests, with coverage: the unit
+# test binaries and the daemons and commands the integration tests start
+# (built with -cover) write into COVERDIR, and the merged coverage is
+# printed by package at the end.
+COVERDIR ?= $(CURDIR)/bin/cover
+UNIT_PKGS = $$($(GO) list ./... | grep -v /integration$$)
 test: tools build
 	scripts/need-system.sh
-	CASCADEFS_REQUIRE_ALL=1 $(GO) test -tags failpoints -count=1 -timeout 45m ./...
+	rm -rf $(COVERDIR) && mkdir -p $(COVERDIR) && chmod 1777 $(COVERDIR)
+	CASCADEFS_REQUIRE_ALL=1 $(GO) test -tags failpoints -count=1 -timeout 20m -cover -coverpkg=./... $(UNIT_PKGS) -args -test.gocoverdir=$(COVERDIR)
+	CASCADEFS_REQUIRE_ALL=1 CASCADEFS_COVERDIR=$(COVERDIR) $(GO) test -tags failpoints -count=1 -timeout 45m ./integration
+	@echo "Coverage by package, unit tests and the daemons of the integration tests merged ($(COVERDIR)):"
+	@$(GO) tool covdata percent -i=$(COVERDIR) | sed 's|github.com/cascadefs/cascadefs/||' | sort
 
 # The randomized crash suite at full length (a short run is part of make
 # test): kill -9 at named failpoints and random moments under a mixed
@@ -66,7 +76,7 @@ protections: tools build
 # Every package but the integration tests: no root, no servers (the
 # parts of archive and repo that need MinIO or etcd say so and skip).
 unit:
-	$(GO) test -tags failpoints -count=1 $$($(GO) list ./... | grep -v /integration$$)
+	$(GO) test -tags failpoints -count=1 $(UNIT_PKGS)
 
 # go vet and staticcheck (pinned, built into .tools/), on the production
 # and the test build.

@@ -61,7 +61,7 @@ func TestCancelPendingRecalls(t *testing.T) {
 		}
 		return st.Mounts[0].PendingEvents
 	}
-	waitUntil(t, "three pending events", func() bool { return len(pending()) == 3 })
+	testenv.WaitFor(t, "three pending events", 20*time.Second, func() bool { return len(pending()) == 3 })
 	for _, p := range pending() {
 		want := map[string]struct {
 			running bool
@@ -101,7 +101,7 @@ func TestCancelPendingRecalls(t *testing.T) {
 		t.Errorf("admin recall of h: %v\n%s", r.err, r.out)
 	}
 	os.Remove(marker)
-	waitUntil(t, "the cancelled stream to end", func() bool { return strings.Contains(d.Log(), "recall stream cancelled") })
+	testenv.WaitFor(t, "the cancelled stream to end", 20*time.Second, func() bool { return strings.Contains(d.Log(), "recall stream cancelled") })
 	kept := state(t, d, "f").ResidentBytes
 	time.Sleep(500 * time.Millisecond)
 	if s := state(t, d, "f"); s.State != "migrated" || s.ResidentBytes != kept || kept < 512<<10 || kept >= size {
@@ -183,7 +183,7 @@ func TestRecallByHandleAfterCachesDropped(t *testing.T) {
 	go func() { readA <- sumFile(t, d.M("a")) }()
 	waitForFile(t, marker) // the only worker holds a's recall
 	recallB := cliAsync(d, "recall", d.M("b"))
-	waitUntil(t, "b's event queued", func() bool { return strings.Count(d.MustCLI("status"), "waiter(s)") == 2 })
+	testenv.WaitFor(t, "b's event queued", 20*time.Second, func() bool { return strings.Count(d.MustCLI("status"), "waiter(s)") == 2 })
 	testenv.DropCaches() // b's dentry goes while its event waits
 	os.Remove(marker)
 	if r := <-recallB; r.err != nil {

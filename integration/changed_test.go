@@ -24,7 +24,7 @@ func pausedDaemon(t *testing.T, point string, extra ...string) (d *testenv.Daemo
 
 func waitForFile(t *testing.T, p string) {
 	t.Helper()
-	waitUntil(t, "failpoint "+filepath.Base(p), func() bool { _, err := os.Stat(p); return err == nil })
+	testenv.WaitFor(t, "failpoint "+filepath.Base(p), 20*time.Second, func() bool { _, err := os.Stat(p); return err == nil })
 }
 
 // cliAsync runs an admin command in the background.
@@ -105,7 +105,7 @@ func TestChangeHiddenByMtimeRestoreAborts(t *testing.T) {
 				t.Fatalf("file left %s after an aborted commit", s)
 			}
 			want, _ := os.ReadFile(d.B("f"))
-			waitUntil(t, "the stale upload destroyed", func() bool { return len(d.ArchiveObjects(t)) == 0 })
+			testenv.WaitFor(t, "the stale upload destroyed", 20*time.Second, func() bool { return len(d.ArchiveObjects(t)) == 0 })
 
 			// Migrated now, the file reads back its new bytes from the archive.
 			d.MustCLI("migrate", d.M("f"))

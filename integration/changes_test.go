@@ -17,17 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // objectExists looks in the directory archive of d.
 func objectExists(d *testenv.Daemon, key string) bool {
 	_, err := os.Stat(filepath.Join(strings.TrimPrefix(d.Archive, "file://"), key))
@@ -64,7 +53,7 @@ func TestWriteTruncateDeleteStubs(t *testing.T) {
 	if e := state(t, d, "w"); e.State != "resident" {
 		t.Fatalf("written stub: %+v", e)
 	}
-	waitUntil(t, "stale object of w deleted", func() bool { return !objectExists(d, keys["w"]) })
+	testenv.WaitFor(t, "stale object of w deleted", 20*time.Second, func() bool { return !objectExists(d, keys["w"]) })
 
 	// Truncate a stub (by path): the prefix survives.
 	if err := os.Truncate(d.M("t"), 100); err != nil {
@@ -86,7 +75,7 @@ func TestWriteTruncateDeleteStubs(t *testing.T) {
 	if err := os.Remove(d.M("del")); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "object of deleted stub destroyed", func() bool { return !objectExists(d, keys["del"]) })
+	testenv.WaitFor(t, "object of deleted stub destroyed", 20*time.Second, func() bool { return !objectExists(d, keys["del"]) })
 	if _, err := os.Stat(d.M("del")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("deleted stub still visible: %v", err)
 	}
@@ -107,7 +96,7 @@ func TestDestroySurvivesRestart(t *testing.T) {
 	d.Kill9()
 	// Whatever happened before the kill, after a restart the object is gone.
 	d.Start()
-	waitUntil(t, "destroy after restart", func() bool { return !objectExists(d, key) })
+	testenv.WaitFor(t, "destroy after restart", 20*time.Second, func() bool { return !objectExists(d, key) })
 }
 
 func TestPremigrateThenModify(t *testing.T) {
@@ -125,7 +114,7 @@ func TestPremigrateThenModify(t *testing.T) {
 	if e2 := state(t, d, "p"); e2.State != "resident" {
 		t.Fatalf("modified premigrated file: %+v", e2)
 	}
-	waitUntil(t, "stale copy deleted", func() bool { return !objectExists(d, e.Object) })
+	testenv.WaitFor(t, "stale copy deleted", 20*time.Second, func() bool { return !objectExists(d, e.Object) })
 	d.MustCLI("migrate", d.M("p"))
 	testenv.DropCaches()
 	if got, _ := os.ReadFile(d.M("p")); string(got) != "version one and two" {

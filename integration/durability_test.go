@@ -74,7 +74,7 @@ func TestDurableBeforeClaimed(t *testing.T) {
 	if err := os.Remove(d.M("gone")); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the stale objects deleted", func() bool {
+	testenv.WaitFor(t, "the stale objects deleted", 20*time.Second, func() bool {
 		return !objectExists(d, goneKey) && !objectExists(d, rewriteKey) &&
 			!objectExists(d, archive.SumsKey(goneKey)) && !objectExists(d, archive.SumsKey(rewriteKey))
 	})

@@ -36,17 +36,13 @@ func fsOwner(t testing.TB, c *testenv.Cluster, name string) (string, uint64) {
 // waitOwner waits until the filesystem's owner satisfies ok.
 func waitOwner(t *testing.T, c *testenv.Cluster, name string, ok func(owner string) bool) (string, uint64) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		owner, epoch := fsOwner(t, c, name)
-		if ok(owner) {
-			return owner, epoch
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("filesystem %s: owner still %q after 60s", name, owner)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var owner string
+	var epoch uint64
+	testenv.WaitFor(t, "a new owner of "+name, 60*time.Second, func() bool {
+		owner, epoch = fsOwner(t, c, name)
+		return ok(owner)
+	})
+	return owner, epoch
 }
 
 // The owner is killed while readers on the two other nodes wait on recalls

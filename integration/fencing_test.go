@@ -259,11 +259,11 @@ func TestLapseMeansANewEpochAndNothingOld(t *testing.T) {
 	}
 	time.Sleep(3 * time.Second) // the lease is 2 s
 	n1.Resume()
-	waitUntil(t, "a new epoch after the lapse", func() bool {
+	testenv.WaitFor(t, "a new epoch after the lapse", 20*time.Second, func() bool {
 		_, e := fsOwner(t, c, testenv.FSName)
 		return e > e0
 	})
-	waitUntil(t, "the session at the new epoch", func() bool {
+	testenv.WaitFor(t, "the session at the new epoch", 20*time.Second, func() bool {
 		return strings.Count(n1.Log(), `msg="DM session started"`) >= 2
 	})
 	os.Remove(marker)

@@ -149,7 +149,7 @@ func TestLeaderSetWithoutRestart(t *testing.T) {
 	}
 	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "leader=1MiB")
 	want := writeRandom(t, n1.M("b"), 4<<20)
-	waitUntil(t, "the new leader to apply", func() bool {
+	testenv.WaitFor(t, "the new leader to apply", 20*time.Second, func() bool {
 		c.MustCLI("migrate", n1.M("b"))
 		if leaderOf("b") == 1<<20 {
 			return true

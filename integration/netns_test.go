@@ -90,7 +90,7 @@ func TestNetnsOwnerCutOff(t *testing.T) {
 			t.Fatalf("reader of %s on %s: wrong bytes after the cut", name, reader.Name)
 		}
 	}
-	waitUntil(t, "the cut-off owner stops its session", func() bool {
+	testenv.WaitFor(t, "the cut-off owner stops its session", 20*time.Second, func() bool {
 		l := n1.Log()
 		return strings.Contains(l, "self-fenced") || strings.Contains(l, "DM session stopped")
 	})
@@ -229,7 +229,7 @@ func TestNetnsOwnerPaused(t *testing.T) {
 	time.Sleep(4 * time.Second) // twice the lease
 	n1.Resume()
 	resumed = true
-	waitUntil(t, "the woken owner stops acting", func() bool {
+	testenv.WaitFor(t, "the woken owner stops acting", 20*time.Second, func() bool {
 		l := n1.Log()
 		return strings.Contains(l, "self-fenced") || strings.Contains(l, "replaced:")
 	})

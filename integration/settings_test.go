@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cascadefs/cascadefs/internal/testenv"
 	"github.com/cascadefs/cascadefs/repo"
@@ -48,7 +49,7 @@ func TestBadStoredSettingsKeepTheLastGood(t *testing.T) {
 		}
 		return f.SettingsError, sp, err == nil
 	}
-	waitUntil(t, "the session with the set thresholds", func() bool {
+	testenv.WaitFor(t, "the session with the set thresholds", 20*time.Second, func() bool {
 		e, sp, ok := look()
 		return e == "" && sp.High == 80 && sp.Low == 50 && sp.Quota == 1<<30 && ok
 	})
@@ -65,7 +66,7 @@ func TestBadStoredSettingsKeepTheLastGood(t *testing.T) {
 		}
 	}
 	setStored(map[string]string{"high": "90", "low": "50", "quota": "1GiB", "compression": "zstd"})
-	waitUntil(t, "status to name the settings that do not parse", func() bool {
+	testenv.WaitFor(t, "status to name the settings that do not parse", 20*time.Second, func() bool {
 		e, _, _ := look()
 		return strings.Contains(e, `"compression"`)
 	})
@@ -85,7 +86,7 @@ func TestBadStoredSettingsKeepTheLastGood(t *testing.T) {
 
 	// Mended, they are used at once and the error is gone.
 	setStored(map[string]string{"high": "90", "low": "50", "quota": "1GiB"})
-	waitUntil(t, "the mended settings in use", func() bool {
+	testenv.WaitFor(t, "the mended settings in use", 20*time.Second, func() bool {
 		e, sp, ok := look()
 		return e == "" && sp.High == 90 && ok
 	})

@@ -35,18 +35,6 @@ func spaceOf(t *testing.T, cli func(...string) string) *migrate.SpaceStatus {
 	return rep.Mounts[0].Space
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // A filesystem filled past its high threshold: the monitor brings usage
 // under the low threshold by migrating the least recently used files that
 // the policy allows, premigrates the next ones, releases those first when
@@ -77,7 +65,7 @@ func TestSpaceMonitorKeepsTheQuota(t *testing.T) {
 			}
 		}
 		// 8 MiB of 10: over high (70%); the cycle must go under low (4 MiB).
-		waitFor(t, "a cycle", 30*time.Second, func() bool { return spaceOf(t, d.MustCLI).LastCycle != nil })
+		testenv.WaitFor(t, "a cycle", 30*time.Second, func() bool { return spaceOf(t, d.MustCLI).LastCycle != nil })
 		sp := spaceOf(t, d.MustCLI)
 		if sp.Usage > 4*mib {
 			t.Fatalf("usage %d after the cycle, over low (4 MiB): %+v", sp.Usage, sp.LastCycle)
@@ -307,7 +295,7 @@ func TestSpaceMonitorMovesWithFailover(t *testing.T) {
 
 	survivor := c.Nodes[other]
 	var sp *migrate.SpaceStatus
-	waitFor(t, "a blocked cycle on the new owner", 60*time.Second, func() bool {
+	testenv.WaitFor(t, "a blocked cycle on the new owner", 60*time.Second, func() bool {
 		sp = clusterSpace(t, c, testenv.FSName+"@"+other)
 		return sp != nil && sp.LastCycle != nil && strings.Contains(sp.LastCycle.Blocked, "node "+owner+" is failed")
 	})
@@ -320,7 +308,7 @@ func TestSpaceMonitorMovesWithFailover(t *testing.T) {
 		t.Fatalf("expel of the alive node %s accepted: %q", other, e)
 	}
 	c.MustCLI("expel", owner)
-	waitFor(t, "usage under low on the new owner", 60*time.Second, func() bool {
+	testenv.WaitFor(t, "usage under low on the new owner", 60*time.Second, func() bool {
 		sp = clusterSpace(t, c, testenv.FSName+"@"+other)
 		return sp != nil && sp.LastCycle != nil && sp.Usage <= 20*mib*30/100
 	})
@@ -352,7 +340,7 @@ func TestSpaceMonitorMovesWithFailover(t *testing.T) {
 	}
 	// New thresholds apply to the running monitor, without a restart.
 	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "high=20", "low=5")
-	waitFor(t, "the new thresholds applied", 30*time.Second, func() bool {
+	testenv.WaitFor(t, "the new thresholds applied", 30*time.Second, func() bool {
 		sp = clusterSpace(t, c, testenv.FSName+"@"+other)
 		return sp != nil && sp.High == 20 && sp.Usage <= 20*mib*5/100
 	})

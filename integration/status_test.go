@@ -43,7 +43,7 @@ func TestStatusAnswersWhileANodeIsStopped(t *testing.T) {
 	}
 	n1.Resume()
 	resumed = true
-	waitFor(t, "a healthy status again", 45*time.Second, func() bool { _, _, err := c.CLI("status"); return err == nil })
+	testenv.WaitFor(t, "a healthy status again", 45*time.Second, func() bool { _, _, err := c.CLI("status"); return err == nil })
 }
 
 // Another instance on the host (a daemon of another run directory) does

@@ -63,8 +63,22 @@ func TestOpenErrors(t *testing.T) {
 	}
 }
 
-func TestFilesystems(t *testing.T) {
-	r := newRepo(t)
+// eachEngine runs test against a fresh repository of each engine, as
+// one suite: what the rest of cascadefs relies on must hold for both.
+func eachEngine(t *testing.T, test func(t *testing.T, r Repository)) {
+	t.Run("bolt", func(t *testing.T) { test(t, newRepo(t)) })
+	t.Run("etcd", func(t *testing.T) {
+		r, err := OpenEtcd(testenv.StartEtcd(t, 1).URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		test(t, r)
+	})
+}
+
+func TestFilesystems(t *testing.T) { eachEngine(t, testFilesystems) }
+
+func testFilesystems(t *testing.T, r Repository) {
 	fs := FS{Name: "home", Backing: "/b", Archive: "file:///a", Candidates: []string{"n1", "n2"}, Owner: "n1", Epoch: 1}
 	if err := r.AddFS(fs); err != nil {
 		t.Fatal(err)
@@ -324,8 +338,9 @@ func testLeaseIdentity(t *testing.T, open func() Repository, ttl time.Duration) 
 	}
 }
 
-func TestNodesAndEntries(t *testing.T) {
-	r := newRepo(t)
+func TestNodesAndEntries(t *testing.T) { eachEngine(t, testNodesAndEntries) }
+
+func testNodesAndEntries(t *testing.T, r Repository) {
 	r.PutNode(Node{Name: "n2", RPC: "127.0.0.1:2"})
 	r.PutNode(Node{Name: "n1", RPC: "127.0.0.1:1"})
 	r.PutNode(Node{Name: "n1", RPC: "127.0.0.1:3"})

@@ -43,8 +43,13 @@ func Binary(t testing.TB) string {
 		}
 		tmp.Close()
 		defer os.Remove(tmp.Name())
-		// A test build: failpoints compiled in (internal/failpoint).
-		out, err := exec.Command("go", "build", "-tags", "failpoints", "-o", tmp.Name(), filepath.Join(RepoRoot(), "cmd", "cascadefs")).CombinedOutput()
+		// A test build: failpoints compiled in (internal/failpoint), and
+		// coverage when make test measures it (CoverDir).
+		args := []string{"build", "-tags", "failpoints", "-o", tmp.Name()}
+		if CoverDir() != "" {
+			args = append(args, "-cover", "-coverpkg=github.com/cascadefs/cascadefs/...")
+		}
+		out, err := exec.Command("go", append(args, filepath.Join(RepoRoot(), "cmd", "cascadefs"))...).CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("build: %v\n%s", err, out)
 			return
@@ -56,6 +61,20 @@ func Binary(t testing.TB) string {
 		t.Fatal(buildErr)
 	}
 	return binPath
+}
+
+// CoverDir is where the daemons and commands the tests start write their
+// coverage ($CASCADEFS_COVERDIR; make test merges it with the unit
+// tests' and reports it by package), or "" when it is not measured.
+func CoverDir() string { return os.Getenv("CASCADEFS_COVERDIR") }
+
+// processEnv is the environment of a cascadefs process a test starts.
+func processEnv(env []string) []string {
+	out := append(os.Environ(), env...)
+	if d := CoverDir(); d != "" {
+		out = append(out, "GOCOVERDIR="+d)
+	}
+	return out
 }
 
 // ProductionBinary builds the cascadefs command as `make build` does (no
@@ -191,7 +210,7 @@ func (d *Daemon) MustCLI(args ...string) string {
 
 func runCLI(t testing.TB, env, args []string) (stdout, stderr string, err error) {
 	cmd := exec.Command(Binary(t), args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = processEnv(env)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err = cmd.Run()
@@ -294,7 +313,7 @@ func (p *proc) start(t testing.TB, args, env []string, logPath string) {
 	t.Helper()
 	argv := append(append(append([]string(nil), p.wrap...), Binary(t)), args...)
 	p.cmd = exec.Command(argv[0], argv[1:]...)
-	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Env = processEnv(env)
 	var err error
 	if p.log, err = os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {
 		t.Fatal(err)
