@@ -73,7 +73,7 @@ func (n *Node) onMember(name string, st member.Status) {
 // handleFailover takes, filesystem by filesystem, what the failed node
 // owned and this node can serve; the others stay for the next candidate.
 func (n *Node) handleFailover(req failoverReq) {
-	list, err := n.repo.ListFS()
+	list, err := n.repo.ListFS(n.ctx)
 	if err != nil {
 		n.log.Warn("failover: repository unreadable", "failed", req.node, "reason", err)
 		return

@@ -55,7 +55,7 @@ type moveReply struct {
 // Move asks node to (to) to take filesystem fs; it returns the new owner
 // and epoch.
 func (n *Node) Move(ctx context.Context, fs, to string) (moveReply, error) {
-	f, err := n.repo.GetFS(fs)
+	f, err := n.repo.GetFS(ctx, fs)
 	if err != nil {
 		return moveReply{}, err
 	}
@@ -81,7 +81,7 @@ func (n *Node) onTakeover(ctx context.Context, caller string, raw json.RawMessag
 	if err := json.Unmarshal(raw, &req); err != nil {
 		return nil, err
 	}
-	fs, err := n.repo.GetFS(req.FS)
+	fs, err := n.repo.GetFS(ctx, req.FS)
 	if err != nil {
 		return nil, err
 	}
@@ -104,11 +104,11 @@ func (n *Node) onTakeover(ctx context.Context, caller string, raw json.RawMessag
 			return nil, fmt.Errorf("owner %s did not hand %s over: %w", fs.Owner, req.FS, err)
 		}
 	}
-	if f, err := n.repo.GetFS(req.FS); err == nil && f.Owner == n.cfg.Name {
+	if f, err := n.repo.GetFS(ctx, req.FS); err == nil && f.Owner == n.cfg.Name {
 		n.own.Claimed(f.Name, f.Epoch, gen) // moved to this process at its request: its own epoch
 	}
 	n.reconcile() // start the session now
-	fs, err = n.repo.GetFS(req.FS)
+	fs, err = n.repo.GetFS(ctx, req.FS)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +134,7 @@ func (n *Node) onHandover(ctx context.Context, caller string, raw json.RawMessag
 		n.kick()
 		return nil, err
 	}
-	fs, err := n.repo.GetFS(req.FS)
+	fs, err := n.repo.GetFS(ctx, req.FS)
 	if err == nil && fs.Owner != n.cfg.Name {
 		return struct{}{}, nil // not ours any more
 	}

@@ -206,7 +206,7 @@ func (m *mounted) handOver(why string) { m.n.handOverByName(m.name, why) }
 
 // owner looks the current owner up in the repository.
 func (m *mounted) owner() (repo.FS, error) {
-	fs, err := m.n.repo.GetFS(m.name)
+	fs, err := m.n.repo.GetFS(context.Background(), m.name)
 	if err == nil {
 		m.setConf(fs)
 	}

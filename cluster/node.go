@@ -140,6 +140,11 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			r.Close()
+		}
+	}()
 	if len(cfg.Key) == 0 {
 		return nil, errors.New("no cluster key: gossip and the node RPC must be protected (--key-file)")
 	}
@@ -197,7 +202,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		n.member.Shutdown()
 		return nil, err
 	}
-	if err := r.PutNode(repo.Node{Name: cfg.Name, Bind: cfg.Bind, RPC: n.server.Addr(), Seen: time.Now()}); err != nil {
+	if err := r.PutNode(context.Background(), repo.Node{Name: cfg.Name, Bind: cfg.Bind, RPC: n.server.Addr(), Seen: time.Now()}); err != nil {
 		n.member.Leave()
 		return nil, err
 	}
@@ -225,7 +230,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 
 // checkNameFree refuses a name that a live node uses already.
 func (n *Node) checkNameFree() error {
-	nodes, err := n.repo.ListNodes()
+	nodes, err := n.repo.ListNodes(n.ctx)
 	if err != nil {
 		return err
 	}
@@ -281,7 +286,7 @@ func (n *Node) reconcile() {
 	if n.ctx.Err() != nil {
 		return
 	}
-	list, err := n.repo.ListFS()
+	list, err := n.repo.ListFS(n.ctx)
 	if err != nil {
 		n.log.Warn("repository unreadable; keeping the current state", "reason", err)
 		return
@@ -441,7 +446,7 @@ func (n *Node) Stop() {
 	}
 	n.control.Close()
 	// What it owned is handed over: its lease ends now, not a TTL later.
-	if err := n.repo.DropLease(n.cfg.Name); err != nil {
+	if err := n.repo.DropLease(context.Background(), n.cfg.Name); err != nil {
 		n.log.Warn("lease not dropped; it lapses by itself", "reason", err)
 	}
 	n.member.Leave()
@@ -449,6 +454,7 @@ func (n *Node) Stop() {
 	if n.metricsLn != nil {
 		n.metricsLn.Close()
 	}
+	n.repo.Close()
 	n.log.Info("node stopped")
 }
 
@@ -510,7 +516,7 @@ func (n *Node) rpcAddr(name string) string {
 	if i, ok := n.member.Lookup(name); ok && i.RPC != "" {
 		return i.RPC
 	}
-	nodes, _ := n.repo.ListNodes()
+	nodes, _ := n.repo.ListNodes(context.Background())
 	for _, x := range nodes {
 		if x.Name == name {
 			return x.RPC

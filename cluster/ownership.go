@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -29,7 +30,7 @@ func (n *Node) renewLease() error {
 	if err := failpoint.Hit(failpoint.LeaseRenew); err != nil {
 		return err
 	}
-	if err := n.repo.Renew(n.cfg.Name, n.cfg.Lease); err != nil {
+	if err := n.repo.Renew(n.ctx, n.cfg.Name, n.cfg.Lease); err != nil {
 		return err
 	}
 	left := n.own.Renewed(sent, now())
@@ -106,7 +107,7 @@ func (n *Node) selfFence(why string) {
 // quorum asks the repository for the leases and judges the quorum (see
 // owner.State.Quorum).
 func (n *Node) quorum() (bool, string, map[string]bool) {
-	leases, err := n.repo.Leases()
+	leases, err := n.repo.Leases(n.ctx)
 	if err != nil {
 		return false, "repository unreadable: " + err.Error(), nil
 	}
@@ -121,7 +122,7 @@ func (n *Node) claim(fs, from, reason string) (*repo.FS, error) {
 		return nil, errors.New("this node's lease is not valid")
 	}
 	gen := n.own.Gen()
-	got, err := n.repo.Claim(fs, n.cfg.Name, from, reason)
+	got, err := n.repo.Claim(n.ctx, fs, n.cfg.Name, from, reason)
 	if errors.Is(err, repo.ErrOwnerChanged) {
 		return nil, nil
 	}
@@ -206,7 +207,7 @@ func (n *Node) handOverByName(name, why string) {
 		n.log.Warn("could not hand the filesystem over", "fs", name, "reason", err)
 		return
 	}
-	fs, err := n.repo.GetFS(name)
+	fs, err := n.repo.GetFS(context.Background(), name)
 	if err != nil {
 		n.log.Warn("could not hand the filesystem over", "fs", name, "reason", err)
 		return
@@ -224,7 +225,7 @@ func (n *Node) handOverByName(name, why string) {
 // none.
 func (n *Node) move(name string, epoch uint64, to, reason string) error {
 	n.own.Relinquish(name, epoch) // never served again at that epoch here
-	_, err := n.repo.Move(name, n.cfg.Name, epoch, to, reason)
+	_, err := n.repo.Move(context.Background(), name, n.cfg.Name, epoch, to, reason)
 	switch {
 	case err == nil:
 		n.log.Info("filesystem handed over", "fs", name, "to", to, "reason", reason)
@@ -248,7 +249,7 @@ func (m *mounted) fence(epoch, gen uint64) dmapi.Fence {
 		if err := n.actingIn(gen); err != nil {
 			return err
 		}
-		if err := n.repo.Confirm(m.name, n.cfg.Name, epoch); err != nil {
+		if err := n.repo.Confirm(context.Background(), m.name, n.cfg.Name, epoch); err != nil {
 			if !errors.Is(err, repo.ErrOwnerChanged) {
 				return err
 			}

@@ -66,10 +66,10 @@ func (n *Node) Status(ctx context.Context) Status {
 	got, err := daemon.Within(statusBudget/2, func() (look, error) {
 		var l look
 		var err error
-		if l.leases, err = n.repo.Leases(); err != nil {
+		if l.leases, err = n.repo.Leases(ctx); err != nil {
 			return l, err
 		}
-		l.list, err = n.repo.ListFS()
+		l.list, err = n.repo.ListFS(ctx)
 		return l, err
 	})
 	st.Leases = got.leases

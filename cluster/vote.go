@@ -61,7 +61,7 @@ func (n *Node) onQuery(name string, payload []byte) ([]byte, bool) {
 	if json.Unmarshal(payload, &b) != nil || b.Node == n.cfg.Name {
 		return nil, false
 	}
-	fs, err := n.repo.GetFS(b.FS)
+	fs, err := n.repo.GetFS(n.ctx, b.FS)
 	if err != nil || n.ineligible(fs) != "" {
 		return nil, false
 	}
@@ -80,7 +80,7 @@ func (n *Node) takeOverSync(fs repo.FS, failed, reason string) {
 		// Give the winner time to take it; then race, in case it did not.
 		deadline := time.Now().Add(5 * time.Second)
 		for time.Now().Before(deadline) && n.ctx.Err() == nil {
-			cur, err := n.repo.GetFS(fs.Name)
+			cur, err := n.repo.GetFS(n.ctx, fs.Name)
 			if err == nil && cur.Owner != failed {
 				n.log.Info("failover: the vote winner took it", "fs", fs.Name, "owner", cur.Owner)
 				return

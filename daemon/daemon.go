@@ -177,6 +177,7 @@ func (m *Mount) Stop() {
 type Daemon struct {
 	*Mount
 	dm        *DM
+	repo      repo.Repository
 	metricsLn net.Listener
 }
 
@@ -222,7 +223,7 @@ func Start(ctx context.Context, cfg Config, given map[string]string, log *slog.L
 		}
 		return nil, err
 	}
-	r, err := localRepo(cfg, given, log)
+	r, err := localRepo(ctx, cfg, given, log)
 	if err != nil {
 		return fail(err)
 	}
@@ -242,12 +243,12 @@ func Start(ctx context.Context, cfg Config, given map[string]string, log *slog.L
 	router.Set(dm)
 	mount.archive = dm.Archive()
 	cfg.Metrics.OnCollect(dm.Gauges)
-	return &Daemon{Mount: mount, dm: dm, metricsLn: metricsLn}, nil
+	return &Daemon{Mount: mount, dm: dm, repo: r, metricsLn: metricsLn}, nil
 }
 
 // localRepo opens (creating) the single-node repository and registers the
 // filesystem in it, owned by this node.
-func localRepo(cfg Config, given map[string]string, log *slog.Logger) (repo.Repository, error) {
+func localRepo(ctx context.Context, cfg Config, given map[string]string, log *slog.Logger) (repo.Repository, error) {
 	dir := filepath.Join(cfg.StateDir, "repo")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
@@ -257,11 +258,11 @@ func localRepo(cfg Config, given map[string]string, log *slog.Logger) (repo.Repo
 		return nil, err
 	}
 	fs := repo.FS{Name: cfg.Name, Backing: cfg.Backing, Archive: cfg.ArchiveURL, Owner: localNode, Epoch: 1}
-	if err := r.AddFS(fs); err != nil && !errors.Is(err, repo.ErrExists) {
+	if err := r.AddFS(ctx, fs); err != nil && !errors.Is(err, repo.ErrExists) {
 		return nil, err
 	}
 	// The flags of this start are the settings (shown by fs list).
-	err = r.UpdateFS(cfg.Name, func(f *repo.FS) error { f.Settings = given; return nil })
+	err = r.UpdateFS(ctx, cfg.Name, func(f *repo.FS) error { f.Settings = given; return nil })
 	return r, err
 }
 
@@ -270,6 +271,7 @@ func localRepo(cfg Config, given map[string]string, log *slog.Logger) (repo.Repo
 func (d *Daemon) Stop() {
 	d.Mount.Stop()
 	d.dm.Close()
+	d.repo.Close()
 	if d.metricsLn != nil {
 		d.metricsLn.Close()
 	}

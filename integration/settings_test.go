@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -61,7 +62,7 @@ func TestBadStoredSettingsKeepTheLastGood(t *testing.T) {
 	}
 	setStored := func(kv map[string]string) {
 		t.Helper()
-		if err := r.UpdateFS(testenv.FSName, func(f *repo.FS) error { f.Settings = kv; return nil }); err != nil {
+		if err := r.UpdateFS(context.Background(), testenv.FSName, func(f *repo.FS) error { f.Settings = kv; return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}

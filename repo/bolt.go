@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -68,7 +69,7 @@ func Open(dir string, log *slog.Logger) (*Bolt, error) {
 	if _, err := os.Stat(b.path); err != nil {
 		return nil, fmt.Errorf("%w in %s (cascadefs fs add creates one)", ErrNoRepo, dir)
 	}
-	return b, b.view(func(*bolt.Tx) error { return nil })
+	return b, b.view(context.Background(), func(*bolt.Tx) error { return nil })
 }
 
 // Create creates the repository in dir (an existing directory) unless it
@@ -79,7 +80,7 @@ func Create(dir string, log *slog.Logger) (*Bolt, error) {
 		return nil, fmt.Errorf("repository directory %s: not a directory", dir)
 	}
 	b := newBolt(filepath.Join(dir, FileName), log)
-	return b, b.update(func(tx *bolt.Tx) error {
+	return b, b.update(context.Background(), func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta != nil && string(meta.Get(formatKey)) == string(formatValue) {
 			return nil
@@ -98,13 +99,16 @@ func Create(dir string, log *slog.Logger) (*Bolt, error) {
 
 func (b *Bolt) String() string { return filepath.Dir(b.path) }
 
-func (b *Bolt) open(readOnly, create bool) (*bolt.DB, error) {
+// Close does nothing: no call keeps the file open.
+func (b *Bolt) Close() error { return nil }
+
+func (b *Bolt) open(ctx context.Context, readOnly, create bool) (*bolt.DB, error) {
 	if !create {
 		if _, err := os.Stat(b.path); err != nil {
 			return nil, fmt.Errorf("%w at %s", ErrNoRepo, b.path)
 		}
 	}
-	db, err := b.openLocked(readOnly)
+	db, err := b.openLocked(ctx, readOnly)
 	switch {
 	case err == nil:
 		return db, nil
@@ -122,14 +126,17 @@ func (b *Bolt) open(readOnly, create bool) (*bolt.DB, error) {
 // for as long as it stays stopped: once one has held it stopped for
 // stoppedGrace, it is killed, as a crash would end it (bbolt's commits
 // survive a crash at any point). Any other holder is waited for up to the
-// timeout.
-func (b *Bolt) openLocked(readOnly bool) (*bolt.DB, error) {
+// timeout, or until ctx ends.
+func (b *Bolt) openLocked(ctx context.Context, readOnly bool) (*bolt.DB, error) {
 	deadline := time.Now().Add(b.timeout)
 	watch := holder.Watch{Grace: stoppedGrace}
 	for {
 		db, err := bolt.Open(b.path, 0o600, &bolt.Options{Timeout: lockPoll, ReadOnly: readOnly})
 		if !errors.Is(err, bolterrors.ErrTimeout) || time.Now().After(deadline) {
 			return db, err
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("repository %s: %w", b.path, ctx.Err())
 		}
 		if pid := watch.Saw(holder.StoppedFlockHolder(b.path)); pid != 0 {
 			b.log.Error("repository: the process holding its lock was stopped; killed it", "pid", pid, "file", b.path)
@@ -143,8 +150,8 @@ const (
 )
 
 // view runs a read-only transaction; a file without our buckets is corrupt.
-func (b *Bolt) view(fn func(*bolt.Tx) error) (err error) {
-	db, err := b.open(true, false)
+func (b *Bolt) view(ctx context.Context, fn func(*bolt.Tx) error) (err error) {
+	db, err := b.open(ctx, true, false)
 	if err != nil {
 		return err
 	}
@@ -162,9 +169,9 @@ func (b *Bolt) view(fn func(*bolt.Tx) error) (err error) {
 	})
 }
 
-func (b *Bolt) update(fn func(*bolt.Tx) error, create ...bool) (err error) {
+func (b *Bolt) update(ctx context.Context, fn func(*bolt.Tx) error, create ...bool) (err error) {
 	creating := len(create) > 0 && create[0]
-	db, err := b.open(false, creating)
+	db, err := b.open(ctx, false, creating)
 	if err != nil {
 		return err
 	}
@@ -233,11 +240,11 @@ func list[T any](bk *bolt.Bucket, kind string) ([]T, error) {
 	return out, err
 }
 
-func (b *Bolt) AddFS(fs FS) error {
+func (b *Bolt) AddFS(ctx context.Context, fs FS) error {
 	if err := ValidName("filesystem", fs.Name); err != nil {
 		return err
 	}
-	return b.update(func(tx *bolt.Tx) error {
+	return b.update(ctx, func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketFS)
 		if bk.Get([]byte(fs.Name)) != nil {
 			return fmt.Errorf("filesystem %q: %w", fs.Name, ErrExists)
@@ -246,24 +253,24 @@ func (b *Bolt) AddFS(fs FS) error {
 	})
 }
 
-func (b *Bolt) GetFS(name string) (fs FS, err error) {
-	err = b.view(func(tx *bolt.Tx) error {
+func (b *Bolt) GetFS(ctx context.Context, name string) (fs FS, err error) {
+	err = b.view(ctx, func(tx *bolt.Tx) error {
 		fs, err = get[FS](tx.Bucket(bucketFS), name, "filesystem")
 		return err
 	})
 	return fs, err
 }
 
-func (b *Bolt) ListFS() (out []FS, err error) {
-	err = b.view(func(tx *bolt.Tx) error {
+func (b *Bolt) ListFS(ctx context.Context) (out []FS, err error) {
+	err = b.view(ctx, func(tx *bolt.Tx) error {
 		out, err = list[FS](tx.Bucket(bucketFS), "filesystem")
 		return err
 	})
 	return out, err
 }
 
-func (b *Bolt) UpdateFS(name string, fn func(*FS) error) error {
-	return b.update(func(tx *bolt.Tx) error {
+func (b *Bolt) UpdateFS(ctx context.Context, name string, fn func(*FS) error) error {
+	return b.update(ctx, func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketFS)
 		fs, err := get[FS](bk, name, "filesystem")
 		if err != nil {
@@ -278,8 +285,8 @@ func (b *Bolt) UpdateFS(name string, fn func(*FS) error) error {
 	})
 }
 
-func (b *Bolt) RemoveFS(name string) error {
-	return b.update(func(tx *bolt.Tx) error {
+func (b *Bolt) RemoveFS(ctx context.Context, name string) error {
+	return b.update(ctx, func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketFS)
 		if bk.Get([]byte(name)) == nil {
 			return fmt.Errorf("filesystem %q: %w", name, ErrNotFound)
@@ -294,15 +301,15 @@ func (b *Bolt) RemoveFS(name string) error {
 	})
 }
 
-func (b *Bolt) PutNode(n Node) error {
+func (b *Bolt) PutNode(ctx context.Context, n Node) error {
 	if err := ValidName("node", n.Name); err != nil {
 		return err
 	}
-	return b.update(func(tx *bolt.Tx) error { return put(tx.Bucket(bucketNodes), n.Name, n) })
+	return b.update(ctx, func(tx *bolt.Tx) error { return put(tx.Bucket(bucketNodes), n.Name, n) })
 }
 
-func (b *Bolt) ListNodes() (out []Node, err error) {
-	err = b.view(func(tx *bolt.Tx) error {
+func (b *Bolt) ListNodes(ctx context.Context) (out []Node, err error) {
+	err = b.view(ctx, func(tx *bolt.Tx) error {
 		out, err = list[Node](tx.Bucket(bucketNodes), "node")
 		return err
 	})
@@ -310,11 +317,11 @@ func (b *Bolt) ListNodes() (out []Node, err error) {
 	return out, err
 }
 
-func (b *Bolt) Renew(node string, ttl time.Duration) error {
+func (b *Bolt) Renew(ctx context.Context, node string, ttl time.Duration) error {
 	if err := ValidName("node", node); err != nil {
 		return err
 	}
-	return b.update(func(tx *bolt.Tx) error {
+	return b.update(ctx, func(tx *bolt.Tx) error {
 		bk, err := tx.CreateBucketIfNotExists(bucketLeases)
 		if err != nil {
 			return err
@@ -329,8 +336,8 @@ func (b *Bolt) Renew(node string, ttl time.Duration) error {
 
 // DropLease marks the lease dropped: not live, at once. The record stays,
 // so that its term goes on counting (see leaseRecord).
-func (b *Bolt) DropLease(node string) error {
-	return b.update(func(tx *bolt.Tx) error {
+func (b *Bolt) DropLease(ctx context.Context, node string) error {
+	return b.update(ctx, func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketLeases)
 		if bk == nil {
 			return nil
@@ -346,8 +353,8 @@ func (b *Bolt) DropLease(node string) error {
 	})
 }
 
-func (b *Bolt) Leases() (out []NodeLease, err error) {
-	err = b.view(func(tx *bolt.Tx) error {
+func (b *Bolt) Leases(ctx context.Context) (out []NodeLease, err error) {
+	err = b.view(ctx, func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketLeases)
 		if bk == nil {
 			return nil
@@ -384,8 +391,8 @@ func (b *Bolt) leaseLive(tx *bolt.Tx, node string) (bool, error) {
 	return b.judge.Live(node, l), nil
 }
 
-func (b *Bolt) Claim(name, node, from, reason string) (out FS, err error) {
-	err = b.update(func(tx *bolt.Tx) error {
+func (b *Bolt) Claim(ctx context.Context, name, node, from, reason string) (out FS, err error) {
+	err = b.update(ctx, func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketFS)
 		fs, err := get[FS](bk, name, "filesystem")
 		if err != nil {
@@ -400,8 +407,8 @@ func (b *Bolt) Claim(name, node, from, reason string) (out FS, err error) {
 	return out, err
 }
 
-func (b *Bolt) Move(name, from string, epoch uint64, to, reason string) (out FS, err error) {
-	err = b.update(func(tx *bolt.Tx) error {
+func (b *Bolt) Move(ctx context.Context, name, from string, epoch uint64, to, reason string) (out FS, err error) {
+	err = b.update(ctx, func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketFS)
 		fs, err := get[FS](bk, name, "filesystem")
 		if err != nil {
@@ -416,10 +423,12 @@ func (b *Bolt) Move(name, from string, epoch uint64, to, reason string) (out FS,
 	return out, err
 }
 
-func (b *Bolt) Confirm(name, node string, epoch uint64) error { return confirm(b, name, node, epoch) }
+func (b *Bolt) Confirm(ctx context.Context, name, node string, epoch uint64) error {
+	return confirm(ctx, b, name, node, epoch)
+}
 
-func (b *Bolt) PutEntry(fs, token string, data []byte) error {
-	return b.update(func(tx *bolt.Tx) error {
+func (b *Bolt) PutEntry(ctx context.Context, fs, token string, data []byte) error {
+	return b.update(ctx, func(tx *bolt.Tx) error {
 		bk, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(fs))
 		if err != nil {
 			return err
@@ -428,8 +437,8 @@ func (b *Bolt) PutEntry(fs, token string, data []byte) error {
 	})
 }
 
-func (b *Bolt) GetEntry(fs, token string) (data []byte, err error) {
-	err = b.view(func(tx *bolt.Tx) error {
+func (b *Bolt) GetEntry(ctx context.Context, fs, token string) (data []byte, err error) {
+	err = b.view(ctx, func(tx *bolt.Tx) error {
 		var v []byte
 		if bk := tx.Bucket(bucketEvents).Bucket([]byte(fs)); bk != nil {
 			v = bk.Get([]byte(token))
@@ -443,8 +452,8 @@ func (b *Bolt) GetEntry(fs, token string) (data []byte, err error) {
 	return data, err
 }
 
-func (b *Bolt) DeleteEntry(fs, token string) error {
-	return b.update(func(tx *bolt.Tx) error {
+func (b *Bolt) DeleteEntry(ctx context.Context, fs, token string) error {
+	return b.update(ctx, func(tx *bolt.Tx) error {
 		if bk := tx.Bucket(bucketEvents).Bucket([]byte(fs)); bk != nil {
 			return bk.Delete([]byte(token))
 		}
@@ -452,9 +461,9 @@ func (b *Bolt) DeleteEntry(fs, token string) error {
 	})
 }
 
-func (b *Bolt) ListEntries(fs string) (out map[string][]byte, err error) {
+func (b *Bolt) ListEntries(ctx context.Context, fs string) (out map[string][]byte, err error) {
 	out = map[string][]byte{}
-	err = b.view(func(tx *bolt.Tx) error {
+	err = b.view(ctx, func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketEvents).Bucket([]byte(fs))
 		if bk == nil {
 			return nil

@@ -104,7 +104,7 @@ func OpenEtcd(url string) (*Etcd, error) {
 	e := &Etcd{endpoints: cfg.Endpoints, cli: cli, timeout: 5 * time.Second, leases: map[string]clientv3.LeaseID{}}
 	// One read now: an unreachable cluster or bad credentials are reported
 	// at once, with what the admin can do about them.
-	ctx, cancel := e.ctx()
+	ctx, cancel := e.bound(context.Background())
 	defer cancel()
 	if _, err := cli.Get(ctx, etcdPrefix+"format"); err != nil {
 		cli.Close()
@@ -210,8 +210,9 @@ func (e *Etcd) String() string { return EtcdScheme + strings.Join(e.endpoints, "
 // Close ends the client (the node's lease lapses by itself unless dropped).
 func (e *Etcd) Close() error { return e.cli.Close() }
 
-func (e *Etcd) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), e.timeout)
+// bound is ctx within the engine's timeout.
+func (e *Etcd) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, e.timeout)
 }
 
 func fsKey(name string) string         { return etcdPrefix + "fs/" + name }
@@ -254,7 +255,7 @@ func (e *Etcd) swapFS(ctx context.Context, fs FS, rev int64, extra ...clientv3.C
 	return resp.Succeeded, nil
 }
 
-func (e *Etcd) AddFS(fs FS) error {
+func (e *Etcd) AddFS(ctx context.Context, fs FS) error {
 	if err := ValidName("filesystem", fs.Name); err != nil {
 		return err
 	}
@@ -262,7 +263,7 @@ func (e *Etcd) AddFS(fs FS) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := e.ctx()
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(fsKey(fs.Name)), "=", 0)).
 		Then(clientv3.OpPut(fsKey(fs.Name), string(raw))).Commit()
@@ -275,15 +276,15 @@ func (e *Etcd) AddFS(fs FS) error {
 	return nil
 }
 
-func (e *Etcd) GetFS(name string) (FS, error) {
-	ctx, cancel := e.ctx()
+func (e *Etcd) GetFS(ctx context.Context, name string) (FS, error) {
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	fs, _, err := e.getFS(ctx, name)
 	return fs, err
 }
 
-func (e *Etcd) ListFS() ([]FS, error) {
-	ctx, cancel := e.ctx()
+func (e *Etcd) ListFS(ctx context.Context) ([]FS, error) {
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	resp, err := e.cli.Get(ctx, etcdPrefix+"fs/", clientv3.WithPrefix())
 	if err != nil {
@@ -302,8 +303,8 @@ func (e *Etcd) ListFS() ([]FS, error) {
 
 // change applies fn to a filesystem record until the write finds it
 // unchanged (optimistic concurrency); extra compares join the write's.
-func (e *Etcd) change(name string, fn func(*FS) error, extra func(FS) []clientv3.Cmp) (FS, error) {
-	ctx, cancel := e.ctx()
+func (e *Etcd) change(ctx context.Context, name string, fn func(*FS) error, extra func(FS) []clientv3.Cmp) (FS, error) {
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	for {
 		fs, rev, err := e.getFS(ctx, name)
@@ -334,8 +335,8 @@ func (e *Etcd) change(name string, fn func(*FS) error, extra func(FS) []clientv3
 
 var errExtraFailed = errors.New("compare failed")
 
-func (e *Etcd) UpdateFS(name string, fn func(*FS) error) error {
-	_, err := e.change(name, func(fs *FS) error {
+func (e *Etcd) UpdateFS(ctx context.Context, name string, fn func(*FS) error) error {
+	_, err := e.change(ctx, name, func(fs *FS) error {
 		owner, epoch, history := fs.Owner, fs.Epoch, fs.Takeovers
 		if err := fn(fs); err != nil {
 			return err
@@ -346,8 +347,8 @@ func (e *Etcd) UpdateFS(name string, fn func(*FS) error) error {
 	return err
 }
 
-func (e *Etcd) RemoveFS(name string) error {
-	ctx, cancel := e.ctx()
+func (e *Etcd) RemoveFS(ctx context.Context, name string) error {
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(fsKey(name)), ">", 0)).
 		Then(clientv3.OpDelete(fsKey(name)), clientv3.OpDelete(eventPrefix(name), clientv3.WithPrefix())).Commit()
@@ -360,7 +361,7 @@ func (e *Etcd) RemoveFS(name string) error {
 	return nil
 }
 
-func (e *Etcd) PutNode(n Node) error {
+func (e *Etcd) PutNode(ctx context.Context, n Node) error {
 	if err := ValidName("node", n.Name); err != nil {
 		return err
 	}
@@ -368,14 +369,14 @@ func (e *Etcd) PutNode(n Node) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := e.ctx()
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	_, err = e.cli.Put(ctx, nodeKey(n.Name), string(raw))
 	return err
 }
 
-func (e *Etcd) ListNodes() ([]Node, error) {
-	ctx, cancel := e.ctx()
+func (e *Etcd) ListNodes(ctx context.Context) ([]Node, error) {
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	resp, err := e.cli.Get(ctx, etcdPrefix+"nodes/", clientv3.WithPrefix())
 	if err != nil {
@@ -395,13 +396,13 @@ func (e *Etcd) ListNodes() ([]Node, error) {
 
 // Renew keeps node's etcd lease alive, granting one (and binding the
 // node's lease key to it) when this process holds none or it expired.
-func (e *Etcd) Renew(node string, ttl time.Duration) error {
+func (e *Etcd) Renew(ctx context.Context, node string, ttl time.Duration) error {
 	if err := ValidName("node", node); err != nil {
 		return err
 	}
 	// A renewal that cannot finish within half the TTL is too late anyway;
 	// the caller must learn of it while it can still stop in time.
-	ctx, cancel := context.WithTimeout(context.Background(), min(e.timeout, max(ttl/2, 500*time.Millisecond)))
+	ctx, cancel := context.WithTimeout(ctx, min(e.timeout, max(ttl/2, 500*time.Millisecond)))
 	defer cancel()
 	e.mu.Lock()
 	id, ok := e.leases[node]
@@ -442,8 +443,8 @@ func (e *Etcd) Renew(node string, ttl time.Duration) error {
 	return nil
 }
 
-func (e *Etcd) DropLease(node string) error {
-	ctx, cancel := e.ctx()
+func (e *Etcd) DropLease(ctx context.Context, node string) error {
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	e.mu.Lock()
 	id, ok := e.leases[node]
@@ -458,8 +459,8 @@ func (e *Etcd) DropLease(node string) error {
 	return err
 }
 
-func (e *Etcd) Leases() ([]NodeLease, error) {
-	ctx, cancel := e.ctx()
+func (e *Etcd) Leases(ctx context.Context) ([]NodeLease, error) {
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	resp, err := e.cli.Get(ctx, etcdPrefix+"lease/", clientv3.WithPrefix())
 	if err != nil {
@@ -475,7 +476,7 @@ func (e *Etcd) Leases() ([]NodeLease, error) {
 	return out, nil
 }
 
-func (e *Etcd) Claim(name, node, from, reason string) (FS, error) {
+func (e *Etcd) Claim(ctx context.Context, name, node, from, reason string) (FS, error) {
 	var leaseCheck func(FS) []clientv3.Cmp
 	if from != "" && from != node && !protect.Off(protect.ClaimLeaseCheck) {
 		// The owner's lease key is gone: its lease expired or was revoked.
@@ -485,30 +486,32 @@ func (e *Etcd) Claim(name, node, from, reason string) (FS, error) {
 	}
 	// The lease part of the rule is the transaction's compare.
 	notHere := func() (bool, error) { return false, nil }
-	fs, err := e.change(name, func(fs *FS) error { return claimFrom(fs, node, from, reason, notHere) }, leaseCheck)
+	fs, err := e.change(ctx, name, func(fs *FS) error { return claimFrom(fs, node, from, reason, notHere) }, leaseCheck)
 	if errors.Is(err, errExtraFailed) {
 		return FS{}, fmt.Errorf("filesystem %q: %s: %w", name, from, ErrLeaseLive)
 	}
 	return fs, err
 }
 
-func (e *Etcd) Move(name, from string, epoch uint64, to, reason string) (FS, error) {
-	return e.change(name, func(fs *FS) error { return moveFrom(fs, from, epoch, to, reason) }, nil)
+func (e *Etcd) Move(ctx context.Context, name, from string, epoch uint64, to, reason string) (FS, error) {
+	return e.change(ctx, name, func(fs *FS) error { return moveFrom(fs, from, epoch, to, reason) }, nil)
 }
 
 // Confirm reads the record linearizably (through the cluster's leader):
 // what it sees is current at some moment after the call began.
-func (e *Etcd) Confirm(name, node string, epoch uint64) error { return confirm(e, name, node, epoch) }
+func (e *Etcd) Confirm(ctx context.Context, name, node string, epoch uint64) error {
+	return confirm(ctx, e, name, node, epoch)
+}
 
-func (e *Etcd) PutEntry(fs, token string, data []byte) error {
-	ctx, cancel := e.ctx()
+func (e *Etcd) PutEntry(ctx context.Context, fs, token string, data []byte) error {
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	_, err := e.cli.Put(ctx, eventKey(fs, token), string(data))
 	return err
 }
 
-func (e *Etcd) GetEntry(fs, token string) ([]byte, error) {
-	ctx, cancel := e.ctx()
+func (e *Etcd) GetEntry(ctx context.Context, fs, token string) ([]byte, error) {
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	resp, err := e.cli.Get(ctx, eventKey(fs, token))
 	if err != nil {
@@ -520,15 +523,15 @@ func (e *Etcd) GetEntry(fs, token string) ([]byte, error) {
 	return resp.Kvs[0].Value, nil
 }
 
-func (e *Etcd) DeleteEntry(fs, token string) error {
-	ctx, cancel := e.ctx()
+func (e *Etcd) DeleteEntry(ctx context.Context, fs, token string) error {
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	_, err := e.cli.Delete(ctx, eventKey(fs, token))
 	return err
 }
 
-func (e *Etcd) ListEntries(fs string) (map[string][]byte, error) {
-	ctx, cancel := e.ctx()
+func (e *Etcd) ListEntries(ctx context.Context, fs string) (map[string][]byte, error) {
+	ctx, cancel := e.bound(ctx)
 	defer cancel()
 	resp, err := e.cli.Get(ctx, eventPrefix(fs), clientv3.WithPrefix())
 	if err != nil {

@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"time"
@@ -180,4 +181,12 @@ func (h *Handle) Move(name, from string, epoch uint64, to, reason string) (FS, e
 	return fs, nil
 }
 
-func (h *Handle) Confirm(name, node string, epoch uint64) error { return confirm(h, name, node, epoch) }
+func (h *Handle) Confirm(name, node string, epoch uint64) error {
+	return confirm(context.Background(), memoryFS{h}, name, node, epoch)
+}
+
+// memoryFS gives a Handle the repository's GetFS (the simulator's calls
+// take no context: one step runs at a time).
+type memoryFS struct{ h *Handle }
+
+func (m memoryFS) GetFS(_ context.Context, name string) (FS, error) { return m.h.GetFS(name) }

@@ -10,6 +10,7 @@
 package repo
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -78,8 +79,10 @@ func notOwner(fs FS, node string, epoch uint64) error {
 }
 
 // confirm is Confirm by a read of the filesystem's record.
-func confirm(r interface{ GetFS(string) (FS, error) }, name, node string, epoch uint64) error {
-	fs, err := r.GetFS(name)
+func confirm(ctx context.Context, r interface {
+	GetFS(context.Context, string) (FS, error)
+}, name, node string, epoch uint64) error {
+	fs, err := r.GetFS(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -119,45 +122,50 @@ type NodeLease struct {
 }
 
 // Repository is the shared configuration store. Every method is one short
-// transaction; none keeps the store open between calls, and none compares
-// wall clocks across processes.
+// transaction, bounded by the engine's timeout and by ctx; none keeps the
+// store open between calls, and none compares wall clocks across
+// processes.
 type Repository interface {
-	AddFS(fs FS) error
-	GetFS(name string) (FS, error)
-	ListFS() ([]FS, error)
+	// Close ends the engine's connections (nothing for bbolt, which
+	// keeps none between calls).
+	Close() error
+
+	AddFS(ctx context.Context, fs FS) error
+	GetFS(ctx context.Context, name string) (FS, error)
+	ListFS(ctx context.Context) ([]FS, error)
 	// UpdateFS changes a filesystem's configuration atomically: fn sees the
 	// current value. Owner and Epoch change only through Claim and Move.
-	UpdateFS(name string, fn func(*FS) error) error
-	RemoveFS(name string) error
+	UpdateFS(ctx context.Context, name string, fn func(*FS) error) error
+	RemoveFS(ctx context.Context, name string) error
 
-	PutNode(n Node) error
-	ListNodes() ([]Node, error)
+	PutNode(ctx context.Context, n Node) error
+	ListNodes(ctx context.Context) ([]Node, error)
 
 	// Renew renews node's lease for ttl (creating it).
-	Renew(node string, ttl time.Duration) error
+	Renew(ctx context.Context, node string, ttl time.Duration) error
 	// DropLease ends node's lease at once (a clean stop).
-	DropLease(node string) error
+	DropLease(ctx context.Context, node string) error
 	// Leases reports every node's lease.
-	Leases() ([]NodeLease, error)
+	Leases(ctx context.Context) ([]NodeLease, error)
 
 	// Claim makes node the owner of a filesystem at the next epoch, if its
 	// owner is still from and from holds no live lease (no check when from
 	// is "" or node itself). ErrOwnerChanged or ErrLeaseLive otherwise.
-	Claim(name, node, from, reason string) (FS, error)
+	Claim(ctx context.Context, name, node, from, reason string) (FS, error)
 	// Move changes the owner from (at epoch) to to: to "" leaves the
 	// filesystem without owner, another node gets the next epoch.
 	// ErrOwnerChanged if from no longer owns it at epoch.
-	Move(name, from string, epoch uint64, to, reason string) (FS, error)
+	Move(ctx context.Context, name, from string, epoch uint64, to, reason string) (FS, error)
 	// Confirm checks, now, that node owns the filesystem at epoch
 	// (ErrOwnerChanged otherwise): the fence before every commit.
-	Confirm(name, node string, epoch uint64) error
+	Confirm(ctx context.Context, name, node string, epoch uint64) error
 
 	// The durable queue of asynchronous events of a filesystem: opaque
 	// entries by token, kept until done.
-	PutEntry(fs, token string, data []byte) error
-	GetEntry(fs, token string) ([]byte, error)
-	DeleteEntry(fs, token string) error
-	ListEntries(fs string) (map[string][]byte, error)
+	PutEntry(ctx context.Context, fs, token string, data []byte) error
+	GetEntry(ctx context.Context, fs, token string) ([]byte, error)
+	DeleteEntry(ctx context.Context, fs, token string) error
+	ListEntries(ctx context.Context, fs string) (map[string][]byte, error)
 }
 
 // Entries is the event queue of one filesystem (a migrate.Store).
@@ -166,10 +174,20 @@ type Entries struct {
 	FS   string
 }
 
-func (e Entries) Put(token string, data []byte) error { return e.Repo.PutEntry(e.FS, token, data) }
-func (e Entries) Get(token string) ([]byte, error)    { return e.Repo.GetEntry(e.FS, token) }
-func (e Entries) Delete(token string) error           { return e.Repo.DeleteEntry(e.FS, token) }
-func (e Entries) List() (map[string][]byte, error)    { return e.Repo.ListEntries(e.FS) }
+// Its calls are bounded by the engine's timeout (the DESTROY queue's
+// store takes no context).
+func (e Entries) Put(token string, data []byte) error {
+	return e.Repo.PutEntry(context.Background(), e.FS, token, data)
+}
+func (e Entries) Get(token string) ([]byte, error) {
+	return e.Repo.GetEntry(context.Background(), e.FS, token)
+}
+func (e Entries) Delete(token string) error {
+	return e.Repo.DeleteEntry(context.Background(), e.FS, token)
+}
+func (e Entries) List() (map[string][]byte, error) {
+	return e.Repo.ListEntries(context.Background(), e.FS)
+}
 
 // ValidName checks a filesystem or node name: it becomes a path element,
 // an object key prefix and a Serf node name.

@@ -2,6 +2,7 @@ package repo
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	holderpkg "github.com/cascadefs/cascadefs/internal/holder"
@@ -80,38 +81,38 @@ func TestFilesystems(t *testing.T) { eachEngine(t, testFilesystems) }
 
 func testFilesystems(t *testing.T, r Repository) {
 	fs := FS{Name: "home", Backing: "/b", Archive: "file:///a", Candidates: []string{"n1", "n2"}, Owner: "n1", Epoch: 1}
-	if err := r.AddFS(fs); err != nil {
+	if err := r.AddFS(ctx, fs); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.AddFS(fs); !errors.Is(err, ErrExists) {
+	if err := r.AddFS(ctx, fs); !errors.Is(err, ErrExists) {
 		t.Fatalf("added twice: %v", err)
 	}
-	if err := r.AddFS(FS{Name: "../x"}); err == nil {
+	if err := r.AddFS(ctx, FS{Name: "../x"}); err == nil {
 		t.Fatal("bad name accepted")
 	}
-	got, err := r.GetFS("home")
+	got, err := r.GetFS(ctx, "home")
 	if err != nil || got.Owner != "n1" || !got.IsCandidate("n2") || got.IsCandidate("n3") {
 		t.Fatalf("get: %+v %v", got, err)
 	}
-	if _, err := r.GetFS("nope"); !errors.Is(err, ErrNotFound) {
+	if _, err := r.GetFS(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("get missing: %v", err)
 	}
 	// A failing update changes nothing.
-	if err := r.UpdateFS("home", func(f *FS) error { f.Owner = "n2"; return errors.New("no") }); err == nil {
+	if err := r.UpdateFS(ctx, "home", func(f *FS) error { f.Owner = "n2"; return errors.New("no") }); err == nil {
 		t.Fatal("failing update succeeded")
 	}
-	if got, _ := r.GetFS("home"); got.Owner != "n1" {
+	if got, _ := r.GetFS(ctx, "home"); got.Owner != "n1" {
 		t.Fatalf("failed update left %q", got.Owner)
 	}
 	// Updates from many openers at once are atomic.
-	before, _ := r.GetFS("home")
+	before, _ := r.GetFS(ctx, "home")
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for range 25 {
-				if err := r.UpdateFS("home", func(f *FS) error {
+				if err := r.UpdateFS(ctx, "home", func(f *FS) error {
 					f.Settings = map[string]string{"n": strconv.Itoa(len(f.Candidates) + 1)}
 					f.Candidates = append(f.Candidates, "x")
 					return nil
@@ -122,20 +123,20 @@ func testFilesystems(t *testing.T, r Repository) {
 		}()
 	}
 	wg.Wait()
-	if got, _ := r.GetFS("home"); len(got.Candidates) != len(before.Candidates)+200 || got.Settings["n"] != strconv.Itoa(len(got.Candidates)) {
+	if got, _ := r.GetFS(ctx, "home"); len(got.Candidates) != len(before.Candidates)+200 || got.Settings["n"] != strconv.Itoa(len(got.Candidates)) {
 		t.Fatalf("after 200 concurrent appends: %d candidates, n=%s", len(got.Candidates), got.Settings["n"])
 	}
-	r.PutEntry("home", "t1", []byte("x"))
-	if err := r.RemoveFS("home"); err != nil {
+	r.PutEntry(ctx, "home", "t1", []byte("x"))
+	if err := r.RemoveFS(ctx, "home"); err != nil {
 		t.Fatal(err)
 	}
-	if l, _ := r.ListFS(); len(l) != 0 {
+	if l, _ := r.ListFS(ctx); len(l) != 0 {
 		t.Fatalf("after remove: %v", l)
 	}
-	if e, _ := r.ListEntries("home"); len(e) != 0 {
+	if e, _ := r.ListEntries(ctx, "home"); len(e) != 0 {
 		t.Fatalf("events of a removed filesystem: %v", e)
 	}
-	if err := r.RemoveFS("home"); !errors.Is(err, ErrNotFound) {
+	if err := r.RemoveFS(ctx, "home"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("remove twice: %v", err)
 	}
 }
@@ -173,46 +174,46 @@ func TestOwnershipEtcd(t *testing.T) {
 // testOwnership runs the ownership rules against an engine: r is the
 // owner's handle, other another node's.
 func testOwnership(t *testing.T, r, other Repository, ttl time.Duration) {
-	if err := r.AddFS(FS{Name: "home", Backing: "/b", Archive: "file:///a"}); err != nil {
+	if err := r.AddFS(ctx, FS{Name: "home", Backing: "/b", Archive: "file:///a"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Renew("n1", ttl); err != nil {
+	if err := r.Renew(ctx, "n1", ttl); err != nil {
 		t.Fatal(err)
 	}
-	fs, err := r.Claim("home", "n1", "", "had no owner")
+	fs, err := r.Claim(ctx, "home", "n1", "", "had no owner")
 	if err != nil || fs.Owner != "n1" || fs.Epoch != 1 {
 		t.Fatalf("claim of an unowned filesystem: %+v %v", fs, err)
 	}
-	if _, err := other.Claim("home", "n2", "", "had no owner"); !errors.Is(err, ErrOwnerChanged) {
+	if _, err := other.Claim(ctx, "home", "n2", "", "had no owner"); !errors.Is(err, ErrOwnerChanged) {
 		t.Fatalf("second claim of an unowned filesystem: %v", err)
 	}
-	if err := other.Confirm("home", "n1", 1); err != nil {
+	if err := other.Confirm(ctx, "home", "n1", 1); err != nil {
 		t.Fatalf("confirm of the owner: %v", err)
 	}
 	// A live lease is never taken: n1 renews faster than its TTL.
 	deadline := time.Now().Add(3 * ttl)
 	var renewed time.Time
 	for time.Now().Before(deadline) {
-		if err := r.Renew("n1", ttl); err != nil {
+		if err := r.Renew(ctx, "n1", ttl); err != nil {
 			t.Fatal(err)
 		}
 		renewed = time.Now()
-		if _, err := other.Claim("home", "n2", "n1", "n1 failed"); !errors.Is(err, ErrLeaseLive) {
+		if _, err := other.Claim(ctx, "home", "n2", "n1", "n1 failed"); !errors.Is(err, ErrLeaseLive) {
 			t.Fatalf("claim from a live owner: %v", err)
 		}
 		time.Sleep(ttl / 4)
 	}
 	// Configuration changes never move the owner.
-	if err := other.UpdateFS("home", func(f *FS) error { f.Owner, f.Epoch = "n2", 9; f.Archive = "file:///b"; return nil }); err != nil {
+	if err := other.UpdateFS(ctx, "home", func(f *FS) error { f.Owner, f.Epoch = "n2", 9; f.Archive = "file:///b"; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if fs, _ := r.GetFS("home"); fs.Owner != "n1" || fs.Epoch != 1 || fs.Archive != "file:///b" {
+	if fs, _ := r.GetFS(ctx, "home"); fs.Owner != "n1" || fs.Epoch != 1 || fs.Archive != "file:///b" {
 		t.Fatalf("UpdateFS moved the owner or lost the change: %+v", fs)
 	}
 	// n1 stops renewing: after its TTL, by the other's clock, it is taken.
 	start := time.Now()
 	for {
-		fs, err = other.Claim("home", "n2", "n1", "n1 failed")
+		fs, err = other.Claim(ctx, "home", "n2", "n1", "n1 failed")
 		if err == nil {
 			break
 		}
@@ -230,21 +231,21 @@ func testOwnership(t *testing.T, r, other Repository, ttl time.Duration) {
 	if fs.Owner != "n2" || fs.Epoch != 2 {
 		t.Fatalf("after the takeover: %+v", fs)
 	}
-	if err := r.Confirm("home", "n1", 1); !errors.Is(err, ErrOwnerChanged) {
+	if err := r.Confirm(ctx, "home", "n1", 1); !errors.Is(err, ErrOwnerChanged) {
 		t.Fatalf("the old owner confirmed: %v", err)
 	}
-	if _, err := r.Move("home", "n1", 1, "", "stopping"); !errors.Is(err, ErrOwnerChanged) {
+	if _, err := r.Move(ctx, "home", "n1", 1, "", "stopping"); !errors.Is(err, ErrOwnerChanged) {
 		t.Fatalf("the old owner moved it: %v", err)
 	}
 	// Handed over by its owner: no owner, same epoch; the next claim
 	// needs no lapse.
-	if fs, err = other.Move("home", "n2", 2, "", "n2 is stopping"); err != nil || fs.Owner != "" || fs.Epoch != 2 {
+	if fs, err = other.Move(ctx, "home", "n2", 2, "", "n2 is stopping"); err != nil || fs.Owner != "" || fs.Epoch != 2 {
 		t.Fatalf("handover: %+v %v", fs, err)
 	}
-	if fs, err = r.Claim("home", "n1", "", "had no owner"); err != nil || fs.Epoch != 3 {
+	if fs, err = r.Claim(ctx, "home", "n1", "", "had no owner"); err != nil || fs.Epoch != 3 {
 		t.Fatalf("claim after a handover: %+v %v", fs, err)
 	}
-	if fs, err = r.Move("home", "n1", 3, "n2", "by hand"); err != nil || fs.Owner != "n2" || fs.Epoch != 4 {
+	if fs, err = r.Move(ctx, "home", "n1", 3, "n2", "by hand"); err != nil || fs.Owner != "n2" || fs.Epoch != 4 {
 		t.Fatalf("move to a node: %+v %v", fs, err)
 	}
 	if len(fs.Takeovers) != 5 {
@@ -252,7 +253,7 @@ func testOwnership(t *testing.T, r, other Repository, ttl time.Duration) {
 	}
 	// The history stays capped however often the owner moves.
 	for i := 0; i < 2*keepTakeovers; i++ {
-		fs, err = other.Move("home", fs.Owner, fs.Epoch, "n2", "again")
+		fs, err = other.Move(ctx, "home", fs.Owner, fs.Epoch, "n2", "again")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -261,9 +262,9 @@ func testOwnership(t *testing.T, r, other Repository, ttl time.Duration) {
 		t.Fatalf("history grew to %d", len(fs.Takeovers))
 	}
 	// A dropped lease is not live: its filesystems go at once.
-	r.Renew("n3", time.Hour)
-	r.DropLease("n3")
-	leases, err := other.Leases()
+	r.Renew(ctx, "n3", time.Hour)
+	r.DropLease(ctx, "n3")
+	leases, err := other.Leases(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,28 +312,28 @@ func TestLeaseIdentityEtcd(t *testing.T) {
 
 func testLeaseIdentity(t *testing.T, open func() Repository, ttl time.Duration) {
 	first, observer := open(), open()
-	if err := first.AddFS(FS{Name: "home", Backing: "/b", Archive: "file:///a"}); err != nil {
+	if err := first.AddFS(ctx, FS{Name: "home", Backing: "/b", Archive: "file:///a"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := first.Renew("n1", ttl); err != nil {
+	if err := first.Renew(ctx, "n1", ttl); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := first.Claim("home", "n1", "", "had no owner"); err != nil {
+	if _, err := first.Claim(ctx, "home", "n1", "", "had no owner"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := observer.Claim("home", "n2", "n1", "n1 failed"); !errors.Is(err, ErrLeaseLive) {
+	if _, err := observer.Claim(ctx, "home", "n2", "n1", "n1 failed"); !errors.Is(err, ErrLeaseLive) {
 		t.Fatalf("claim from a live owner: %v", err)
 	}
 	time.Sleep(ttl + ttl/2)
-	if err := first.DropLease("n1"); err != nil {
+	if err := first.DropLease(ctx, "n1"); err != nil {
 		t.Fatal(err)
 	}
 	again := open() // n1 started again
 	for range 2 {
-		if err := again.Renew("n1", ttl); err != nil {
+		if err := again.Renew(ctx, "n1", ttl); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := observer.Claim("home", "n2", "n1", "n1 failed"); !errors.Is(err, ErrLeaseLive) {
+		if _, err := observer.Claim(ctx, "home", "n2", "n1", "n1 failed"); !errors.Is(err, ErrLeaseLive) {
 			t.Fatalf("claim right after the restarted owner renewed: %v", err)
 		}
 	}
@@ -341,10 +342,10 @@ func testLeaseIdentity(t *testing.T, open func() Repository, ttl time.Duration) 
 func TestNodesAndEntries(t *testing.T) { eachEngine(t, testNodesAndEntries) }
 
 func testNodesAndEntries(t *testing.T, r Repository) {
-	r.PutNode(Node{Name: "n2", RPC: "127.0.0.1:2"})
-	r.PutNode(Node{Name: "n1", RPC: "127.0.0.1:1"})
-	r.PutNode(Node{Name: "n1", RPC: "127.0.0.1:3"})
-	nodes, err := r.ListNodes()
+	r.PutNode(ctx, Node{Name: "n2", RPC: "127.0.0.1:2"})
+	r.PutNode(ctx, Node{Name: "n1", RPC: "127.0.0.1:1"})
+	r.PutNode(ctx, Node{Name: "n1", RPC: "127.0.0.1:3"})
+	nodes, err := r.ListNodes(ctx)
 	if err != nil || len(nodes) != 2 || nodes[0].Name != "n1" || nodes[0].RPC != "127.0.0.1:3" {
 		t.Fatalf("nodes: %+v %v", nodes, err)
 	}
@@ -358,7 +359,7 @@ func testNodesAndEntries(t *testing.T, r Repository) {
 	if l, _ := q.List(); len(l) != 1 || string(l["b"]) != "2" {
 		t.Fatalf("entries: %q", l)
 	}
-	if _, err := r.GetEntry("fs2", "b"); !errors.Is(err, ErrNotFound) {
+	if _, err := r.GetEntry(ctx, "fs2", "b"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("entry of another fs: %v", err)
 	}
 }
@@ -402,7 +403,7 @@ func TestStoppedHolderIsKilled(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	start := time.Now()
-	if err := r.PutNode(Node{Name: "n2"}); err != nil {
+	if err := r.PutNode(ctx, Node{Name: "n2"}); err != nil {
 		t.Fatalf("repository wedged by a stopped holder: %v", err)
 	}
 	t.Logf("waited %v for the stopped holder", time.Since(start))
@@ -424,7 +425,7 @@ func TestHoldRepoHelper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.update(func(*bolt.Tx) error {
+	r.update(ctx, func(*bolt.Tx) error {
 		syscall.Kill(os.Getpid(), syscall.SIGSTOP)
 		return nil
 	})
@@ -494,7 +495,7 @@ func TestEtcdTLSAndPassword(t *testing.T) {
 			if err == nil {
 				// Without a user the certificate's name is the user: it
 				// connects, but may read nothing.
-				_, err = r.ListFS()
+				_, err = r.ListFS(ctx)
 				r.Close()
 			}
 			t.Logf("%s after %s: %v", c.name, time.Since(start).Round(time.Millisecond), err)
@@ -530,3 +531,6 @@ func TestEtcdSecretFilesRefused(t *testing.T) {
 		t.Fatalf("open client key: %v", err)
 	}
 }
+
+// ctx is the context of the tests' repository calls.
+var ctx = context.Background()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -315,7 +316,8 @@ func cmdStatus(args []string) error {
 		if err != nil {
 			return err
 		}
-		fss, err := r.ListFS()
+		defer r.Close()
+		fss, err := r.ListFS(context.Background())
 		if err != nil {
 			return err
 		}
@@ -323,7 +325,7 @@ func cmdStatus(args []string) error {
 		for _, f := range fss {
 			rep.Cluster.FS = append(rep.Cluster.FS, cluster.FSStatus{FS: f, Session: daemon.SessionInfo{Owner: f.Owner, Epoch: f.Epoch, State: "unknown (no node of this cluster runs on this host)"}})
 		}
-		if rep.Nodes, err = r.ListNodes(); err != nil {
+		if rep.Nodes, err = r.ListNodes(context.Background()); err != nil {
 			return err
 		}
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -104,7 +105,8 @@ func fsAdd(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := r.AddFS(fs); err != nil {
+	defer r.Close()
+	if err := r.AddFS(context.Background(), fs); err != nil {
 		return err
 	}
 	fmt.Printf("added filesystem %s\n", fs.Name)
@@ -122,7 +124,8 @@ func fsList(args []string) error {
 	if err != nil {
 		return err
 	}
-	list, err := r.ListFS()
+	defer r.Close()
+	list, err := r.ListFS(context.Background())
 	if err != nil {
 		return err
 	}
@@ -185,7 +188,8 @@ func fsSet(args []string) error {
 	if err != nil {
 		return err
 	}
-	return r.UpdateFS(pos[0], func(f *repo.FS) error {
+	defer r.Close()
+	return r.UpdateFS(context.Background(), pos[0], func(f *repo.FS) error {
 		for k, v := range changes {
 			if k == "candidates" {
 				f.Candidates = splitList(v)
@@ -220,7 +224,8 @@ func fsRemove(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := r.RemoveFS(pos[0]); err != nil {
+	defer r.Close()
+	if err := r.RemoveFS(context.Background(), pos[0]); err != nil {
 		return err
 	}
 	fmt.Printf("removed filesystem %s (its backing directory and archive are left as they are)\n", pos[0])
