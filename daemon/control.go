@@ -17,6 +17,7 @@ import (
 
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
@@ -185,6 +186,9 @@ func startControl(d *Mount) (*ControlServer, error) {
 	mux.HandleFunc("POST /reconcile", d.serveReconcile)
 	mux.HandleFunc("GET /df", d.serveDF)
 	mux.HandleFunc("POST /cancel", d.serveCancel)
+	if failpoint.Enabled { // test builds: the tests' cache drop, scoped to their mounts
+		mux.HandleFunc("POST /drop-caches", func(w http.ResponseWriter, r *http.Request) { d.fs.DropCaches() })
+	}
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), StatusBudget)
 		defer cancel()

@@ -282,6 +282,25 @@ func (f *FS) Invalidate(c Change) {
 	}
 }
 
+// DropCaches drops what the kernel caches of this mount: the pages and
+// attributes of every file it knows and every name, as echo 3 >
+// /proc/sys/vm/drop_caches would, but for this mount only (the tests'
+// way to send the next reads and lookups to the daemon).
+func (f *FS) DropCaches() {
+	f.nodesMu.Lock()
+	nodes := make([]*node, 0, len(f.nodes))
+	for _, n := range f.nodes {
+		nodes = append(nodes, n)
+	}
+	f.nodesMu.Unlock()
+	for _, n := range nodes {
+		n.NotifyContent(0, 0)
+		for name := range n.Children() {
+			n.NotifyEntry(name)
+		}
+	}
+}
+
 func (n *node) ino() uint64 { return n.StableAttr().Ino }
 
 var (

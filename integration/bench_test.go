@@ -32,7 +32,7 @@ func benchSize() int64 {
 }
 
 func readFile(b *testing.B, p string) time.Duration {
-	testenv.DropCaches()
+	testenv.DropHostCaches()
 	start := time.Now()
 	f, err := os.Open(p)
 	if err != nil {
@@ -67,7 +67,7 @@ func BenchmarkHSM(b *testing.B) {
 		// Raw PUT and GET of the same bytes: the baselines.
 		src := d.B("src.bin")
 		writeFileOf(b, src, size)
-		testenv.DropCaches()
+		testenv.DropHostCaches()
 		start := time.Now()
 		if _, err := m.Client.FPutObject(ctx, "bench", "raw", src, minio.PutObjectOptions{PartSize: 64 << 20, NumThreads: 4}); err != nil {
 			b.Fatal(err)
@@ -75,7 +75,7 @@ func BenchmarkHSM(b *testing.B) {
 		rawPut := time.Since(start)
 		// Every measured read starts cold, the baselines too: the archive
 		// serves from disk as it would after a real migration.
-		testenv.DropCaches()
+		testenv.DropHostCaches()
 		// The baselines read the HTTP body as the recall does (minio.Core,
 		// no relay goroutine of minio.Object), and check what they got.
 		core := minio.Core{Client: m.Client}
@@ -95,7 +95,7 @@ func BenchmarkHSM(b *testing.B) {
 		mounted := readFile(b, d.M("src.bin"))
 
 		// Migrate vs raw PUT.
-		testenv.DropCaches()
+		testenv.DropHostCaches()
 		start = time.Now()
 		d.MustCLI("migrate", d.M("src.bin"))
 		migrate := time.Since(start)
@@ -108,7 +108,7 @@ func BenchmarkHSM(b *testing.B) {
 		for try := range 7 {
 			off := (size / 8) * int64(try%7+1) / 4096 * 4096
 			d.MustCLI("migrate", d.M("src.bin")) // punched again: each try recalls
-			testenv.DropCaches()
+			testenv.DropHostCaches()
 			start = time.Now()
 			sf, err := os.Open(d.M("src.bin"))
 			if err != nil {
@@ -120,7 +120,7 @@ func BenchmarkHSM(b *testing.B) {
 			}
 			firsts = append(firsts, time.Since(start))
 			sf.Close()
-			testenv.DropCaches()
+			testenv.DropHostCaches()
 			start = time.Now()
 			var opts minio.GetObjectOptions
 			opts.SetRange(off, off+4095)
@@ -175,7 +175,7 @@ func BenchmarkClusterHop(b *testing.B) {
 	c.MustCLI("migrate", owner.M("f"))
 	first4k := func(n *testenv.Node, off int64) time.Duration {
 		c.MustCLI("migrate", owner.M("f")) // punch what the last read recalled
-		testenv.DropCaches()
+		testenv.DropHostCaches()
 		start := time.Now()
 		fd, err := os.Open(n.M("f"))
 		if err != nil {
@@ -283,7 +283,7 @@ func failoverRuns(b *testing.B, c *testenv.Cluster, m *testenv.MinIO, name strin
 			want[filepath.Base(p)] = data
 		}
 		c.MustCLI(append([]string{"migrate"}, paths...)...)
-		testenv.DropCaches()
+		testenv.DropHostCaches()
 		m.Pause()
 		var wg sync.WaitGroup
 		for j, p := range paths {
@@ -520,7 +520,7 @@ func BenchmarkRecallPriority(b *testing.B) {
 	try := func(i int) time.Duration {
 		off := (size / 8) * int64(i%7+1) / 4096 * 4096
 		d.MustCLI("migrate", d.M("target.bin")) // punched again: each try recalls
-		testenv.DropCaches()
+		testenv.DropHostCaches()
 		start := time.Now()
 		f, err := os.Open(d.M("target.bin"))
 		if err != nil {
@@ -623,7 +623,7 @@ func BenchmarkFairRecall(b *testing.B) {
 				return time.Since(start)
 			}
 			for range b.N {
-				testenv.DropCaches()
+				testenv.DropHostCaches()
 				var idle, busy []time.Duration
 				for i := range small {
 					idle = append(idle, try(i))

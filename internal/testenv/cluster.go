@@ -80,7 +80,8 @@ func NewClusterOn(t testing.TB, repoURL, archiveURL string, env []string, names 
 		c.Nodes[name] = &Node{c: c, Name: name, Bind: fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
 			RPC: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), MountRoot: filepath.Join(dir, "mnt-"+name)}
 	}
-	t.Cleanup(c.cleanup)
+	addRunDir(c.RunDir)
+	t.Cleanup(func() { removeRunDir(c.RunDir); c.cleanup() })
 	return c
 }
 

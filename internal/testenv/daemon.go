@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -136,7 +138,8 @@ func NewDaemon(t testing.TB, archiveURL string, env []string, extra ...string) *
 	// Users must only use the mount: the backing directory lies in a
 	// root-only directory, whatever a test opens up above the mountpoint.
 	os.Chmod(filepath.Dir(d.Backing), 0o700)
-	t.Cleanup(d.cleanup)
+	addRunDir(d.RunDir)
+	t.Cleanup(func() { removeRunDir(d.RunDir); d.cleanup() })
 	return d
 }
 
@@ -232,8 +235,71 @@ func (d *Daemon) M(rel string) string { return filepath.Join(d.Mountpoint, rel) 
 // B is a path inside the backing directory.
 func (d *Daemon) B(rel string) string { return filepath.Join(d.Backing, rel) }
 
-// DropCaches makes the next reads come from the filesystem, not the page cache.
-func DropCaches() { os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0) }
+// DropCaches makes the next reads and lookups through the mounts of this
+// test process's daemons and nodes go to their daemons, not the kernel's
+// caches: each daemon drops its own mount's (a test build's control
+// request). Nothing else on the machine is touched. A daemon that does
+// not answer within a second (stopped) is left as it is.
+func DropCaches() {
+	var wg sync.WaitGroup
+	for _, sock := range liveSockets() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &http.Client{Timeout: time.Second, Transport: &http.Transport{
+				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+					return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+				}}}
+			if resp, err := c.Post("http://cascadefs/drop-caches", "", nil); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// DropHostCaches drops the whole host's page cache, dentries and inodes,
+// for benchmarks whose cold reads must come from the disk and the object
+// store (never in a pass/fail test: it changes the machine's state).
+func DropHostCaches() { os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0) }
+
+// runDirs are the run directories of this process's live daemons and
+// clusters (added when made, removed at their cleanup).
+var runDirs struct {
+	sync.Mutex
+	m map[string]bool
+}
+
+func addRunDir(dir string) {
+	runDirs.Lock()
+	defer runDirs.Unlock()
+	if runDirs.m == nil {
+		runDirs.m = map[string]bool{}
+	}
+	runDirs.m[dir] = true
+}
+
+func removeRunDir(dir string) {
+	runDirs.Lock()
+	defer runDirs.Unlock()
+	delete(runDirs.m, dir)
+}
+
+// liveSockets are the mounts' control sockets in those run directories.
+func liveSockets() []string {
+	runDirs.Lock()
+	defer runDirs.Unlock()
+	var out []string
+	for dir := range runDirs.m {
+		socks, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
+		for _, s := range socks {
+			if !strings.HasPrefix(filepath.Base(s), "node@") {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
 
 // ArchiveObjects lists every object (and, for a directory archive, every
 // leftover temporary file) in the daemon's archive.
