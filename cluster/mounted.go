@@ -62,6 +62,7 @@ func (n *Node) mountFS(fs repo.FS) (*mounted, error) {
 	m.changes = newChangeQueue(n, fs.Name)
 	raise := func(ctx context.Context, ev *dmapi.Event) error { return m.Raise(ctx, ev) }
 	m.queue = migrate.NewDestroyQueue(repo.Entries{Repo: n.repo, FS: fs.Name}, fs.Name, n.cfg.Name, fs.Backing, raise, n.alive, n.log)
+	m.queue.SetRetention(s.Retention)
 	cfg := daemon.Config{Name: fs.Name, Backing: fs.Backing, Mountpoint: mp, ArchiveURL: fs.Archive,
 		Source: fs.Name + "@" + n.cfg.Name, RunDir: n.cfg.RunDir, Settings: s, NoPassthrough: n.cfg.NoPassthrough,
 		AllowUserBacking: n.cfg.AllowUserBacking,
@@ -87,6 +88,7 @@ func (m *mounted) setConf(fs repo.FS) {
 	was := m.setErr
 	if err == nil {
 		m.set, m.setErr = set, ""
+		m.queue.SetRetention(set.Retention)
 	} else {
 		m.setErr = err.Error()
 	}

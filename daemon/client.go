@@ -200,6 +200,12 @@ func (c *Client) Ls(req Request) ([]Entry, error) {
 	return entries, c.call("/ls", req, &entries)
 }
 
+// Kept lists the deleted and replaced versions kept under req.Paths.
+func (c *Client) Kept(req Request) ([]migrate.KeptVersion, error) {
+	var kept []migrate.KeptVersion
+	return kept, c.call("/kept", req, &kept)
+}
+
 // Plan says what the space monitor's policy would pick under paths.
 func (c *Client) Plan(req Request) ([]migrate.Verdict, error) {
 	var verdicts []migrate.Verdict

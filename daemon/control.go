@@ -186,6 +186,7 @@ func startControl(d *Mount) (*ControlServer, error) {
 	mux.HandleFunc("POST /reconcile", d.serveReconcile)
 	mux.HandleFunc("GET /df", d.serveDF)
 	mux.HandleFunc("POST /cancel", d.serveCancel)
+	mux.HandleFunc("POST /kept", d.serveKept)
 	if failpoint.Enabled { // test builds: the tests' cache drop, scoped to their mounts
 		mux.HandleFunc("POST /drop-caches", func(w http.ResponseWriter, r *http.Request) { d.fs.DropCaches() })
 	}
@@ -475,6 +476,31 @@ type DF struct {
 	Low        int           `json:"low"`
 	Incomplete int64         `json:"incomplete"` // entries the walk could not read
 	Duration   time.Duration `json:"duration_ns"`
+}
+
+// serveKept lists the deleted and replaced versions kept for the
+// retention under each of req.Paths (which need not exist any more).
+func (d *Mount) serveKept(w http.ResponseWriter, r *http.Request) {
+	var req Request
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	out := []migrate.KeptVersion{}
+	for _, rel := range req.Paths {
+		rel = filepath.Clean(rel)
+		if filepath.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
+			http.Error(w, "bad path "+rel, http.StatusBadRequest)
+			return
+		}
+		kept, err := d.garbage.Kept(rel)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		out = append(out, kept...)
+	}
+	json.NewEncoder(w).Encode(out)
 }
 
 // policy is the space monitor's current policy.

@@ -84,11 +84,12 @@ type Mount struct {
 	control *ControlServer
 	started time.Time
 	dev     uint64 // the mount's device number: requests for another are refused
+	garbage *migrate.DestroyQueue
 }
 
 // StartMount mounts a filesystem whose events go to dm and whose DESTROY
 // entries go to garbage.
-func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger) (*Mount, error) {
+func StartMount(cfg Config, dm DMAccess, garbage *migrate.DestroyQueue, log *slog.Logger) (*Mount, error) {
 	if err := repo.ValidName("filesystem", cfg.Name); err != nil {
 		return nil, err
 	}
@@ -116,7 +117,7 @@ func StartMount(cfg Config, dm DMAccess, garbage dmapi.Garbage, log *slog.Logger
 	if err != nil {
 		return nil, fmt.Errorf("backing directory: %w", err)
 	}
-	m := &Mount{cfg: cfg, log: log, root: root, dm: dm, archive: cfg.ArchiveURL, started: time.Now()}
+	m := &Mount{cfg: cfg, log: log, root: root, dm: dm, archive: cfg.ArchiveURL, started: time.Now(), garbage: garbage}
 	if u, err := url.Parse(cfg.ArchiveURL); err == nil {
 		u.RawQuery = "" // the endpoint is shown by the DM side; keep the mount line short
 		m.archive = u.String()
@@ -230,6 +231,7 @@ func Start(ctx context.Context, cfg Config, given map[string]string, log *slog.L
 	router := &Router{}
 	raise := func(ctx context.Context, ev *dmapi.Event) error { return router.Raise(ctx, ev) }
 	queue := migrate.NewDestroyQueue(repo.Entries{Repo: r, FS: cfg.Name}, cfg.Name, localNode, backing, raise, nil, log)
+	queue.SetRetention(cfg.Settings.Retention)
 	mount, err := StartMount(cfg, router, queue, log)
 	if err != nil {
 		return fail(err)

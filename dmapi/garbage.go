@@ -15,12 +15,37 @@ import (
 // found by its handle (renames and links do not lose it), and no object is
 // deleted while that file's record still names it.
 type Garbage interface {
-	// Prepare notes that key may stop backing the open file fd (at rel).
-	Prepare(fd int, rel string, key string) (token string, err error)
+	// Prepare notes that key may stop backing the open file fd (at rel);
+	// fate says what becomes of it once committed.
+	Prepare(fd int, rel string, key string, fate Fate) (token string, err error)
 	// Commit makes the entry ready; if that cannot be written, the entry
 	// stays prepared and is resolved at the next start.
 	Commit(token string)
 	Abort(token string)
+}
+
+// Fate is what becomes of an object once its entry is committed.
+type Fate int
+
+const (
+	// Discard: an upload that no file came to use; deleted at once.
+	Discard Fate = iota
+	// Deleted: the copy of a file whose last name went; kept for the
+	// filesystem's retention, and undelete can bring the file back.
+	Deleted
+	// Replaced: the old copy of a file that was rewritten or copied
+	// again; kept for the retention like a deleted one.
+	Replaced
+)
+
+func (f Fate) String() string {
+	switch f {
+	case Deleted:
+		return "deleted"
+	case Replaced:
+		return "replaced"
+	}
+	return "discarded"
 }
 
 // DropReference runs change, which stops the file fd (at rel) from using the
@@ -31,7 +56,7 @@ type Garbage interface {
 // that sync fails, the entry stays prepared and is resolved by looking at
 // the file at the next start.
 func DropReference(g Garbage, fd int, rel string, key string, change func() error) error {
-	token, err := g.Prepare(fd, rel, key)
+	token, err := g.Prepare(fd, rel, key, Replaced)
 	if err != nil {
 		return err
 	}

@@ -606,7 +606,7 @@ func (f *FS) destroying(dir int, name, p string, op func() error) syscall.Errno 
 	if rec == nil {
 		return gofs.ToErrno(op())
 	}
-	token, err := f.opts.Events.Prepare(fd, p, rec.Key)
+	token, err := f.opts.Events.Prepare(fd, p, rec.Key, dmapi.Deleted)
 	if err != nil {
 		f.log.Error("cannot queue DESTROY; unlink refused", "file", p, "reason", err)
 		return syscall.EIO

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cascadefs/cascadefs/dmapi"
@@ -50,9 +53,12 @@ type DestroyQueue struct {
 	// resolved: entries of another node's unfinished change, resolved
 	// here, by when (drain only): kept for lateWriteGrace.
 	resolved map[string]time.Time
-	runMu    sync.Mutex    // guards stop and done: a queue outlives its DM sessions
-	stop     chan struct{} // nil while no worker runs
-	done     chan struct{}
+	// retention: how long a deleted or replaced version's object is kept
+	// (the setting retention; 0: deleted at once).
+	retention atomic.Int64
+	runMu     sync.Mutex    // guards stop and done: a queue outlives its DM sessions
+	stop      chan struct{} // nil while no worker runs
+	done      chan struct{}
 }
 
 // Store keeps the entries of one filesystem durably.
@@ -69,6 +75,75 @@ type destroyEntry struct {
 	Node        string      `json:"node"`
 	Incarnation string      `json:"incarnation,omitempty"`
 	Created     time.Time   `json:"created"` // shown, never used to resolve
+	Fate        dmapi.Fate  `json:"fate,omitempty"`
+	// Committed: when the object became garbage (the committing node's
+	// wall clock: retention is days, clocks agree to seconds).
+	Committed time.Time `json:"committed,omitzero"`
+	// File: the version that a kept object backed, as it was.
+	File *KeptFile `json:"file,omitempty"`
+}
+
+// KeptFile is a version of a file whose archive copy is kept after it was
+// deleted or replaced: what listing it and bringing it back need.
+type KeptFile struct {
+	Size    int64             `json:"size"`
+	UID     uint32            `json:"uid"`
+	GID     uint32            `json:"gid"`
+	Mode    uint32            `json:"mode"`
+	AtimeNs int64             `json:"atime_ns"`
+	MtimeNs int64             `json:"mtime_ns"`
+	Record  []byte            `json:"record"`           // its stub record, naming the object
+	Xattrs  map[string][]byte `json:"xattrs,omitempty"` // the user's own
+}
+
+// maxKeptXattrs bounds the extended attributes kept with a version (an
+// entry lives in the repository); a file with more keeps none.
+const maxKeptXattrs = 64 << 10
+
+// keptFile reads what a version of the open file fd is.
+func keptFile(fd int) (*KeptFile, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	rec, err := stub.ReadRecord(fd)
+	if err != nil || rec == nil {
+		return nil, fmt.Errorf("no record to keep: %v", err)
+	}
+	raw, err := rec.Encode()
+	if err != nil {
+		return nil, err
+	}
+	k := &KeptFile{Size: st.Size, UID: st.Uid, GID: st.Gid, Mode: st.Mode, AtimeNs: st.Atim.Nano(), MtimeNs: st.Mtim.Nano(), Record: raw}
+	k.Xattrs = userXattrs(fd)
+	return k, nil
+}
+
+// userXattrs are the file's extended attributes but cascadefs's own (none
+// past maxKeptXattrs in all).
+func userXattrs(fd int) map[string][]byte {
+	buf := make([]byte, 64<<10)
+	n, err := unix.Flistxattr(fd, buf)
+	if err != nil || n == 0 {
+		return nil
+	}
+	out := map[string][]byte{}
+	total := 0
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+		if name == "" || strings.HasPrefix(name, stub.XattrPrefix) {
+			continue
+		}
+		val := make([]byte, 64<<10)
+		m, err := unix.Fgetxattr(fd, name, val)
+		if err != nil {
+			continue
+		}
+		if total += len(name) + m; total > maxKeptXattrs {
+			return nil
+		}
+		out[name] = val[:m]
+	}
+	return out
 }
 
 var _ dmapi.Garbage = (*DestroyQueue)(nil)
@@ -90,14 +165,21 @@ func NewDestroyQueue(store Store, fsName, self, root string, raise func(context.
 // Prepare records that the object key will be garbage unless the open file
 // fd (at rel) uses it: before an unlink, a record removal or an upload.
 // Commit (garbage now) or Abort (the file uses it) follows.
-func (q *DestroyQueue) Prepare(fd int, rel string, key string) (token string, err error) {
+func (q *DestroyQueue) Prepare(fd int, rel string, key string, fate dmapi.Fate) (token string, err error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return "", fmt.Errorf("destroy queue: %w", err)
 	}
 	handle, _ := stub.HandleOf(fd) // without one, the path serves
 	ev := dmapi.Event{Token: dmapi.NewToken(), Type: dmapi.Destroy, FS: q.fs, Path: rel, Ino: st.Ino, Handle: handle, Key: key, Length: -1}
-	e := destroyEntry{Event: ev, Node: q.self, Incarnation: q.incarnation, Created: time.Now()}
+	e := destroyEntry{Event: ev, Node: q.self, Incarnation: q.incarnation, Created: time.Now(), Fate: fate}
+	if fate != dmapi.Discard {
+		// What the version was, for the listing and for undelete; a file
+		// whose record cannot be read keeps its object all the same.
+		if e.File, err = keptFile(fd); err != nil {
+			q.log.Warn("version kept without its attributes", "file", rel, "key", key, "reason", err)
+		}
+	}
 	if err := q.write(e); err != nil {
 		return "", err
 	}
@@ -126,7 +208,7 @@ func (q *DestroyQueue) Commit(token string) {
 		e, err = mine, nil
 	}
 	if err == nil {
-		e.Ready = true
+		e.Ready, e.Committed = true, time.Now()
 		err = q.write(e)
 	}
 	if err != nil {
@@ -181,7 +263,70 @@ func (q *DestroyQueue) Keys() (map[string]bool, error) {
 
 func (q *DestroyQueue) Pending() int {
 	all, _ := q.store.List()
-	return len(all)
+	n := 0
+	for _, raw := range all {
+		var e destroyEntry
+		if json.Unmarshal(raw, &e) == nil && q.keeps(&e) {
+			continue // kept for the retention, not pending
+		}
+		n++
+	}
+	return n
+}
+
+// KeptVersion is a deleted or replaced version whose archive copy is kept.
+type KeptVersion struct {
+	Path  string    `json:"path"` // backing-relative, when it was deleted or replaced
+	Fate  string    `json:"fate"` // deleted or replaced
+	At    time.Time `json:"at"`   // when
+	Until time.Time `json:"until"`
+	Size  int64     `json:"size"`
+	UID   uint32    `json:"uid"`
+	GID   uint32    `json:"gid"`
+	Mode  uint32    `json:"mode"`
+	Mtime time.Time `json:"mtime"`
+	Key   string    `json:"key"`
+	Token string    `json:"token"` // its entry in the queue
+}
+
+// Kept lists the versions kept for the retention whose path is rel or
+// under it ("." for all), newest first.
+func (q *DestroyQueue) Kept(rel string) ([]KeptVersion, error) {
+	all, err := q.store.List()
+	if err != nil {
+		return nil, err
+	}
+	r := time.Duration(q.retention.Load())
+	var out []KeptVersion
+	for token, raw := range all {
+		var e destroyEntry
+		if json.Unmarshal(raw, &e) != nil || !q.keeps(&e) {
+			continue
+		}
+		p := e.Event.Path
+		if rel != "." && p != rel && !strings.HasPrefix(p, rel+"/") {
+			continue
+		}
+		v := KeptVersion{Path: p, Fate: e.Fate.String(), At: e.Committed, Until: e.Committed.Add(r), Key: e.Event.Key, Token: token}
+		if f := e.File; f != nil {
+			v.Size, v.UID, v.GID, v.Mode, v.Mtime = f.Size, f.UID, f.GID, f.Mode, time.Unix(0, f.MtimeNs)
+		}
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b KeptVersion) int { return b.At.Compare(a.At) })
+	return out, nil
+}
+
+// SetRetention sets how long deleted and replaced versions are kept (the
+// setting retention; `fs set` changes it without a restart, for the
+// versions kept already too).
+func (q *DestroyQueue) SetRetention(d time.Duration) { q.retention.Store(int64(d)) }
+
+// keeps says whether a ready entry's object is still within its
+// retention.
+func (q *DestroyQueue) keeps(e *destroyEntry) bool {
+	r := time.Duration(q.retention.Load())
+	return e.Ready && e.Fate != dmapi.Discard && r > 0 && time.Since(e.Committed) < r
 }
 
 // Start resolves entries left by a crash and runs the worker until Stop.
@@ -259,6 +404,9 @@ func (q *DestroyQueue) drain(ctx context.Context) {
 		if !e.Ready && !q.orphaned(&e) {
 			continue // its change is in progress
 		}
+		if q.keeps(&e) {
+			continue // a deleted or replaced version, kept for the retention
+		}
 		// Ready or not: no object goes while its file still names it (a
 		// hard link left, a rename after a failed abort), looked at and
 		// deleted under the file's right.
@@ -270,6 +418,16 @@ func (q *DestroyQueue) drain(ctx context.Context) {
 			continue
 		case rightHeld:
 			continue // a commit of the file may be naming the object: next pass
+		}
+		if !e.Ready && e.Fate != dmapi.Discard && q.retention.Load() > 0 {
+			// A change a crash interrupted, found done: the version is
+			// garbage from now, and kept for the retention like any.
+			unlock()
+			e.Ready, e.Committed = true, time.Now()
+			if err := q.write(e); err != nil {
+				q.log.Warn("destroy queue: resolved entry not written, will retry", "key", e.Event.Key, "reason", err)
+			}
+			continue
 		}
 		err := q.raise(ctx, &e.Event)
 		unlock()

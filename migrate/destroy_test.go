@@ -119,7 +119,7 @@ func TestDestroyFailedAbortThenRename(t *testing.T) {
 		store, gone := &memStore{m: map[string][]byte{}}, &destroyed{}
 		q := newQueue(t, store, root, gone)
 		f := stubFile(t, root, "a", "t/1/k")
-		token, err := q.Prepare(int(f.Fd()), "a", "t/1/k")
+		token, err := q.Prepare(int(f.Fd()), "a", "t/1/k", dmapi.Deleted)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -148,7 +148,7 @@ func TestDestroyLiveUploadNotResolvedByAge(t *testing.T) {
 	store, gone := &memStore{m: map[string][]byte{}}, &destroyed{}
 	q := newQueue(t, store, root, gone)
 	f := stubFile(t, root, "big", "") // being uploaded: no record yet
-	token, err := q.Prepare(int(f.Fd()), "big", "t/2/k")
+	token, err := q.Prepare(int(f.Fd()), "big", "t/2/k", dmapi.Deleted)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestDestroyKeepsObjectOfHardLink(t *testing.T) {
 	store, gone := &memStore{m: map[string][]byte{}}, &destroyed{}
 	q := newQueue(t, store, root, gone)
 	f := stubFile(t, root, "a", "t/3/k")
-	token, _ := q.Prepare(int(f.Fd()), "a", "t/3/k")
+	token, _ := q.Prepare(int(f.Fd()), "a", "t/3/k", dmapi.Deleted)
 	os.Link(filepath.Join(root, "a"), filepath.Join(root, "c")) // the race: a link after the check
 	os.Remove(filepath.Join(root, "a"))
 	q.Commit(token)
@@ -186,7 +186,7 @@ func TestDestroyKeepsObjectOfHardLink(t *testing.T) {
 	// The last link goes: now it is garbage.
 	fc, _ := os.Open(filepath.Join(root, "c"))
 	defer fc.Close()
-	token, _ = q.Prepare(int(fc.Fd()), "c", "t/3/k")
+	token, _ = q.Prepare(int(fc.Fd()), "c", "t/3/k", dmapi.Deleted)
 	fc.Close()
 	os.Remove(filepath.Join(root, "c"))
 	q.Commit(token)

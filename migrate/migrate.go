@@ -282,7 +282,7 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 	}
 	// Noted before the upload: a crash before the record is written leaves
 	// an object no file uses, deleted at the next start.
-	token, err := m.garbage.Prepare(int(file.Fd()), rel, rec.Key)
+	token, err := m.garbage.Prepare(int(file.Fd()), rel, rec.Key, dmapi.Discard)
 	if err != nil {
 		return nil, err
 	}

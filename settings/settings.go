@@ -32,6 +32,7 @@ type FS struct {
 	Failover     string        // failover: async or sync
 	RecallRate   int64         // recall-rate: bytes per second the owner fetches at most (0: no cap)
 	MigrateRate  int64         // migrate-rate: bytes per second the owner uploads at most (0: no cap)
+	Retention    time.Duration // retention: a deleted or replaced file's archive copy is kept this long (0: deleted at once)
 	// Policy: the space monitor's keys, from leader to premigrate
 	// (migrate.DefaultPolicy adds its workers and candidate bound).
 	Policy migrate.Policy
@@ -92,6 +93,14 @@ var keys = []key{
 		s.Failover = v
 		return nil
 	}},
+	{"retention", "7d", "the archive copy of a deleted file, and the old copy of a migrated file that is rewritten, is kept this long (undelete brings it back), such as 30d or 12h (0: deleted at once; else at least 1m)", func(s *FS, v string) error {
+		d, err := days(v)
+		if err == nil && d > 0 && d < minRetention {
+			return atLeast(minRetention, "0 deletes at once")
+		}
+		s.Retention = d
+		return err
+	}},
 	{"leader", "0", "a migrated file keeps its first SIZE bytes on disk (rounded up to a block), so headers read without a recall (0: none)", func(s *FS, v string) (err error) {
 		s.Policy.Leader, err = units.ParseSize(v)
 		return err
@@ -133,6 +142,26 @@ var keys = []key{
 	}},
 }
 
+// days is duration with whole days too ("7d", "1d12h").
+func days(v string) (time.Duration, error) {
+	var whole time.Duration
+	if n, rest, ok := strings.Cut(v, "d"); ok {
+		d, err := strconv.Atoi(n)
+		if err != nil || d < 0 || d > 100*365 {
+			return 0, fmt.Errorf("want a duration such as 0, 12h, 7d or 1d12h")
+		}
+		whole, v = time.Duration(d)*24*time.Hour, rest
+		if v == "" {
+			return whole, nil
+		}
+	}
+	d, err := duration(v)
+	if err != nil {
+		return 0, fmt.Errorf("want a duration such as 0, 12h, 7d or 1d12h")
+	}
+	return whole + d, nil
+}
+
 func duration(v string) (time.Duration, error) {
 	d, err := time.ParseDuration(v)
 	if err != nil || d < 0 {
@@ -152,6 +181,7 @@ const (
 	minWindow       = 64 << 10
 	minRate         = 64 << 10
 	minQuota        = 1 << 20
+	minRetention    = time.Minute
 )
 
 // atLeast is the refusal of a value under its floor.

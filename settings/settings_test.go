@@ -52,7 +52,8 @@ func TestParse(t *testing.T) {
 func TestDefaultsAreTheTable(t *testing.T) {
 	d := Defaults()
 	if d.EventTimeout != 5*time.Minute || d.Recall.SmallFile != 16<<20 || d.Workers != 8 || d.ReleaseWait != 5*time.Second ||
-		d.HoldLease != time.Minute || d.Policy.High != 70 || d.Policy.Low != 60 || d.Failover != "async" {
+		d.HoldLease != time.Minute || d.Policy.High != 70 || d.Policy.Low != 60 || d.Failover != "async" ||
+		d.Retention != 7*24*time.Hour {
 		t.Fatalf("defaults %+v", d)
 	}
 	for _, k := range Keys() {
@@ -127,6 +128,20 @@ func TestFloors(t *testing.T) {
 		{"window", "64KiB"}, {"recall-rate", "64KiB"}, {"quota", "1MiB"}, {"interval", "0"}, {"event-timeout", "0"}, {"recall-rate", "0"}} {
 		if err := Check(kv[0], kv[1]); err != nil {
 			t.Errorf("%s=%s at the floor (or 0): %v", kv[0], kv[1], err)
+		}
+	}
+}
+
+func TestRetention(t *testing.T) {
+	for v, want := range map[string]time.Duration{"0": 0, "0s": 0, "7d": 7 * 24 * time.Hour, "1d12h": 36 * time.Hour, "90m": 90 * time.Minute} {
+		s, err := Parse(map[string]string{"retention": v})
+		if err != nil || s.Retention != want {
+			t.Errorf("retention=%s: %v %v, want %v", v, s.Retention, err, want)
+		}
+	}
+	for _, bad := range []string{"30s", "-1d", "xd", "7d-1h", "1w"} {
+		if err := Check("retention", bad); err == nil {
+			t.Errorf("retention=%s accepted", bad)
 		}
 	}
 }

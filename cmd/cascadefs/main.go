@@ -25,6 +25,7 @@ Usage:
   cascadefs status [--json]
   cascadefs df [--json] [PATH...]
   cascadefs reconcile [--dry-run] [--json] [--grace DURATION] PATH
+  cascadefs undelete --list [--json] PATH...   (deleted and replaced files kept for the retention)
   cascadefs fs add --repo DIR NAME --backing DIR --archive URL [--candidates n1,n2,...] [--owner N]
   cascadefs fs list --repo DIR [--json]
   cascadefs fs set --repo DIR NAME KEY=VALUE...
@@ -40,7 +41,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "expel": cmdExpel, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus, "df": cmdDF, "reconcile": cmdReconcile,
+		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "expel": cmdExpel, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus, "df": cmdDF, "reconcile": cmdReconcile, "undelete": cmdUndelete,
 	}
 	cmd, ok := cmds[os.Args[1]]
 	if !ok {

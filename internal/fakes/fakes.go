@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
 )
 
@@ -22,9 +23,11 @@ func (OpenGate) Release(ctx context.Context, ino uint64, wait time.Duration, fn 
 // KeptGarbage records nothing: no object becomes garbage in unit tests.
 type KeptGarbage struct{}
 
-func (KeptGarbage) Prepare(fd int, rel string, key string) (string, error) { return key, nil }
-func (KeptGarbage) Commit(token string)                                    {}
-func (KeptGarbage) Abort(token string)                                     {}
+func (KeptGarbage) Prepare(fd int, rel string, key string, _ dmapi.Fate) (string, error) {
+	return key, nil
+}
+func (KeptGarbage) Commit(token string) {}
+func (KeptGarbage) Abort(token string)  {}
 
 // Root opens dir as a backing tree, closed when the test ends.
 func Root(tb testing.TB, dir string) *beneath.Root {

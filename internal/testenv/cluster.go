@@ -76,6 +76,9 @@ func NewClusterOn(t testing.TB, repoURL, archiveURL string, env []string, names 
 	}
 	c.MustCLI("fs", "add", "--repo", c.Repo, FSName, "--backing", c.Backing, "--archive", c.Archive,
 		"--candidates", strings.Join(names, ","), "--owner", names[0])
+	// Deleted files' objects go at once, as the tests of deletion expect;
+	// the tests of retention set it.
+	c.MustCLI("fs", "set", "--repo", c.Repo, FSName, "retention=0")
 	for _, name := range names {
 		c.Nodes[name] = &Node{c: c, Name: name, Bind: fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
 			RPC: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), MountRoot: filepath.Join(dir, "mnt-"+name)}

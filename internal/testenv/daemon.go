@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -146,8 +147,14 @@ func NewDaemon(t testing.TB, archiveURL string, env []string, extra ...string) *
 // Start runs the daemon and waits for its control socket.
 func (d *Daemon) Start() {
 	d.t.Helper()
-	args := append([]string{"mount", "--backing", d.Backing, "--archive", d.Archive, "--name", "t1",
-		"--state-dir", filepath.Join(d.Dir, "state")}, d.Args...)
+	args := []string{"mount", "--backing", d.Backing, "--archive", d.Archive, "--name", "t1",
+		"--state-dir", filepath.Join(d.Dir, "state")}
+	if !slices.ContainsFunc(d.Args, func(a string) bool { return strings.HasPrefix(a, "--retention") }) {
+		// Deleted files' objects go at once, as the tests of deletion
+		// expect; the tests of retention set it.
+		args = append(args, "--retention", "0")
+	}
+	args = append(args, d.Args...)
 	args = append(args, d.Mountpoint)
 	sock := filepath.Join(d.RunDir, "t1.sock")
 	os.Remove(sock) // left by a killed daemon
