@@ -25,6 +25,7 @@ func (n *Node) register() {
 	n.server.Handle(pathHandover, n.onHandover)
 	n.server.Handle(pathReconcile, n.onReconcile)
 	n.server.Handle(pathCancel, n.onCancel)
+	n.server.Handle(pathUndelete, n.onUndelete)
 	n.server.Handle(pathWake, func(ctx context.Context, caller string, _ json.RawMessage) (any, error) {
 		n.kick() // a filesystem was handed over: look at the repository now
 		return struct{}{}, nil
@@ -136,6 +137,20 @@ func (n *Node) onCancel(ctx context.Context, caller string, raw json.RawMessage)
 	}
 	evs, err := dm.Cancel(ctx, req.Request)
 	return cancelReply{Events: evs}, err
+}
+
+func (n *Node) onUndelete(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+	var req undeleteReq
+	dm, err := n.owned(raw, &req, &req.FS)
+	if err != nil {
+		return nil, err
+	}
+	v, err := dm.Undelete(ctx, req.Request)
+	reply := undeleteReply{Version: v}
+	if err != nil {
+		reply.Error = err.Error()
+	}
+	return reply, nil
 }
 
 func (n *Node) onReconcile(ctx context.Context, caller string, raw json.RawMessage) (any, error) {

@@ -390,6 +390,29 @@ func (m *mounted) Migrate(ctx context.Context, rel string, ino uint64, premigrat
 	return res, remoteErr
 }
 
+// Undelete runs on the owner.
+func (m *mounted) Undelete(ctx context.Context, req migrate.UndeleteRequest) (migrate.KeptVersion, error) {
+	var v migrate.KeptVersion
+	var runErr error
+	err := m.route(ctx,
+		func(dm *daemon.DM) error { v, runErr = dm.Undelete(ctx, req); return nil },
+		func(ctx context.Context, to, addr string) error {
+			var reply undeleteReply
+			if err := m.n.client.Call(ctx, to, addr, pathUndelete, undeleteReq{FS: m.name, Request: req}, &reply); err != nil {
+				return err
+			}
+			v = reply.Version
+			if reply.Error != "" {
+				runErr = errors.New(reply.Error)
+			}
+			return nil
+		})
+	if err != nil {
+		return v, err
+	}
+	return v, runErr
+}
+
 // Reconcile runs on the owner. Progress is shown only when this node is
 // the owner; from another node the report comes at the end.
 func (m *mounted) Reconcile(ctx context.Context, opt migrate.ReconcileOptions, progress func(migrate.ReconcileProgress)) (*migrate.ReconcileReport, error) {

@@ -21,6 +21,7 @@ const (
 	pathHandover   = "/handover"
 	pathSpace      = "/space"
 	pathReconcile  = "/reconcile"
+	pathUndelete   = "/undelete"
 	pathCancel     = "/cancel"
 )
 
@@ -55,6 +56,16 @@ type cancelReq struct {
 
 type cancelReply struct {
 	Events []dmapi.Event `json:"events"`
+}
+
+type undeleteReq struct {
+	FS      string                  `json:"fs"`
+	Request migrate.UndeleteRequest `json:"request"`
+}
+
+type undeleteReply struct {
+	Version migrate.KeptVersion `json:"version"`
+	Error   string              `json:"error,omitempty"`
 }
 
 type reconcileReq struct {

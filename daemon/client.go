@@ -206,6 +206,17 @@ func (c *Client) Kept(req Request) ([]migrate.KeptVersion, error) {
 	return kept, c.call("/kept", req, &kept)
 }
 
+// Undelete brings a kept version back.
+func (c *Client) Undelete(req migrate.UndeleteRequest) (migrate.KeptVersion, error) {
+	var v migrate.KeptVersion
+	resp, err := c.do("POST", "/undelete", req)
+	if err != nil {
+		return v, err
+	}
+	defer resp.Body.Close()
+	return v, json.NewDecoder(resp.Body).Decode(&v)
+}
+
 // Plan says what the space monitor's policy would pick under paths.
 func (c *Client) Plan(req Request) ([]migrate.Verdict, error) {
 	var verdicts []migrate.Verdict

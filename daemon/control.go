@@ -187,6 +187,7 @@ func startControl(d *Mount) (*ControlServer, error) {
 	mux.HandleFunc("GET /df", d.serveDF)
 	mux.HandleFunc("POST /cancel", d.serveCancel)
 	mux.HandleFunc("POST /kept", d.serveKept)
+	mux.HandleFunc("POST /undelete", d.serveUndelete)
 	if failpoint.Enabled { // test builds: the tests' cache drop, scoped to their mounts
 		mux.HandleFunc("POST /drop-caches", func(w http.ResponseWriter, r *http.Request) { d.fs.DropCaches() })
 	}
@@ -501,6 +502,21 @@ func (d *Mount) serveKept(w http.ResponseWriter, r *http.Request) {
 		out = append(out, kept...)
 	}
 	json.NewEncoder(w).Encode(out)
+}
+
+// serveUndelete brings a kept version back (on the owner).
+func (d *Mount) serveUndelete(w http.ResponseWriter, r *http.Request) {
+	var req migrate.UndeleteRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	v, err := d.dm.Undelete(r.Context(), req)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusConflict)
+		return
+	}
+	json.NewEncoder(w).Encode(v)
 }
 
 // policy is the space monitor's current policy.

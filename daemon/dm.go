@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -39,6 +40,9 @@ type DMAccess interface {
 	// Cancel ends the pending events on the files it names (on the
 	// owner): their waiters get dmapi.ErrCanceled, their GETs stop.
 	Cancel(ctx context.Context, req CancelRequest) ([]dmapi.Event, error)
+	// Undelete brings a kept version back as a migrated stub (on the
+	// owner).
+	Undelete(ctx context.Context, req migrate.UndeleteRequest) (migrate.KeptVersion, error)
 }
 
 // CancelRequest names the files whose pending events an admin cancels:
@@ -266,6 +270,20 @@ func (d *DM) Migrate(ctx context.Context, rel string, ino uint64, premigrate boo
 	return d.migrator.Migrate(ctx, rel, ino, premigrate)
 }
 
+func (d *DM) Undelete(ctx context.Context, req migrate.UndeleteRequest) (migrate.KeptVersion, error) {
+	_, done, err := d.enter(ctx)
+	if err != nil {
+		return migrate.KeptVersion{}, err
+	}
+	defer done()
+	for _, p := range []string{req.Path, req.To} {
+		if p != "" && !filepath.IsLocal(p) {
+			return migrate.KeptVersion{}, fmt.Errorf("undelete %q: not a path inside the filesystem", p)
+		}
+	}
+	return d.cfg.Queue.Undelete(d.root, d.fence, req)
+}
+
 func (d *DM) Session(context.Context) SessionInfo {
 	space := d.monitor.Status()
 	return SessionInfo{Owner: d.cfg.Owner, Epoch: d.cfg.Epoch, State: "active", Workers: d.cfg.Settings.Workers,
@@ -442,6 +460,14 @@ func (r *Router) Reconcile(ctx context.Context, opt migrate.ReconcileOptions, pr
 		return nil, err
 	}
 	return dm.Reconcile(ctx, opt, progress)
+}
+
+func (r *Router) Undelete(ctx context.Context, req migrate.UndeleteRequest) (migrate.KeptVersion, error) {
+	dm, err := r.get(ctx)
+	if err != nil {
+		return migrate.KeptVersion{}, err
+	}
+	return dm.Undelete(ctx, req)
 }
 
 func (r *Router) Session(ctx context.Context) SessionInfo {

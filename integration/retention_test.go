@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/internal/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // With a retention, the archive copy of a deleted file and the old copy
@@ -20,10 +21,18 @@ func TestDeletedVersionsAreKept(t *testing.T) {
 	d := testenv.NewDaemon(t, "", nil, "--retention", "1h")
 	d.Start()
 	os.Mkdir(d.M("dir"), 0o755)
-	writeRandom(t, d.M("dir/gone"), 1<<20)
-	writeRandom(t, d.M("rewritten"), 300<<10)
+	goneSum := writeRandom(t, d.M("dir/gone"), 1<<20)
+	oldSum := writeRandom(t, d.M("rewritten"), 300<<10)
+	writeRandom(t, d.M("dropped"), 100<<10)
 	os.WriteFile(d.M("dir/stays"), []byte("kept as it is"), 0o644)
-	d.MustCLI("migrate", d.M("dir/gone"), d.M("rewritten"), d.M("dir/stays"))
+	if err := os.Chown(d.M("dir/gone"), 64123, 64123); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(d.M("dir/gone"), 0o640)
+	unix.Setxattr(d.M("dir/gone"), "user.project", []byte("apollo"), 0)
+	old := time.Date(2020, 5, 17, 10, 0, 0, 123, time.UTC)
+	os.Chtimes(d.M("dir/gone"), old, old)
+	d.MustCLI("migrate", d.M("dir/gone"), d.M("rewritten"), d.M("dir/stays"), d.M("dropped"))
 	key := func(p string) string {
 		var entries []struct{ Object string }
 		json.Unmarshal([]byte(d.MustCLI("ls", "--json", p)), &entries)
@@ -32,10 +41,12 @@ func TestDeletedVersionsAreKept(t *testing.T) {
 		}
 		return entries[0].Object
 	}
-	goneKey, oldKey := key(d.M("dir/gone")), key(d.M("rewritten"))
+	goneKey, oldKey, droppedKey := key(d.M("dir/gone")), key(d.M("rewritten")), key(d.M("dropped"))
 
-	if err := os.Remove(d.M("dir/gone")); err != nil {
-		t.Fatal(err)
+	for _, p := range []string{d.M("dir/gone"), d.M("dropped")} {
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := os.WriteFile(d.M("rewritten"), []byte("new contents"), 0o644); err != nil {
 		t.Fatal(err)
@@ -53,7 +64,7 @@ func TestDeletedVersionsAreKept(t *testing.T) {
 		}
 		return out
 	}
-	testenv.WaitFor(t, "two kept versions", 20*time.Second, func() bool { return len(list(d.M(""))) == 2 })
+	testenv.WaitFor(t, "three kept versions", 20*time.Second, func() bool { return len(list(d.M(""))) == 3 })
 	time.Sleep(3 * time.Second) // a pass or two of the DESTROY queue
 	if !objectExists(d, goneKey) || !objectExists(d, oldKey) {
 		t.Fatalf("kept copies deleted within the retention: %v %v", objectExists(d, goneKey), objectExists(d, oldKey))
@@ -63,7 +74,7 @@ func TestDeletedVersionsAreKept(t *testing.T) {
 		t.Fatalf("under dir: %+v", under)
 	}
 	g := under[0]
-	if g.Path != d.M("dir/gone") || g.Fate != "deleted" || g.Key != goneKey || g.Size != 1<<20 || g.UID != 0 ||
+	if g.Path != d.M("dir/gone") || g.Fate != "deleted" || g.Key != goneKey || g.Size != 1<<20 || g.UID != 64123 ||
 		g.Until.Sub(g.At) != time.Hour || time.Since(g.At) > time.Minute {
 		t.Errorf("kept deleted file: %+v", g)
 	}
@@ -73,17 +84,54 @@ func TestDeletedVersionsAreKept(t *testing.T) {
 	if out := d.MustCLI("undelete", "--list", d.M("")); !strings.Contains(out, "KEPT UNTIL") || !strings.Contains(out, d.M("dir/gone")) {
 		t.Errorf("undelete --list:\n%s", out)
 	}
-	if _, errOut, err := d.CLI("undelete", d.M("dir/gone")); err == nil || !strings.Contains(errOut, "not built yet") {
-		t.Errorf("undelete without --list: %v %s", err, errOut)
+
+	// Brought back: a migrated stub, as it was, read from the archive.
+	d.MustCLI("undelete", d.M("dir/gone"))
+	var st unix.Stat_t
+	if err := unix.Stat(d.M("dir/gone"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Uid != 64123 || st.Gid != 64123 || st.Mode&0o7777 != 0o640 || st.Size != 1<<20 || st.Mtim.Nano() != old.UnixNano() {
+		t.Errorf("undeleted file: uid %d gid %d mode %o size %d mtime %v", st.Uid, st.Gid, st.Mode&0o7777, st.Size, time.Unix(0, st.Mtim.Nano()))
+	}
+	if v := make([]byte, 16); func() int { n, _ := unix.Getxattr(d.M("dir/gone"), "user.project", v); return n }() != 6 {
+		t.Errorf("undeleted file lost its extended attribute")
+	}
+	if out := d.MustCLI("ls", d.M("dir/gone")); !strings.Contains(out, "migrated") || !strings.Contains(out, goneKey) {
+		t.Errorf("undeleted file:\n%s", out)
+	}
+	testenv.DropCaches()
+	if sumFile(t, d.M("dir/gone")) != goneSum {
+		t.Error("the undeleted file reads wrong bytes")
+	}
+	// A file is never replaced: the old version of a rewritten one goes
+	// elsewhere.
+	if _, errOut, err := d.CLI("undelete", d.M("rewritten")); err == nil || !strings.Contains(errOut, "--to") {
+		t.Errorf("undelete over an existing file: %v %s", err, errOut)
+	}
+	if got, _ := os.ReadFile(d.M("rewritten")); string(got) != "new contents" {
+		t.Fatalf("a refused undelete changed the file: %q", got)
+	}
+	d.MustCLI("undelete", "--to", d.M("rewritten.old"), d.M("rewritten"))
+	if sumFile(t, d.M("rewritten.old")) != oldSum {
+		t.Error("the old version reads wrong bytes")
+	}
+	if l := list(d.M("")); len(l) != 1 || l[0].Key != droppedKey {
+		t.Errorf("kept after two undeletes: %+v", l)
+	}
+	if _, errOut, err := d.CLI("undelete", d.M("dir/nothing")); err == nil || !strings.Contains(errOut, "no deleted or replaced version") {
+		t.Errorf("undelete of what was never kept: %v %s", err, errOut)
 	}
 
-	// The retention set to 0: what was kept goes.
+	// The retention set to 0: what is still kept goes; what was brought
+	// back stays.
 	d.Stop()
 	d.Args = []string{"--retention", "0"}
 	d.Start()
-	testenv.WaitFor(t, "the kept copies deleted", 20*time.Second, func() bool {
-		return !objectExists(d, goneKey) && !objectExists(d, oldKey)
-	})
+	testenv.WaitFor(t, "the kept copy deleted", 20*time.Second, func() bool { return !objectExists(d, droppedKey) })
+	if !objectExists(d, goneKey) || !objectExists(d, oldKey) {
+		t.Error("the object of an undeleted file went")
+	}
 	if l := list(d.M("")); len(l) != 0 {
 		t.Errorf("listed with retention 0: %+v", l)
 	}
@@ -97,13 +145,14 @@ func TestDeletedVersionsAreKept(t *testing.T) {
 
 // In a cluster the kept versions are listed through any node, and a
 // takeover keeps them: the new owner's DESTROY queue honours the
-// retention of the entries the old one committed.
+// retention of the entries the old one committed, and an undelete asked
+// through a node that is not the owner brings the file back.
 func TestKeptVersionsOutliveAFailover(t *testing.T) {
-	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	c := testenv.NewCluster(t, "", nil, "n1", "n2", "n3")
 	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "retention=1h")
-	c.Start("n1", "n2")
-	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
-	writeRandom(t, n1.M("f"), 512<<10)
+	c.Start("n1", "n2", "n3")
+	n1, n2, n3 := c.Nodes["n1"], c.Nodes["n2"], c.Nodes["n3"]
+	want := writeRandom(t, n1.M("f"), 512<<10)
 	c.MustCLI("migrate", n1.M("f"))
 	before := c.ArchiveObjects()
 	if err := os.Remove(n1.M("f")); err != nil {
@@ -116,12 +165,26 @@ func TestKeptVersionsOutliveAFailover(t *testing.T) {
 	}
 	testenv.WaitFor(t, "the deleted file listed through n2", 20*time.Second, func() bool { return listed(n2) == 1 })
 	n1.Kill9()
-	waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" })
+	owner, _ := waitOwner(t, c, testenv.FSName, func(o string) bool { return o == "n2" || o == "n3" })
+	asker := n3
+	if owner == "n3" {
+		asker = n2
+	}
 	time.Sleep(3 * time.Second) // passes of the new owner's DESTROY queue
 	if after := c.ArchiveObjects(); len(after) != len(before) {
 		t.Fatalf("objects after the takeover: %v, before: %v", after, before)
 	}
 	if listed(n2) != 1 {
 		t.Fatal("the kept version is no longer listed after the takeover")
+	}
+	c.MustCLI("undelete", asker.M("f"))
+	testenv.DropCaches()
+	for _, n := range []*testenv.Node{n2, n3} {
+		if sumFile(t, n.M("f")) != want {
+			t.Errorf("the undeleted file reads wrong bytes through %s", n.Name)
+		}
+	}
+	if listed(n2) != 0 {
+		t.Error("the undeleted version is still listed")
 	}
 }

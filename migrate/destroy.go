@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -296,25 +297,30 @@ func (q *DestroyQueue) Kept(rel string) ([]KeptVersion, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := time.Duration(q.retention.Load())
 	var out []KeptVersion
 	for token, raw := range all {
 		var e destroyEntry
 		if json.Unmarshal(raw, &e) != nil || !q.keeps(&e) {
 			continue
 		}
-		p := e.Event.Path
+		p := filepath.Clean(e.Event.Path) // the FUSE layer's are "./NAME" at the top
 		if rel != "." && p != rel && !strings.HasPrefix(p, rel+"/") {
 			continue
 		}
-		v := KeptVersion{Path: p, Fate: e.Fate.String(), At: e.Committed, Until: e.Committed.Add(r), Key: e.Event.Key, Token: token}
-		if f := e.File; f != nil {
-			v.Size, v.UID, v.GID, v.Mode, v.Mtime = f.Size, f.UID, f.GID, f.Mode, time.Unix(0, f.MtimeNs)
-		}
-		out = append(out, v)
+		out = append(out, q.version(token, e))
 	}
 	slices.SortFunc(out, func(a, b KeptVersion) int { return b.At.Compare(a.At) })
 	return out, nil
+}
+
+// version describes a kept entry.
+func (q *DestroyQueue) version(token string, e destroyEntry) KeptVersion {
+	r := time.Duration(q.retention.Load())
+	v := KeptVersion{Path: filepath.Clean(e.Event.Path), Fate: e.Fate.String(), At: e.Committed, Until: e.Committed.Add(r), Key: e.Event.Key, Token: token}
+	if f := e.File; f != nil {
+		v.Size, v.UID, v.GID, v.Mode, v.Mtime = f.Size, f.UID, f.GID, f.Mode, time.Unix(0, f.MtimeNs)
+	}
+	return v
 }
 
 // SetRetention sets how long deleted and replaced versions are kept (the

@@ -26,6 +26,7 @@ Usage:
   cascadefs df [--json] [PATH...]
   cascadefs reconcile [--dry-run] [--json] [--grace DURATION] PATH
   cascadefs undelete --list [--json] PATH...   (deleted and replaced files kept for the retention)
+  cascadefs undelete [--at TIME] [--to NEWPATH] PATH...
   cascadefs fs add --repo DIR NAME --backing DIR --archive URL [--candidates n1,n2,...] [--owner N]
   cascadefs fs list --repo DIR [--json]
   cascadefs fs set --repo DIR NAME KEY=VALUE...

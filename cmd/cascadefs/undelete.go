@@ -16,19 +16,22 @@ import (
 )
 
 // cmdUndelete lists the deleted and replaced versions whose archive copy
-// the filesystem keeps for its retention (the setting retention).
+// the filesystem keeps for its retention (the setting retention), and
+// brings them back.
 func cmdUndelete(args []string) error {
-	fl := newFlags("undelete", "--list [--json] PATH...")
+	fl := newFlags("undelete", "--list [--json] PATH... | [--at TIME] [--to NEWPATH] PATH...")
 	list := fl.Bool("list", false, "list the deleted and replaced files kept under each PATH (which need not exist)")
 	asJSON := fl.Bool("json", false, "with --list: print JSON")
+	at := fl.String("at", "", "bring back the version current at TIME (RFC 3339, or 2006-01-02 15:04:05 local time); default the newest kept")
+	to := fl.String("to", "", "put the file at NEWPATH (one PATH only); a file is never replaced")
 	if err := fl.Parse(args); err != nil {
 		return errReported
 	}
-	if !*list {
-		return errors.New("bringing a version back is not built yet; --list shows what is kept")
-	}
 	if fl.NArg() == 0 {
 		return errors.New("no PATH given")
+	}
+	if !*list {
+		return undelete(fl.Args(), *at, *to)
 	}
 	var all []migrate.KeptVersion
 	for _, p := range fl.Args() {
@@ -70,4 +73,49 @@ func owner(uid uint32) string {
 		return u.Username
 	}
 	return id
+}
+
+// undelete brings each PATH's kept version back.
+func undelete(paths []string, at, to string) error {
+	var when time.Time
+	if at != "" {
+		var err error
+		if when, err = time.Parse(time.RFC3339, at); err != nil {
+			if when, err = time.ParseInLocation(time.DateTime, at, time.Local); err != nil {
+				return fmt.Errorf("--at %q: want a time such as 2026-12-01T15:04:05Z or \"2026-12-01 15:04:05\"", at)
+			}
+		}
+	}
+	if to != "" && len(paths) != 1 {
+		return errors.New("--to takes one PATH")
+	}
+	failed := false
+	for _, p := range paths {
+		m, rel, err := daemon.FindMount(p)
+		if err != nil {
+			return err
+		}
+		req := migrate.UndeleteRequest{Path: rel, At: when}
+		if to != "" {
+			tm, trel, err := daemon.FindMount(to)
+			if err != nil {
+				return err
+			}
+			if tm.Mountpoint != m.Mountpoint {
+				return fmt.Errorf("--to %s: not in the filesystem of %s", to, p)
+			}
+			req.To = trel
+		}
+		v, err := daemon.Dial(daemon.RunDir(), m).Undelete(req)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "cascadefs undelete: %s: %v\n", p, oneLine(err))
+			failed = true
+			continue
+		}
+		fmt.Printf("undeleted %s (%s %s, %d bytes)\n", filepath.Join(m.Mountpoint, v.Path), v.Fate, v.At.Local().Format(time.DateTime), v.Size)
+	}
+	if failed {
+		return errReported
+	}
+	return nil
 }
