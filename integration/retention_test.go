@@ -188,3 +188,88 @@ func TestKeptVersionsOutliveAFailover(t *testing.T) {
 		t.Error("the undeleted version is still listed")
 	}
 }
+
+// A kill -9 in each window of an undelete loses nothing: the version is
+// still kept and listed, a second undelete brings it back whole, and no
+// hidden file is left.
+func TestKill9DuringUndelete(t *testing.T) {
+	for _, point := range []string{"undelete-after-stub", "undelete-before-rename"} {
+		t.Run(point, func(t *testing.T) {
+			d := testenv.NewDaemon(t, "", nil, "--retention", "1h")
+			d.Start()
+			want := writeRandom(t, d.M("f"), 2<<20)
+			d.MustCLI("migrate", d.M("f"))
+			os.Remove(d.M("f"))
+			listed := func() int {
+				var out []struct{ Path string }
+				json.Unmarshal([]byte(d.MustCLI("undelete", "--list", "--json", d.M(""))), &out)
+				return len(out)
+			}
+			testenv.WaitFor(t, "the deleted file kept", 20*time.Second, func() bool { return listed() == 1 })
+			d.Stop()
+			d.Env = []string{"CASCADEFS_FAILPOINTS=" + point + "=kill"}
+			d.Start()
+			if _, _, err := d.CLI("undelete", d.M("f")); err == nil {
+				t.Fatal("undelete went through a kill point")
+			}
+			if !d.Exited(10 * time.Second) {
+				t.Fatal("the daemon was not killed at " + point)
+			}
+			d.Env = nil
+			d.Start()
+			time.Sleep(3 * time.Second) // passes of the DESTROY queue
+			if listed() != 1 {
+				t.Fatal("the version is no longer kept after the kill")
+			}
+			d.MustCLI("undelete", d.M("f"))
+			testenv.DropCaches()
+			if sumFile(t, d.M("f")) != want {
+				t.Error("the undeleted file reads wrong bytes")
+			}
+			if hidden, _ := filepath.Glob(filepath.Join(d.Backing, ".cascadefs-undelete-*")); len(hidden) != 0 {
+				t.Errorf("hidden files left: %v", hidden)
+			}
+			if listed() != 0 {
+				t.Error("still listed after the undelete")
+			}
+		})
+	}
+}
+
+// Killed after the undeleted stub is in place but before its queue entry
+// goes, then started with the retention at 0: the entry names the new
+// file (step 2 of migrate.DestroyQueue.Undelete), so the DESTROY queue
+// sees a file that uses the object, drops the entry and keeps the object.
+// Without that step the object of the file just brought back is deleted.
+func TestUndeletedFileKeepsItsObjectAfterACrash(t *testing.T) {
+	d := testenv.NewDaemon(t, "", nil, "--retention", "1h")
+	d.Start()
+	want := writeRandom(t, d.M("f"), 1<<20)
+	d.MustCLI("migrate", d.M("f"))
+	var entries []struct{ Object string }
+	json.Unmarshal([]byte(d.MustCLI("ls", "--json", d.M("f"))), &entries)
+	os.Remove(d.M("f"))
+	testenv.WaitFor(t, "the deleted file kept", 20*time.Second, func() bool {
+		return strings.Contains(d.MustCLI("undelete", "--list", d.M("")), d.M("f"))
+	})
+	d.Stop()
+	d.Env = []string{"CASCADEFS_FAILPOINTS=undelete-before-forget=kill"}
+	d.Start()
+	d.CLI("undelete", d.M("f"))
+	if !d.Exited(10 * time.Second) {
+		t.Fatal("the daemon was not killed")
+	}
+	d.Env, d.Args = nil, []string{"--retention", "0"}
+	d.Start()
+	testenv.WaitFor(t, "the entry resolved", 20*time.Second, func() bool {
+		return !strings.Contains(d.MustCLI("undelete", "--list", d.M("")), d.M("f"))
+	})
+	time.Sleep(3 * time.Second)
+	if !objectExists(d, entries[0].Object) {
+		t.Fatal("the object of the undeleted file was deleted")
+	}
+	testenv.DropCaches()
+	if sumFile(t, d.M("f")) != want {
+		t.Error("the undeleted file reads wrong bytes")
+	}
+}

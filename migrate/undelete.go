@@ -10,6 +10,8 @@ import (
 
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
+	"github.com/cascadefs/cascadefs/internal/protect"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -89,6 +91,9 @@ func (q *DestroyQueue) Undelete(root *beneath.Root, fence dmapi.Fence, req Undel
 	if err := makeStub(fd, rec, f); err != nil {
 		return KeptVersion{}, fmt.Errorf("%s: %w", to, err)
 	}
+	if err := failpoint.Hit(failpoint.UndeleteAfterStub); err != nil {
+		return KeptVersion{}, err
+	}
 	// 2: the entry names the new file.
 	handle, err := stub.HandleOf(fd)
 	if err != nil {
@@ -96,8 +101,13 @@ func (q *DestroyQueue) Undelete(root *beneath.Root, fence dmapi.Fence, req Undel
 	}
 	var st unix.Stat_t
 	unix.Fstat(fd, &st)
-	e.Event.Handle, e.Event.Ino = handle, st.Ino
+	if !protect.Off(protect.UndeleteBinding) {
+		e.Event.Handle, e.Event.Ino = handle, st.Ino
+	}
 	if err := q.write(e); err != nil {
+		return KeptVersion{}, err
+	}
+	if err := failpoint.Hit(failpoint.UndeleteBeforeRename); err != nil {
 		return KeptVersion{}, err
 	}
 	// 3 and 4, through the fence: a replaced owner brings nothing back.
@@ -112,6 +122,9 @@ func (q *DestroyQueue) Undelete(root *beneath.Root, fence dmapi.Fence, req Undel
 		return unix.Fsync(dir)
 	})
 	if err != nil {
+		return KeptVersion{}, err
+	}
+	if err := failpoint.Hit(failpoint.UndeleteBeforeForget); err != nil {
 		return KeptVersion{}, err
 	}
 	if err := q.store.Delete(token); err != nil {

@@ -43,12 +43,15 @@ const (
 	HandoverAfterStop      = "handover-after-stop"      // old owner's session stopped, ownership not yet moved
 	LeaseRenew             = "lease-renew"              // a node is about to renew its lease (error: the repository did not answer)
 	RepoInUpdate           = "repo-in-update"           // inside a bbolt write transaction, the file lock held
+	UndeleteAfterStub      = "undelete-after-stub"      // hidden stub made and synced, its queue entry still names the old file
+	UndeleteBeforeRename   = "undelete-before-rename"   // the entry names the hidden stub, not yet renamed into place
+	UndeleteBeforeForget   = "undelete-before-forget"   // the stub in place, its queue entry not yet removed
 )
 
 // All lists every point, for the crash suite's random picks.
 var All = []string{MigrateAfterUpload, MigrateBeforeRecord, MigrateAfterPremigrate, MigrateReleaseHeld, MigrateAfterConfirm, MigrateBeforePunch, MigrateInsidePunch,
 	RecallBeforeWrite, RecallAfterWrite, RecallBeforeRecord, DestroyBeforeUnlink, DestroyBeforeDelete,
-	TakeoverBeforeCommit, HandoverAfterStop, LeaseRenew, RepoInUpdate}
+	TakeoverBeforeCommit, HandoverAfterStop, LeaseRenew, RepoInUpdate, UndeleteAfterStub, UndeleteBeforeRename, UndeleteBeforeForget}
 
 // ErrInjected is what a point set to "error" fails with.
 var ErrInjected = errors.New("failpoint: injected failure")

@@ -49,6 +49,7 @@ const (
 	ArchiveClock      = "archive-clock"       // migrate: orphan ages by the archive's clock
 	RecordBinding     = "record-binding"      // stub: a record is trusted only on its own inode
 	BootClock         = "boot-clock"          // cluster: the lease judged by a clock that runs through a suspend
+	UndeleteBinding   = "undelete-binding"    // migrate: an undelete's queue entry names the new file before it is in place
 )
 
 // All lists every protection and its tests.
@@ -69,4 +70,5 @@ var All = []Protection{
 	{ArchiveClock, "migrate Reconciler.Run", []Test{{"./migrate", "^TestReconcileJudgesAgesByTheArchiveClock$"}}},
 	{RecordBinding, "stub bound, WriteRecord", []Test{{"./integration", "^TestCopiedRecordNotTrusted$"}}},
 	{BootClock, "internal/clock Boot (cluster now)", []Test{{"./cluster/owner", "^TestSimulation$"}}},
+	{UndeleteBinding, "migrate DestroyQueue.Undelete", []Test{{"./integration", "^TestUndeletedFileKeepsItsObjectAfterACrash$"}}},
 }
