@@ -93,6 +93,11 @@ func TestReconcile(t *testing.T) {
 		if kept.Deleted != 0 {
 			t.Errorf("the default grace deleted %d young objects", kept.Deleted)
 		}
+		// Object stores keep times to the second (versitygw): an object
+		// of the same second as the run's clock marker cannot be told
+		// older than the run, and reconcile keeps it. A second later all
+		// of them can.
+		time.Sleep(1100 * time.Millisecond)
 		rep, _ := reconcile(t, d, "--grace", "0s")
 		if rep.Deleted != rep.OrphanCount || rep.Deleted < 2 {
 			t.Errorf("deleted %d of %d orphans: %+v", rep.Deleted, rep.OrphanCount, rep.Orphans)
