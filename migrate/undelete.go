@@ -141,6 +141,16 @@ func (q *DestroyQueue) Undelete(root *beneath.Root, fence dmapi.Fence, req Undel
 // version f was: size, record (bound to fd's inode), owner, mode,
 // extended attributes and times, synced.
 func makeStub(fd int, rec *stub.Record, f *KeptFile) error {
+	// The record first: a reader who finds the hidden file meanwhile
+	// gets a recall, never the zeros of a sparse file.
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	rec.State, rec.Ino = stub.Migrated, st.Ino
+	if err := stub.WriteRecord(fd, rec); err != nil {
+		return err
+	}
 	if err := unix.Ftruncate(fd, f.Size); err != nil {
 		return err
 	}
@@ -158,7 +168,6 @@ func makeStub(fd int, rec *stub.Record, f *KeptFile) error {
 	if err := unix.Fchmod(fd, f.Mode&0o7777); err != nil { // after chown, which drops set-id bits
 		return err
 	}
-	var st unix.Stat_t
 	st.Atim, st.Mtim = unix.NsecToTimespec(f.AtimeNs), unix.NsecToTimespec(f.MtimeNs)
 	if err := stub.RestoreTimes(fd, &st); err != nil {
 		return err
