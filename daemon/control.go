@@ -489,8 +489,7 @@ func (d *Mount) serveKept(w http.ResponseWriter, r *http.Request) {
 	}
 	out := []migrate.KeptVersion{}
 	for _, rel := range req.Paths {
-		rel = filepath.Clean(rel)
-		if filepath.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
+		if rel = filepath.Clean(rel); !filepath.IsLocal(rel) {
 			http.Error(w, "bad path "+rel, http.StatusBadRequest)
 			return
 		}

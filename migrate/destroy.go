@@ -123,9 +123,12 @@ func keptFile(fd int) (*KeptFile, error) {
 // userXattrs are the file's extended attributes but cascadefs's own (none
 // past maxKeptXattrs in all).
 func userXattrs(fd int) map[string][]byte {
-	buf := make([]byte, 64<<10)
-	n, err := unix.Flistxattr(fd, buf)
-	if err != nil || n == 0 {
+	n, err := unix.Flistxattr(fd, nil) // the list's size first: most files have few or none
+	if err != nil || n == 0 || n > maxKeptXattrs {
+		return nil
+	}
+	buf := make([]byte, n)
+	if n, err = unix.Flistxattr(fd, buf); err != nil {
 		return nil
 	}
 	out := map[string][]byte{}
@@ -134,7 +137,11 @@ func userXattrs(fd int) map[string][]byte {
 		if name == "" || strings.HasPrefix(name, stub.XattrPrefix) {
 			continue
 		}
-		val := make([]byte, 64<<10)
+		size, err := unix.Fgetxattr(fd, name, nil)
+		if err != nil || size > maxKeptXattrs {
+			continue
+		}
+		val := make([]byte, size)
 		m, err := unix.Fgetxattr(fd, name, val)
 		if err != nil {
 			continue

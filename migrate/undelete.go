@@ -23,8 +23,8 @@ type UndeleteRequest struct {
 	To   string    `json:"to,omitempty"` // where to put it, backing-relative (default Path)
 }
 
-// ErrExists: undelete never replaces a file; --to names another path.
-var ErrExists = errors.New("a file is there; give another path with --to")
+// ErrTargetExists: undelete never replaces a file; --to names another path.
+var ErrTargetExists = errors.New("a file is there; give another path with --to")
 
 // undeletePrefix names the file an undelete makes before it is in place.
 const undeletePrefix = ".cascadefs-undelete-"
@@ -72,7 +72,7 @@ func (q *DestroyQueue) Undelete(root *beneath.Root, fence dmapi.Fence, req Undel
 	defer d.Close()
 	dir, base := int(d.Fd()), filepath.Base(to)
 	if err := unix.Fstatat(dir, base, new(unix.Stat_t), unix.AT_SYMLINK_NOFOLLOW); err == nil {
-		return KeptVersion{}, fmt.Errorf("%s: %w", to, ErrExists)
+		return KeptVersion{}, fmt.Errorf("%s: %w", to, ErrTargetExists)
 	}
 	hidden := undeletePrefix + token
 	unix.Unlinkat(dir, hidden, 0) // left by an undelete that crashed
@@ -114,7 +114,7 @@ func (q *DestroyQueue) Undelete(root *beneath.Root, fence dmapi.Fence, req Undel
 	err = fence.Run(func() error {
 		if err := unix.Renameat2(dir, hidden, dir, base, unix.RENAME_NOREPLACE); err != nil {
 			if errors.Is(err, unix.EEXIST) {
-				return fmt.Errorf("%s: %w", to, ErrExists)
+				return fmt.Errorf("%s: %w", to, ErrTargetExists)
 			}
 			return err
 		}

@@ -68,7 +68,7 @@ func TestUndeletePicksTheVersion(t *testing.T) {
 	if _, err := q.Undelete(tree, nil, UndeleteRequest{Path: "f", To: "f"}); err == nil {
 		t.Error("undeleted over an existing file")
 	}
-	if _, err := q.Undelete(tree, nil, UndeleteRequest{Path: "f", To: "f.at"}); !errors.Is(err, ErrExists) {
+	if _, err := q.Undelete(tree, nil, UndeleteRequest{Path: "f", To: "f.at"}); !errors.Is(err, ErrTargetExists) {
 		t.Errorf("undelete onto an existing file: %v", err)
 	}
 	if kept, _ := q.Kept("."); len(kept) != 1 || kept[0].Key != "t/1/a" {
