@@ -82,6 +82,9 @@ type Manager struct {
 	// beforeDrop, in tests, runs between the look at a premigrated file
 	// and its drop (the window a release can hit).
 	beforeDrop func()
+	// afterLook, in tests, runs between a reader's look for the first
+	// missing byte and its look for a stream that will write it.
+	afterLook func()
 
 	ctx    context.Context
 	cancel context.CancelFunc

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -298,5 +299,47 @@ func TestReaderOnAdminStreamIsNotHeldBack(t *testing.T) {
 	got, _ := os.ReadFile(filepath.Join(root, "f"))
 	if !bytes.Equal(got, data) {
 		t.Fatal("wrong bytes")
+	}
+}
+
+// A reader that found a hole just before another reader's stream wrote it
+// and ended does not fetch it again: each byte is fetched once.
+func TestReaderLateToAnEndedStreamFetchesNothing(t *testing.T) {
+	size := int64(3<<20 + 5)
+	root, arch, data, ino := migrated(t, size)
+	m := newManager(t, root, arch)
+	looked, goOn := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	recall.SetAfterLook(m, func() {
+		if first.CompareAndSwap(false, true) { // the first look only: reader B's
+			close(looked)
+			<-goOn
+		}
+	})
+	ev := func() *dmapi.Event {
+		return &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: 0, Length: 256 << 10}
+	}
+	late := make(chan error, 1)
+	go func() { late <- m.Handle(context.Background(), ev()) }()
+	<-looked // B saw the first chunk missing
+	if err := m.Handle(context.Background(), ev()); err != nil {
+		t.Fatalf("reader A: %v", err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); recall.LiveStreams(m, ino) > 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("reader A's stream did not end")
+		}
+	}
+	close(goOn)
+	if err := <-late; err != nil {
+		t.Fatalf("reader B: %v", err)
+	}
+	m.Close()
+	got, _ := os.ReadFile(filepath.Join(root, "f"))
+	if !bytes.Equal(got[:256<<10], data[:256<<10]) {
+		t.Fatal("recalled bytes differ")
+	}
+	if arch.gets != 1 {
+		t.Fatalf("%d data GETs for a chunk that two readers wanted: B fetched again what A's stream wrote", arch.gets)
 	}
 }

@@ -74,18 +74,15 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool, uid 
 		f.mu.Lock()
 		rec := f.rec
 		f.mu.Unlock()
-		var hole int64
-		var err error
-		if rec != nil {
-			hole, err = stub.FirstMissing(f.fd, rec, off, end) // the file's own holes stay
-		} else {
-			hole, err = stub.FirstHole(f.fd, off, end)
-		}
+		hole, err := f.firstMissing(rec, off, end)
 		if err != nil {
 			return err
 		}
 		if hole >= end {
 			return nil
+		}
+		if f.m.afterLook != nil {
+			f.m.afterLook()
 		}
 		f.mu.Lock()
 		s := f.covering(hole)
@@ -103,6 +100,17 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool, uid 
 				f.m.putStream(bulk, uid)
 				f.mu.Unlock()
 				return err
+			} else if now, err := f.firstMissing(f.rec, hole, end); err != nil || now != hole {
+				// A stream that wrote the hole meanwhile has ended and
+				// left f.streams: its bytes are in the file (it writes
+				// before it leaves, under f.mu), so look again rather
+				// than fetch them twice.
+				f.m.putStream(bulk, uid)
+				f.mu.Unlock()
+				if err != nil {
+					return err
+				}
+				continue
 			} else if s, err = f.startLocked(hole, end, bulk, uid); err != nil {
 				f.m.putStream(bulk, uid)
 				f.mu.Unlock()
@@ -131,6 +139,16 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool, uid 
 		}
 		f.mu.Unlock()
 	}
+}
+
+// firstMissing is the first offset of [off, end) that a recall must
+// still write: the first hole of a stub (rec) that its record does not
+// keep as a hole, or of a file made resident (rec nil).
+func (f *fileRecall) firstMissing(rec *stub.Record, off, end int64) (int64, error) {
+	if rec != nil {
+		return stub.FirstMissing(f.fd, rec, off, end) // the file's own holes stay
+	}
+	return stub.FirstHole(f.fd, off, end)
 }
 
 // covering returns the live stream that will write offset off.
