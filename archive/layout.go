@@ -20,9 +20,22 @@ import (
 //	                  copy is never taken for the current one)
 //	FS/INO/GEN.sums   the chunk checksums of a file too large for its
 //	                  record to hold them (their SHA-256 is in the record)
+//	FS/INO/GEN.meta   the file as it was at upload: path, owner, mode,
+//	                  times, extended attributes, record (package
+//	                  namespace); what a rebuild needs to make its stub
+//	.cascadefs-journal/FS/NANOS-SOURCE-RAND
+//	                  a batch of namespace changes after uploads (renames,
+//	                  deletions, undeletes), for a rebuild to replay
 
-// sumsSuffix names a key's checksum object.
-const sumsSuffix = ".sums"
+// The companions of a data object, which go with it.
+const (
+	sumsSuffix = ".sums"
+	metaSuffix = ".meta"
+)
+
+// JournalPrefix is where the namespace journals of every filesystem are:
+// outside FS/, so that no reconcile takes them for orphans.
+const JournalPrefix = ".cascadefs-journal/"
 
 // Key is the key of a migration's object.
 type Key struct {
@@ -43,9 +56,40 @@ func (k Key) String() string { return fmt.Sprintf("%s/%d/%s", k.FS, k.Ino, k.Gen
 // SumsKey names the checksum object of the object key.
 func SumsKey(key string) string { return key + sumsSuffix }
 
-// DataKeyOf is the key of the data object that key belongs to: itself,
-// or the data object of a checksum object (sums true).
-func DataKeyOf(key string) (data string, sums bool) { return strings.CutSuffix(key, sumsSuffix) }
+// MetaKey names the object that describes the file the object key backs.
+func MetaKey(key string) string { return key + metaSuffix }
+
+// Part is what an object of a migration holds.
+type Part int
+
+const (
+	Data Part = iota
+	Sums      // the checksum object
+	Meta      // the file's description
+)
+
+// Companions are the keys of the objects that go with the data object key.
+func Companions(key string) []string { return []string{SumsKey(key), MetaKey(key)} }
+
+// DataKeyOf is the key of the data object that key belongs to, and what
+// key holds.
+func DataKeyOf(key string) (data string, part Part) {
+	if d, ok := strings.CutSuffix(key, sumsSuffix); ok {
+		return d, Sums
+	}
+	if d, ok := strings.CutSuffix(key, metaSuffix); ok {
+		return d, Meta
+	}
+	return key, Data
+}
+
+// JournalKey names a batch of namespace changes of filesystem fs written
+// by source at t: keys sort by time.
+func JournalKey(fs, source string, t time.Time) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%s%s/%020d-%s-%s", JournalPrefix, fs, t.UnixNano(), source, hex.EncodeToString(b[:]))
+}
 
 // ParseKey reads a data object's key of the filesystem fs; false for a
 // key that no migration of fs made.

@@ -18,11 +18,14 @@ func TestKeyLayout(t *testing.T) {
 	if !ok || got != k {
 		t.Fatalf("ParseKey(%s) = %+v %v", k, got, ok)
 	}
-	if data, sums := DataKeyOf(SumsKey(k.String())); !sums || data != k.String() {
-		t.Fatalf("DataKeyOf(SumsKey) = %s %v", data, sums)
+	if data, part := DataKeyOf(SumsKey(k.String())); part != Sums || data != k.String() {
+		t.Fatalf("DataKeyOf(SumsKey) = %s %v", data, part)
 	}
-	if data, sums := DataKeyOf(k.String()); sums || data != k.String() {
-		t.Fatalf("DataKeyOf(data key) = %s %v", data, sums)
+	if data, part := DataKeyOf(MetaKey(k.String())); part != Meta || data != k.String() {
+		t.Fatalf("DataKeyOf(MetaKey) = %s %v", data, part)
+	}
+	if data, part := DataKeyOf(k.String()); part != Data || data != k.String() {
+		t.Fatalf("DataKeyOf(data key) = %s %v", data, part)
 	}
 	for _, bad := range []string{"fs2/42/1-ab", "fs1/x/1-ab", "fs1/42", "fs1/42/", "fs1/42/a/b", "fs1", ".clock"} {
 		if k, ok := ParseKey("fs1", bad); ok {

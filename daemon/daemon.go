@@ -15,11 +15,13 @@ import (
 
 	"net/url"
 
+	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/fusefs"
 	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/migrate"
+	"github.com/cascadefs/cascadefs/namespace"
 	"github.com/cascadefs/cascadefs/repo"
 	"github.com/cascadefs/cascadefs/settings"
 	"github.com/cascadefs/cascadefs/stub"
@@ -85,6 +87,7 @@ type Mount struct {
 	started time.Time
 	dev     uint64 // the mount's device number: requests for another are refused
 	garbage *migrate.DestroyQueue
+	journal *namespace.Journal // this mount's namespace changes, to the archive
 }
 
 // StartMount mounts a filesystem whose events go to dm and whose DESTROY
@@ -122,13 +125,22 @@ func StartMount(cfg Config, dm DMAccess, garbage *migrate.DestroyQueue, log *slo
 		u.RawQuery = "" // the endpoint is shown by the DM side; keep the mount line short
 		m.archive = u.String()
 	}
+	arch, err := archive.Open(cfg.ArchiveURL)
+	if err != nil {
+		root.Close()
+		return nil, err
+	}
+	m.journal = namespace.NewJournal(arch, cfg.Name, cfg.Source, log)
+	garbage.SetJournal(m.journal)
 	m.fs, err = fusefs.Mount(cfg.Mountpoint, fusefs.Options{
 		Backing: backing, Name: cfg.Name, Source: cfg.Source, Events: events{dm, garbage}, Log: log,
 		SmallFile: cfg.Settings.Recall.SmallFile, Region: stub.DefaultChunkSize,
 		NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, Written: cfg.Written, Changed: cfg.Changed,
-		Space: dm, SpaceWait: cfg.Settings.EventTimeout, Metrics: cfg.Metrics,
+		Renamed: m.journal.Renamed,
+		Space:   dm, SpaceWait: cfg.Settings.EventTimeout, Metrics: cfg.Metrics,
 	})
 	if err != nil {
+		m.journal.Close()
 		root.Close()
 		return nil, err
 	}
@@ -169,6 +181,7 @@ func (m *Mount) Stop() {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	m.journal.Close() // after the unmount: the last renames are in
 	m.root.Close()
 	m.log.Info("unmounted", "fs", m.cfg.Name, "mountpoint", m.cfg.Mountpoint)
 }

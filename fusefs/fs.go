@@ -64,6 +64,10 @@ type Options struct {
 	// through this mount, so other nodes can drop their cached copies; it
 	// need not wait for them.
 	Changed func(Change)
+	// Renamed, if set, is told of each rename through this mount, by
+	// paths relative to the root (exchange: the two swapped), for the
+	// archive's namespace journal.
+	Renamed func(from, to string, exchange bool)
 }
 
 // FS is one mounted managed filesystem.
@@ -549,19 +553,51 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if !nameOK(name) || !nameOK(newName) {
 		return syscall.EINVAL
 	}
+	exchange, journal := flags&unix.RENAME_EXCHANGE != 0, false
 	errno := n.inDir(false, func(from int) syscall.Errno {
 		return np.inDir(true, func(to int) syscall.Errno {
 			rename := func() error { return unix.Renameat2(from, name, to, newName, uint(flags)) }
-			if flags&unix.RENAME_EXCHANGE != 0 {
-				return gofs.ToErrno(rename())
+			var errno syscall.Errno
+			if exchange {
+				errno = gofs.ToErrno(rename())
+			} else {
+				errno = n.fs.destroying(to, newName, np.relPath()+"/"+newName, rename)
 			}
-			return n.fs.destroying(to, newName, np.relPath()+"/"+newName, rename)
+			journal = errno == 0 && n.fs.opts.Renamed != nil &&
+				(namesArchivedData(to, newName) || exchange && namesArchivedData(from, name))
+			return errno
 		})
 	})
 	if errno == 0 {
 		n.fs.changed(Change{Entries: []Entry{{n.ino(), name}, {np.ino(), newName}}})
 	}
+	if journal {
+		n.fs.opts.Renamed(n.relPath()+"/"+name, np.relPath()+"/"+newName, exchange)
+	}
 	return errno
+}
+
+// namesArchivedData reports whether the entry name of dir is what the
+// archive's namespace journal follows: a directory, or a file with a stub
+// record (or one that cannot be read).
+func namesArchivedData(dir int, name string) bool {
+	var st unix.Stat_t
+	if unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+		return false
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return true
+	case unix.S_IFREG:
+		fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOATIME|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return true
+		}
+		defer unix.Close(fd)
+		rec, err := stub.ReadRecord(fd)
+		return err != nil || rec != nil
+	}
+	return false
 }
 
 // destroying runs op, which removes the entry name of directory dir (an

@@ -17,6 +17,7 @@ import (
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/internal/protect"
+	"github.com/cascadefs/cascadefs/namespace"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -57,9 +58,12 @@ type DestroyQueue struct {
 	// retention: how long a deleted or replaced version's object is kept
 	// (the setting retention; 0: deleted at once).
 	retention atomic.Int64
-	runMu     sync.Mutex    // guards stop and done: a queue outlives its DM sessions
-	stop      chan struct{} // nil while no worker runs
-	done      chan struct{}
+	// journal, if set, is told of the versions that stop being current
+	// (for a rebuild from the archive).
+	journal atomic.Pointer[namespace.Journal]
+	runMu   sync.Mutex    // guards stop and done: a queue outlives its DM sessions
+	stop    chan struct{} // nil while no worker runs
+	done    chan struct{}
 }
 
 // Store keeps the entries of one filesystem durably.
@@ -87,24 +91,14 @@ type destroyEntry struct {
 // KeptFile is a version of a file whose archive copy is kept after it was
 // deleted or replaced: what listing it and bringing it back need.
 type KeptFile struct {
-	Size    int64             `json:"size"`
-	UID     uint32            `json:"uid"`
-	GID     uint32            `json:"gid"`
-	Mode    uint32            `json:"mode"`
-	AtimeNs int64             `json:"atime_ns"`
-	MtimeNs int64             `json:"mtime_ns"`
-	Record  []byte            `json:"record"`           // its stub record, naming the object
-	Xattrs  map[string][]byte `json:"xattrs,omitempty"` // the user's own
+	namespace.Attrs
+	Record []byte `json:"record"` // its stub record, naming the object
 }
-
-// maxKeptXattrs bounds the extended attributes kept with a version (an
-// entry lives in the repository); a file with more keeps none.
-const maxKeptXattrs = 64 << 10
 
 // keptFile reads what a version of the open file fd is.
 func keptFile(fd int) (*KeptFile, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
+	attrs, err := namespace.ReadAttrs(fd)
+	if err != nil {
 		return nil, err
 	}
 	rec, err := stub.ReadRecord(fd)
@@ -115,43 +109,7 @@ func keptFile(fd int) (*KeptFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &KeptFile{Size: st.Size, UID: st.Uid, GID: st.Gid, Mode: st.Mode, AtimeNs: st.Atim.Nano(), MtimeNs: st.Mtim.Nano(), Record: raw}
-	k.Xattrs = userXattrs(fd)
-	return k, nil
-}
-
-// userXattrs are the file's extended attributes but cascadefs's own (none
-// past maxKeptXattrs in all).
-func userXattrs(fd int) map[string][]byte {
-	n, err := unix.Flistxattr(fd, nil) // the list's size first: most files have few or none
-	if err != nil || n == 0 || n > maxKeptXattrs {
-		return nil
-	}
-	buf := make([]byte, n)
-	if n, err = unix.Flistxattr(fd, buf); err != nil {
-		return nil
-	}
-	out := map[string][]byte{}
-	total := 0
-	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
-		if name == "" || strings.HasPrefix(name, stub.XattrPrefix) {
-			continue
-		}
-		size, err := unix.Fgetxattr(fd, name, nil)
-		if err != nil || size > maxKeptXattrs {
-			continue
-		}
-		val := make([]byte, size)
-		m, err := unix.Fgetxattr(fd, name, val)
-		if err != nil {
-			continue
-		}
-		if total += len(name) + m; total > maxKeptXattrs {
-			return nil
-		}
-		out[name] = val[:m]
-	}
-	return out
+	return &KeptFile{Attrs: attrs, Record: raw}, nil
 }
 
 var _ dmapi.Garbage = (*DestroyQueue)(nil)
@@ -222,6 +180,13 @@ func (q *DestroyQueue) Commit(token string) {
 	if err != nil {
 		q.log.Error("DESTROY entry not committed; it is resolved later", "token", token, "reason", err)
 		return
+	}
+	if e.Fate != dmapi.Discard {
+		op := namespace.OpDelete
+		if e.Fate == dmapi.Replaced {
+			op = namespace.OpReplace
+		}
+		q.journal.Load().Add(namespace.JournalEntry{T: e.Committed, Op: op, Key: e.Event.Key, Path: filepath.Clean(e.Event.Path)})
 	}
 	q.kick()
 }
@@ -334,6 +299,10 @@ func (q *DestroyQueue) version(token string, e destroyEntry) KeptVersion {
 // setting retention; `fs set` changes it without a restart, for the
 // versions kept already too).
 func (q *DestroyQueue) SetRetention(d time.Duration) { q.retention.Store(int64(d)) }
+
+// SetJournal sets the namespace journal told of deletions, replacements
+// and undeletes.
+func (q *DestroyQueue) SetJournal(j *namespace.Journal) { q.journal.Store(j) }
 
 // keeps says whether a ready entry's object is still within its
 // retention.

@@ -9,18 +9,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"github.com/cascadefs/cascadefs/internal/protect"
 	"github.com/cascadefs/cascadefs/internal/throttle"
+	"github.com/cascadefs/cascadefs/namespace"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -165,6 +167,7 @@ func (m *Migrator) migrate(ctx context.Context, rel string, ino uint64, premigra
 
 func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, premigrateOnly bool, wait time.Duration) (Result, error) {
 	res := Result{Path: rel}
+	seen := time.Now() // a rename after this is in the namespace journal
 	fd, err := m.root.OpenAt(rel, unix.O_RDWR|unix.O_NOATIME|unix.O_NONBLOCK, ino)
 	if err != nil {
 		return res, fmt.Errorf("migrate %s: %w", rel, err)
@@ -229,7 +232,7 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 		rec = nil
 	}
 	if rec == nil {
-		if rec, err = m.copy(ctx, file, rel, &st); err != nil {
+		if rec, err = m.copy(ctx, file, rel, seen, &st); err != nil {
 			return res, fmt.Errorf("migrate %s: %w", rel, err)
 		}
 		res.Uploaded = rec.PackedSize()
@@ -254,7 +257,7 @@ func (m *Migrator) migrateFile(ctx context.Context, rel string, ino uint64, prem
 
 // copy uploads the file and records it premigrated, if it did not change
 // meanwhile.
-func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *unix.Stat_t) (*stub.Record, error) {
+func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, seen time.Time, before *unix.Stat_t) (*stub.Record, error) {
 	size := before.Size
 	// Any change through any mount from now on removes the watch; the
 	// commit checks it is still ours.
@@ -311,6 +314,10 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 			discard()
 			return nil, err
 		}
+	}
+	if err := m.describe(ctx, int(file.Fd()), rel, seen, rec); err != nil {
+		discard()
+		return nil, err
 	}
 	if err := m.verifyCopy(ctx, rec, false); err != nil {
 		discard()
@@ -377,6 +384,38 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, before *
 	m.garbage.Abort(token) // the record points to it now
 	m.log.Info("premigrated", "fs", m.cfg.FS, "file", rel, "bytes", size, "key", rec.Key)
 	return rec, nil
+}
+
+// describe stores, beside the object, what a rebuild from the archive
+// needs to make the file's stub again: the file as it is now, its path
+// (seen then) and its directories.
+func (m *Migrator) describe(ctx context.Context, fd int, rel string, seen time.Time, rec *stub.Record) error {
+	attrs, err := namespace.ReadAttrs(fd)
+	if err != nil {
+		return err
+	}
+	raw, err := rec.Encode()
+	if err != nil {
+		return err
+	}
+	meta := &namespace.Meta{FS: m.cfg.FS, Path: filepath.Clean(rel), Seen: seen, Attrs: attrs, Record: raw}
+	var dirs []string
+	for d := filepath.Dir(meta.Path); d != "."; d = filepath.Dir(d) {
+		dirs = append(dirs, d)
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		f, err := m.root.OpenDir(dirs[i])
+		if err != nil {
+			return fmt.Errorf("describe %s: %w", rel, err)
+		}
+		a, err := namespace.ReadDirAttrs(int(f.Fd()))
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("describe %s: %w", rel, err)
+		}
+		meta.Dirs = append(meta.Dirs, a)
+	}
+	return meta.Put(ctx, m.arch)
 }
 
 // verifyCopy checks that the archive holds the object at its full size

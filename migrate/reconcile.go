@@ -192,9 +192,9 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 		if rep.Objects%1000 == 0 {
 			report(func(p *ReconcileProgress) { p.Phase, p.Objects = "list", rep.Objects })
 		}
-		base, isSums := archive.DataKeyOf(o.Key)
+		base, part := archive.DataKeyOf(o.Key)
 		if o.Incomplete {
-			base, isSums = o.Key, false
+			base, part = o.Key, archive.Data
 		}
 		i, found := first.find(keyHash(base))
 		switch {
@@ -202,7 +202,9 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 			// A referenced key whose upload also left parts: garbage, but
 			// Delete would take the object too. Left for the queue.
 			return nil
-		case found && isSums:
+		case found && part == archive.Meta:
+			// The file's description: its size is the file's business.
+		case found && part == archive.Sums:
 			sumsSeen[i] = true
 			s := first.stubs[i]
 			if !s.external {

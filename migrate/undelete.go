@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"github.com/cascadefs/cascadefs/internal/protect"
+	"github.com/cascadefs/cascadefs/namespace"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -88,7 +88,7 @@ func (q *DestroyQueue) Undelete(root *beneath.Root, fence dmapi.Fence, req Undel
 		}
 	}()
 	f := e.File
-	if err := makeStub(fd, rec, f); err != nil {
+	if err := namespace.MakeStub(fd, rec, f.Attrs); err != nil {
 		return KeptVersion{}, fmt.Errorf("%s: %w", to, err)
 	}
 	if err := failpoint.Hit(failpoint.UndeleteAfterStub); err != nil {
@@ -131,52 +131,11 @@ func (q *DestroyQueue) Undelete(root *beneath.Root, fence dmapi.Fence, req Undel
 		// The file uses the object: the queue drops the entry by itself.
 		q.log.Warn("undelete: entry left; the DESTROY queue drops it", "token", token, "reason", err)
 	}
+	q.journal.Load().Add(namespace.JournalEntry{Op: namespace.OpPlace, Key: e.Event.Key, To: filepath.Clean(to)})
 	v := q.version(token, e)
 	v.Path = filepath.Clean(to)
 	q.log.Info("undeleted", "fs", q.fs, "file", to, "was", e.Event.Path, "key", e.Event.Key)
 	return v, nil
-}
-
-// makeStub makes the empty file fd the migrated stub of rec, as the kept
-// version f was: size, record (bound to fd's inode), owner, mode,
-// extended attributes and times, synced.
-func makeStub(fd int, rec *stub.Record, f *KeptFile) error {
-	// The record first: a reader who finds the hidden file meanwhile
-	// gets a recall, never the zeros of a sparse file.
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	rec.State, rec.Ino = stub.Migrated, st.Ino
-	if err := stub.WriteRecord(fd, rec); err != nil {
-		return err
-	}
-	if err := unix.Ftruncate(fd, f.Size); err != nil {
-		return err
-	}
-	for name, val := range f.Xattrs {
-		if strings.HasPrefix(name, stub.XattrPrefix) {
-			continue
-		}
-		if err := unix.Fsetxattr(fd, name, val, 0); err != nil {
-			return fmt.Errorf("extended attribute %s: %w", name, err)
-		}
-	}
-	if err := unix.Fchown(fd, int(f.UID), int(f.GID)); err != nil {
-		return err
-	}
-	if err := unix.Fchmod(fd, f.Mode&0o7777); err != nil { // after chown, which drops set-id bits
-		return err
-	}
-	st.Atim, st.Mtim = unix.NsecToTimespec(f.AtimeNs), unix.NsecToTimespec(f.MtimeNs)
-	if err := stub.RestoreTimes(fd, &st); err != nil {
-		return err
-	}
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	rec.State, rec.Ino, rec.Size, rec.MtimeNs = stub.Migrated, st.Ino, st.Size, stub.MtimeNs(&st)
-	return stub.WriteRecordSync(fd, rec)
 }
 
 // pick finds the kept version req names: the newest kept of its path,

@@ -366,7 +366,12 @@ func (m *Manager) destroy(ctx context.Context, ev *dmapi.Event) error {
 		if err := m.arch.Delete(ctx, ev.Key); err != nil {
 			return err
 		}
-		return m.arch.Delete(ctx, archive.SumsKey(ev.Key))
+		for _, c := range archive.Companions(ev.Key) {
+			if err := m.arch.Delete(ctx, c); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 

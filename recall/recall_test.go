@@ -36,7 +36,7 @@ type faulty struct {
 
 func (a *faulty) Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error) {
 	body, err := a.Archive.Get(ctx, key, off, length)
-	if _, sums := archive.DataKeyOf(key); err != nil || sums {
+	if _, part := archive.DataKeyOf(key); err != nil || part != archive.Data {
 		return body, err
 	}
 	a.mu.Lock()

@@ -27,6 +27,8 @@ Usage:
   cascadefs reconcile [--dry-run] [--json] [--grace DURATION] PATH
   cascadefs undelete --list [--json] PATH...   (deleted and replaced files kept for the retention)
   cascadefs undelete [--at TIME] [--to NEWPATH] PATH...
+  cascadefs rebuild --archive URL --name FS [--at TIME] [--include-deleted] [--dry-run] [--json] DIR
+                 (a lost backing directory's stubs, made again from the archive alone)
   cascadefs fs add --repo DIR NAME --backing DIR --archive URL [--candidates n1,n2,...] [--owner N]
   cascadefs fs list --repo DIR [--json]
   cascadefs fs set --repo DIR NAME KEY=VALUE...
@@ -42,7 +44,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "expel": cmdExpel, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus, "df": cmdDF, "reconcile": cmdReconcile, "undelete": cmdUndelete,
+		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "expel": cmdExpel, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus, "df": cmdDF, "reconcile": cmdReconcile, "undelete": cmdUndelete, "rebuild": cmdRebuild,
 	}
 	cmd, ok := cmds[os.Args[1]]
 	if !ok {

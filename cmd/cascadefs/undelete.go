@@ -77,14 +77,9 @@ func owner(uid uint32) string {
 
 // undelete brings each PATH's kept version back.
 func undelete(paths []string, at, to string) error {
-	var when time.Time
-	if at != "" {
-		var err error
-		if when, err = time.Parse(time.RFC3339, at); err != nil {
-			if when, err = time.ParseInLocation(time.DateTime, at, time.Local); err != nil {
-				return fmt.Errorf("--at %q: want a time such as 2026-12-01T15:04:05Z or \"2026-12-01 15:04:05\"", at)
-			}
-		}
+	when, err := parseTime("--at", at)
+	if err != nil {
+		return err
 	}
 	if to != "" && len(paths) != 1 {
 		return errors.New("--to takes one PATH")

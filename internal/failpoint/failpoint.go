@@ -46,12 +46,15 @@ const (
 	UndeleteAfterStub      = "undelete-after-stub"      // hidden stub made and synced, its queue entry still names the old file
 	UndeleteBeforeRename   = "undelete-before-rename"   // the entry names the hidden stub, not yet renamed into place
 	UndeleteBeforeForget   = "undelete-before-forget"   // the stub in place, its queue entry not yet removed
+	RebuildBeforeComplete  = "rebuild-before-complete"  // the rebuilt tree made and synced, not yet marked complete
+	RebuildInsidePlace     = "rebuild-inside-place"     // moving the complete tree into place, entry by entry
 )
 
 // All lists every point, for the crash suite's random picks.
 var All = []string{MigrateAfterUpload, MigrateBeforeRecord, MigrateAfterPremigrate, MigrateReleaseHeld, MigrateAfterConfirm, MigrateBeforePunch, MigrateInsidePunch,
 	RecallBeforeWrite, RecallAfterWrite, RecallBeforeRecord, DestroyBeforeUnlink, DestroyBeforeDelete,
-	TakeoverBeforeCommit, HandoverAfterStop, LeaseRenew, RepoInUpdate, UndeleteAfterStub, UndeleteBeforeRename, UndeleteBeforeForget}
+	TakeoverBeforeCommit, HandoverAfterStop, LeaseRenew, RepoInUpdate, UndeleteAfterStub, UndeleteBeforeRename, UndeleteBeforeForget,
+	RebuildBeforeComplete, RebuildInsidePlace}
 
 // ErrInjected is what a point set to "error" fails with.
 var ErrInjected = errors.New("failpoint: injected failure")

@@ -236,6 +236,12 @@ func mustCLI(t testing.TB, env, args []string) string {
 	return o
 }
 
+// ArchiveCLI runs a command that reaches the archive itself (rebuild),
+// with the archive's credentials.
+func (d *Daemon) ArchiveCLI(args ...string) (stdout, stderr string, err error) {
+	return runCLI(d.t, append([]string{"CASCADEFS_RUN_DIR=" + d.RunDir}, d.Env...), args)
+}
+
 // M is a path inside the mount.
 func (d *Daemon) M(rel string) string { return filepath.Join(d.Mountpoint, rel) }
 
@@ -344,8 +350,40 @@ func ArchiveObjects(t testing.TB, archiveURL string, envList []string) []string 
 			}
 		}
 	}
-	sort.Strings(keys)
-	return keys
+	return fileObjects(keys)
+}
+
+// The archive layout's names that fileObjects needs (testenv cannot
+// import package archive, whose tests import testenv; archive's
+// TestLayoutNamesInTestenv holds them equal).
+const (
+	JournalPrefix = ".cascadefs-journal/"
+	MetaSuffix    = ".meta"
+)
+
+// fileObjects leaves out of keys what is not one file's: the namespace
+// journal, and the description of a data object that is there (a
+// description without its object is a leak, and stays in).
+func fileObjects(keys []string) []string {
+	have := map[string]bool{}
+	for _, k := range keys {
+		have[k] = true
+	}
+	out := []string{}
+	for _, k := range keys {
+		if strings.HasPrefix(k, JournalPrefix) {
+			continue
+		}
+		if data, ok := strings.CutSuffix(k, MetaSuffix); ok && have[data] {
+			continue
+		}
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 func s3Client(t testing.TB, u *url.URL, envList []string) *minio.Client {
