@@ -315,11 +315,15 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, seen tim
 			return nil, err
 		}
 	}
-	if err := m.describe(ctx, int(file.Fd()), rel, seen, rec); err != nil {
-		discard()
-		return nil, err
+	// The description goes up while the copy is verified: one round
+	// trip for both (both only read rec).
+	described := make(chan error, 1)
+	go func() { described <- m.describe(ctx, int(file.Fd()), rel, seen, rec) }()
+	err = m.verifyCopy(ctx, rec, false)
+	if derr := <-described; err == nil {
+		err = derr
 	}
-	if err := m.verifyCopy(ctx, rec, false); err != nil {
+	if err != nil {
 		discard()
 		return nil, err
 	}
