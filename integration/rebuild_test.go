@@ -68,6 +68,8 @@ func TestRebuildFromTheArchive(t *testing.T) {
 		os.Chmod(d.M("proj/data/a"), 0o640)
 		unix.Setxattr(d.M("proj/data/a"), "user.project", []byte("apollo"), 0)
 		old := time.Date(2021, 3, 4, 5, 6, 7, 8, time.UTC)
+		must(t, unix.Setxattr(d.M("proj/data/a"), "trusted.planted", []byte("x"), 0))
+		must(t, os.Chmod(d.M("proj/b"), 0o4755))
 		os.Chtimes(d.M("proj/data/a"), old, old)
 		d.MustCLI("migrate", d.M("proj/data/a"), d.M("proj/b"), d.M("c"), d.M("proj/gone"))
 		d.MustCLI("migrate", "--premigrate", d.M("premigrated"))
@@ -107,6 +109,13 @@ func TestRebuildFromTheArchive(t *testing.T) {
 		buf := make([]byte, 64)
 		if n, err := unix.Getxattr(d.M("proj/moved/a"), "user.project", buf); err != nil || string(buf[:n]) != "apollo" {
 			t.Errorf("rebuilt file's extended attribute: %q %v", buf[:max(n, 0)], err)
+		}
+		if _, err := unix.Getxattr(d.B("proj/moved/a"), "trusted.planted", buf); err == nil {
+			t.Error("a trusted.* attribute came back from the archive")
+		}
+		must(t, unix.Stat(d.M("proj/b"), &st))
+		if st.Mode&0o7777 != 0o755 {
+			t.Errorf("a set-user-ID file came back from the archive with mode %o", st.Mode&0o7777)
 		}
 		must(t, unix.Stat(d.M("proj"), &st))
 		if st.Uid != 64123 || st.Mode&0o7777 != 0o750 {

@@ -80,7 +80,7 @@ func userXattrs(fd int) map[string][]byte {
 	out := map[string][]byte{}
 	total := 0
 	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
-		if name == "" || strings.HasPrefix(name, stub.XattrPrefix) {
+		if !keptXattr(name) {
 			continue
 		}
 		size, err := unix.Fgetxattr(fd, name, nil)
@@ -98,6 +98,21 @@ func userXattrs(fd int) map[string][]byte {
 		out[name] = val[:m]
 	}
 	return out
+}
+
+// keptXattr says whether the extended attribute name is kept with a
+// version and made again: the user's own (user.*, but cascadefs's) and
+// POSIX ACLs. Never security.* or trusted.*: a file capability or a label
+// read back from an archive that someone else could write would be a
+// privilege handed out.
+func keptXattr(name string) bool {
+	switch {
+	case strings.HasPrefix(name, stub.XattrPrefix):
+		return false
+	case strings.HasPrefix(name, "user."), name == "system.posix_acl_access", name == "system.posix_acl_default":
+		return true
+	}
+	return false
 }
 
 // MakeStub makes the empty file fd the migrated stub of rec with the
@@ -118,7 +133,7 @@ func MakeStub(fd int, rec *stub.Record, a Attrs) error {
 		return err
 	}
 	for name, val := range a.Xattrs {
-		if strings.HasPrefix(name, stub.XattrPrefix) {
+		if !keptXattr(name) {
 			continue
 		}
 		if err := unix.Fsetxattr(fd, name, val, 0); err != nil {

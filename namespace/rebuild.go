@@ -307,7 +307,11 @@ func makeFile(sfd int, v *Version, made map[string]bool) error {
 	if err != nil {
 		return err
 	}
-	return MakeStub(fd, rec, v.Meta.Attrs)
+	// Whoever can write the archive chooses what a rebuild makes: no
+	// set-user-ID or set-group-ID file comes from it.
+	attrs := v.Meta.Attrs
+	attrs.Mode &^= unix.S_ISUID | unix.S_ISGID
+	return MakeStub(fd, rec, attrs)
 }
 
 // setDirAttrs gives the directory p (inside sfd) its known attributes, or
