@@ -53,7 +53,33 @@ type Archive interface {
 //	file:///DIR
 //
 // S3 credentials come from the environment (minio-go's credential chain).
-func Open(rawURL string) (Archive, error) {
+//
+// A spec of several URLs separated by spaces (--archive given more than
+// once) keeps every object in each of them (Copies); the first is read
+// first.
+func Open(spec string) (Archive, error) {
+	urls := URLs(spec)
+	if len(urls) == 0 {
+		return nil, fmt.Errorf("archive URL: none given")
+	}
+	all := make([]Archive, len(urls))
+	for i, u := range urls {
+		a, err := openOne(u)
+		if err != nil {
+			return nil, err
+		}
+		all[i] = a
+	}
+	return NewCopies(all...), nil
+}
+
+// URLs splits an archive spec into its URLs.
+func URLs(spec string) []string { return strings.Fields(spec) }
+
+// Spec joins archive URLs into a spec.
+func Spec(urls []string) string { return strings.Join(urls, " ") }
+
+func openOne(rawURL string) (Archive, error) {
 	u, err := parseURL(rawURL)
 	if err != nil {
 		return nil, err
@@ -64,10 +90,23 @@ func Open(rawURL string) (Archive, error) {
 	return newS3FromURL(u)
 }
 
-// Validate checks an archive URL without opening it (no side effect).
-func Validate(rawURL string) error {
-	_, err := parseURL(rawURL)
-	return err
+// Validate checks an archive spec without opening it (no side effect).
+func Validate(spec string) error {
+	urls := URLs(spec)
+	if len(urls) == 0 {
+		return fmt.Errorf("archive URL: none given")
+	}
+	seen := map[string]bool{}
+	for _, u := range urls {
+		if _, err := parseURL(u); err != nil {
+			return err
+		}
+		if seen[u] {
+			return fmt.Errorf("archive URL %s given twice: copies must be in different places", u)
+		}
+		seen[u] = true
+	}
+	return nil
 }
 
 func parseURL(rawURL string) (*url.URL, error) {

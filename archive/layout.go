@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -113,8 +114,23 @@ func ReadSums(ctx context.Context, a Archive, rec *stub.Record) ([]uint32, error
 	return ReadSumsOf(ctx, a, rec.SumsRef())
 }
 
-// ReadSumsOf reads and checks the checksum object ref names.
+// ReadSumsOf reads and checks the checksum object ref names: from the
+// first copy whose object is there and right.
 func ReadSumsOf(ctx context.Context, a Archive, ref stub.SumsRef) ([]uint32, error) {
+	var errs []error
+	_, n := CopyOf(a, 0)
+	for i := range n {
+		c, _ := CopyOf(a, i)
+		sums, err := readSumsOf(ctx, c, ref)
+		if err == nil {
+			return sums, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+func readSumsOf(ctx context.Context, a Archive, ref stub.SumsRef) ([]uint32, error) {
 	body, err := a.Get(ctx, SumsKey(ref.Key), 0, -1)
 	if err != nil {
 		return nil, fmt.Errorf("checksums of %s: %w", ref.Key, err)

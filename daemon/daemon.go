@@ -9,11 +9,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
-
-	"net/url"
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
@@ -121,10 +121,16 @@ func StartMount(cfg Config, dm DMAccess, garbage *migrate.DestroyQueue, log *slo
 		return nil, fmt.Errorf("backing directory: %w", err)
 	}
 	m := &Mount{cfg: cfg, log: log, root: root, dm: dm, archive: cfg.ArchiveURL, started: time.Now(), garbage: garbage}
-	if u, err := url.Parse(cfg.ArchiveURL); err == nil {
-		u.RawQuery = "" // the endpoint is shown by the DM side; keep the mount line short
-		m.archive = u.String()
+	var shown []string
+	for _, raw := range archive.URLs(cfg.ArchiveURL) {
+		if u, err := url.Parse(raw); err == nil {
+			u.RawQuery = "" // the endpoint is shown by the DM side; keep the mount line short
+			raw = u.String()
+		}
+		shown = append(shown, raw)
 	}
+	m.archive = strings.Join(shown, " + ")
+
 	arch, err := archive.Open(cfg.ArchiveURL)
 	if err != nil {
 		root.Close()

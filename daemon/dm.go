@@ -82,6 +82,9 @@ type SessionInfo struct {
 	// LastReconcile: the last reconcile run by this session (lists cut).
 	LastReconcile *migrate.ReconcileReport `json:"last_reconcile,omitempty"`
 	Rates         *Rates                   `json:"rates,omitempty"`
+	// Copies: the archive's copies, and what their faults and repairs were
+	// (only when there is more than one).
+	Copies *recall.CopyStats `json:"copies,omitempty"`
 }
 
 // Rates are the session's transfers now (bytes per second over the last
@@ -234,6 +237,10 @@ func (d *DM) count(r *metrics.Registry) {
 		r.Add(metrics.RecalledFiles, float64(files), "fs", fs)
 		r.Add(metrics.RecalledBytes, float64(bytes), "fs", fs)
 	}
+	d.recall.CopyCounted = func(faults, repairs int) {
+		r.Add(metrics.CopyFaults, float64(faults), "fs", fs)
+		r.Add(metrics.CopyRepaired, float64(repairs), "fs", fs)
+	}
 }
 
 // Gauges sets the gauges of an owned filesystem (at a scrape).
@@ -244,6 +251,7 @@ func (d *DM) Gauges(r *metrics.Registry) {
 	r.Set(metrics.HighBytes, float64(sp.HighBytes), "fs", d.cfg.Name)
 	r.Set(metrics.LowBytes, float64(sp.Capacity*int64(st.Low)/100), "fs", d.cfg.Name)
 	r.Set(metrics.PendingEvents, float64(len(d.session.Pending())), "fs", d.cfg.Name)
+
 }
 
 // Archive names the archive (without credentials).
@@ -286,11 +294,15 @@ func (d *DM) Undelete(ctx context.Context, req migrate.UndeleteRequest) (migrate
 
 func (d *DM) Session(context.Context) SessionInfo {
 	space := d.monitor.Status()
-	return SessionInfo{Owner: d.cfg.Owner, Epoch: d.cfg.Epoch, State: "active", Workers: d.cfg.Settings.Workers,
+	info := SessionInfo{Owner: d.cfg.Owner, Epoch: d.cfg.Epoch, State: "active", Workers: d.cfg.Settings.Workers,
 		PendingEvents: d.session.Pending(), PendingDestroy: d.cfg.Queue.Pending(), Space: &space,
 		LastReconcile: d.lastReconcile.Load(), Rates: &Rates{
 			Recall: d.recall.Throttle.Rate(), RecallLimit: d.recall.Throttle.Limit(),
 			Migrate: d.migrator.Throttle.Rate(), MigrateLimit: d.migrator.Throttle.Limit()}}
+	if c := d.recall.CopyStats(); c.Copies > 1 {
+		info.Copies = &c
+	}
+	return info
 }
 
 // SetRates changes the transfer caps (after `cascadefs fs set`).

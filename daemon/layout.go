@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cascadefs/cascadefs/archive"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,8 +37,10 @@ func checkPlaces(cfg *Config) error {
 	}
 	cfg.Mountpoint = mp
 	dirs := []Dir{{"mountpoint", mp, true}, {"backing directory", cfg.Backing, false}}
-	if u, err := url.Parse(cfg.ArchiveURL); err == nil && u.Scheme == "file" {
-		dirs = append(dirs, Dir{"archive directory", u.Path, false})
+	for _, raw := range archive.URLs(cfg.ArchiveURL) {
+		if u, err := url.Parse(raw); err == nil && u.Scheme == "file" {
+			dirs = append(dirs, Dir{"archive directory", u.Path, false})
+		}
 	}
 	if cfg.StateDir != "" {
 		dirs = append(dirs, Dir{"state directory", cfg.StateDir, false})

@@ -218,6 +218,9 @@ const (
 	ReconcileDeleted = "cascadefs_reconcile_deleted_objects_total"
 	ReconcileOrphans = "cascadefs_reconcile_orphans"
 	ReconcileDamaged = "cascadefs_reconcile_damaged_stubs"
+
+	CopyFaults   = "cascadefs_archive_copy_faults_total"
+	CopyRepaired = "cascadefs_archive_copy_repairs_total"
 )
 
 // OwnerGauges are set, at each scrape, by the node that runs each
@@ -237,6 +240,8 @@ func NewNode() *Registry {
 	r.Define(UploadedBytes, Counter, "Bytes this node uploaded to the archive.")
 	r.Define(RecalledFiles, Counter, "Files (or streams of a large file) this node recalled from the archive.")
 	r.Define(RecalledBytes, Counter, "Bytes this node fetched from the archive in recalls.")
+	r.Define(CopyFaults, Counter, "Recalls this node moved to the next archive copy (the copy failed, lacked the object or had wrong bytes).")
+	r.Define(CopyRepaired, Counter, "Bad archive copies this node wrote again from a good copy.")
 	r.Define(RecallSeconds, Histogram, "How long readers on this node waited for a READ event's answer.")
 	r.Define(Takeovers, Counter, "Filesystems this node took over from a failed or leaving owner.")
 	r.Define(SpaceCycles, Counter, "Migration cycles of the space monitor on this node.")

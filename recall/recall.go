@@ -76,6 +76,9 @@ type Manager struct {
 	Throttle *throttle.Throttle
 	// Counted, if set, is told of bytes fetched and of files recalled whole.
 	Counted func(files int, bytes int64)
+	// CopyCounted, if set, is told of reads moved to the next archive copy
+	// and of bad copies repaired.
+	CopyCounted func(faults, repairs int)
 	// NoSpace, if set, is asked to free need bytes when a recall's write
 	// fails with ENOSPC (the space monitor's out-of-space event).
 	NoSpace func(ctx context.Context, need int64) error
@@ -89,6 +92,9 @@ type Manager struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	copies     copies // faults and repairs of the archive's copies
+	repairOnce sync.Once
 
 	mu      sync.Mutex
 	files   map[uint64]*fileRecall

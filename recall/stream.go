@@ -51,6 +51,7 @@ type stream struct {
 	err        error
 	prefetched bool   // the stream after this one was started (or judged needless)
 	bulk       bool   // started for bulk work: holds a bulk token too
+	copy       int    // the archive copy it reads (the next after one that failed)
 	uid        uint32 // the user it was started for: the recall rate is shared fairly between users
 	waiting    int    // events waiting on it now (f.mu): one with none may end early
 	// hurried: a reader waits on this (bulk) stream: it no longer holds
@@ -290,7 +291,10 @@ func (f *fileRecall) run(s *stream, releaseRight func()) {
 	defer s.cancel()
 	err := f.fetch(s.ctx, s)
 	if err == nil {
+		f.m.repairBehind(f, s.copy)
 		err = f.commitIfComplete()
+	} else {
+		f.m.forgetBadCopies(f)
 	}
 	f.mu.Lock()
 	s.done, s.err = true, err
@@ -321,7 +325,15 @@ func (f *fileRecall) fetch(ctx context.Context, s *stream) error {
 			failures = 0 // it moved on: count the failures of this spot only
 		}
 		off = next
-		if failures++; final || failures > f.m.cfg.Retries || !retryable(err) || ctx.Err() != nil {
+		failures++
+		// A copy that has wrong bytes, lacks the object or keeps failing:
+		// the next copy serves from here, and this one is repaired.
+		spent := errors.Is(err, ErrIntegrity) || !retryable(err) || failures > f.m.cfg.Retries
+		if spent && !final && ctx.Err() == nil && f.nextCopy(s, off, err) {
+			failures = 0
+			continue
+		}
+		if final || failures > f.m.cfg.Retries || !retryable(err) || ctx.Err() != nil {
 			return err
 		}
 		f.m.backoff(ctx, failures)
@@ -346,7 +358,8 @@ type piece struct {
 func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64, error, bool) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	body, err := f.m.arch.Get(ctx, f.rec.Key, f.rec.Packed(off), s.end-off)
+	arch, _ := archive.CopyOf(f.m.arch, s.copy)
+	body, err := arch.Get(ctx, f.rec.Key, f.rec.Packed(off), s.end-off)
 	if err != nil {
 		return off, err, false
 	}

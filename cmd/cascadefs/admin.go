@@ -453,6 +453,10 @@ func printSession(prefix string, s daemon.SessionInfo) {
 		fmt.Printf("%s  transfers: recall %s/s (%s), migrate %s/s (%s)\n", indent,
 			human(int64(r.Recall)), capOf(r.RecallLimit), human(int64(r.Migrate)), capOf(r.MigrateLimit))
 	}
+	if c := s.Copies; c != nil {
+		fmt.Printf("%s  archive copies: %d; reads moved to the next copy: %d, copies repaired: %d, repairs failed: %d\n",
+			indent, c.Copies, c.Faults, c.Repaired, c.RepairFailed)
+	}
 	if s.Space != nil {
 		printSpace(indent+"  ", s.Space)
 	}

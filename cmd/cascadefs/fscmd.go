@@ -67,7 +67,9 @@ func fsAdd(args []string) error {
 	fl := newFlags("fs add", "--repo DIR NAME --backing DIR --archive URL [--candidates n1,n2] [--owner N]")
 	repoDir := fl.String("repo", "", "repository: a directory (bbolt) or etcd://HOST:PORT[,...]")
 	backing := fl.String("backing", "", "backing directory, the same path on every node")
-	archiveURL := fl.String("archive", "", "archive URL")
+	var spec archiveFlag
+	archiveURL := (*string)(&spec)
+	fl.Var(&spec, "archive", "archive URL (again for each further copy)")
 	candidates := fl.String("candidates", "", "nodes that may serve it (default: every node)")
 	owner := fl.String("owner", "", "node that runs its DM session first (default: the first candidate to start)")
 	pos, err := parseInterleaved(fl, args)

@@ -7,8 +7,10 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 
+	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/settings"
 )
@@ -17,7 +19,7 @@ func cmdMount(args []string) error {
 	fl := newFlags("mount", "--backing DIR --archive URL [--name FS] MOUNTPOINT")
 	var cfg daemon.Config
 	fl.StringVar(&cfg.Backing, "backing", "", "backing directory (required)")
-	fl.StringVar(&cfg.ArchiveURL, "archive", "", "archive URL: s3://BUCKET[/PREFIX]?endpoint=HOST:PORT or file:///DIR (required)")
+	fl.Var((*archiveFlag)(&cfg.ArchiveURL), "archive", "archive URL: s3://BUCKET[/PREFIX]?endpoint=HOST:PORT or file:///DIR (required; again for each further copy)")
 	fl.StringVar(&cfg.Name, "name", "", "filesystem name (default: the mountpoint's base name)")
 	fl.StringVar(&cfg.StateDir, "state-dir", "", "durable DM state (default /var/lib/cascadefs/NAME)")
 	fl.BoolVar(&cfg.NoPassthrough, "no-passthrough", false, "never open resident files in kernel passthrough")
@@ -82,3 +84,17 @@ func cmdMount(args []string) error {
 }
 
 const allowUserBackingHelp = "mount a backing directory that users other than root can reach (unsafe: see docs/DEPLOY.md)"
+
+// archiveFlag collects --archive given once per copy into an archive
+// spec (package archive: URLs separated by spaces, the first read first).
+type archiveFlag string
+
+func (a *archiveFlag) String() string { return string(*a) }
+
+func (a *archiveFlag) Set(v string) error {
+	if strings.ContainsAny(v, " \t\n") {
+		return fmt.Errorf("%q: an archive URL has no spaces (give --archive once per copy)", v)
+	}
+	*a = archiveFlag(archive.Spec(append(archive.URLs(string(*a)), v)))
+	return nil
+}

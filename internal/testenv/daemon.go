@@ -543,3 +543,4 @@ func ArchiveBytes(t testing.TB, archiveURL string, envList []string) int64 {
 	}
 	return total
 }
+

@@ -1,0 +1,140 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cascadefs/cascadefs/daemon"
+	"github.com/cascadefs/cascadefs/internal/testenv"
+)
+
+// copyStats reads the archive copies' counts from status.
+func copyStats(t *testing.T, d *testenv.Daemon) (faults, repaired int64) {
+	t.Helper()
+	var rep struct{ Mounts []daemon.Status }
+	if err := json.Unmarshal([]byte(d.MustCLI("status", "--json")), &rep); err != nil || len(rep.Mounts) != 1 {
+		t.Fatalf("status: %v %+v", err, rep)
+	}
+	c := rep.Mounts[0].Copies
+	if c == nil || c.Copies != 2 {
+		t.Fatalf("status shows no two archive copies: %+v", rep.Mounts[0].SessionInfo)
+	}
+	return c.Faults, c.Repaired
+}
+
+// twoCopies starts a daemon whose archive has two copies: the directory
+// dir first, then the MinIO bucket s3.
+func twoCopies(t *testing.T) (d *testenv.Daemon, dir, s3 string, m *testenv.MinIO) {
+	m = testenv.StartMinIO(t)
+	s3 = m.Bucket(t, "copy2")
+	dir = t.TempDir()
+	d = testenv.NewDaemon(t, "file://"+dir, m.EnvList(), "--archive", s3)
+	d.Start()
+	return d, dir, s3, m
+}
+
+// Two copies, one in a directory and one on MinIO: every object is in
+// both; a recall whose first copy lacks the object, or has a flipped byte,
+// reads the second, says so, and writes the first copy again; a stub
+// whose copies are both bad reads EIO; deleting a stub deletes both.
+func TestArchiveCopies(t *testing.T) {
+	d, dir, s3, m := twoCopies(t)
+	sums := map[string][32]byte{}
+	for n, size := range map[string]int64{"flipped": 3<<20 + 5, "missing": 1 << 20, "both": 5000} {
+		sums[n] = writeRandom(t, d.M(n), size)
+	}
+	d.MustCLI("migrate", d.M("flipped"), d.M("missing"), d.M("both"))
+	keys := map[string]string{}
+	for n := range sums {
+		keys[n] = state(t, d, n).Object
+		if _, err := os.Stat(filepath.Join(dir, keys[n])); err != nil {
+			t.Fatalf("%s: not in the first copy: %v", n, err)
+		}
+	}
+	onS3 := testenv.ArchiveObjects(t, s3, m.EnvList())
+	for n, k := range keys {
+		if !contains(onS3, k) {
+			t.Fatalf("%s: not in the second copy (%v)", n, onS3)
+		}
+	}
+
+	flipAt := func(p string, off int64) {
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		b := make([]byte, 1)
+		f.ReadAt(b, off)
+		b[0] ^= 0x40
+		f.WriteAt(b, off)
+	}
+	flipAt(filepath.Join(dir, keys["flipped"]), 300<<10) // in the second chunk
+	must(t, os.Remove(filepath.Join(dir, keys["missing"])))
+	must(t, os.Remove(filepath.Join(dir, keys["both"])))
+	testenv.DeleteObject(t, s3, m.EnvList(), keys["both"])
+	testenv.DropCaches()
+
+	for _, n := range []string{"flipped", "missing"} {
+		if sumFile(t, d.M(n)) != sums[n] {
+			t.Fatalf("%s: wrong bytes with a good second copy", n)
+		}
+	}
+	if _, err := os.ReadFile(d.M("both")); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("both copies gone: read gave %v, want EIO", err)
+	}
+	if !strings.Contains(d.Log(), "reading the next copy") {
+		t.Error("the move to the second copy is not in the log")
+	}
+	testenv.WaitFor(t, "both bad copies repaired", 20*time.Second, func() bool {
+		_, repaired := copyStats(t, d)
+		return repaired == 2
+	})
+	if faults, _ := copyStats(t, d); faults < 3 {
+		t.Errorf("faults counted: %d, want at least 3", faults)
+	}
+	for _, n := range []string{"flipped", "missing"} {
+		b, err := os.ReadFile(filepath.Join(dir, keys[n]))
+		if err != nil || sha256.Sum256(b) != sums[n] {
+			t.Errorf("%s: the first copy was not written again right: %v", n, err)
+		}
+	}
+
+	// A delete deletes every copy.
+	must(t, os.Remove(d.M("missing")))
+	testenv.WaitFor(t, "the deleted stub's objects gone from both copies", 20*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(dir, keys["missing"]))
+		return errors.Is(err, os.ErrNotExist) && !contains(testenv.ArchiveObjects(t, s3, m.EnvList()), keys["missing"])
+	})
+}
+
+// A file is premigrated only when every copy took it: with the second
+// copy's directory gone (a file in its place), the migration fails, the
+// file stays resident, and the first copy's object is not left behind.
+func TestEveryCopyBeforeRelease(t *testing.T) {
+	first, second := t.TempDir(), t.TempDir()
+	d := testenv.NewDaemon(t, "file://"+first, nil, "--archive", "file://"+second)
+	d.Start()
+	want := writeRandom(t, d.M("f"), 1<<20)
+	must(t, os.RemoveAll(second))
+	must(t, os.WriteFile(second, nil, 0o600))
+	if _, _, err := d.CLI("migrate", d.M("f")); err == nil {
+		t.Fatal("migrated with the second copy's directory gone")
+	}
+	if e := state(t, d, "f"); e.State != "resident" {
+		t.Fatalf("after a failed copy: %+v", e)
+	}
+	testenv.WaitFor(t, "the first copy's object discarded", 20*time.Second, func() bool {
+		return len(testenv.ArchiveObjects(t, "file://"+first, nil)) == 0
+	})
+	if sumFile(t, d.M("f")) != want {
+		t.Fatal("the file's bytes changed")
+	}
+}
