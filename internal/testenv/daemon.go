@@ -543,4 +543,3 @@ func ArchiveBytes(t testing.TB, archiveURL string, envList []string) int64 {
 	}
 	return total
 }
-
