@@ -24,6 +24,7 @@ func (n *Node) register() {
 	n.server.Handle(pathTakeover, n.onTakeover)
 	n.server.Handle(pathHandover, n.onHandover)
 	n.server.Handle(pathReconcile, n.onReconcile)
+	n.server.Handle(pathScrub, n.onScrub)
 	n.server.Handle(pathCancel, n.onCancel)
 	n.server.Handle(pathUndelete, n.onUndelete)
 	n.server.Handle(pathWake, func(ctx context.Context, caller string, _ json.RawMessage) (any, error) {
@@ -161,6 +162,20 @@ func (n *Node) onReconcile(ctx context.Context, caller string, raw json.RawMessa
 	}
 	rep, err := dm.Reconcile(ctx, req.Options, nil)
 	reply := reconcileReply{Report: rep}
+	if err != nil {
+		reply.Error = err.Error()
+	}
+	return reply, nil
+}
+
+func (n *Node) onScrub(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+	var req scrubReq
+	dm, err := n.owned(raw, &req, &req.FS)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := dm.Scrub(ctx, req.Options, nil)
+	reply := scrubReply{Report: rep}
 	if err != nil {
 		reply.Error = err.Error()
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/repo"
+	"github.com/cascadefs/cascadefs/scrub"
 	"github.com/cascadefs/cascadefs/settings"
 )
 
@@ -426,6 +427,29 @@ func (m *mounted) Reconcile(ctx context.Context, opt migrate.ReconcileOptions, p
 			}
 			var reply reconcileReply
 			if err := m.n.client.Call(ctx, to, addr, pathReconcile, reconcileReq{FS: m.name, Options: opt}, &reply); err != nil {
+				return err
+			}
+			rep = reply.Report
+			if reply.Error != "" {
+				runErr = errors.New(reply.Error)
+			}
+			return nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	return rep, runErr
+}
+
+// Scrub runs on the owner; from another node the report comes at the end.
+func (m *mounted) Scrub(ctx context.Context, opt scrub.Options, progress func(scrub.Report)) (*scrub.Report, error) {
+	var rep *scrub.Report
+	var runErr error
+	err := m.route(ctx,
+		func(dm *daemon.DM) error { rep, runErr = dm.Scrub(ctx, opt, progress); return nil },
+		func(ctx context.Context, to, addr string) error {
+			var reply scrubReply
+			if err := m.n.client.Call(ctx, to, addr, pathScrub, scrubReq{FS: m.name, Options: opt}, &reply); err != nil {
 				return err
 			}
 			rep = reply.Report

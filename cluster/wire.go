@@ -5,6 +5,7 @@ import (
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/fusefs"
 	"github.com/cascadefs/cascadefs/migrate"
+	"github.com/cascadefs/cascadefs/scrub"
 )
 
 // Node RPC paths and their messages.
@@ -21,6 +22,7 @@ const (
 	pathHandover   = "/handover"
 	pathSpace      = "/space"
 	pathReconcile  = "/reconcile"
+	pathScrub      = "/scrub"
 	pathUndelete   = "/undelete"
 	pathCancel     = "/cancel"
 )
@@ -66,6 +68,16 @@ type undeleteReq struct {
 type undeleteReply struct {
 	Version migrate.KeptVersion `json:"version"`
 	Error   string              `json:"error,omitempty"`
+}
+
+type scrubReq struct {
+	FS      string        `json:"fs"`
+	Options scrub.Options `json:"options"`
+}
+
+type scrubReply struct {
+	Report *scrub.Report `json:"report,omitempty"`
+	Error  string        `json:"error,omitempty"`
 }
 
 type reconcileReq struct {

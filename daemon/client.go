@@ -17,6 +17,7 @@ import (
 
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/migrate"
+	"github.com/cascadefs/cascadefs/scrub"
 	"golang.org/x/sys/unix"
 )
 
@@ -234,9 +235,22 @@ func (c *Client) call(path string, req Request, reply any) error {
 
 // Reconcile runs a reconcile and calls fn for each streamed message.
 func (c *Client) Reconcile(opt migrate.ReconcileOptions, fn func(Message)) (*migrate.ReconcileReport, error) {
-	resp, err := c.do("POST", "/reconcile", opt)
+	m, err := c.streamed("/reconcile", opt, "reconcile", fn)
+	return m.Reconcile, err
+}
+
+// Scrub runs a scrub and calls fn for each streamed message.
+func (c *Client) Scrub(opt scrub.Options, fn func(Message)) (*scrub.Report, error) {
+	m, err := c.streamed("/scrub", opt, "scrub", fn)
+	return m.Scrub, err
+}
+
+// streamed posts body to path and calls fn for each streamed message
+// until the message of type final (returned) or an error.
+func (c *Client) streamed(path string, body any, final string, fn func(Message)) (Message, error) {
+	resp, err := c.do("POST", path, body)
 	if err != nil {
-		return nil, err
+		return Message{}, err
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
@@ -244,20 +258,20 @@ func (c *Client) Reconcile(opt migrate.ReconcileOptions, fn func(Message)) (*mig
 	for sc.Scan() {
 		var m Message
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			return nil, fmt.Errorf("bad answer from daemon: %w", err)
+			return Message{}, fmt.Errorf("bad answer from daemon: %w", err)
 		}
 		switch m.Type {
-		case "reconcile":
-			return m.Reconcile, nil
+		case final:
+			return m, nil
 		case "error":
-			return m.Reconcile, errors.New(m.Error)
+			return m, errors.New(m.Error)
 		}
 		fn(m)
 	}
 	if err := sc.Err(); err != nil {
-		return nil, err
+		return Message{}, err
 	}
-	return nil, fmt.Errorf("filesystem %s: the daemon stopped before finishing", c.Name)
+	return Message{}, fmt.Errorf("filesystem %s: the daemon stopped before finishing", c.Name)
 }
 
 // Batch runs a migrate or recall ("migrate" or "recall") and calls fn for

@@ -19,6 +19,7 @@ import (
 	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"github.com/cascadefs/cascadefs/migrate"
+	"github.com/cascadefs/cascadefs/scrub"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -43,6 +44,7 @@ type Message struct {
 
 	Progress  *migrate.ReconcileProgress `json:"progress,omitempty"`
 	Reconcile *migrate.ReconcileReport   `json:"reconcile,omitempty"`
+	Scrub     *scrub.Report              `json:"scrub,omitempty"` // progress and the final report
 }
 
 // Summary closes a migrate or recall.
@@ -184,6 +186,7 @@ func startControl(d *Mount) (*ControlServer, error) {
 	mux.HandleFunc("POST /ls", d.serveLs)
 	mux.HandleFunc("POST /plan", d.servePlan)
 	mux.HandleFunc("POST /reconcile", d.serveReconcile)
+	mux.HandleFunc("POST /scrub", d.serveScrub)
 	mux.HandleFunc("GET /df", d.serveDF)
 	mux.HandleFunc("POST /cancel", d.serveCancel)
 	mux.HandleFunc("POST /kept", d.serveKept)
@@ -429,6 +432,43 @@ func (d *Mount) serveReconcile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out.send(Message{Type: "reconcile", Reconcile: rep})
+}
+
+// serveScrub runs a scrub on the owner and streams its progress (at most
+// one message a second), then the report.
+func (d *Mount) serveScrub(w http.ResponseWriter, r *http.Request) {
+	var opt scrub.Options
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&opt); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if opt.Rate < 0 || len(opt.Paths) == 0 {
+		http.Error(w, "bad request: paths and a rate of at least 0 are needed", http.StatusBadRequest)
+		return
+	}
+	for _, p := range opt.Paths {
+		if p != "." && !filepath.IsLocal(p) {
+			http.Error(w, "bad request: "+p+" is not inside the filesystem", http.StatusBadRequest)
+			return
+		}
+	}
+	out := newStream(w)
+	var last time.Time
+	var mu sync.Mutex
+	rep, err := d.dm.Scrub(r.Context(), opt, func(p scrub.Report) {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(last) >= time.Second {
+			last = time.Now()
+			p.Bad = nil
+			out.send(Message{Type: "progress", Scrub: &p})
+		}
+	})
+	if err != nil {
+		out.send(Message{Type: "error", Error: err.Error(), Scrub: rep})
+		return
+	}
+	out.send(Message{Type: "scrub", Scrub: rep})
 }
 
 // serveCancel cancels the pending events on the files (or under the

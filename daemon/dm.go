@@ -18,6 +18,7 @@ import (
 	"github.com/cascadefs/cascadefs/metrics"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
+	"github.com/cascadefs/cascadefs/scrub"
 	"github.com/cascadefs/cascadefs/settings"
 )
 
@@ -40,6 +41,9 @@ type DMAccess interface {
 	// Cancel ends the pending events on the files it names (on the
 	// owner): their waiters get dmapi.ErrCanceled, their GETs stop.
 	Cancel(ctx context.Context, req CancelRequest) ([]dmapi.Event, error)
+	// Scrub reads the archive's copies back and checks every chunk (on
+	// the owner), reporting each file finished.
+	Scrub(ctx context.Context, opt scrub.Options, progress func(scrub.Report)) (*scrub.Report, error)
 	// Undelete brings a kept version back as a migrated stub (on the
 	// owner).
 	Undelete(ctx context.Context, req migrate.UndeleteRequest) (migrate.KeptVersion, error)
@@ -81,7 +85,9 @@ type SessionInfo struct {
 	Space          *migrate.SpaceStatus `json:"space,omitempty"`
 	// LastReconcile: the last reconcile run by this session (lists cut).
 	LastReconcile *migrate.ReconcileReport `json:"last_reconcile,omitempty"`
-	Rates         *Rates                   `json:"rates,omitempty"`
+	// LastScrub: the last scrub run by this session (problems cut).
+	LastScrub *scrub.Report `json:"last_scrub,omitempty"`
+	Rates     *Rates        `json:"rates,omitempty"`
 	// Copies: the archive's copies, and what their faults and repairs were
 	// (only when there is more than one).
 	Copies *recall.CopyStats `json:"copies,omitempty"`
@@ -127,6 +133,8 @@ type DM struct {
 
 	reconciling   sync.Mutex // one reconcile at a time
 	lastReconcile atomic.Pointer[migrate.ReconcileReport]
+	scrubbing     sync.Mutex // one scrub at a time
+	lastScrub     atomic.Pointer[scrub.Report]
 
 	// The calls in flight (admin and RPC migrations, reconciles, waits
 	// for space): Close cancels them and waits, and the fence refuses
@@ -296,7 +304,7 @@ func (d *DM) Session(context.Context) SessionInfo {
 	space := d.monitor.Status()
 	info := SessionInfo{Owner: d.cfg.Owner, Epoch: d.cfg.Epoch, State: "active", Workers: d.cfg.Settings.Workers,
 		PendingEvents: d.session.Pending(), PendingDestroy: d.cfg.Queue.Pending(), Space: &space,
-		LastReconcile: d.lastReconcile.Load(), Rates: &Rates{
+		LastReconcile: d.lastReconcile.Load(), LastScrub: d.lastScrub.Load(), Rates: &Rates{
 			Recall: d.recall.Throttle.Rate(), RecallLimit: d.recall.Throttle.Limit(),
 			Migrate: d.migrator.Throttle.Rate(), MigrateLimit: d.migrator.Throttle.Limit()}}
 	if c := d.recall.CopyStats(); c.Copies > 1 {
@@ -309,6 +317,31 @@ func (d *DM) Session(context.Context) SessionInfo {
 func (d *DM) SetRates(recall, migrate int64) {
 	d.recall.Throttle.SetLimit(recall)
 	d.migrator.Throttle.SetLimit(migrate)
+}
+
+// Scrub reads the archive's copies of the files under opt.Paths back and
+// checks them; one run at a time.
+func (d *DM) Scrub(ctx context.Context, opt scrub.Options, progress func(scrub.Report)) (*scrub.Report, error) {
+	ctx, done, err := d.enter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	if !d.scrubbing.TryLock() {
+		return nil, fmt.Errorf("a scrub of %s is already running", d.cfg.Name)
+	}
+	defer d.scrubbing.Unlock()
+	s := &scrub.Scrubber{Root: d.root, Arch: d.arch, Fence: d.fence, Log: d.log.With("fs", d.cfg.Name)}
+	d.log.Info("scrub started", "fs", d.cfg.Name, "paths", opt.Paths, "repair", opt.Repair, "rate", opt.Rate, "after", opt.After)
+	rep, err := s.Run(ctx, opt, progress)
+	if rep != nil {
+		d.log.Info("scrub done", "fs", d.cfg.Name, "files", rep.Files, "objects", rep.Objects, "bytes", rep.Bytes,
+			"bad", rep.BadCount, "repaired", rep.Repaired, "complete", rep.Complete, "last", rep.Last, "seconds", rep.Duration.Seconds())
+		summary := *rep
+		summary.Bad = nil
+		d.lastScrub.Store(&summary)
+	}
+	return rep, err
 }
 
 // Reconcile runs a reconcile of the filesystem; one at a time.
@@ -472,6 +505,14 @@ func (r *Router) Reconcile(ctx context.Context, opt migrate.ReconcileOptions, pr
 		return nil, err
 	}
 	return dm.Reconcile(ctx, opt, progress)
+}
+
+func (r *Router) Scrub(ctx context.Context, opt scrub.Options, progress func(scrub.Report)) (*scrub.Report, error) {
+	dm, err := r.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return dm.Scrub(ctx, opt, progress)
 }
 
 func (r *Router) Undelete(ctx context.Context, req migrate.UndeleteRequest) (migrate.KeptVersion, error) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/internal/testenv"
+	"github.com/cascadefs/cascadefs/scrub"
 )
 
 // copyStats reads the archive copies' counts from status.
@@ -40,6 +41,24 @@ func twoCopies(t *testing.T) (d *testenv.Daemon, dir, s3 string, m *testenv.MinI
 	return d, dir, s3, m
 }
 
+// flipByte changes one bit of the byte at off of the file p.
+func flipByte(t *testing.T, p string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Two copies, one in a directory and one on MinIO: every object is in
 // both; a recall whose first copy lacks the object, or has a flipped byte,
 // reads the second, says so, and writes the first copy again; a stub
@@ -65,18 +84,7 @@ func TestArchiveCopies(t *testing.T) {
 		}
 	}
 
-	flipAt := func(p string, off int64) {
-		f, err := os.OpenFile(p, os.O_RDWR, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		b := make([]byte, 1)
-		f.ReadAt(b, off)
-		b[0] ^= 0x40
-		f.WriteAt(b, off)
-	}
-	flipAt(filepath.Join(dir, keys["flipped"]), 300<<10) // in the second chunk
+	flipByte(t, filepath.Join(dir, keys["flipped"]), 300<<10) // in the second chunk
 	must(t, os.Remove(filepath.Join(dir, keys["missing"])))
 	must(t, os.Remove(filepath.Join(dir, keys["both"])))
 	testenv.DeleteObject(t, s3, m.EnvList(), keys["both"])
@@ -136,5 +144,53 @@ func TestEveryCopyBeforeRelease(t *testing.T) {
 	})
 	if sumFile(t, d.M("f")) != want {
 		t.Fatal("the file's bytes changed")
+	}
+}
+
+// scrubRun runs `cascadefs scrub --json` with args; the exit status says
+// whether bad copies are left.
+func scrubRun(t *testing.T, d *testenv.Daemon, args ...string) (rep scrub.Report, clean bool) {
+	t.Helper()
+	out, errOut, err := d.CLI(append([]string{"scrub", "--json"}, args...)...)
+	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil {
+		t.Fatalf("scrub %v: %v %v\n%s%s", args, err, jerr, out, errOut)
+	}
+	return rep, err == nil
+}
+
+// Scrub reads every copy back and checks every chunk: it finds a flipped
+// byte in one copy and a missing object in the other, repairs both with
+// --repair (at a bounded rate), finds nothing the next time, and resumes
+// after a given file.
+func TestScrubFindsAndRepairsBadCopies(t *testing.T) {
+	d, dir, s3, m := twoCopies(t)
+	for _, n := range []string{"a", "b", "c", "d"} {
+		writeRandom(t, d.M(n), 600<<10)
+	}
+	d.MustCLI("migrate", d.M("a"), d.M("b"), d.M("c"), d.M("d"))
+	flipByte(t, filepath.Join(dir, state(t, d, "a").Object), 500<<10)
+	testenv.DeleteObject(t, s3, m.EnvList(), state(t, d, "c").Object)
+
+	rep, clean := scrubRun(t, d, d.M(""))
+	if clean || rep.Files != 4 || rep.Objects != 7 || rep.BadCount != 2 || rep.Repaired != 0 || !rep.Complete {
+		t.Fatalf("scrub without --repair: clean=%v %+v", clean, rep)
+	}
+	if rep.Bad[0].Path != "a" || rep.Bad[0].Copy != 1 || rep.Bad[1].Path != "c" || rep.Bad[1].Copy != 2 {
+		t.Fatalf("bad copies named: %+v", rep.Bad)
+	}
+	rep, clean = scrubRun(t, d, "--repair", "--rate", "8MiB", d.M(""))
+	if !clean || rep.BadCount != 2 || rep.Repaired != 2 {
+		t.Fatalf("scrub --repair: clean=%v %+v", clean, rep)
+	}
+	rep, clean = scrubRun(t, d, d.M(""))
+	if !clean || rep.BadCount != 0 || rep.Objects != 8 {
+		t.Fatalf("scrub after the repair: clean=%v %+v", clean, rep)
+	}
+	rep, _ = scrubRun(t, d, "--after", d.M("b"), d.M(""))
+	if rep.Files != 2 {
+		t.Fatalf("scrub --after b checked %d files, want 2 (c, d)", rep.Files)
+	}
+	if st := d.MustCLI("status"); !strings.Contains(st, "last scrub") {
+		t.Errorf("status does not show the last scrub:\n%s", st)
 	}
 }

@@ -47,7 +47,7 @@ func DefaultConfig() Config {
 }
 
 // ErrIntegrity means recalled bytes did not match their checksum.
-var ErrIntegrity = errors.New("archive data does not match its checksum")
+var ErrIntegrity = archive.ErrIntegrity
 
 // ErrStubChanged means the backing file no longer matches its stub record.
 var ErrStubChanged = errors.New("stub changed behind the DM application")

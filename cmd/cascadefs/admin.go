@@ -460,6 +460,14 @@ func printSession(prefix string, s daemon.SessionInfo) {
 	if s.Space != nil {
 		printSpace(indent+"  ", s.Space)
 	}
+	if r := s.LastScrub; r != nil {
+		done := "complete"
+		if !r.Complete {
+			done = "stopped at " + r.Last
+		}
+		fmt.Printf("%s  last scrub %s ago: %d files, %s checked, %d bad copies, %d repaired (%s)\n",
+			indent, ago(r.Started), r.Files, human(r.Bytes), r.BadCount, r.Repaired, done)
+	}
 	if r := s.LastReconcile; r != nil {
 		dry := ""
 		if r.DryRun {
