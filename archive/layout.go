@@ -27,12 +27,21 @@ import (
 //	.cascadefs-journal/FS/NANOS-SOURCE-RAND
 //	                  a batch of namespace changes after uploads (renames,
 //	                  deletions, undeletes), for a rebuild to replay
+//	.cascadefs-scrub/FS
+//	                  how far the periodic scrub got (package scrub)
 
 // The companions of a data object, which go with it.
 const (
 	sumsSuffix = ".sums"
 	metaSuffix = ".meta"
 )
+
+// ScrubStateKey names where the owner of filesystem fs keeps how far its
+// periodic scrub got: in the archive, so a restarted or new owner resumes it.
+func ScrubStateKey(fs string) string { return ScrubPrefix + fs }
+
+// ScrubPrefix is where the scrub states are: outside FS/, like the journal.
+const ScrubPrefix = ".cascadefs-scrub/"
 
 // JournalPrefix is where the namespace journals of every filesystem are:
 // outside FS/, so that no reconcile takes them for orphans.

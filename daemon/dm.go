@@ -134,6 +134,8 @@ type DM struct {
 	reconciling   sync.Mutex // one reconcile at a time
 	lastReconcile atomic.Pointer[migrate.ReconcileReport]
 	scrubbing     sync.Mutex // one scrub at a time
+	scrubEvery    atomic.Int64 // the settings scrub-interval and scrub-rate, as now set
+	scrubRate     atomic.Int64
 	lastScrub     atomic.Pointer[scrub.Report]
 
 	// The calls in flight (admin and RPC migrations, reconciles, waits
@@ -228,7 +230,18 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 		return err
 	}
 	d.monitor.Start(ctx)
+	d.SetScrub(set.ScrubEvery, set.ScrubRate)
+	periodic := &scrub.Periodic{Arch: arch, FS: cfg.Name, Log: log, Run: d.Scrub,
+		Settings: func() (time.Duration, int64) { return time.Duration(d.scrubEvery.Load()), d.scrubRate.Load() }}
+	go periodic.Loop(d.ctx)
 	return d, nil
+}
+
+// SetScrub changes how often the owner scrubs by itself, and how fast
+// (after `cascadefs fs set`).
+func (d *DM) SetScrub(every time.Duration, rate int64) {
+	d.scrubEvery.Store(int64(every))
+	d.scrubRate.Store(rate)
 }
 
 // count reports migrations and recalls to the node's metrics.

@@ -194,3 +194,59 @@ func TestScrubFindsAndRepairsBadCopies(t *testing.T) {
 		t.Errorf("status does not show the last scrub:\n%s", st)
 	}
 }
+
+// scrubState reads the periodic scrub's state from the first copy.
+func scrubState(t *testing.T, dir string) (st scrub.State) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, testenv.ScrubPrefix+"t1"))
+	if err == nil {
+		json.Unmarshal(b, &st)
+	}
+	return st
+}
+
+// The setting scrub-interval makes the owner scrub (and repair) by
+// itself; a run cut short by a stop resumes after the last file it
+// finished, from the state it keeps in the archive.
+func TestPeriodicScrubResumesAndRepairs(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	s3 := m.Bucket(t, "copy2")
+	dir := t.TempDir()
+	d := testenv.NewDaemon(t, "file://"+dir, m.EnvList(), "--archive", s3)
+	d.Start()
+	for _, n := range []string{"a", "b", "c", "d"} {
+		writeRandom(t, d.M(n), 600<<10)
+	}
+	d.MustCLI("migrate", d.M("a"), d.M("b"), d.M("c"), d.M("d"))
+	key := state(t, d, "d").Object
+	d.Stop()
+	flipByte(t, filepath.Join(dir, key), 100)
+
+	// Slow: a file's two copies take about 12 s.
+	d.Args = append(d.Args, "--scrub-interval", "1m", "--scrub-rate", "100KiB")
+	d.Start()
+	testenv.WaitFor(t, "the periodic scrub past its first file", 60*time.Second, func() bool {
+		return scrubState(t, dir).After != ""
+	})
+	d.Stop()
+	cut := scrubState(t, dir)
+	if !cut.Finished.IsZero() || cut.After == "d" {
+		t.Fatalf("the run was not cut short: %+v", cut)
+	}
+
+	d.Args = append(d.Args[:len(d.Args)-4], "--scrub-interval", "1m", "--scrub-rate", "0")
+	d.Start()
+	testenv.WaitFor(t, "the resumed scrub complete", 60*time.Second, func() bool {
+		return !scrubState(t, dir).Finished.IsZero()
+	})
+	var rep struct{ Mounts []daemon.Status }
+	json.Unmarshal([]byte(d.MustCLI("status", "--json")), &rep)
+	last := rep.Mounts[0].LastScrub
+	if last == nil || !last.Complete || last.Files >= 4 || last.Repaired != 1 {
+		t.Fatalf("the resumed run (after %q): %+v", cut.After, last)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, key))
+	if sha256.Sum256(b) != sumFile(t, d.M("d")) {
+		t.Fatal("the flipped copy was not repaired")
+	}
+}

@@ -33,6 +33,8 @@ type FS struct {
 	RecallRate   int64         // recall-rate: bytes per second the owner fetches at most (0: no cap)
 	MigrateRate  int64         // migrate-rate: bytes per second the owner uploads at most (0: no cap)
 	Retention    time.Duration // retention: a deleted or replaced file's archive copy is kept this long (0: deleted at once)
+	ScrubEvery   time.Duration // scrub-interval: the owner reads the archive back this often (0: never by itself)
+	ScrubRate    int64         // scrub-rate: bytes per second those runs read at most (0: no cap)
 	// Policy: the space monitor's keys, from leader to premigrate
 	// (migrate.DefaultPolicy adds its workers and candidate bound).
 	Policy migrate.Policy
@@ -99,6 +101,18 @@ var keys = []key{
 			return atLeast(minRetention, "0 deletes at once")
 		}
 		s.Retention = d
+		return err
+	}},
+	{"scrub-interval", "0", "the owner reads every copy of the archive back and checks and repairs it this often, such as 30d (0: only when asked; else at least 1m)", func(s *FS, v string) error {
+		d, err := days(v)
+		if err == nil && d > 0 && d < time.Minute {
+			return atLeast(time.Minute, "0 runs none by itself")
+		}
+		s.ScrubEvery = d
+		return err
+	}},
+	{"scrub-rate", "50MiB", "bytes per second a scrub run by scrub-interval reads from the archive at most (0: no cap)", func(s *FS, v string) (err error) {
+		s.ScrubRate, err = units.ParseSize(v)
 		return err
 	}},
 	{"leader", "0", "a migrated file keeps its first SIZE bytes on disk (rounded up to a block), so headers read without a recall (0: none)", func(s *FS, v string) (err error) {

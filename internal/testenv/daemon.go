@@ -358,6 +358,7 @@ func ArchiveObjects(t testing.TB, archiveURL string, envList []string) []string 
 // TestLayoutNamesInTestenv holds them equal).
 const (
 	JournalPrefix = ".cascadefs-journal/"
+	ScrubPrefix   = ".cascadefs-scrub/"
 	MetaSuffix    = ".meta"
 )
 
@@ -371,7 +372,7 @@ func fileObjects(keys []string) []string {
 	}
 	out := []string{}
 	for _, k := range keys {
-		if strings.HasPrefix(k, JournalPrefix) {
+		if strings.HasPrefix(k, JournalPrefix) || strings.HasPrefix(k, ScrubPrefix) {
 			continue
 		}
 		if data, ok := strings.CutSuffix(k, MetaSuffix); ok && have[data] {
