@@ -133,7 +133,7 @@ type DM struct {
 
 	reconciling   sync.Mutex // one reconcile at a time
 	lastReconcile atomic.Pointer[migrate.ReconcileReport]
-	scrubbing     sync.Mutex // one scrub at a time
+	scrubbing     sync.Mutex   // one scrub at a time
 	scrubEvery    atomic.Int64 // the settings scrub-interval and scrub-rate, as now set
 	scrubRate     atomic.Int64
 	lastScrub     atomic.Pointer[scrub.Report]

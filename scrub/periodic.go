@@ -16,8 +16,8 @@ import (
 // archive (archive.ScrubStateKey) so that a restarted or new owner goes on
 // where the last one stopped.
 type State struct {
-	Started  time.Time `json:"started"`            // the run in progress, or the last one
-	After    string    `json:"after,omitempty"`    // the run in progress finished every file up to this one
+	Started  time.Time `json:"started"`           // the run in progress, or the last one
+	After    string    `json:"after,omitempty"`   // the run in progress finished every file up to this one
 	Finished time.Time `json:"finished,omitzero"` // the last complete run ended (zero: one is in progress)
 }
 
