@@ -37,6 +37,7 @@ type mounted struct {
 	setErr  string
 	dm      *daemon.DM // while this node owns the filesystem
 	dmEpoch uint64     // the epoch dm runs at
+	dmArch  string     // the archive spec dm runs with: another (fs set --archive) restarts it
 	// ownerGone is closed when conf's owner or epoch changes.
 	ownerGone chan struct{}
 }
@@ -135,7 +136,13 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	if m.refreshSettings(fs) {
 		return nil
 	}
-	m.stopDM(fmt.Sprintf("epoch is now %d", fs.Epoch)) // a session at an older epoch would be fenced
+	reason := fmt.Sprintf("epoch is now %d", fs.Epoch) // a session at an older epoch would be fenced
+	m.mu.Lock()
+	if m.dm != nil && m.dmEpoch == fs.Epoch {
+		reason = "the archive's copies changed"
+	}
+	m.mu.Unlock()
+	m.stopDM(reason)
 	gen, ok := m.n.own.ClaimedIn(fs.Name, fs.Epoch)
 	if !ok {
 		return fmt.Errorf("epoch %d: %w", fs.Epoch, errLapsedSinceClaim)
@@ -150,9 +157,17 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	if err != nil {
 		return err
 	}
-	m.dm, m.dmEpoch = dm, fs.Epoch
+	m.dm, m.dmEpoch, m.dmArch = dm, fs.Epoch, fs.Archive
 	m.n.log.Info("DM session started", "fs", fs.Name, "epoch", fs.Epoch)
 	return nil
+}
+
+// archiveChanged reports whether the session here runs at fs's epoch
+// with other archive copies than fs names.
+func (m *mounted) archiveChanged(fs repo.FS) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.dm != nil && m.dmEpoch == fs.Epoch && m.dmArch != fs.Archive
 }
 
 // refreshSettings applies fs's settings to the session running at its
@@ -161,7 +176,7 @@ func (m *mounted) refreshSettings(fs repo.FS) bool {
 	s := m.settings()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.dm == nil || m.dmEpoch != fs.Epoch {
+	if m.dm == nil || m.dmEpoch != fs.Epoch || m.dmArch != fs.Archive {
 		return false
 	}
 	m.dm.SetPolicy(s.Policy)

@@ -332,7 +332,12 @@ func (n *Node) syncMounts(list []repo.FS) {
 	for name, fs := range want {
 		if m := n.lookup(name); m != nil {
 			m.setConf(fs)
-			m.refreshSettings(fs)
+			if !m.refreshSettings(fs) && m.archiveChanged(fs) {
+				// fs set --archive: the session starts again with the
+				// new copies (the next plan starts it, at this epoch).
+				m.stopDM("the archive's copies changed")
+				n.kick()
+			}
 			continue
 		}
 		m, err := n.mountFS(fs)

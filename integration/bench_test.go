@@ -78,17 +78,8 @@ func BenchmarkHSM(b *testing.B) {
 		testenv.DropHostCaches()
 		// The baselines read the HTTP body as the recall does (minio.Core,
 		// no relay goroutine of minio.Object), and check what they got.
+		rawGet := timeRawGet(b, m, "bench", "raw", size)
 		core := minio.Core{Client: m.Client}
-		start = time.Now()
-		body, _, _, err := core.GetObject(ctx, "bench", "raw", minio.GetObjectOptions{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if n, err := io.CopyBuffer(discard{}, body, make([]byte, 1<<20)); err != nil || n != size {
-			b.Fatalf("raw GET: %d of %d bytes: %v", n, size, err)
-		}
-		body.Close()
-		rawGet := time.Since(start)
 
 		// Resident read: mount vs backing file.
 		native := readFile(b, src)
@@ -705,4 +696,46 @@ func BenchmarkRebuild(b *testing.B) {
 		b.ReportMetric(float64(files)/took.Seconds(), "rebuild-files/s")
 		b.ReportMetric(float64(files)/migrated.Seconds(), "migrate-files/s")
 	}
+}
+
+// BenchmarkScrub: one migrated file of benchSize on MinIO, read back and
+// checked by `cascadefs scrub` (no rate bound), beside a raw GET of the
+// same object, caches dropped before each.
+func BenchmarkScrub(b *testing.B) {
+	size := benchSize()
+	m := testenv.StartMinIO(b)
+	d := testenv.NewDaemon(b, m.Bucket(b, "bench"), m.EnvList())
+	d.Start()
+	writeFileOf(b, d.B("f"), size)
+	d.MustCLI("migrate", d.M("f"))
+	var entries []struct{ Object string }
+	json.Unmarshal([]byte(d.MustCLI("ls", "--json", d.M("f"))), &entries)
+	mbps := func(t time.Duration) float64 { return float64(size) / 1e6 / t.Seconds() }
+	for range b.N {
+		testenv.DropHostCaches()
+		rawGet := timeRawGet(b, m, "bench", entries[0].Object, size)
+		testenv.DropHostCaches()
+		start := time.Now()
+		d.MustCLI("scrub", d.M("f"))
+		scrubbed := time.Since(start)
+		b.ReportMetric(mbps(rawGet), "raw-GET-MB/s")
+		b.ReportMetric(mbps(scrubbed), "scrub-MB/s")
+	}
+}
+
+// timeRawGet times one GET of a whole object with minio-go, read as the
+// recall reads (minio.Core, no relay goroutine of minio.Object), and
+// checks its length.
+func timeRawGet(b *testing.B, m *testenv.MinIO, bucket, key string, size int64) time.Duration {
+	core := minio.Core{Client: m.Client}
+	start := time.Now()
+	body, _, _, err := core.GetObject(context.Background(), bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer body.Close()
+	if n, err := io.CopyBuffer(discard{}, body, make([]byte, 1<<20)); err != nil || n != size {
+		b.Fatalf("raw GET: %d of %d bytes: %v", n, size, err)
+	}
+	return time.Since(start)
 }

@@ -250,3 +250,41 @@ func TestPeriodicScrubResumesAndRepairs(t *testing.T) {
 		t.Fatal("the flipped copy was not repaired")
 	}
 }
+
+// A copy added to a cluster's filesystem with fs set --archive: the owner
+// restarts its session with both copies, scrub --repair asked through
+// another node fills the new copy, and a new first copy that is not a
+// copy yet is refused.
+func TestClusterAddsACopy(t *testing.T) {
+	c := testenv.NewCluster(t, "", nil, "n1", "n2")
+	c.Start("n1", "n2")
+	n1, n2 := c.Nodes["n1"], c.Nodes["n2"]
+	want := writeRandom(t, n1.M("f"), 700<<10)
+	c.MustCLI("migrate", n1.M("f"))
+	second := filepath.Join(c.Dir, "second")
+	if _, errOut, err := c.CLI("fs", "set", "--repo", c.Repo, testenv.FSName, "--archive", "file://"+second); err == nil ||
+		!strings.Contains(errOut, "not a copy yet") {
+		t.Fatalf("a new first copy that holds nothing was taken: %v %s", err, errOut)
+	}
+	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "--archive", c.Archive, "--archive", "file://"+second)
+	var rep scrub.Report
+	testenv.WaitFor(t, "the owner's session with both copies", 30*time.Second, func() bool {
+		out, _, _ := c.CLI("scrub", "--json", n2.M("f"))
+		return json.Unmarshal([]byte(out), &rep) == nil && rep.BadCount > 0
+	})
+	if rep.BadCount != 1 || rep.Bad[0].Copy != 2 || !strings.Contains(rep.Bad[0].Problem, "not found") {
+		t.Fatalf("scrub through n2 of a file only in the first copy: %+v", rep)
+	}
+	c.MustCLI("scrub", "--repair", n2.M("f"))
+	out := c.MustCLI("scrub", "--json", n2.M("f"))
+	if json.Unmarshal([]byte(out), &rep) != nil || rep.BadCount != 0 {
+		t.Fatalf("scrub after the repair: %s", out)
+	}
+	if got := testenv.ArchiveObjects(t, "file://"+second, nil); len(got) != 1 {
+		t.Fatalf("the second copy holds %v", got)
+	}
+	c.MustCLI("migrate", n1.M("f"))
+	if sumFile(t, n2.M("f")) != want {
+		t.Fatal("wrong bytes after the copy was added")
+	}
+}

@@ -187,6 +187,7 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 	objectProblems := map[uint64]string{}
 	var candidates []Orphan
 	prefix := r.FS + "/"
+	orphanData := map[string]bool{} // orphan data objects: their descriptions go with them
 	err = r.Arch.List(ctx, prefix, func(o archive.ObjectInfo) error {
 		rep.Objects++
 		if rep.Objects%1000 == 0 {
@@ -218,6 +219,12 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 				objectProblems[s.key] = fmt.Sprintf("object has %d bytes, the file %d", o.Size, s.size)
 			}
 		default:
+			if part == archive.Meta && orphanData[base] {
+				return nil // goes with its data object (listed just before it)
+			}
+			if part == archive.Data && !o.Incomplete {
+				orphanData[o.Key] = true
+			}
 			candidates = append(candidates, Orphan{Key: o.Key, Size: o.Size, Modified: o.Modified, Incomplete: o.Incomplete})
 		}
 		return nil
@@ -297,7 +304,15 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 			if o.Kept != "" || ctx.Err() != nil {
 				continue
 			}
-			err := r.Fence.Run(func() error { return r.Arch.Delete(ctx, o.Key) })
+			err := r.Fence.Run(func() error {
+				if err := r.Arch.Delete(ctx, o.Key); err != nil {
+					return err
+				}
+				if orphanData[o.Key] {
+					return r.Arch.Delete(ctx, archive.MetaKey(o.Key))
+				}
+				return nil
+			})
 			if err != nil {
 				rep.DeleteFailed++
 				if rep.FirstDelError == "" {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -158,10 +159,13 @@ func fsList(args []string) error {
 }
 
 func fsSet(args []string) error {
-	fl := newFlags("fs set", "--repo DIR NAME KEY=VALUE...")
+	fl := newFlags("fs set", "--repo DIR NAME [--archive URL...] KEY=VALUE...")
 	repoDir := fl.String("repo", "", "repository: a directory (bbolt) or etcd://HOST:PORT[,...]")
+	var spec archiveFlag
+	fl.Var(&spec, "archive", "the archive's copies, once per copy (replaces them; a new copy is filled by scrub --repair)")
 	fl.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: cascadefs fs set --repo DIR NAME KEY=VALUE...\nKeys:\n  candidates\tnodes that may serve it (n1,n2,...)\n")
+		fmt.Fprintf(os.Stderr, "Usage: cascadefs fs set --repo DIR NAME [--archive URL...] KEY=VALUE...\n"+
+			"  --archive URL\tthe archive's copies, once per copy (replaces them; the first must already be a copy)\nKeys:\n  candidates\tnodes that may serve it (n1,n2,...)\n")
 		for _, k := range settings.Keys() {
 			fmt.Fprintf(os.Stderr, "  %s\t%s\n", k, settings.Help(k))
 		}
@@ -170,8 +174,13 @@ func fsSet(args []string) error {
 	if err != nil {
 		return err
 	}
-	if len(pos) < 2 || *repoDir == "" {
-		return errors.New("need --repo DIR, NAME and at least one KEY=VALUE")
+	if len(pos) < 1 || len(pos) < 2 && spec == "" || *repoDir == "" {
+		return errors.New("need --repo DIR, NAME and --archive or at least one KEY=VALUE")
+	}
+	if spec != "" {
+		if err := archive.Validate(string(spec)); err != nil {
+			return err
+		}
 	}
 	changes := map[string]string{}
 	for _, kv := range pos[1:] {
@@ -192,6 +201,15 @@ func fsSet(args []string) error {
 	}
 	defer r.Close()
 	return r.UpdateFS(context.Background(), pos[0], func(f *repo.FS) error {
+		if spec != "" {
+			// The first copy is what recalls read first and reconcile
+			// lists: it must hold every object already.
+			first := archive.URLs(string(spec))[0]
+			if !slices.Contains(archive.URLs(f.Archive), first) {
+				return fmt.Errorf("--archive %s first: not a copy yet; add it after the others, fill it with scrub --repair, then put it first", first)
+			}
+			f.Archive = string(spec)
+		}
 		for k, v := range changes {
 			if k == "candidates" {
 				f.Candidates = splitList(v)
