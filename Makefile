@@ -25,7 +25,8 @@ $(TOOLS)/etcd: tools/etcd/go.mod tools/etcd/go.sum tools/etcd/main.go
 # printed by package at the end.
 COVERDIR ?= $(CURDIR)/bin/cover
 UNIT_PKGS = $$($(GO) list ./... | grep -v /integration$$)
-test: tools build
+# versitygw too: a test keeps one archive copy on MinIO and one on it.
+test: tools $(TOOLS)/versitygw build
 	scripts/need-system.sh
 	rm -rf $(COVERDIR) && mkdir -p $(COVERDIR) && chmod 1777 $(COVERDIR)
 	CASCADEFS_REQUIRE_ALL=1 $(GO) test -tags failpoints -count=1 -timeout 20m -cover -coverpkg=./... $(UNIT_PKGS) -args -test.gocoverdir=$(COVERDIR)

@@ -288,3 +288,43 @@ func TestClusterAddsACopy(t *testing.T) {
 		t.Fatal("wrong bytes after the copy was added")
 	}
 }
+
+// One copy on MinIO and one on versitygw (its POSIX backend): an object
+// deleted from the first reads from the second and is repaired; a byte
+// flipped in the second's file is found by scrub and repaired from the
+// first.
+func TestCopiesOnMinIOAndVersitygw(t *testing.T) {
+	m := testenv.StartS3(t, "minio")
+	v := testenv.StartS3(t, "versitygw")
+	first, second := m.Bucket(t, "first"), v.Bucket(t, "second")
+	d := testenv.NewDaemon(t, first, m.EnvList(), "--archive", second) // the same test credentials on both
+	d.Start()
+	wantA := writeRandom(t, d.M("a"), 700<<10)
+	writeRandom(t, d.M("b"), 700<<10)
+	d.MustCLI("migrate", d.M("a"), d.M("b"))
+	keyA, keyB := state(t, d, "a").Object, state(t, d, "b").Object
+	for _, k := range []string{keyA, keyB} {
+		if !contains(testenv.ArchiveObjects(t, second, v.EnvList()), k) {
+			t.Fatalf("%s is not on versitygw", k)
+		}
+	}
+	testenv.DeleteObject(t, first, m.EnvList(), keyA)
+	testenv.DropCaches()
+	if sumFile(t, d.M("a")) != wantA {
+		t.Fatal("wrong bytes from the versitygw copy")
+	}
+	testenv.WaitFor(t, "the MinIO copy repaired", 20*time.Second, func() bool {
+		return contains(testenv.ArchiveObjects(t, first, m.EnvList()), keyA)
+	})
+	flipByte(t, filepath.Join(v.Data, "second", keyB), 300<<10)
+	rep, clean := scrubRun(t, d, d.M(""))
+	if clean || rep.BadCount != 1 || rep.Bad[0].Copy != 2 || rep.Bad[0].Path != "b" {
+		t.Fatalf("scrub with a flipped byte on versitygw: clean=%v %+v", clean, rep)
+	}
+	if rep, clean = scrubRun(t, d, "--repair", d.M("")); !clean || rep.Repaired != 1 {
+		t.Fatalf("scrub --repair: clean=%v %+v", clean, rep)
+	}
+	if rep, clean = scrubRun(t, d, d.M("")); !clean || rep.BadCount != 0 {
+		t.Fatalf("scrub after the repair: clean=%v %+v", clean, rep)
+	}
+}

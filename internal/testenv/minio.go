@@ -33,6 +33,8 @@ type MinIO struct {
 	// CA is the PEM file of the CA that signed the server's certificate
 	// (StartMinIOTLS); empty for plain HTTP.
 	CA   string
+	Kind string // minio or versitygw
+	Data string // the server's data directory (versitygw: BUCKET/KEY are files in it)
 	proc *os.Process
 }
 
@@ -67,14 +69,14 @@ func StartMinIO(t testing.TB) *MinIO {
 // nodes in network namespaces).
 func StartMinIOAt(t testing.TB, ip string) *MinIO {
 	t.Helper()
-	return startMinIO(t, ip, false)
+	return startS3(t, S3Server(), ip, false)
 }
 
 // StartMinIOTLS is StartMinIO serving HTTPS with a certificate from a CA
 // of the test's own (m.CA), as an object store with a private CA.
 func StartMinIOTLS(t testing.TB) *MinIO {
 	t.Helper()
-	return startMinIO(t, "127.0.0.1", true)
+	return startS3(t, S3Server(), "127.0.0.1", true)
 }
 
 // S3Server is the S3 server the tests start: MinIO, or versitygw (its
@@ -86,9 +88,15 @@ func S3Server() string {
 	return "minio"
 }
 
-func startMinIO(t testing.TB, ip string, withTLS bool) *MinIO {
+// StartS3 starts an S3 server of the kind given (minio or versitygw),
+// whatever CASCADEFS_S3_SERVER says: for tests that need both at once.
+func StartS3(t testing.TB, kind string) *MinIO {
 	t.Helper()
-	kind := S3Server()
+	return startS3(t, kind, "127.0.0.1", false)
+}
+
+func startS3(t testing.TB, kind, ip string, withTLS bool) *MinIO {
+	t.Helper()
 	bin := MinIOBinary()
 	if kind == "versitygw" {
 		bin = filepath.Join(RepoRoot(), ".tools", "versitygw")
@@ -97,8 +105,8 @@ func startMinIO(t testing.TB, ip string, withTLS bool) *MinIO {
 		Missing(t, "%s server not found at %s (run `make tools`, or `make compat` for versitygw)", kind, bin)
 	}
 	port := FreePort(t)
-	m := &MinIO{Endpoint: fmt.Sprintf("%s:%d", ip, port), AccessKey: "cascadefs-test", SecretKey: "cascadefs-test-secret"}
 	data := t.TempDir()
+	m := &MinIO{Endpoint: fmt.Sprintf("%s:%d", ip, port), AccessKey: "cascadefs-test", SecretKey: "cascadefs-test-secret", Kind: kind, Data: data}
 	args := []string{"server", "--quiet", "--address", m.Endpoint, "--console-address", fmt.Sprintf("127.0.0.1:%d", FreePort(t))}
 	health := "/minio/health/ready"
 	if kind == "versitygw" {
@@ -183,7 +191,7 @@ func (m *MinIO) URL(bucketAndPrefix string) string {
 	if m.CA != "" {
 		u = fmt.Sprintf("s3://%s?endpoint=%s&ca=%s", bucketAndPrefix, m.Endpoint, m.CA)
 	}
-	if S3Server() == "versitygw" {
+	if m.Kind == "versitygw" {
 		u += "&checksum=md5" // v1.8.0 refuses minio-go's trailing checksums over plain HTTP
 	}
 	return u
