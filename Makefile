@@ -52,7 +52,7 @@ crash: tools build
 # S3 server: versitygw with its POSIX backend (built into .tools/, about 2
 # minutes; its backend keeps metadata in xattrs, which /tmp must support).
 VERSITYGW_VERSION := v1.8.0
-COMPAT_TESTS := TestMigrateThenReadBack|TestSparseFileKeepsItsHoles|TestLeaderBytes|TestDF|TestRateLimits|TestReconcile$$|TestSpaceMonitorKeepsTheQuota|TestKill9DuringMigrationAndRecall|TestFailoverReleasesWaitingReaders|TestInterruptedReaderGetsEINTR|TestRenameWhileRecallQueued
+COMPAT_TESTS := TestMigrateThenReadBack|TestSparseFileKeepsItsHoles|TestLeaderBytes|TestDF|TestRateLimits|TestReconcile$$|TestSpaceMonitorKeepsTheQuota|TestKill9DuringMigrationAndRecall|TestFailoverReleasesWaitingReaders|TestInterruptedReaderGetsEINTR|TestRenameWhileRecallQueued|TestSealedArchive
 $(TOOLS)/versitygw:
 	mkdir -p $(TOOLS)
 	cd /tmp && GOBIN=$(TOOLS) GOFLAGS=-mod=mod $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)

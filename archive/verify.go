@@ -15,12 +15,14 @@ var ErrIntegrity = errors.New("archive data does not match its checksum")
 
 // CheckedCopy copies the packed object body of rec to w, chunk by chunk,
 // each checked against its checksum first: a wrong byte is never written.
+// A sealed object is copied sealed (its checksums are of sealed chunks:
+// no key is needed).
 // It reads exactly the object's recorded size.
 func CheckedCopy(w io.Writer, body io.Reader, rec *stub.Record, sums []uint32) error {
-	buf := make([]byte, rec.ChunkSize)
+	buf := make([]byte, rec.StoredLen(rec.ChunkSize))
 	for _, run := range rec.DataRuns() {
 		for off := run[0]; off < run[1]; off += rec.ChunkSize {
-			b := buf[:min(rec.ChunkSize, run[1]-off)]
+			b := buf[:rec.StoredLen(min(rec.ChunkSize, run[1]-off))]
 			if _, err := io.ReadFull(body, b); err != nil {
 				if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 					return fmt.Errorf("%s: shorter than recorded (at %d): %w", rec.Key, off, ErrIntegrity)

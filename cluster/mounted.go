@@ -37,7 +37,9 @@ type mounted struct {
 	setErr  string
 	dm      *daemon.DM // while this node owns the filesystem
 	dmEpoch uint64     // the epoch dm runs at
-	dmArch  string     // the archive spec dm runs with: another (fs set --archive) restarts it
+	// dmArch: the archive spec and key file dm runs with: others (fs set
+	// --archive, fs set encryption-key-file) restart it.
+	dmArch string
 	// ownerGone is closed when conf's owner or epoch changes.
 	ownerGone chan struct{}
 }
@@ -139,7 +141,7 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	reason := fmt.Sprintf("epoch is now %d", fs.Epoch) // a session at an older epoch would be fenced
 	m.mu.Lock()
 	if m.dm != nil && m.dmEpoch == fs.Epoch {
-		reason = "the archive's copies changed"
+		reason = "the archive's copies or key file changed"
 	}
 	m.mu.Unlock()
 	m.stopDM(reason)
@@ -157,17 +159,22 @@ func (m *mounted) ensureDM(fs repo.FS) error {
 	if err != nil {
 		return err
 	}
-	m.dm, m.dmEpoch, m.dmArch = dm, fs.Epoch, fs.Archive
+	m.dm, m.dmEpoch, m.dmArch = dm, fs.Epoch, sessionArchive(fs, s)
 	m.n.log.Info("DM session started", "fs", fs.Name, "epoch", fs.Epoch)
 	return nil
 }
 
+// sessionArchive is what a session's archive is made of: its copies and
+// the key file that seals and opens its objects.
+func sessionArchive(fs repo.FS, s settings.FS) string { return fs.Archive + "\x00" + s.KeyFile }
+
 // archiveChanged reports whether the session here runs at fs's epoch
-// with other archive copies than fs names.
+// with other archive copies or another key file than fs names.
 func (m *mounted) archiveChanged(fs repo.FS) bool {
+	s := m.settings()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.dm != nil && m.dmEpoch == fs.Epoch && m.dmArch != fs.Archive
+	return m.dm != nil && m.dmEpoch == fs.Epoch && m.dmArch != sessionArchive(fs, s)
 }
 
 // refreshSettings applies fs's settings to the session running at its
@@ -176,7 +183,7 @@ func (m *mounted) refreshSettings(fs repo.FS) bool {
 	s := m.settings()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.dm == nil || m.dmEpoch != fs.Epoch || m.dmArch != fs.Archive {
+	if m.dm == nil || m.dmEpoch != fs.Epoch || m.dmArch != sessionArchive(fs, s) {
 		return false
 	}
 	m.dm.SetPolicy(s.Policy)

@@ -23,6 +23,7 @@ import (
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/namespace"
 	"github.com/cascadefs/cascadefs/repo"
+	"github.com/cascadefs/cascadefs/seal"
 	"github.com/cascadefs/cascadefs/settings"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
@@ -131,12 +132,21 @@ func StartMount(cfg Config, dm DMAccess, garbage *migrate.DestroyQueue, log *slo
 	}
 	m.archive = strings.Join(shown, " + ")
 
+	// The journal names files: sealed like the descriptions when a key
+	// file is set.
+	var keys *seal.Keyring
+	if f := cfg.Settings.KeyFile; f != "" {
+		if keys, err = seal.Load(f); err != nil {
+			root.Close()
+			return nil, err
+		}
+	}
 	arch, err := archive.Open(cfg.ArchiveURL)
 	if err != nil {
 		root.Close()
 		return nil, err
 	}
-	m.journal = namespace.NewJournal(arch, cfg.Name, cfg.Source, log)
+	m.journal = namespace.NewJournal(arch, cfg.Name, cfg.Source, keys, log)
 	garbage.SetJournal(m.journal)
 	m.fs, err = fusefs.Mount(cfg.Mountpoint, fusefs.Options{
 		Backing: backing, Name: cfg.Name, Source: cfg.Source, Events: events{dm, garbage}, Log: log,

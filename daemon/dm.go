@@ -19,6 +19,7 @@ import (
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/recall"
 	"github.com/cascadefs/cascadefs/scrub"
+	"github.com/cascadefs/cascadefs/seal"
 	"github.com/cascadefs/cascadefs/settings"
 )
 
@@ -193,6 +194,14 @@ func OpenArchive(ctx context.Context, url string) (archive.Archive, error) {
 
 // StartDM starts the DM application; the archive must answer.
 func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
+	set := cfg.Settings
+	var keys *seal.Keyring
+	if set.KeyFile != "" {
+		var err error
+		if keys, err = seal.Load(set.KeyFile); err != nil {
+			return nil, err
+		}
+	}
 	arch, err := OpenArchive(ctx, cfg.ArchiveURL)
 	if err != nil {
 		return nil, err
@@ -204,17 +213,18 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	d := &DM{cfg: cfg, root: root, log: log, arch: arch}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	rights := &dmapi.Rights{}
-	set := cfg.Settings
 	d.recall = recall.NewManager(root, arch, rights, cfg.Queue, set.Recall, log)
 	d.recall.Fence = d.fence
 	d.recall.Acting = cfg.Acting
 	d.recall.Throttle = throttle.New(set.RecallRate)
+	d.recall.Keys = keys
 	d.session = dmapi.NewSession(cfg.Name, dmapi.Config{Workers: set.Workers, Timeout: set.EventTimeout}, d.recall.Handle, log)
 	d.migrator = migrate.New(root, arch, rights, cfg.Gate, cfg.Queue, migrate.Config{FS: cfg.Name, ReleaseWait: set.ReleaseWait}, log)
 	d.migrator.SetLeader(set.Policy.Leader)
 	d.migrator.Fence = d.fence
 	d.migrator.Acting = cfg.Acting
 	d.migrator.Throttle = throttle.New(set.MigrateRate)
+	d.migrator.Keys = keys
 	d.migrator.Yield = d.recall.YieldToRecalls
 	d.count(cfg.Metrics)
 	cfg.Queue.Start()

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/internal/testenv"
+	"github.com/cascadefs/cascadefs/seal"
 	"github.com/minio/minio-go/v7"
 	"golang.org/x/sys/unix"
 )
@@ -754,4 +755,44 @@ func timeRawGet(b *testing.B, m *testenv.MinIO, bucket, key string, size int64) 
 		b.Fatalf("raw GET: %d of %d bytes: %v", n, size, err)
 	}
 	return time.Since(start)
+}
+
+// BenchmarkSealedRead: a full cold read of a stub sealed with an archive
+// key beside one of a stub in the clear, from one MinIO, in the same run
+// (the order turned each round, medians), and both uploads' rates.
+func BenchmarkSealedRead(b *testing.B) {
+	size := benchSize()
+	m := testenv.StartMinIO(b)
+	keys := filepath.Join(b.TempDir(), "keys")
+	if err := os.WriteFile(keys, []byte(seal.NewKey()+"\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	plain := testenv.NewDaemon(b, m.Bucket(b, "plain"), m.EnvList())
+	sealed := testenv.NewDaemon(b, m.Bucket(b, "sealed"), m.EnvList(), "--encryption-key-file", keys)
+	daemons := []*testenv.Daemon{plain, sealed}
+	uploads := make([]float64, 2)
+	for i, d := range daemons {
+		d.Start()
+		writeFileOf(b, d.B("f"), size)
+		testenv.DropHostCaches()
+		start := time.Now()
+		d.MustCLI("migrate", d.M("f"))
+		uploads[i] = mbps(size, time.Since(start))
+	}
+	reads := [][]float64{nil, nil}
+	for round := range b.N {
+		for k := range 2 {
+			i := (k + round) % 2 // the order turned each round
+			daemons[i].MustCLI("migrate", daemons[i].M("f"))
+			reads[i] = append(reads[i], mbps(size, readFile(b, daemons[i].M("f"))))
+		}
+	}
+	for i := range reads {
+		slices.Sort(reads[i])
+	}
+	b.ReportMetric(reads[0][len(reads[0])/2], "plain-read-MB/s-median")
+	b.ReportMetric(reads[1][len(reads[1])/2], "sealed-read-MB/s-median")
+	b.ReportMetric(reads[1][len(reads[1])/2]/reads[0][len(reads[0])/2], "sealed/plain-read")
+	b.ReportMetric(uploads[0], "plain-migrate-MB/s")
+	b.ReportMetric(uploads[1], "sealed-migrate-MB/s")
 }

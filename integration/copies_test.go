@@ -14,6 +14,7 @@ import (
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/internal/testenv"
 	"github.com/cascadefs/cascadefs/scrub"
+	"github.com/cascadefs/cascadefs/seal"
 )
 
 // copyStats reads the archive copies' counts from status.
@@ -254,7 +255,7 @@ func TestPeriodicScrubResumesAndRepairs(t *testing.T) {
 // A copy added to a cluster's filesystem with fs set --archive: the owner
 // restarts its session with both copies, scrub --repair asked through
 // another node fills the new copy, and a new first copy that is not a
-// copy yet is refused.
+// copy yet is refused. A key file set the same way seals later uploads.
 func TestClusterAddsACopy(t *testing.T) {
 	c := testenv.NewCluster(t, "", nil, "n1", "n2")
 	c.Start("n1", "n2")
@@ -286,6 +287,21 @@ func TestClusterAddsACopy(t *testing.T) {
 	c.MustCLI("migrate", n1.M("f"))
 	if sumFile(t, n2.M("f")) != want {
 		t.Fatal("wrong bytes after the copy was added")
+	}
+
+	// A key file set on the running cluster: the owner's session starts
+	// again with it, so later uploads are sealed; the file uploaded in
+	// the clear still reads.
+	c.MustCLI("fs", "set", "--repo", c.Repo, testenv.FSName, "encryption-key-file="+keyFile(t, seal.NewKey()))
+	var wantG [32]byte
+	testenv.WaitFor(t, "an upload sealed after fs set encryption-key-file", 30*time.Second, func() bool {
+		wantG = writeRandom(t, n1.M("g"), 300<<10)
+		_, _, err := c.CLI("migrate", n1.M("g"))
+		return err == nil && keyOf(t, c.B("g")) != ""
+	})
+	c.MustCLI("migrate", n1.M("f"))
+	if sumFile(t, n2.M("g")) != wantG || sumFile(t, n2.M("f")) != want {
+		t.Fatal("wrong bytes after the key file was set")
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/cascadefs/cascadefs/internal/protect"
 	"github.com/cascadefs/cascadefs/internal/throttle"
 	"github.com/cascadefs/cascadefs/namespace"
+	"github.com/cascadefs/cascadefs/seal"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -90,6 +91,9 @@ type Migrator struct {
 	// filesystem (its lease lapsed): checked under the file's right
 	// before each change.
 	Acting func() error
+	// Keys, if set, seal every upload with their current key (the
+	// setting encryption-key-file); nil: uploads go in the clear.
+	Keys *seal.Keyring
 	// leader: a release keeps the file's first leader bytes (rounded up
 	// to the backing filesystem's block) on disk; the policy's, kept in
 	// step by SetLeader.
@@ -268,11 +272,6 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, seen tim
 	rec := &stub.Record{State: stub.Premigrated, Key: m.newKey(before.Ino), Size: size,
 		MtimeNs: stub.MtimeNs(before), Ino: before.Ino, ChunkSize: m.cfg.ChunkSize, MigratedAt: time.Now().Unix()}
 
-	// Checksums and upload read the file side by side (page cache serves the second).
-	type sumsResult struct {
-		sums []uint32
-		err  error
-	}
 	// The copy must match what a crash leaves on disk: written-back data,
 	// not dirty pages that a crash may lose (synced again at the commit).
 	if err := stub.SyncData(int(file.Fd())); err != nil {
@@ -283,6 +282,10 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, seen tim
 	if rec.Holes, err = stub.HoleRuns(int(file.Fd()), size, rec.ChunkSize); err != nil {
 		return nil, err
 	}
+	data, sums, err := m.objectBody(file, rec)
+	if err != nil {
+		return nil, err
+	}
 	// Noted before the upload: a crash before the record is written leaves
 	// an object no file uses, deleted at the next start.
 	token, err := m.garbage.Prepare(int(file.Fd()), rel, rec.Key, dmapi.Discard)
@@ -290,26 +293,21 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, seen tim
 		return nil, err
 	}
 	discard := func() { m.garbage.Commit(token) }
-	sumc := make(chan sumsResult, 1)
-	go func() {
-		s, err := stub.ComputeSumsOf(file, rec)
-		sumc <- sumsResult{s, err}
-	}()
-	body := m.Throttle.Reader(ctx, rec.DataReader(file))
+	body := m.Throttle.Reader(ctx, data)
 	if m.Yield != nil && ctx.Value(backgroundKey{}) != nil && ctx.Value(waitedKey{}) == nil {
 		body = &yielding{ctx: ctx, r: body, yield: m.Yield}
 	}
 	info, err := m.arch.Put(ctx, rec.Key, body, rec.PackedSize())
-	sr := <-sumc
+	chunkSums, serr := sums()
 	if err == nil {
-		err = sr.err
+		err = serr
 	}
 	if err != nil {
 		discard()
 		return nil, err
 	}
 	rec.ETag = info.ETag
-	if blob := rec.SetSums(sr.sums); blob != nil {
+	if blob := rec.SetSums(chunkSums); blob != nil {
 		if _, err := m.arch.Put(ctx, archive.SumsKey(rec.Key), bytes.NewReader(blob), int64(len(blob))); err != nil {
 			discard()
 			return nil, err
@@ -390,6 +388,35 @@ func (m *Migrator) copy(ctx context.Context, file *os.File, rel string, seen tim
 	return rec, nil
 }
 
+// objectBody returns what the object of rec holds, and how to wait for
+// its chunk checksums once it was read. A plain object's checksums are
+// read from the file beside the upload (the page cache serves the
+// second reader); a sealed object's are of the sealed chunks, noted as
+// they are sealed.
+func (m *Migrator) objectBody(file *os.File, rec *stub.Record) (io.Reader, func() ([]uint32, error), error) {
+	if m.Keys == nil || protect.Off(protect.SealData) {
+		type result struct {
+			sums []uint32
+			err  error
+		}
+		c := make(chan result, 1)
+		go func() {
+			s, err := stub.ComputeSumsOf(file, rec)
+			c <- result{s, err}
+		}()
+		return rec.DataReader(file), func() ([]uint32, error) { r := <-c; return r.sums, r.err }, nil
+	}
+	key := m.Keys.Current()
+	salt := seal.NewSalt()
+	rec.Sealed, rec.KeyID, rec.Salt = true, key.ID, salt
+	obj, err := key.Object(salt, rec.Key)
+	if err != nil {
+		return nil, nil, err
+	}
+	r := newSealingReader(file, rec, obj)
+	return r, func() ([]uint32, error) { return r.sums, nil }, nil
+}
+
 // describe stores, beside the object, what a rebuild from the archive
 // needs to make the file's stub again: the file as it is now, its path
 // (seen then) and its directories.
@@ -419,7 +446,7 @@ func (m *Migrator) describe(ctx context.Context, fd int, rel string, seen time.T
 		}
 		meta.Dirs = append(meta.Dirs, a)
 	}
-	return meta.Put(ctx, m.arch)
+	return meta.Put(ctx, m.arch, m.Keys)
 }
 
 // verifyCopy checks that the archive holds the object at its full size

@@ -1,11 +1,11 @@
 package namespace
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"path/filepath"
 	"sort"
@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
+	"github.com/cascadefs/cascadefs/internal/protect"
+	"github.com/cascadefs/cascadefs/seal"
 )
 
 // The operations a journal entry records.
@@ -44,6 +46,7 @@ type Journal struct {
 	arch   archive.Archive
 	fs     string
 	source string
+	keys   *seal.Keyring // seal each batch (nil: in the clear)
 	log    *slog.Logger
 
 	mu      sync.Mutex
@@ -60,9 +63,10 @@ const (
 )
 
 // NewJournal starts the journal of filesystem fs written by source (a
-// name unique among the writers: the mount's source).
-func NewJournal(arch archive.Archive, fs, source string, log *slog.Logger) *Journal {
-	j := &Journal{arch: arch, fs: fs, source: strings.ReplaceAll(source, "/", "_"), log: log,
+// name unique among the writers: the mount's source); keys, if set,
+// seal its batches (they name the files).
+func NewJournal(arch archive.Archive, fs, source string, keys *seal.Keyring, log *slog.Logger) *Journal {
+	j := &Journal{arch: arch, fs: fs, source: strings.ReplaceAll(source, "/", "_"), keys: keys, log: log,
 		stop: make(chan struct{}), done: make(chan struct{})}
 	go j.run()
 	return j
@@ -143,7 +147,15 @@ func (j *Journal) flush(ctx context.Context) bool {
 		enc.Encode(e)
 	}
 	key := archive.JournalKey(j.fs, j.source, batch[len(batch)-1].T)
-	if _, err := j.arch.Put(ctx, key, bytes.NewReader(buf.Bytes()), int64(buf.Len())); err != nil {
+	keys := j.keys
+	if protect.Off(protect.SealNames) {
+		keys = nil
+	}
+	blob, err := keys.SealBlob(key, buf.Bytes())
+	if err == nil {
+		_, err = j.arch.Put(ctx, key, bytes.NewReader(blob), int64(len(blob)))
+	}
+	if err != nil {
 		j.log.Warn("namespace journal: batch not written; tried again", "fs", j.fs, "changes", len(batch), "reason", err)
 		j.mu.Lock()
 		j.pending = append(batch, j.pending...)
@@ -153,43 +165,58 @@ func (j *Journal) flush(ctx context.Context) bool {
 	return true
 }
 
-// ReadJournal reads every journal entry of filesystem fs, in time order.
-// Entries that do not parse or name paths outside the filesystem are
-// skipped and counted.
-func ReadJournal(ctx context.Context, a archive.Archive, fs string) (entries []JournalEntry, bad int, err error) {
-	var keys []string
+// maxBatch bounds what a read of one journal batch accepts.
+const maxBatch = 64 << 20
+
+// ReadJournal reads every journal entry of filesystem fs, in time order,
+// opening sealed batches with keys. Entries that do not parse or name
+// paths outside the filesystem are skipped and counted; a batch sealed
+// with a key not in keys is an error (seal.ErrNoKey).
+func ReadJournal(ctx context.Context, a archive.Archive, fs string, keys *seal.Keyring) (entries []JournalEntry, bad int, err error) {
+	var names []string
 	err = a.List(ctx, archive.JournalPrefix+fs+"/", func(o archive.ObjectInfo) error {
 		if !o.Incomplete {
-			keys = append(keys, o.Key)
+			names = append(names, o.Key)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("namespace journal: %w", err)
 	}
-	for _, key := range keys {
-		body, err := a.Get(ctx, key, 0, -1)
+	for _, name := range names {
+		blob, err := readBlob(ctx, a, name, maxBatch, keys)
 		if err != nil {
-			return nil, 0, fmt.Errorf("namespace journal %s: %w", key, err)
+			return nil, 0, fmt.Errorf("namespace journal: %w", err)
 		}
-		sc := bufio.NewScanner(body)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
+		for line := range bytes.Lines(blob) {
 			var e JournalEntry
-			if json.Unmarshal(sc.Bytes(), &e) != nil || !e.valid() {
+			if json.Unmarshal(line, &e) != nil || !e.valid() {
 				bad++
 				continue
 			}
 			entries = append(entries, e)
 		}
-		err = sc.Err()
-		body.Close()
-		if err != nil {
-			return nil, 0, fmt.Errorf("namespace journal %s: %w", key, err)
-		}
 	}
 	sort.SliceStable(entries, func(i, k int) bool { return entries[i].T.Before(entries[k].T) })
 	return entries, bad, nil
+}
+
+// readBlob reads the whole object name (at most limit bytes) and opens
+// it if it is sealed.
+func readBlob(ctx context.Context, a archive.Archive, name string, limit int64, keys *seal.Keyring) ([]byte, error) {
+	body, err := a.Get(ctx, name, 0, -1)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	blob, err := io.ReadAll(io.LimitReader(body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if int64(len(blob)) > limit {
+		return nil, fmt.Errorf("%s: larger than %d bytes", name, limit)
+	}
+	return keys.OpenBlob(name, blob)
 }
 
 // valid reports whether e is an entry that a rebuild may apply.

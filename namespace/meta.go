@@ -14,12 +14,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/cascadefs/cascadefs/archive"
+	"github.com/cascadefs/cascadefs/internal/protect"
+	"github.com/cascadefs/cascadefs/seal"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -177,8 +178,9 @@ type Meta struct {
 // maxMetaSize bounds what a read of a description accepts.
 const maxMetaSize = 1 << 20
 
-// Put stores m beside the data object its record names.
-func (m *Meta) Put(ctx context.Context, a archive.Archive) error {
+// Put stores m beside the data object its record names, sealed with
+// keys if set (it names the file and holds its attributes).
+func (m *Meta) Put(ctx context.Context, a archive.Archive, keys *seal.Keyring) error {
 	rec, err := stub.Decode(m.Record)
 	if err != nil {
 		return fmt.Errorf("description of %s: %w", m.Path, err)
@@ -188,26 +190,26 @@ func (m *Meta) Put(ctx context.Context, a archive.Archive) error {
 	if err != nil {
 		return err
 	}
-	if _, err := a.Put(ctx, archive.MetaKey(rec.Key), bytes.NewReader(blob), int64(len(blob))); err != nil {
+	name := archive.MetaKey(rec.Key)
+	if protect.Off(protect.SealNames) {
+		keys = nil
+	}
+	if blob, err = keys.SealBlob(name, blob); err != nil {
+		return err
+	}
+	if _, err := a.Put(ctx, name, bytes.NewReader(blob), int64(len(blob))); err != nil {
 		return fmt.Errorf("description of %s: %w", m.Path, err)
 	}
 	return nil
 }
 
 // GetMeta reads the description of the data object key, checked: its
-// record names key, its path is local.
-func GetMeta(ctx context.Context, a archive.Archive, key string) (*Meta, error) {
-	body, err := a.Get(ctx, archive.MetaKey(key), 0, -1)
+// record names key, its path is local. A sealed one is opened with keys
+// (seal.ErrNoKey if it cannot be).
+func GetMeta(ctx context.Context, a archive.Archive, key string, keys *seal.Keyring) (*Meta, error) {
+	blob, err := readBlob(ctx, a, archive.MetaKey(key), maxMetaSize, keys)
 	if err != nil {
-		return nil, err
-	}
-	defer body.Close()
-	blob, err := io.ReadAll(io.LimitReader(body, maxMetaSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(blob) > maxMetaSize {
-		return nil, fmt.Errorf("description of %s: larger than %d bytes", key, maxMetaSize)
+		return nil, fmt.Errorf("description of %s: %w", key, err)
 	}
 	var m Meta
 	if err := json.Unmarshal(blob, &m); err != nil {

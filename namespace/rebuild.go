@@ -13,6 +13,7 @@ import (
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/internal/failpoint"
+	"github.com/cascadefs/cascadefs/seal"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,7 @@ type RebuildOptions struct {
 	At             time.Time // as things stood then (zero: now)
 	IncludeDeleted bool
 	DryRun         bool
+	Keys           *seal.Keyring // open sealed descriptions and journal batches
 }
 
 // RebuildReport is what a rebuild did.
@@ -122,12 +124,12 @@ func Rebuild(ctx context.Context, a archive.Archive, dir string, opt RebuildOpti
 		return nil, fmt.Errorf("list the archive: %w", err)
 	}
 	rep.Objects = len(keys)
-	entries, bad, err := ReadJournal(ctx, a, opt.FS)
+	entries, bad, err := ReadJournal(ctx, a, opt.FS, opt.Keys)
 	if err != nil {
-		return nil, err
+		return nil, withKeyHint(err)
 	}
 	rep.Journal, rep.BadJournal = len(entries), bad
-	versions, err := describe(ctx, a, keys, rep, progress)
+	versions, err := describe(ctx, a, keys, opt.Keys, rep, progress)
 	if err != nil {
 		return nil, err
 	}
@@ -207,8 +209,16 @@ func Rebuild(ctx context.Context, a archive.Archive, dir string, opt RebuildOpti
 	return rep, nil
 }
 
+// withKeyHint says how to give a missing archive key.
+func withKeyHint(err error) error {
+	if errors.Is(err, seal.ErrNoKey) {
+		return fmt.Errorf("%w (give the filesystem's key file with --encryption-key-file)", err)
+	}
+	return err
+}
+
 // describe fetches the descriptions of the data objects keys.
-func describe(ctx context.Context, a archive.Archive, keys []string, rep *RebuildReport, progress func(RebuildProgress)) ([]*Version, error) {
+func describe(ctx context.Context, a archive.Archive, keys []string, ring *seal.Keyring, rep *RebuildReport, progress func(RebuildProgress)) ([]*Version, error) {
 	versions := make([]*Version, len(keys))
 	errs := make([]error, len(keys))
 	var next, done int
@@ -226,7 +236,7 @@ func describe(ctx context.Context, a archive.Archive, keys []string, rep *Rebuil
 				if i >= len(keys) || ctx.Err() != nil {
 					return
 				}
-				m, err := GetMeta(ctx, a, keys[i])
+				m, err := GetMeta(ctx, a, keys[i], ring)
 				if err == nil {
 					versions[i] = &Version{Key: keys[i], Meta: m}
 				} else {
@@ -249,6 +259,10 @@ func describe(ctx context.Context, a archive.Archive, keys []string, rep *Rebuil
 		switch {
 		case v != nil:
 			out = append(out, v)
+		case errors.Is(errs[i], seal.ErrNoKey):
+			// Not a damaged description: a rebuild without it would
+			// leave the file out for no good reason.
+			return nil, withKeyHint(errs[i])
 		default:
 			rep.NoMeta++
 			if rep.FirstNoMeta == "" {

@@ -18,6 +18,7 @@ import (
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/internal/throttle"
+	"github.com/cascadefs/cascadefs/seal"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -74,6 +75,9 @@ type Manager struct {
 	Acting func() error
 	// Throttle, if set, caps the bytes per second fetched.
 	Throttle *throttle.Throttle
+	// Keys open the chunks of sealed objects (the setting
+	// encryption-key-file; nil: none can be opened).
+	Keys *seal.Keyring
 	// Counted, if set, is told of bytes fetched and of files recalled whole.
 	Counted func(files int, bytes int64)
 	// CopyCounted, if set, is told of reads moved to the next archive copy

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/seal"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -201,7 +202,8 @@ func (f *fileRecall) startLocked(hole, want int64, bulk bool, uid uint32) (*stre
 	if size <= f.m.cfg.SmallFile {
 		window = size
 	}
-	end := min(size, max(start+window, (want+chunk-1)/chunk*chunk))
+	end := min(size, max(start+window, want))
+	end = min(size, (end+chunk-1)/chunk*chunk) // whole chunks: each is verified whole
 	// One GET serves one run of data chunks: a hole run of the file is
 	// not in the object.
 	end = min(end, f.rec.DataEnd(start))
@@ -354,19 +356,32 @@ type piece struct {
 
 // fetchFrom runs one GET of [off, s.end): a receiver goroutine reads chunks
 // while this one verifies and writes them. It returns how far it got and,
-// on failure, whether the error is final (a local write failed).
+// on failure, whether the error is final (a local write failed, or the
+// key of a sealed object is not here: no other copy helps).
 func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64, error, bool) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	rec := f.rec
+	var sealed *seal.Object
+	if rec.Sealed {
+		// No copy holds another key's chunks: a key missing here is final.
+		key, err := f.m.Keys.Find(rec.KeyID)
+		if err != nil {
+			return off, fmt.Errorf("%s: %w", f.path, err), true
+		}
+		if sealed, err = key.Object(rec.Salt, rec.Key); err != nil {
+			return off, err, true
+		}
+	}
 	arch, _ := archive.CopyOf(f.m.arch, s.copy)
-	body, err := arch.Get(ctx, f.rec.Key, f.rec.Packed(off), s.end-off)
+	body, err := arch.Get(ctx, rec.Key, rec.Packed(off), rec.Packed(s.end)-rec.Packed(off))
 	if err != nil {
 		return off, err, false
 	}
-	chunk := f.rec.ChunkSize
+	chunk := rec.ChunkSize
 	free := make(chan []byte, readAhead)
 	for range readAhead {
-		free <- make([]byte, chunk)
+		free <- make([]byte, rec.StoredLen(chunk))
 	}
 	filled := make(chan piece, readAhead)
 	end := s.end // the receiver's own copy: the writer may cut s.end short
@@ -379,7 +394,8 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 			case <-ctx.Done():
 				return
 			}
-			b = b[:min(chunk, end-o)]
+			n := min(chunk, end-o)
+			b = b[:rec.StoredLen(n)]
 			f.m.holdBack(ctx, s) // the archive and the link
 			_, err := io.ReadFull(body, b)
 			if err == nil && f.m.Throttle != nil {
@@ -389,7 +405,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 			if err != nil {
 				return
 			}
-			o += int64(len(b))
+			o += n
 		}
 	}()
 	defer func() {
@@ -412,16 +428,23 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		if err := ctx.Err(); err != nil {
 			return p.off, err, false // cancelled: not a byte more
 		}
-		if i := p.off / chunk; i >= int64(len(sums)) || stub.ChunkCRC(p.buf) != sums[i] {
-			return p.off, fmt.Errorf("%s chunk at %d: %w", f.rec.Key, p.off, ErrIntegrity), false
+		i := p.off / chunk
+		if i >= int64(len(sums)) || stub.ChunkCRC(p.buf) != sums[i] {
+			return p.off, fmt.Errorf("%s chunk at %d: %w", rec.Key, p.off, ErrIntegrity), false
 		}
-		if err := f.write(ctx, p.buf, p.off); err != nil {
+		data := p.buf
+		if sealed != nil {
+			if data, err = sealed.Open(p.buf[:0], p.buf, uint32(i)); err != nil {
+				return p.off, fmt.Errorf("%s chunk at %d: %w: %w", rec.Key, p.off, err, ErrIntegrity), false
+			}
+		}
+		if err := f.write(ctx, data, p.off); err != nil {
 			return p.off, err, true
 		}
 		f.mu.Lock()
-		s.next = p.off + int64(len(p.buf))
-		f.fetched += int64(len(p.buf))
-		f.m.count(0, int64(len(p.buf)))
+		s.next = p.off + int64(len(data))
+		f.fetched += int64(len(data))
+		f.m.count(0, int64(len(data)))
 		f.cond.Broadcast()
 		// Reading ahead with nobody waiting on it, while a recall waits
 		// for a GET stream: the stream ends here and gives its slot up

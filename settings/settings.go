@@ -7,6 +7,7 @@ package settings
 
 import (
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,6 +36,7 @@ type FS struct {
 	Retention    time.Duration // retention: a deleted or replaced file's archive copy is kept this long (0: deleted at once)
 	ScrubEvery   time.Duration // scrub-interval: the owner reads the archive back this often (0: never by itself)
 	ScrubRate    int64         // scrub-rate: bytes per second those runs read at most (0: no cap)
+	KeyFile      string        // encryption-key-file: archive keys that seal uploads (empty: in the clear)
 	// Policy: the space monitor's keys, from leader to premigrate
 	// (migrate.DefaultPolicy adds its workers and candidate bound).
 	Policy migrate.Policy
@@ -114,6 +116,13 @@ var keys = []key{
 	{"scrub-rate", "50MiB", "bytes per second a scrub run by scrub-interval reads from the archive at most (0: no cap)", func(s *FS, v string) (err error) {
 		s.ScrubRate, err = units.ParseSize(v)
 		return err
+	}},
+	{"encryption-key-file", "", "a file of archive keys (cascadefs keygen --archive-key), the same on every node: each upload is sealed (AES-256-GCM) with its first key before it leaves the node; the others still open what they sealed (empty: uploads go in the clear)", func(s *FS, v string) error {
+		if v != "" && !filepath.IsAbs(v) {
+			return fmt.Errorf("want an absolute path")
+		}
+		s.KeyFile = v
+		return nil
 	}},
 	{"leader", "0", "a migrated file keeps its first SIZE bytes on disk (rounded up to a block), so headers read without a recall (0: none)", func(s *FS, v string) (err error) {
 		s.Policy.Leader, err = units.ParseSize(v)

@@ -71,8 +71,9 @@ func (r *Record) holeAt(off int64) (ChunkRun, bool) {
 	return ChunkRun{}, false
 }
 
-// Packed is where the file's offset off lies in the object (off must not
-// be inside a hole run).
+// Packed is where the file's offset off lies in the object. off must
+// start or end a chunk and not lie inside a hole run. In a sealed object
+// each chunk is SealOverhead longer.
 func (r *Record) Packed(off int64) int64 {
 	c := uint32(off / r.ChunkSize)
 	for _, h := range r.Holes {
@@ -80,7 +81,25 @@ func (r *Record) Packed(off int64) int64 {
 			off -= r.chunkEnd(h.End-1) - int64(h.Start)*r.ChunkSize
 		}
 	}
-	return off
+	return r.sealed(off)
+}
+
+// sealed turns an offset of the plain packed data (that starts or ends a
+// chunk) into one of the object as stored.
+func (r *Record) sealed(plain int64) int64 {
+	if !r.Sealed {
+		return plain
+	}
+	chunks := (plain + r.ChunkSize - 1) / r.ChunkSize
+	return plain + chunks*SealOverhead
+}
+
+// StoredLen is how many bytes of the object hold a chunk of n bytes.
+func (r *Record) StoredLen(n int64) int64 {
+	if r.Sealed {
+		return n + SealOverhead
+	}
+	return n
 }
 
 // PackedSize is the size of the archive object.
@@ -89,7 +108,7 @@ func (r *Record) PackedSize() int64 {
 	for _, h := range r.Holes {
 		n -= r.chunkEnd(h.End-1) - int64(h.Start)*r.ChunkSize
 	}
-	return n
+	return r.sealed(n)
 }
 
 // DataEnd is where the run of data chunks holding off ends: the start of

@@ -115,3 +115,26 @@ func TestHoleRunsOfASparseFile(t *testing.T) {
 		}
 	}
 }
+
+// In a sealed object each chunk, the last short one too, is SealOverhead
+// longer; hole runs still take no room.
+func TestPackedOffsetsSealed(t *testing.T) {
+	c, o := int64(DefaultChunkSize), int64(SealOverhead)
+	r := &Record{ChunkSize: c, Size: 10*c + 100, SumsCount: 11, Sealed: true,
+		Holes: []ChunkRun{{2, 4}, {7, 8}, {10, 11}}}
+	if got, want := r.PackedSize(), 7*c+7*o; got != want {
+		t.Fatalf("packed size %d, want %d", got, want)
+	}
+	for off, want := range map[int64]int64{0: 0, c: c + o, 4 * c: 2*c + 2*o, 7 * c: 5*c + 5*o, 8 * c: 5*c + 5*o, 10 * c: 7*c + 7*o} {
+		if got := r.Packed(off); got != want {
+			t.Errorf("Packed(%d) = %d, want %d", off, got, want)
+		}
+	}
+	tail := &Record{ChunkSize: c, Size: 2*c + 100, SumsCount: 3, Sealed: true}
+	if got, want := tail.PackedSize(), 2*c+100+3*o; got != want || tail.Packed(tail.Size) != want {
+		t.Fatalf("short last chunk: packed size %d, Packed(size) %d, want %d", got, tail.Packed(tail.Size), want)
+	}
+	if tail.StoredLen(100) != 100+o || (&Record{}).StoredLen(100) != 100 {
+		t.Fatal("StoredLen")
+	}
+}

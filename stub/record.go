@@ -57,7 +57,16 @@ type Record struct {
 	// copied: not in the object (which holds the other chunks back to
 	// back), never fetched, and holes again after a recall.
 	Holes []ChunkRun
+	// Sealed: the object holds each chunk encrypted (package seal) with
+	// the archive key KeyID and the upload's Salt, SealOverhead bytes
+	// longer than the chunk; the checksums are of the sealed chunks.
+	Sealed bool
+	KeyID  [8]byte
+	Salt   [16]byte
 }
+
+// SealOverhead is what sealing adds to each chunk (an AES-GCM tag).
+const SealOverhead = 16
 
 // ChunkRun is the chunks [Start, End) of a file.
 type ChunkRun struct{ Start, End uint32 }
@@ -77,10 +86,12 @@ var (
 )
 
 // recordVersion is written for files without hole runs (readable by
-// every release); recordVersionHoles adds them.
+// every release); recordVersionHoles adds them; recordVersionSealed adds
+// the archive key and salt of a sealed object (hole runs may be none).
 const (
-	recordVersion      = 1
-	recordVersionHoles = 2
+	recordVersion       = 1
+	recordVersionHoles  = 2
+	recordVersionSealed = 3
 )
 
 // ChunkCount is the number of chunks of size chunk that cover size bytes.
@@ -138,6 +149,9 @@ func (r *Record) Encode() ([]byte, error) {
 	if len(r.Holes) > 0 {
 		version = recordVersionHoles
 	}
+	if r.Sealed {
+		version = recordVersionSealed
+	}
 	b = append(b, version, byte(r.State))
 	b = binary.LittleEndian.AppendUint64(b, uint64(r.Size))
 	b = binary.LittleEndian.AppendUint64(b, uint64(r.MtimeNs))
@@ -156,12 +170,16 @@ func (r *Record) Encode() ([]byte, error) {
 		b = append(b, 1)
 		b = append(b, r.SumsHash[:]...)
 	}
-	if version == recordVersionHoles {
+	if version >= recordVersionHoles {
 		b = binary.LittleEndian.AppendUint16(b, uint16(len(r.Holes)))
 		for _, h := range r.Holes {
 			b = binary.LittleEndian.AppendUint32(b, h.Start)
 			b = binary.LittleEndian.AppendUint32(b, h.End)
 		}
+	}
+	if version == recordVersionSealed {
+		b = append(b, r.KeyID[:]...)
+		b = append(b, r.Salt[:]...)
 	}
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable)), nil
 }
@@ -185,7 +203,7 @@ func Decode(b []byte) (*Record, error) {
 		return nil, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
 	}
 	version := body[4]
-	if version != recordVersion && version != recordVersionHoles {
+	if version < recordVersion || version > recordVersionSealed {
 		return nil, fmt.Errorf("%w %d", ErrVersion, version)
 	}
 	d := decoder{buf: body[6:]}
@@ -213,17 +231,23 @@ func Decode(b []byte) (*Record, error) {
 	default:
 		d.err = ErrCorrupt
 	}
-	if version == recordVersionHoles && d.err == nil {
+	if version >= recordVersionHoles && d.err == nil {
 		var n int
 		if b := d.take(2); d.err == nil {
 			n = int(binary.LittleEndian.Uint16(b))
 		}
-		if d.err == nil && (n == 0 || n > MaxHoleRuns || 8*n > len(d.buf)) {
+		// Version 2 is only written with runs; 3 may have none.
+		if d.err == nil && ((n == 0 && version == recordVersionHoles) || n > MaxHoleRuns || 8*n > len(d.buf)) {
 			d.err = ErrCorrupt
 		}
 		for i := 0; i < n && d.err == nil; i++ {
 			r.Holes = append(r.Holes, ChunkRun{d.u32(), d.u32()})
 		}
+	}
+	if version == recordVersionSealed && d.err == nil {
+		r.Sealed = true
+		copy(r.KeyID[:], d.take(8))
+		copy(r.Salt[:], d.take(16))
 	}
 	if d.err == nil && len(d.buf) != 0 {
 		d.err = fmt.Errorf("%w: trailing bytes", ErrCorrupt)

@@ -88,6 +88,13 @@ func FuzzDecode(f *testing.F) {
 	sparse.Holes = []ChunkRun{{1, 3}, {10, 300}}
 	b, _ := sparse.Encode()
 	f.Add(b)
+	sealed := sampleRecord(3)
+	sealed.Sealed, sealed.KeyID, sealed.Salt = true, [8]byte{1, 2}, [16]byte{3, 4}
+	b, _ = sealed.Encode()
+	f.Add(b)
+	sealed.Holes = []ChunkRun{{1, 2}}
+	b, _ = sealed.Encode()
+	f.Add(b)
 	f.Add([]byte("CFSR"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := Decode(b)
@@ -103,6 +110,28 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("decoded record does not re-encode: %v", err)
 		}
 	})
+}
+
+// A sealed record keeps its key and salt, with or without hole runs; a
+// version 2 record without runs stays refused.
+func TestSealedRecord(t *testing.T) {
+	for _, holes := range [][]ChunkRun{nil, {{0, 1}}} {
+		r := sampleRecord(3)
+		r.Holes = holes
+		r.Sealed, r.KeyID, r.Salt = true, [8]byte{1, 2, 3}, [16]byte{9, 8, 7}
+		b, err := r.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Decode(b)
+		if err != nil || !got.Sealed || got.KeyID != r.KeyID || got.Salt != r.Salt || len(got.Holes) != len(holes) {
+			t.Fatalf("holes %v: decoded %+v, %v", holes, got, err)
+		}
+	}
+	plain, _ := sampleRecord(3).Encode()
+	if got, err := Decode(plain); err != nil || got.Sealed {
+		t.Fatalf("a plain record decodes as sealed: %v", err)
+	}
 }
 
 func TestSumsExternal(t *testing.T) {

@@ -15,7 +15,7 @@ Usage:
   cascadefs mount --backing DIR --archive URL [--name FS] [--quota SIZE --high PCT --low PCT ...] [--metrics HOST:PORT] MOUNTPOINT
   cascadefs node --name N --bind HOST:PORT --rpc HOST:PORT [--join HOST:PORT,...] --repo DIR
                  --mount-root DIR [--key-file F] [--credentials-file F]   (or --config F)
-  cascadefs keygen
+  cascadefs keygen [--archive-key]            (a cluster key, or a key that seals the archive)
   cascadefs failover NAME --to NODE [--repo DIR]
   cascadefs expel NODE [--repo DIR]          (a failed node known to be down)
   cascadefs migrate [-r] [--premigrate] [-j N] [--dry-run [--json]] PATH...
@@ -28,7 +28,7 @@ Usage:
   cascadefs undelete --list [--json] PATH...   (deleted and replaced files kept for the retention)
   cascadefs undelete [--at TIME] [--to NEWPATH] PATH...
   cascadefs scrub [--repair] [--rate SIZE] [--after PATH] [--json] PATH...   (read the archive copies back)
-  cascadefs rebuild --archive URL --name FS [--at TIME] [--include-deleted] [--dry-run] [--json] DIR
+  cascadefs rebuild --archive URL --name FS [--at TIME] [--include-deleted] [--dry-run] [--json] [--encryption-key-file F] DIR
                  (a lost backing directory's stubs, made again from the archive alone)
   cascadefs fs add --repo DIR NAME --backing DIR --archive URL [--candidates n1,n2,...] [--owner N]
   cascadefs fs list --repo DIR [--json]

@@ -15,6 +15,7 @@ import (
 	"github.com/cascadefs/cascadefs/cluster/member"
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/internal/secret"
+	"github.com/cascadefs/cascadefs/seal"
 )
 
 const nodeArgs = "--name N --bind HOST:PORT --rpc HOST:PORT [--join HOST:PORT,...] --repo DIR --mount-root DIR --key-file F [--credentials-file F] | --config F"
@@ -139,10 +140,14 @@ func loadEnvFile(path string) error {
 	return nil
 }
 
-// cmdKeygen prints a new cluster key.
+// cmdKeygen prints a new cluster key, or archive key.
 func cmdKeygen(args []string) error {
+	if len(args) == 1 && args[0] == "--archive-key" {
+		fmt.Println(seal.NewKey())
+		return nil
+	}
 	if len(args) > 0 {
-		return errors.New("keygen takes no argument")
+		return errors.New("keygen takes no argument but --archive-key")
 	}
 	key := make([]byte, 32)
 	rand.Read(key)

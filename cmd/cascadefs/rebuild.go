@@ -13,13 +13,14 @@ import (
 	"github.com/cascadefs/cascadefs/daemon"
 	"github.com/cascadefs/cascadefs/namespace"
 	"github.com/cascadefs/cascadefs/repo"
+	"github.com/cascadefs/cascadefs/seal"
 )
 
 // cmdRebuild makes a filesystem's stubs again, in an empty backing
 // directory, from its archive alone: the descriptions beside the objects
 // and the namespace journal.
 func cmdRebuild(args []string) error {
-	fl := newFlags("rebuild", "--archive URL --name FS [--at TIME] [--include-deleted] [--dry-run] [--json] [--credentials-file F] DIR")
+	fl := newFlags("rebuild", "--archive URL --name FS [--at TIME] [--include-deleted] [--dry-run] [--json] [--credentials-file F] [--encryption-key-file F] DIR")
 	archiveURL := fl.String("archive", "", "the filesystem's archive URL")
 	name := fl.String("name", "", "the filesystem's name (its objects are under NAME/ in the archive)")
 	at := fl.String("at", "", "as things stood at TIME (RFC 3339, or 2006-01-02 15:04:05 local time); default now")
@@ -27,6 +28,7 @@ func cmdRebuild(args []string) error {
 	dryRun := fl.Bool("dry-run", false, "say what would be made; make nothing")
 	asJSON := fl.Bool("json", false, "print the report as JSON")
 	credsFile := fl.String("credentials-file", "", "KEY=VALUE lines put into the environment (archive credentials)")
+	keyFile := fl.String("encryption-key-file", "", "the filesystem's archive keys, to open sealed descriptions and journal (its setting encryption-key-file)")
 	if err := fl.Parse(args); err != nil {
 		return errReported
 	}
@@ -48,6 +50,12 @@ func cmdRebuild(args []string) error {
 			return err
 		}
 	}
+	var keys *seal.Keyring
+	if *keyFile != "" {
+		if keys, err = seal.Load(*keyFile); err != nil {
+			return err
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	arch, err := daemon.OpenArchive(ctx, *archiveURL)
@@ -55,7 +63,7 @@ func cmdRebuild(args []string) error {
 		return err
 	}
 	bar := newProgress("rebuild")
-	rep, err := namespace.Rebuild(ctx, arch, fl.Arg(0), namespace.RebuildOptions{FS: *name, At: when, IncludeDeleted: *includeDeleted, DryRun: *dryRun},
+	rep, err := namespace.Rebuild(ctx, arch, fl.Arg(0), namespace.RebuildOptions{FS: *name, At: when, IncludeDeleted: *includeDeleted, DryRun: *dryRun, Keys: keys},
 		func(p namespace.RebuildProgress) {
 			if p.Phase == "make" && p.Total > 0 {
 				if bar.files == 0 {

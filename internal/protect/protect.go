@@ -50,6 +50,8 @@ const (
 	RecordBinding     = "record-binding"      // stub: a record is trusted only on its own inode
 	BootClock         = "boot-clock"          // cluster: the lease judged by a clock that runs through a suspend
 	UndeleteBinding   = "undelete-binding"    // migrate: an undelete's queue entry names the new file before it is in place
+	SealData          = "seal-data"           // migrate: uploads sealed with the archive key
+	SealNames         = "seal-names"          // namespace: descriptions and journal batches sealed with the archive key
 )
 
 // All lists every protection and its tests.
@@ -71,4 +73,6 @@ var All = []Protection{
 	{RecordBinding, "stub bound, WriteRecord", []Test{{"./integration", "^TestCopiedRecordNotTrusted$"}}},
 	{BootClock, "internal/clock Boot (cluster now)", []Test{{"./cluster/owner", "^TestSimulation$"}}},
 	{UndeleteBinding, "migrate DestroyQueue.Undelete", []Test{{"./integration", "^TestUndeletedFileKeepsItsObjectAfterACrash$"}}},
+	{SealData, "migrate Migrator.objectBody", []Test{{"./recall", "^TestSealedObjects$"}, {"./integration", "^TestSealedArchive$"}}},
+	{SealNames, "namespace Meta.Put, Journal.flush", []Test{{"./integration", "^TestSealedArchive$"}}},
 }
