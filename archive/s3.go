@@ -8,8 +8,12 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"regexp"
 	"strings"
+	"sync/atomic"
+	"time"
 
+	"github.com/cascadefs/cascadefs/internal/protect"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 )
@@ -23,6 +27,10 @@ type S3 struct {
 	insecure bool
 	ca       string // PEM file of a private CA (&ca=FILE)
 	md5      bool   // uploads carry Content-MD5 instead of a trailing CRC-32C (&checksum=md5)
+	// locking: the bucket has object lock (read by Check); retention:
+	// how long uploads of files are locked (SetRetention).
+	locking   atomic.Bool
+	retention atomic.Int64
 }
 
 // partSize is the multipart unit for large uploads; parts go up in parallel.
@@ -86,7 +94,71 @@ func (s *S3) Check(ctx context.Context) error {
 	if o, ok := <-objects; ok && o.Err != nil { // the first answer is enough; cancel stops the rest
 		return fmt.Errorf("archive %s: %w", s, s.explainFirstContact(o.Err))
 	}
-	return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// A bucket with object lock keeps versions: deletes go by version,
+	// and uploads are locked for the retention. A store that cannot say
+	// (no such configuration, not implemented, not allowed) locks nothing
+	// that cascadefs asks for.
+	enabled, _, _, _, err := s.client.GetObjectLockConfig(ctx, s.bucket)
+	s.locking.Store(err == nil && enabled == "Enabled")
+	return nil
+}
+
+// Locks reports whether the bucket has object lock enabled.
+func (s *S3) Locks() bool { return s.locking.Load() }
+
+// SetRetention locks the objects of later uploads for d (COMPLIANCE
+// mode: nobody, the root account neither, deletes them before).
+func (s *S3) SetRetention(d time.Duration) { s.retention.Store(int64(d)) }
+
+// LockUntil extends every version of key to be locked until until.
+func (s *S3) LockUntil(ctx context.Context, key string, until time.Time) error {
+	versions, err := s.versions(ctx, key)
+	if err != nil {
+		return err
+	}
+	mode := minio.Compliance
+	for _, v := range versions {
+		if v.IsDeleteMarker {
+			continue
+		}
+		if v.VersionID == "null" {
+			v.VersionID = ""
+		}
+		// Only ever extended: a lock that ends later stays (where the
+		// store's answer does not parse, the request is made, and a
+		// COMPLIANCE lock refuses to be shortened).
+		if _, cur, err := s.client.GetObjectRetention(ctx, s.bucket, s.key(key), v.VersionID); err == nil && cur != nil && !cur.Before(until) {
+			continue
+		}
+		u := until.UTC()
+		err := s.client.PutObjectRetention(ctx, s.bucket, s.key(key), minio.PutObjectRetentionOptions{Mode: &mode, RetainUntilDate: &u, VersionID: v.VersionID})
+		if resp := minio.ToErrorResponse(err); resp.Code == "AccessDenied" && lockWords.MatchString(resp.Message) {
+			continue // refused as a shortening: the lock ends later already
+		}
+		if err != nil {
+			return s.wrap("lock", key, err)
+		}
+	}
+	return nil
+}
+
+// versions lists the versions (and delete markers) of key itself.
+func (s *S3) versions(ctx context.Context, key string) ([]minio.ObjectInfo, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var out []minio.ObjectInfo
+	for o := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.key(key), WithVersions: true, Recursive: true}) {
+		if o.Err != nil {
+			return nil, s.wrap("list versions", key, o.Err)
+		}
+		if o.Key == s.key(key) {
+			out = append(out, o)
+		}
+	}
+	return out, nil
 }
 
 func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) (ObjectInfo, error) {
@@ -98,6 +170,9 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) (Obje
 	}
 	if s.md5 {
 		opts.Checksum, opts.SendContentMd5 = minio.ChecksumNone, true
+	}
+	if r := time.Duration(s.retention.Load()); r > 0 && s.locking.Load() && lockable(key) && !protect.Off(protect.ObjectLock) {
+		opts.Mode, opts.RetainUntilDate = minio.Compliance, time.Now().Add(r).UTC()
 	}
 	info, err := s.client.PutObject(ctx, s.bucket, s.key(key), r, size, opts)
 	if err != nil {
@@ -158,11 +233,48 @@ func (s *S3) Stat(ctx context.Context, key string) (ObjectInfo, error) {
 }
 
 func (s *S3) Delete(ctx context.Context, key string) error {
-	if err := s.client.RemoveObject(ctx, s.bucket, s.key(key), minio.RemoveObjectOptions{}); err != nil {
+	if s.locking.Load() {
+		if err := s.deleteVersions(ctx, key); err != nil {
+			return err
+		}
+	} else if err := s.client.RemoveObject(ctx, s.bucket, s.key(key), minio.RemoveObjectOptions{}); err != nil {
 		return s.wrap("delete", key, err)
 	}
 	// The parts of a multipart upload cut short by a crash go too.
 	if err := s.client.RemoveIncompleteUpload(ctx, s.bucket, s.key(key)); err != nil {
+		return s.wrap("delete", key, err)
+	}
+	return nil
+}
+
+// lockWords: what a store says when it refuses a delete for a lock.
+var lockWords = regexp.MustCompile(`(?i)object lock|worm`)
+
+// deleteVersions deletes every version of key (in a versioned bucket a
+// plain delete only hides the data behind a delete marker). A version
+// still locked is a LockedError: the caller tries again after it.
+func (s *S3) deleteVersions(ctx context.Context, key string) error {
+	versions, err := s.versions(ctx, key)
+	if err != nil {
+		return err
+	}
+	for _, v := range versions {
+		if v.VersionID == "null" {
+			v.VersionID = "" // a store that keeps no versions (versitygw's POSIX backend)
+		}
+		err := s.client.RemoveObject(ctx, s.bucket, s.key(key), minio.RemoveObjectOptions{VersionID: v.VersionID})
+		if err == nil {
+			continue
+		}
+		_, until, rerr := s.client.GetObjectRetention(ctx, s.bucket, s.key(key), v.VersionID)
+		if rerr == nil && until != nil && until.After(time.Now()) {
+			return &LockedError{Key: key, Until: *until}
+		}
+		// A store whose retention answer does not parse (versitygw
+		// 1.8) still says why it refused.
+		if resp := minio.ToErrorResponse(err); resp.Code == "AccessDenied" && lockWords.MatchString(resp.Message) {
+			return &LockedError{Key: key}
+		}
 		return s.wrap("delete", key, err)
 	}
 	return nil

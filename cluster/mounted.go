@@ -189,6 +189,7 @@ func (m *mounted) refreshSettings(fs repo.FS) bool {
 	m.dm.SetPolicy(s.Policy)
 	m.dm.SetRates(s.RecallRate, s.MigrateRate)
 	m.dm.SetScrub(s.ScrubEvery, s.ScrubRate)
+	m.dm.SetRetention(s.Retention)
 	return true
 }
 

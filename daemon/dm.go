@@ -227,6 +227,7 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 	d.migrator.Keys = keys
 	d.migrator.Yield = d.recall.YieldToRecalls
 	d.count(cfg.Metrics)
+	d.lockObjects(set.Retention)
 	cfg.Queue.Start()
 	d.monitor = migrate.NewMonitor(root, set.Policy, d.migrator, log.With("fs", cfg.Name))
 	d.monitor.Cycled = func(migrate.Cycle) { cfg.Metrics.Add(metrics.SpaceCycles, 1, "fs", cfg.Name) }
@@ -245,6 +246,36 @@ func StartDM(ctx context.Context, cfg DMConfig, log *slog.Logger) (*DM, error) {
 		Settings: func() (time.Duration, int64) { return time.Duration(d.scrubEvery.Load()), d.scrubRate.Load() }}
 	go periodic.Loop(d.ctx)
 	return d, nil
+}
+
+// lockObjects: where the archive locks objects (S3 object lock), uploads
+// are locked for the retention, and a deleted or replaced version's
+// objects until its retention ends (the DESTROY queue extends them and
+// waits for the locks to end).
+func (d *DM) lockObjects(retention time.Duration) {
+	l, ok := archive.LockerOf(d.arch)
+	if !ok {
+		d.cfg.Queue.SetLocker(nil)
+		return
+	}
+	l.SetRetention(retention)
+	d.cfg.Queue.SetLocker(func(ctx context.Context, key string, until time.Time) error {
+		for _, k := range append([]string{key}, archive.Companions(key)...) {
+			if err := l.LockUntil(ctx, k, until); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	d.log.Info("the archive locks objects: uploads are locked for the retention", "fs", d.cfg.Name, "retention", retention)
+}
+
+// SetRetention changes how long later uploads are locked, where the
+// archive locks objects (after `cascadefs fs set retention=`).
+func (d *DM) SetRetention(r time.Duration) {
+	if l, ok := archive.LockerOf(d.arch); ok {
+		l.SetRetention(r)
+	}
 }
 
 // SetScrub changes how often the owner scrubs by itself, and how fast
@@ -435,6 +466,8 @@ func (d *DM) Close() {
 	d.waitCalls()
 	d.monitor.Close() // a cycle stops between files
 	d.cfg.Queue.Stop()
+	// The locker locks in this session's archive; the next sets its own.
+	d.cfg.Queue.SetLocker(nil)
 	d.recall.Close() // first: streams stuck on the archive end, so handlers can
 	d.session.Close()
 	d.root.Close()

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/beneath"
 	"github.com/cascadefs/cascadefs/internal/protect"
@@ -61,9 +62,14 @@ type DestroyQueue struct {
 	// journal, if set, is told of the versions that stop being current
 	// (for a rebuild from the archive).
 	journal atomic.Pointer[namespace.Journal]
-	runMu   sync.Mutex    // guards stop and done: a queue outlives its DM sessions
-	stop    chan struct{} // nil while no worker runs
-	done    chan struct{}
+	// lock, if set, extends the lock of an object and its companions
+	// (the archive locks objects: S3 object lock).
+	lock atomic.Pointer[func(ctx context.Context, key string, until time.Time) error]
+	// waits: entries whose object is locked, not tried again before.
+	waits map[string]time.Time
+	runMu sync.Mutex    // guards stop and done: a queue outlives its DM sessions
+	stop  chan struct{} // nil while no worker runs
+	done  chan struct{}
 }
 
 // Store keeps the entries of one filesystem durably.
@@ -86,6 +92,9 @@ type destroyEntry struct {
 	Committed time.Time `json:"committed,omitzero"`
 	// File: the version that a kept object backed, as it was.
 	File *KeptFile `json:"file,omitempty"`
+	// LockedTo: the object's lock (S3 object lock) was extended to this,
+	// the end of its retention.
+	LockedTo time.Time `json:"locked_to,omitzero"`
 }
 
 // KeptFile is a version of a file whose archive copy is kept after it was
@@ -122,7 +131,7 @@ func NewDestroyQueue(store Store, fsName, self, root string, raise func(context.
 		alive = func(string) bool { return false }
 	}
 	q := &DestroyQueue{store: store, fs: fsName, self: self, root: root, raise: raise, alive: alive,
-		incarnation: dmapi.NewToken(), log: log, mine: map[string]destroyEntry{}, aborted: map[string]bool{}, resolved: map[string]time.Time{},
+		incarnation: dmapi.NewToken(), log: log, mine: map[string]destroyEntry{}, aborted: map[string]bool{}, resolved: map[string]time.Time{}, waits: map[string]time.Time{},
 		wake: make(chan struct{}, 1)}
 	q.Adopt()
 	return q
@@ -300,6 +309,35 @@ func (q *DestroyQueue) version(token string, e destroyEntry) KeptVersion {
 // versions kept already too).
 func (q *DestroyQueue) SetRetention(d time.Duration) { q.retention.Store(int64(d)) }
 
+// SetLocker sets how the objects of kept versions are locked to the end
+// of their retention (nil: the archive locks nothing). The DM session
+// sets it.
+func (q *DestroyQueue) SetLocker(lock func(ctx context.Context, key string, until time.Time) error) {
+	if lock == nil {
+		q.lock.Store(nil)
+		return
+	}
+	q.lock.Store(&lock)
+}
+
+// lockKept extends a kept version's lock to the end of its retention,
+// once (again if the retention grew).
+func (q *DestroyQueue) lockKept(ctx context.Context, e *destroyEntry) {
+	lock := q.lock.Load()
+	until := e.Committed.Add(time.Duration(q.retention.Load()))
+	if lock == nil || !e.LockedTo.Before(until) {
+		return
+	}
+	if err := (*lock)(ctx, e.Event.Key, until); err != nil {
+		q.log.Warn("kept version's archive lock not extended; tried again", "key", e.Event.Key, "reason", err)
+		return
+	}
+	e.LockedTo = until
+	if err := q.write(*e); err != nil {
+		q.log.Warn("destroy queue: entry not written; its lock is extended again", "key", e.Event.Key, "reason", err)
+	}
+}
+
 // SetJournal sets the namespace journal told of deletions, replacements
 // and undeletes.
 func (q *DestroyQueue) SetJournal(j *namespace.Journal) { q.journal.Store(j) }
@@ -387,7 +425,11 @@ func (q *DestroyQueue) drain(ctx context.Context) {
 			continue // its change is in progress
 		}
 		if q.keeps(&e) {
+			q.lockKept(ctx, &e)
 			continue // a deleted or replaced version, kept for the retention
+		}
+		if until, ok := q.waits[token]; ok && time.Now().Before(until) {
+			continue // its object is locked yet
 		}
 		// Ready or not: no object goes while its file still names it (a
 		// hard link left, a rename after a failed abort), looked at and
@@ -413,6 +455,21 @@ func (q *DestroyQueue) drain(ctx context.Context) {
 		}
 		err := q.raise(ctx, &e.Event)
 		unlock()
+		var locked *archive.LockedError
+		if errors.As(err, &locked) {
+			// Object lock keeps it for a while yet: tried again then (a
+			// store that does not say until when, every lockRetry).
+			next := locked.Until
+			if now := time.Now(); next.Before(now) || next.After(now.Add(lockRetry)) {
+				next = now.Add(lockRetry)
+			}
+			if _, known := q.waits[token]; !known {
+				q.log.Info("archive object locked; the DESTROY waits for its lock to end", "key", e.Event.Key, "reason", err)
+			}
+			q.waits[token] = next
+			continue
+		}
+		delete(q.waits, token)
 		if err != nil {
 			q.log.Warn("destroy failed, will retry", "key", e.Event.Key, "reason", err)
 			continue
@@ -438,6 +495,11 @@ func (q *DestroyQueue) drain(ctx context.Context) {
 		q.store.Delete(token)
 	}
 }
+
+// lockRetry bounds how long a DESTROY of a locked object waits before it
+// tries again (a lock may be shortened in GOVERNANCE mode, or not say
+// when it ends).
+const lockRetry = time.Hour
 
 // lateWriteGrace: how long an upload that another node resolved is
 // deleted again in case it lands late.

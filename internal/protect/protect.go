@@ -52,6 +52,7 @@ const (
 	UndeleteBinding   = "undelete-binding"    // migrate: an undelete's queue entry names the new file before it is in place
 	SealData          = "seal-data"           // migrate: uploads sealed with the archive key
 	SealNames         = "seal-names"          // namespace: descriptions and journal batches sealed with the archive key
+	ObjectLock        = "object-lock"         // archive: uploads to a bucket with object lock are locked for the retention
 )
 
 // All lists every protection and its tests.
@@ -75,4 +76,5 @@ var All = []Protection{
 	{UndeleteBinding, "migrate DestroyQueue.Undelete", []Test{{"./integration", "^TestUndeletedFileKeepsItsObjectAfterACrash$"}}},
 	{SealData, "migrate Migrator.objectBody", []Test{{"./recall", "^TestSealedObjects$"}, {"./integration", "^TestSealedArchive$"}}},
 	{SealNames, "namespace Meta.Put, Journal.flush", []Test{{"./integration", "^TestSealedArchive$"}}},
+	{ObjectLock, "archive S3.Put", []Test{{"./archive", "^TestS3ObjectLock$"}, {"./integration", "^TestObjectLock$"}}},
 }

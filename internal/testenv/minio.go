@@ -185,6 +185,16 @@ func (m *MinIO) Bucket(t testing.TB, name string) string {
 	return m.URL(name)
 }
 
+// LockedBucket makes a bucket with S3 object lock enabled (and so
+// versioning) and returns its archive URL.
+func (m *MinIO) LockedBucket(t testing.TB, name string) string {
+	t.Helper()
+	if err := m.Client.MakeBucket(context.Background(), name, minio.MakeBucketOptions{ObjectLocking: true}); err != nil {
+		t.Fatalf("make locked bucket: %v", err)
+	}
+	return m.URL(name)
+}
+
 // URL is the archive URL of BUCKET[/PREFIX] on this server.
 func (m *MinIO) URL(bucketAndPrefix string) string {
 	u := fmt.Sprintf("s3://%s?endpoint=%s&insecure=true", bucketAndPrefix, m.Endpoint)
