@@ -137,6 +137,7 @@ type DM struct {
 	scrubbing     sync.Mutex   // one scrub at a time
 	scrubEvery    atomic.Int64 // the settings scrub-interval and scrub-rate, as now set
 	scrubRate     atomic.Int64
+	retention     atomic.Int64 // the setting retention, as now set: how long uploads are locked
 	lastScrub     atomic.Pointer[scrub.Report]
 
 	// The calls in flight (admin and RPC migrations, reconciles, waits
@@ -258,21 +259,16 @@ func (d *DM) lockObjects(retention time.Duration) {
 		d.cfg.Queue.SetLocker(nil)
 		return
 	}
-	l.SetRetention(retention)
-	d.cfg.Queue.SetLocker(func(ctx context.Context, key string, until time.Time) error {
-		for _, k := range append([]string{key}, archive.Companions(key)...) {
-			if err := l.LockUntil(ctx, k, until); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	d.SetRetention(retention)
+	go d.keepLocks(d.ctx)
+	d.cfg.Queue.SetLocker(func(ctx context.Context, key string, until time.Time) error { return lockAll(ctx, l, key, until) })
 	d.log.Info("the archive locks objects: uploads are locked for the retention", "fs", d.cfg.Name, "retention", retention)
 }
 
 // SetRetention changes how long later uploads are locked, where the
 // archive locks objects (after `cascadefs fs set retention=`).
 func (d *DM) SetRetention(r time.Duration) {
+	d.retention.Store(int64(r))
 	if l, ok := archive.LockerOf(d.arch); ok {
 		l.SetRetention(r)
 	}

@@ -13,7 +13,8 @@ import (
 
 // On a bucket with S3 object lock, an upload is locked (COMPLIANCE) for
 // the retention, so nobody deletes it, the test's own client neither; a
-// deleted file's object is locked again to the end of its retention; the
+// deleted file's object is locked again to the end of its retention, a
+// live file's again and again from each session's start; the
 // DESTROY queue waits for a lock to end (here after the retention was
 // set to 0), then deletes every version, leaving nothing behind.
 func TestObjectLock(t *testing.T) {
@@ -22,9 +23,11 @@ func TestObjectLock(t *testing.T) {
 	d.Start()
 	writeRandom(t, d.M("a"), 100<<10)
 	writeRandom(t, d.M("b"), 100<<10)
+	writeRandom(t, d.M("live"), 100<<10)
 	uploaded := time.Now()
-	d.MustCLI("migrate", d.M("a"), d.M("b"))
+	d.MustCLI("migrate", d.M("a"), d.M("b"), d.M("live"))
 	keys := map[string]string{"a": state(t, d, "a").Object, "b": state(t, d, "b").Object}
+	live := state(t, d, "live").Object
 	ctx := context.Background()
 	lockOf := func(key string) (minio.RetentionMode, time.Time) {
 		t.Helper()
@@ -65,6 +68,21 @@ func TestObjectLock(t *testing.T) {
 	testenv.WaitFor(t, "the deleted file's lock extended", 20*time.Second, func() bool {
 		_, until := lockOf(keys["a"])
 		return !until.Before(deleted.Add(time.Minute - time.Second))
+	})
+
+	// A live file's locks are extended by a pass at each session's
+	// start (then every half retention).
+	time.Sleep(time.Until(uploaded.Add(5 * time.Second)))
+	d.Stop()
+	restarted := time.Now()
+	d.Start()
+	testenv.WaitFor(t, "the live file's locks extended", 20*time.Second, func() bool {
+		for _, k := range []string{live, live + ".meta"} {
+			if _, until := lockOf(k); until.Before(restarted.Add(time.Minute)) {
+				return false
+			}
+		}
+		return true
 	})
 
 	// Retention 0 now: the DESTROY queue deletes at once, as far as the

@@ -99,6 +99,23 @@ func (s *Scrubber) Run(ctx context.Context, opt Options, progress func(Report)) 
 	return rep, nil
 }
 
+// EachStub calls fn for every migrated or premigrated file of the tree,
+// in the order a run goes, with its record.
+func (s *Scrubber) EachStub(ctx context.Context, fn func(rel string, rec *stub.Record) error) error {
+	return s.walk(ctx, ".", "", func(rel string) error {
+		fd, err := s.Root.OpenFD(rel, unix.O_RDONLY|unix.O_NOATIME|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+		if err != nil {
+			return nil // gone meanwhile
+		}
+		rec, err := stub.ReadRecord(fd)
+		unix.Close(fd)
+		if err != nil || rec == nil {
+			return nil
+		}
+		return fn(rel, rec)
+	})
+}
+
 // walk calls fn for every regular file at or under rel that comes after
 // the path after, depth first, names sorted.
 func (s *Scrubber) walk(ctx context.Context, rel, after string, fn func(string) error) error {
