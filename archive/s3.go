@@ -185,6 +185,16 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) (Obje
 }
 
 func (s *S3) Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error) {
+	return s.get(ctx, key, off, length, "")
+}
+
+// GetMatch is Get of the object as it was when its ETag was etag: an
+// object replaced since is ErrChanged.
+func (s *S3) GetMatch(ctx context.Context, key string, off, length int64, etag string) (io.ReadCloser, error) {
+	return s.get(ctx, key, off, length, etag)
+}
+
+func (s *S3) get(ctx context.Context, key string, off, length int64, etag string) (io.ReadCloser, error) {
 	var opts minio.GetObjectOptions
 	if length == 0 {
 		return io.NopCloser(strings.NewReader("")), nil
@@ -198,10 +208,18 @@ func (s *S3) Get(ctx context.Context, key string, off, length int64) (io.ReadClo
 			return nil, err
 		}
 	}
+	if etag != "" {
+		if err := opts.SetMatchETag(etag); err != nil {
+			return nil, err
+		}
+	}
 	// Core.GetObject hands back the HTTP body itself: minio.Object would pass
 	// every Read through a goroutine, which costs a tenth of a recall's CPU.
 	body, _, _, err := minio.Core{Client: s.client}.GetObject(ctx, s.bucket, s.key(key), opts)
 	if err != nil {
+		if minio.ToErrorResponse(err).Code == "PreconditionFailed" {
+			return nil, fmt.Errorf("archive get %s/%s: %w", s.bucket, key, ErrChanged)
+		}
 		return nil, s.wrap("get", key, err)
 	}
 	return &s3Reader{body: body, s: s, key: key}, nil

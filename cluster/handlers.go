@@ -12,6 +12,8 @@ import (
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/fusefs"
 	"github.com/cascadefs/cascadefs/internal/beneath"
+	"github.com/cascadefs/cascadefs/migrate"
+	"github.com/cascadefs/cascadefs/scrub"
 	"github.com/cascadefs/cascadefs/settings"
 )
 
@@ -24,9 +26,14 @@ func (n *Node) register() {
 	n.server.Handle(pathTakeover, n.onTakeover)
 	n.server.Handle(pathHandover, n.onHandover)
 	n.server.Handle(pathReconcile, n.onReconcile)
-	n.server.Handle(pathScrub, n.onScrub)
+	n.server.Handle(pathScrub, onOwner(n, func(dm *daemon.DM, ctx context.Context, opt scrub.Options) (*scrub.Report, error) {
+		return dm.Scrub(ctx, opt, nil)
+	}))
 	n.server.Handle(pathCancel, n.onCancel)
-	n.server.Handle(pathUndelete, n.onUndelete)
+	n.server.Handle(pathUndelete, onOwner(n, (*daemon.DM).Undelete))
+	n.server.Handle(pathImport, onOwner(n, func(dm *daemon.DM, ctx context.Context, req migrate.ImportRequest) (*migrate.ImportReport, error) {
+		return dm.Import(ctx, req, nil)
+	}))
 	n.server.Handle(pathWake, func(ctx context.Context, caller string, _ json.RawMessage) (any, error) {
 		n.kick() // a filesystem was handed over: look at the repository now
 		return struct{}{}, nil
@@ -85,6 +92,25 @@ func (n *Node) owned(raw json.RawMessage, req any, fs *string) (*daemon.DM, erro
 	return dm, nil
 }
 
+// onOwner serves a call that runs on the owner (ownerReq, ownerReply):
+// run's error goes back in the reply, final; not owning the filesystem
+// is the call's error, which makes the caller look for the owner again.
+func onOwner[Req, Res any](n *Node, run func(*daemon.DM, context.Context, Req) (Res, error)) rpc.Handler {
+	return func(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
+		var req ownerReq[Req]
+		dm, err := n.owned(raw, &req, &req.FS)
+		if err != nil {
+			return nil, err
+		}
+		res, err := run(dm, ctx, req.Request)
+		reply := ownerReply[Res]{Result: res}
+		if err != nil {
+			reply.Error = err.Error()
+		}
+		return reply, nil
+	}
+}
+
 // onSpace serves a space query or an out-of-space event from another node.
 func (n *Node) onSpace(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
 	var req spaceReq
@@ -140,20 +166,6 @@ func (n *Node) onCancel(ctx context.Context, caller string, raw json.RawMessage)
 	return cancelReply{Events: evs}, err
 }
 
-func (n *Node) onUndelete(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
-	var req undeleteReq
-	dm, err := n.owned(raw, &req, &req.FS)
-	if err != nil {
-		return nil, err
-	}
-	v, err := dm.Undelete(ctx, req.Request)
-	reply := undeleteReply{Version: v}
-	if err != nil {
-		reply.Error = err.Error()
-	}
-	return reply, nil
-}
-
 func (n *Node) onReconcile(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
 	var req reconcileReq
 	dm, err := n.owned(raw, &req, &req.FS)
@@ -162,20 +174,6 @@ func (n *Node) onReconcile(ctx context.Context, caller string, raw json.RawMessa
 	}
 	rep, err := dm.Reconcile(ctx, req.Options, nil)
 	reply := reconcileReply{Report: rep}
-	if err != nil {
-		reply.Error = err.Error()
-	}
-	return reply, nil
-}
-
-func (n *Node) onScrub(ctx context.Context, caller string, raw json.RawMessage) (any, error) {
-	var req scrubReq
-	dm, err := n.owned(raw, &req, &req.FS)
-	if err != nil {
-		return nil, err
-	}
-	rep, err := dm.Scrub(ctx, req.Options, nil)
-	reply := scrubReply{Report: rep}
 	if err != nil {
 		reply.Error = err.Error()
 	}

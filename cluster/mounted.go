@@ -417,25 +417,36 @@ func (m *mounted) Migrate(ctx context.Context, rel string, ino uint64, premigrat
 
 // Undelete runs on the owner.
 func (m *mounted) Undelete(ctx context.Context, req migrate.UndeleteRequest) (migrate.KeptVersion, error) {
-	var v migrate.KeptVersion
+	return callOwner(ctx, m, pathUndelete, req, func(dm *daemon.DM) (migrate.KeptVersion, error) { return dm.Undelete(ctx, req) })
+}
+
+// Import runs on the owner (progress is shown there only).
+func (m *mounted) Import(ctx context.Context, req migrate.ImportRequest, progress func(migrate.ImportReport)) (*migrate.ImportReport, error) {
+	return callOwner(ctx, m, pathImport, req, func(dm *daemon.DM) (*migrate.ImportReport, error) { return dm.Import(ctx, req, progress) })
+}
+
+// callOwner runs local when this node owns the filesystem, else calls
+// path on the owner with req (onOwner serves it there).
+func callOwner[Req, Res any](ctx context.Context, m *mounted, path string, req Req, local func(*daemon.DM) (Res, error)) (Res, error) {
+	var res Res
 	var runErr error
 	err := m.route(ctx,
-		func(dm *daemon.DM) error { v, runErr = dm.Undelete(ctx, req); return nil },
+		func(dm *daemon.DM) error { res, runErr = local(dm); return nil },
 		func(ctx context.Context, to, addr string) error {
-			var reply undeleteReply
-			if err := m.n.client.Call(ctx, to, addr, pathUndelete, undeleteReq{FS: m.name, Request: req}, &reply); err != nil {
+			var reply ownerReply[Res]
+			if err := m.n.client.Call(ctx, to, addr, path, ownerReq[Req]{FS: m.name, Request: req}, &reply); err != nil {
 				return err
 			}
-			v = reply.Version
+			res = reply.Result
 			if reply.Error != "" {
 				runErr = errors.New(reply.Error)
 			}
 			return nil
 		})
 	if err != nil {
-		return v, err
+		return res, err
 	}
-	return v, runErr
+	return res, runErr
 }
 
 // Reconcile runs on the owner. Progress is shown only when this node is
@@ -467,25 +478,7 @@ func (m *mounted) Reconcile(ctx context.Context, opt migrate.ReconcileOptions, p
 
 // Scrub runs on the owner; from another node the report comes at the end.
 func (m *mounted) Scrub(ctx context.Context, opt scrub.Options, progress func(scrub.Report)) (*scrub.Report, error) {
-	var rep *scrub.Report
-	var runErr error
-	err := m.route(ctx,
-		func(dm *daemon.DM) error { rep, runErr = dm.Scrub(ctx, opt, progress); return nil },
-		func(ctx context.Context, to, addr string) error {
-			var reply scrubReply
-			if err := m.n.client.Call(ctx, to, addr, pathScrub, scrubReq{FS: m.name, Options: opt}, &reply); err != nil {
-				return err
-			}
-			rep = reply.Report
-			if reply.Error != "" {
-				runErr = errors.New(reply.Error)
-			}
-			return nil
-		})
-	if err != nil {
-		return nil, err
-	}
-	return rep, runErr
+	return callOwner(ctx, m, pathScrub, opt, func(dm *daemon.DM) (*scrub.Report, error) { return dm.Scrub(ctx, opt, progress) })
 }
 
 // Space asks the owner's space monitor; an out-of-space event (need > 0)

@@ -5,7 +5,6 @@ import (
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/fusefs"
 	"github.com/cascadefs/cascadefs/migrate"
-	"github.com/cascadefs/cascadefs/scrub"
 )
 
 // Node RPC paths and their messages.
@@ -24,6 +23,7 @@ const (
 	pathReconcile  = "/reconcile"
 	pathScrub      = "/scrub"
 	pathUndelete   = "/undelete"
+	pathImport     = "/import"
 	pathCancel     = "/cancel"
 )
 
@@ -60,24 +60,19 @@ type cancelReply struct {
 	Events []dmapi.Event `json:"events"`
 }
 
-type undeleteReq struct {
-	FS      string                  `json:"fs"`
-	Request migrate.UndeleteRequest `json:"request"`
+// ownerReq is a call that runs on a filesystem's owner: an admin's
+// request, forwarded by the node the admin asked.
+type ownerReq[T any] struct {
+	FS      string `json:"fs"`
+	Request T      `json:"request"`
 }
 
-type undeleteReply struct {
-	Version migrate.KeptVersion `json:"version"`
-	Error   string              `json:"error,omitempty"`
-}
-
-type scrubReq struct {
-	FS      string        `json:"fs"`
-	Options scrub.Options `json:"options"`
-}
-
-type scrubReply struct {
-	Report *scrub.Report `json:"report,omitempty"`
-	Error  string        `json:"error,omitempty"`
+// ownerReply is its answer: what it gave, and its own error (a refusal
+// of the request, final), apart from the call's (not the owner, not
+// reached: looked up again).
+type ownerReply[T any] struct {
+	Result T      `json:"result"`
+	Error  string `json:"error,omitempty"`
 }
 
 type reconcileReq struct {

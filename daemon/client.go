@@ -245,6 +245,12 @@ func (c *Client) Scrub(opt scrub.Options, fn func(Message)) (*scrub.Report, erro
 	return m.Scrub, err
 }
 
+// Import makes stubs for the objects under req.URL, on the owner.
+func (c *Client) Import(req migrate.ImportRequest, fn func(Message)) (*migrate.ImportReport, error) {
+	m, err := c.streamed("/import", req, "import", fn)
+	return m.Import, err
+}
+
 // streamed posts body to path and calls fn for each streamed message
 // until the message of type final (returned) or an error.
 func (c *Client) streamed(path string, body any, final string, fn func(Message)) (Message, error) {

@@ -44,7 +44,8 @@ type Message struct {
 
 	Progress  *migrate.ReconcileProgress `json:"progress,omitempty"`
 	Reconcile *migrate.ReconcileReport   `json:"reconcile,omitempty"`
-	Scrub     *scrub.Report              `json:"scrub,omitempty"` // progress and the final report
+	Scrub     *scrub.Report              `json:"scrub,omitempty"`  // progress and the final report
+	Import    *migrate.ImportReport      `json:"import,omitempty"` // progress and the final report
 }
 
 // Summary closes a migrate or recall.
@@ -191,6 +192,7 @@ func startControl(d *Mount) (*ControlServer, error) {
 	mux.HandleFunc("POST /cancel", d.serveCancel)
 	mux.HandleFunc("POST /kept", d.serveKept)
 	mux.HandleFunc("POST /undelete", d.serveUndelete)
+	mux.HandleFunc("POST /import", d.serveImport)
 	if failpoint.Enabled { // test builds: the tests' cache drop, scoped to their mounts
 		mux.HandleFunc("POST /drop-caches", func(w http.ResponseWriter, r *http.Request) { d.fs.DropCaches() })
 	}
@@ -541,6 +543,30 @@ func (d *Mount) serveKept(w http.ResponseWriter, r *http.Request) {
 		out = append(out, kept...)
 	}
 	json.NewEncoder(w).Encode(out)
+}
+
+// serveImport makes stubs for the objects under a URL (on the owner),
+// streaming progress about once a second.
+func (d *Mount) serveImport(w http.ResponseWriter, r *http.Request) {
+	var req migrate.ImportRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	out := newStream(w)
+	var last time.Time
+	rep, err := d.dm.Import(r.Context(), req, func(p migrate.ImportReport) {
+		if time.Since(last) >= time.Second {
+			last = time.Now()
+			p.Problems = nil
+			out.send(Message{Type: "progress", Import: &p})
+		}
+	})
+	if err != nil {
+		out.send(Message{Type: "error", Error: err.Error(), Import: rep})
+		return
+	}
+	out.send(Message{Type: "import", Import: rep})
 }
 
 // serveUndelete brings a kept version back (on the owner).

@@ -48,6 +48,9 @@ type DMAccess interface {
 	// Undelete brings a kept version back as a migrated stub (on the
 	// owner).
 	Undelete(ctx context.Context, req migrate.UndeleteRequest) (migrate.KeptVersion, error)
+	// Import makes stubs for objects cascadefs did not write (on the
+	// owner), reporting each object done.
+	Import(ctx context.Context, req migrate.ImportRequest, progress func(migrate.ImportReport)) (*migrate.ImportReport, error)
 }
 
 // CancelRequest names the files whose pending events an admin cancels:
@@ -336,6 +339,19 @@ func (d *DM) Migrate(ctx context.Context, rel string, ino uint64, premigrate boo
 	return d.migrator.Migrate(ctx, rel, ino, premigrate)
 }
 
+func (d *DM) Import(ctx context.Context, req migrate.ImportRequest, progress func(migrate.ImportReport)) (*migrate.ImportReport, error) {
+	ctx, done, err := d.enter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	if req.Path != "." && !filepath.IsLocal(req.Path) {
+		return nil, fmt.Errorf("import into %q: not a path inside the filesystem", req.Path)
+	}
+	d.log.Info("import started", "fs", d.cfg.Name, "url", req.URL, "path", req.Path, "dry_run", req.DryRun)
+	return d.migrator.Import(ctx, req, progress)
+}
+
 func (d *DM) Undelete(ctx context.Context, req migrate.UndeleteRequest) (migrate.KeptVersion, error) {
 	_, done, err := d.enter(ctx)
 	if err != nil {
@@ -565,6 +581,14 @@ func (r *Router) Scrub(ctx context.Context, opt scrub.Options, progress func(scr
 		return nil, err
 	}
 	return dm.Scrub(ctx, opt, progress)
+}
+
+func (r *Router) Import(ctx context.Context, req migrate.ImportRequest, progress func(migrate.ImportReport)) (*migrate.ImportReport, error) {
+	dm, err := r.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return dm.Import(ctx, req, progress)
 }
 
 func (r *Router) Undelete(ctx context.Context, req migrate.UndeleteRequest) (migrate.KeptVersion, error) {

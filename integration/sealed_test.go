@@ -14,7 +14,6 @@ import (
 
 	"github.com/cascadefs/cascadefs/internal/testenv"
 	"github.com/cascadefs/cascadefs/seal"
-	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
 
@@ -88,19 +87,10 @@ func keyFile(t *testing.T, keys ...string) string {
 // keyOf is the ID of the archive key that sealed the file at p (backing).
 func keyOf(t *testing.T, p string) string {
 	t.Helper()
-	fd, err := unix.Open(p, unix.O_RDONLY, 0)
-	if err != nil {
-		t.Fatal(err)
+	if rec := recordOf(t, p); rec.Sealed {
+		return seal.ID(rec.KeyID).String()
 	}
-	defer unix.Close(fd)
-	rec, err := stub.ReadRecord(fd)
-	if err != nil || rec == nil {
-		t.Fatalf("%s: record %v %v", p, rec, err)
-	}
-	if !rec.Sealed {
-		return ""
-	}
-	return seal.ID(rec.KeyID).String()
+	return ""
 }
 
 func idOf(t *testing.T, key string) string {

@@ -457,7 +457,7 @@ func (m *Migrator) describe(ctx context.Context, fd int, rel string, seen time.T
 // object must match the record: the punch makes the archive copy the only
 // one.
 func (m *Migrator) verifyCopy(ctx context.Context, rec *stub.Record, deep bool) error {
-	info, err := m.arch.Stat(ctx, rec.Key)
+	info, err := m.statData(ctx, rec)
 	if err != nil {
 		return fmt.Errorf("verify archive copy: %w", err)
 	}
@@ -480,6 +480,23 @@ func (m *Migrator) verifyCopy(ctx context.Context, rec *stub.Record, deep bool) 
 		return fmt.Errorf("verify archive copy: %w", err)
 	}
 	return nil
+}
+
+// statData describes rec's data object: in the archive, or, imported, in
+// its origin bucket, where it must still be the object imported.
+func (m *Migrator) statData(ctx context.Context, rec *stub.Record) (archive.ObjectInfo, error) {
+	if !rec.Imported {
+		return m.arch.Stat(ctx, rec.Key)
+	}
+	origin, err := archive.Origin(m.arch, rec.OriginBucket)
+	if err != nil {
+		return archive.ObjectInfo{}, err
+	}
+	info, err := origin.Stat(ctx, rec.OriginKey)
+	if err == nil && info.ETag != rec.ETag {
+		return info, fmt.Errorf("%s/%s: %w", rec.OriginBucket, rec.OriginKey, archive.ErrChanged)
+	}
+	return info, err
 }
 
 // release punches the data of a premigrated (or half-released migrated)

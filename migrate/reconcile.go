@@ -101,10 +101,17 @@ type ReconcileReport struct {
 	DeletedBytes  int64         `json:"deleted_bytes"`
 	DamagedCount  int64         `json:"damaged_count"`
 	Incomplete    int64         `json:"unreadable"` // entries the walk could not read
+	NotOurs       int64         `json:"not_ours"`   // objects under FS/ that cascadefs did not write: never deleted
 	Orphans       []Orphan      `json:"orphans"`
 	Damaged       []Damaged     `json:"damaged"`
 	DeleteFailed  int64         `json:"delete_failed"`
 	FirstDelError string        `json:"delete_error,omitempty"`
+}
+
+// ours: the data object key base is one cascadefs names (FS/INO/GEN).
+func ours(fs, base string) bool {
+	_, ok := archive.ParseKey(fs, base)
+	return ok
 }
 
 // ReportLimit caps the lists of a report.
@@ -116,6 +123,7 @@ type stubRef struct {
 	size      int64
 	sumsCount uint32 // chunks, for the checksum object's size
 	external  bool   // checksums in a checksum object
+	imported  bool   // its data is an object cascadefs did not write: not in FS/
 }
 
 // walkResult is what one walk of the tree saw.
@@ -218,6 +226,10 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 			if s := first.stubs[i]; o.Size != s.size {
 				objectProblems[s.key] = fmt.Sprintf("object has %d bytes, the file %d", o.Size, s.size)
 			}
+		case !ours(r.FS, base) && !protect.Off(protect.NotOurs):
+			// Not of cascadefs's making (an object imported in place, a
+			// user's own): never an orphan, whatever no stub names it.
+			rep.NotOurs++
 		default:
 			if part == archive.Meta && orphanData[base] {
 				return nil // goes with its data object (listed just before it)
@@ -235,7 +247,7 @@ func (r *Reconciler) Run(ctx context.Context, opt ReconcileOptions, progress fun
 	report(func(p *ReconcileProgress) { p.Phase, p.Objects = "list", rep.Objects })
 	for i, s := range first.stubs {
 		switch {
-		case !seen[i]:
+		case !seen[i] && !s.imported:
 			objectProblems[s.key] = "object missing from the archive"
 		case s.external && !sumsSeen[i]:
 			objectProblems[s.key] = "checksum object missing from the archive"
@@ -406,7 +418,7 @@ func (r *Reconciler) walk(ctx context.Context, progress func(files, stubs int64)
 			res.doubtful = append(res.doubtful, st.Ino)
 			rec := foreign.Rec
 			h := keyHash(rec.Key)
-			res.stubs = append(res.stubs, stubRef{key: h, size: rec.PackedSize(), sumsCount: rec.SumsCount, external: !rec.InlineSums()})
+			res.stubs = append(res.stubs, stubRef{key: h, size: rec.PackedSize(), sumsCount: rec.SumsCount, external: !rec.InlineSums(), imported: rec.Imported})
 			if !rec.InlineSums() {
 				res.sums[h] = rec.SumsRef()
 			}
@@ -425,7 +437,7 @@ func (r *Reconciler) walk(ctx context.Context, progress func(files, stubs int64)
 		case rec != nil:
 			stubs.Add(1)
 			h := keyHash(rec.Key)
-			res.stubs = append(res.stubs, stubRef{key: h, size: rec.PackedSize(), sumsCount: rec.SumsCount, external: !rec.InlineSums()})
+			res.stubs = append(res.stubs, stubRef{key: h, size: rec.PackedSize(), sumsCount: rec.SumsCount, external: !rec.InlineSums(), imported: rec.Imported})
 			if !rec.InlineSums() {
 				res.sums[h] = rec.SumsRef()
 			}

@@ -158,6 +158,23 @@ func MakeStub(fd int, rec *stub.Record, a Attrs) error {
 	return stub.WriteRecordSync(fd, rec)
 }
 
+// MakeEmpty gives the empty file fd (that needs no record) the owner,
+// mode and times of a, synced.
+func MakeEmpty(fd int, a Attrs) error {
+	if err := unix.Fchown(fd, int(a.UID), int(a.GID)); err != nil {
+		return err
+	}
+	if err := unix.Fchmod(fd, a.Mode&0o7777); err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	st.Atim, st.Mtim = unix.NsecToTimespec(a.AtimeNs), unix.NsecToTimespec(a.MtimeNs)
+	if err := stub.RestoreTimes(fd, &st); err != nil {
+		return err
+	}
+	return unix.Fsync(fd)
+}
+
 // metaFormat is the version of Meta's encoding.
 const metaFormat = 1
 

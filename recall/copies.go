@@ -49,7 +49,7 @@ func (m *Manager) CopyStats() CopyStats {
 // is no next copy.
 func (f *fileRecall) nextCopy(s *stream, off int64, err error) bool {
 	_, n := archive.CopyOf(f.m.arch, 0)
-	if s.copy+1 >= n {
+	if s.copy+1 >= n || f.rec.Imported { // an imported object has one place
 		return false
 	}
 	bad := s.copy

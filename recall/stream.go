@@ -244,7 +244,7 @@ func (f *fileRecall) loadSumsLocked() {
 	}
 	ready := make(chan struct{})
 	f.sumsReady, f.sumsErr = ready, nil
-	if f.sums != nil || f.rec.SumsCount == 0 || f.rec.Sums != nil {
+	if f.sums != nil || f.rec.InlineSums() {
 		if f.sums == nil {
 			f.sums = f.rec.Sums
 		}
@@ -373,8 +373,10 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 			return off, err, true
 		}
 	}
-	arch, _ := archive.CopyOf(f.m.arch, s.copy)
-	body, err := arch.Get(ctx, rec.Key, rec.Packed(off), rec.Packed(s.end)-rec.Packed(off))
+	body, err := f.m.getData(ctx, rec, s.copy, rec.Packed(off), rec.Packed(s.end)-rec.Packed(off))
+	if errors.Is(err, archive.ErrChanged) {
+		return off, fmt.Errorf("%s: %w", f.path, err), true // no copy, and no retry, helps
+	}
 	if err != nil {
 		return off, err, false
 	}
@@ -419,7 +421,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		if p.err != nil {
 			return p.off, p.err, false
 		}
-		if sums == nil {
+		if sums == nil && !rec.Unverified {
 			if sums, err = f.waitSums(ctx); err != nil {
 				return p.off, err, false
 			}
@@ -429,7 +431,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 			return p.off, err, false // cancelled: not a byte more
 		}
 		i := p.off / chunk
-		if i >= int64(len(sums)) || stub.ChunkCRC(p.buf) != sums[i] {
+		if !rec.Unverified && (i >= int64(len(sums)) || stub.ChunkCRC(p.buf) != sums[i]) {
 			return p.off, fmt.Errorf("%s chunk at %d: %w", rec.Key, p.off, ErrIntegrity), false
 		}
 		data := p.buf
@@ -524,6 +526,13 @@ func (f *fileRecall) commitIfComplete() error {
 	}
 	rec := *f.rec
 	rec.State = stub.Premigrated
+	if rec.Unverified {
+		// An imported object, whole here now: its checksums are made of
+		// what came (bound to its ETag), for every later recall and scrub.
+		if err := f.m.checksumImported(f.file, &rec); err != nil {
+			return err
+		}
+	}
 	// Under the exclusive right, checked inside: the file is still the
 	// migrated stub this recall served (an old owner that paused must not
 	// mark a file changed since as premigrated). Not waited for: a holder

@@ -6,6 +6,7 @@
 package scrub
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -182,6 +183,17 @@ func (s *Scrubber) file(ctx context.Context, rel string, repair bool, thr *throt
 		return nil // resident, or damaged: reconcile's business
 	}
 	rep.Files++
+	if rec.Imported {
+		// Its one place is the origin bucket: checked, never repaired.
+		if _, err := s.check(ctx, s.Arch, rec, thr, rep); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			s.note(rep, Problem{Path: rel, Key: rec.OriginBucket + "/" + rec.OriginKey, Copy: 1, Problem: err.Error()})
+			s.Log.Warn("scrub: imported object bad", "file", rel, "bucket", rec.OriginBucket, "key", rec.OriginKey, "reason", err)
+		}
+		return nil
+	}
 	_, n := archive.CopyOf(s.Arch, 0)
 	var bad []int
 	var sums []uint32
@@ -235,20 +247,34 @@ func (s *Scrubber) file(ctx context.Context, rel string, repair bool, thr *throt
 	return nil
 }
 
-// check reads one copy's checksums and object, and checks every chunk.
+// check reads one copy's checksums and object, and checks every chunk
+// (an imported object's, from its origin, bound to its ETag; one without
+// checksums yet, its length only).
 func (s *Scrubber) check(ctx context.Context, c archive.Archive, rec *stub.Record, thr *throttle.Throttle, rep *Report) ([]uint32, error) {
 	sums, err := archive.ReadSums(ctx, c, rec)
 	if err != nil {
 		return nil, err
 	}
-	body, err := c.Get(ctx, rec.Key, 0, -1)
+	var body io.ReadCloser
+	if rec.Imported {
+		var origin *archive.S3
+		if origin, err = archive.Origin(c, rec.OriginBucket); err == nil {
+			body, err = origin.GetMatch(ctx, rec.OriginKey, 0, -1, rec.ETag)
+		}
+	} else {
+		body, err = c.Get(ctx, rec.Key, 0, -1)
+	}
 	if err != nil {
 		return nil, err
 	}
 	defer body.Close()
 	rep.Objects++
 	counted := &countingReader{r: thr.Reader(ctx, body), n: &rep.Bytes}
-	if err := archive.CheckedCopy(io.Discard, counted, rec, sums); err != nil {
+	if rec.Unverified {
+		if n, err := io.Copy(io.Discard, io.LimitReader(counted, rec.Size)); err != nil || n != rec.Size {
+			return nil, cmp.Or(err, fmt.Errorf("%s/%s: shorter than imported: %w", rec.OriginBucket, rec.OriginKey, archive.ErrIntegrity))
+		}
+	} else if err := archive.CheckedCopy(io.Discard, counted, rec, sums); err != nil {
 		return nil, err
 	}
 	var one [1]byte

@@ -63,6 +63,16 @@ type Record struct {
 	Sealed bool
 	KeyID  [8]byte
 	Salt   [16]byte
+	// Imported: the data is an object cascadefs did not write (cascadefs
+	// import), OriginKey in the bucket OriginBucket of the first copy's
+	// S3 service, bound to it by ETag; cascadefs never deletes it. Key
+	// still names where cascadefs keeps the file's own objects (its
+	// checksums). Unverified: no checksums yet (made at the first full
+	// recall); the bytes are trusted by the ETag alone.
+	Imported     bool
+	Unverified   bool
+	OriginBucket string
+	OriginKey    string
 }
 
 // SealOverhead is what sealing adds to each chunk (an AES-GCM tag).
@@ -86,12 +96,21 @@ var (
 )
 
 // recordVersion is written for files without hole runs (readable by
-// every release); recordVersionHoles adds them; recordVersionSealed adds
-// the archive key and salt of a sealed object (hole runs may be none).
+// every release); recordVersionHoles adds them; recordVersionFlags adds
+// flags after them (hole runs may be none) and what the flags need: the
+// archive key and salt of a sealed object, the origin of an imported one.
 const (
-	recordVersion       = 1
-	recordVersionHoles  = 2
-	recordVersionSealed = 3
+	recordVersion      = 1
+	recordVersionHoles = 2
+	recordVersionFlags = 3
+)
+
+// Flags of a version 3 record.
+const (
+	flagSealed     = 1 << 0
+	flagImported   = 1 << 1
+	flagUnverified = 1 << 2
+	knownFlags     = flagSealed | flagImported | flagUnverified
 )
 
 // ChunkCount is the number of chunks of size chunk that cover size bytes.
@@ -102,8 +121,9 @@ func ChunkCount(size, chunk int64) uint32 {
 	return uint32((size + chunk - 1) / chunk)
 }
 
-// InlineSums reports whether the record carries the chunk checksums itself.
-func (r *Record) InlineSums() bool { return r.Sums != nil || r.SumsCount == 0 }
+// InlineSums reports whether the record carries the chunk checksums
+// itself (or has none to carry: empty, or unverified).
+func (r *Record) InlineSums() bool { return r.Sums != nil || r.SumsCount == 0 || r.Unverified }
 
 // Validate checks the invariants a decoded or freshly built record must hold.
 func (r *Record) Validate() error {
@@ -120,8 +140,12 @@ func (r *Record) Validate() error {
 		return fmt.Errorf("%w: %d checksums for %d bytes", ErrCorrupt, r.SumsCount, r.Size)
 	case r.Sums != nil && uint32(len(r.Sums)) != r.SumsCount:
 		return fmt.Errorf("%w: inline checksum count", ErrCorrupt)
-	case r.Sums == nil && r.SumsCount > 0 && r.SumsCount <= InlineSumsMax:
+	case r.Sums == nil && r.SumsCount > 0 && r.SumsCount <= InlineSumsMax && !r.Unverified:
 		return fmt.Errorf("%w: small file without inline checksums", ErrCorrupt)
+	case r.Unverified && (!r.Imported || r.Sums != nil || r.SumsHash != [32]byte{}):
+		return fmt.Errorf("%w: checksums of an unverified object", ErrCorrupt)
+	case r.Imported && (r.Sealed || r.OriginBucket == "" || r.OriginKey == "" || len(r.OriginBucket) > maxStringLen || len(r.OriginKey) > maxStringLen):
+		return fmt.Errorf("%w: imported object's origin", ErrCorrupt)
 	case len(r.Holes) > MaxHoleRuns:
 		return fmt.Errorf("%w: %d hole runs", ErrCorrupt, len(r.Holes))
 	}
@@ -149,8 +173,8 @@ func (r *Record) Encode() ([]byte, error) {
 	if len(r.Holes) > 0 {
 		version = recordVersionHoles
 	}
-	if r.Sealed {
-		version = recordVersionSealed
+	if r.Sealed || r.Imported {
+		version = recordVersionFlags
 	}
 	b = append(b, version, byte(r.State))
 	b = binary.LittleEndian.AppendUint64(b, uint64(r.Size))
@@ -177,9 +201,26 @@ func (r *Record) Encode() ([]byte, error) {
 			b = binary.LittleEndian.AppendUint32(b, h.End)
 		}
 	}
-	if version == recordVersionSealed {
-		b = append(b, r.KeyID[:]...)
-		b = append(b, r.Salt[:]...)
+	if version == recordVersionFlags {
+		var flags byte
+		if r.Sealed {
+			flags |= flagSealed
+		}
+		if r.Imported {
+			flags |= flagImported
+		}
+		if r.Unverified {
+			flags |= flagUnverified
+		}
+		b = append(b, flags)
+		if r.Sealed {
+			b = append(b, r.KeyID[:]...)
+			b = append(b, r.Salt[:]...)
+		}
+		if r.Imported {
+			b = appendString(b, r.OriginBucket)
+			b = appendString(b, r.OriginKey)
+		}
 	}
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable)), nil
 }
@@ -203,7 +244,7 @@ func Decode(b []byte) (*Record, error) {
 		return nil, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
 	}
 	version := body[4]
-	if version < recordVersion || version > recordVersionSealed {
+	if version < recordVersion || version > recordVersionFlags {
 		return nil, fmt.Errorf("%w %d", ErrVersion, version)
 	}
 	d := decoder{buf: body[6:]}
@@ -244,10 +285,20 @@ func Decode(b []byte) (*Record, error) {
 			r.Holes = append(r.Holes, ChunkRun{d.u32(), d.u32()})
 		}
 	}
-	if version == recordVersionSealed && d.err == nil {
-		r.Sealed = true
-		copy(r.KeyID[:], d.take(8))
-		copy(r.Salt[:], d.take(16))
+	if version == recordVersionFlags && d.err == nil {
+		flags := d.byte1()
+		if d.err == nil && (flags&^knownFlags != 0 || flags&(flagSealed|flagImported) == 0) {
+			d.err = fmt.Errorf("%w: flags %#x", ErrCorrupt, flags)
+		}
+		r.Sealed, r.Imported, r.Unverified = flags&flagSealed != 0, flags&flagImported != 0, flags&flagUnverified != 0
+		if r.Sealed {
+			copy(r.KeyID[:], d.take(8))
+			copy(r.Salt[:], d.take(16))
+		}
+		if r.Imported {
+			r.OriginBucket = d.str()
+			r.OriginKey = d.str()
+		}
 	}
 	if d.err == nil && len(d.buf) != 0 {
 		d.err = fmt.Errorf("%w: trailing bytes", ErrCorrupt)

@@ -95,6 +95,8 @@ func FuzzDecode(f *testing.F) {
 	sealed.Holes = []ChunkRun{{1, 2}}
 	b, _ = sealed.Encode()
 	f.Add(b)
+	b, _ = importedRecord().Encode()
+	f.Add(b)
 	f.Add([]byte("CFSR"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := Decode(b)
@@ -131,6 +133,46 @@ func TestSealedRecord(t *testing.T) {
 	plain, _ := sampleRecord(3).Encode()
 	if got, err := Decode(plain); err != nil || got.Sealed {
 		t.Fatalf("a plain record decodes as sealed: %v", err)
+	}
+}
+
+func importedRecord() *Record {
+	r := sampleRecord(300)
+	r.Sums, r.SumsHash = nil, [32]byte{}
+	r.Imported, r.Unverified, r.OriginBucket, r.OriginKey = true, true, "photos", "2021/a b.jpg"
+	return r
+}
+
+// An imported record keeps its origin; unverified, it has no checksums;
+// it is never sealed.
+func TestImportedRecord(t *testing.T) {
+	r := importedRecord()
+	b, err := r.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(b)
+	if err != nil || !got.Imported || !got.Unverified || got.OriginBucket != "photos" || got.OriginKey != "2021/a b.jpg" || !got.InlineSums() {
+		t.Fatalf("decoded %+v, %v", got, err)
+	}
+	got.SetSums(make([]uint32, got.SumsCount))
+	got.Unverified = false
+	if b, err := got.Encode(); err != nil {
+		t.Fatalf("verified imported record: %v", err)
+	} else if again, err := Decode(b); err != nil || again.Unverified || again.InlineSums() {
+		t.Fatalf("verified imported record decoded %+v, %v", again, err)
+	}
+	for what, mutate := range map[string]func(*Record){
+		"sealed":          func(r *Record) { r.Sealed = true },
+		"no origin":       func(r *Record) { r.OriginKey = "" },
+		"sums unverified": func(r *Record) { r.Sums = make([]uint32, r.SumsCount) },
+		"unverified own":  func(r *Record) { r.Imported = false },
+	} {
+		r := importedRecord()
+		mutate(r)
+		if _, err := r.Encode(); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: encoded (%v)", what, err)
+		}
 	}
 }
 

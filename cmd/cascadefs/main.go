@@ -28,6 +28,7 @@ Usage:
   cascadefs undelete --list [--json] PATH...   (deleted and replaced files kept for the retention)
   cascadefs undelete [--at TIME] [--to NEWPATH] PATH...
   cascadefs scrub [--repair] [--rate SIZE] [--after PATH] [--json] PATH...   (read the archive copies back)
+  cascadefs import [--dry-run] [--json] s3://BUCKET[/PREFIX] PATH   (stubs for objects cascadefs did not write)
   cascadefs rebuild --archive URL --name FS [--at TIME] [--include-deleted] [--dry-run] [--json] [--encryption-key-file F] DIR
                  (a lost backing directory's stubs, made again from the archive alone)
   cascadefs fs add --repo DIR NAME --backing DIR --archive URL [--candidates n1,n2,...] [--owner N]
@@ -45,7 +46,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "expel": cmdExpel, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus, "df": cmdDF, "reconcile": cmdReconcile, "undelete": cmdUndelete, "rebuild": cmdRebuild, "scrub": cmdScrub,
+		"mount": cmdMount, "node": cmdNode, "keygen": cmdKeygen, "failover": cmdFailover, "expel": cmdExpel, "fs": cmdFS, "migrate": cmdMigrate, "recall": cmdRecall, "ls": cmdLs, "status": cmdStatus, "df": cmdDF, "reconcile": cmdReconcile, "undelete": cmdUndelete, "rebuild": cmdRebuild, "scrub": cmdScrub, "import": cmdImport,
 	}
 	cmd, ok := cmds[os.Args[1]]
 	if !ok {

@@ -53,6 +53,7 @@ const (
 	SealData          = "seal-data"           // migrate: uploads sealed with the archive key
 	SealNames         = "seal-names"          // namespace: descriptions and journal batches sealed with the archive key
 	ObjectLock        = "object-lock"         // archive: uploads to a bucket with object lock are locked for the retention
+	NotOurs           = "not-ours"            // migrate: reconcile never takes an object cascadefs did not write for an orphan
 )
 
 // All lists every protection and its tests.
@@ -77,4 +78,5 @@ var All = []Protection{
 	{SealData, "migrate Migrator.objectBody", []Test{{"./recall", "^TestSealedObjects$"}, {"./integration", "^TestSealedArchive$"}}},
 	{SealNames, "namespace Meta.Put, Journal.flush", []Test{{"./integration", "^TestSealedArchive$"}}},
 	{ObjectLock, "archive S3.Put", []Test{{"./archive", "^TestS3ObjectLock$"}, {"./integration", "^TestObjectLock$"}}},
+	{NotOurs, "migrate Reconciler.Run (ours)", []Test{{"./integration", "^TestImport$"}}},
 }
