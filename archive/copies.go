@@ -7,6 +7,8 @@ import (
 	"io"
 	"strings"
 	"sync"
+
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 )
 
 // Copies keeps every object in several archives at once (--archive given
@@ -76,6 +78,9 @@ func (c *Copies) Put(ctx context.Context, key string, r io.Reader, size int64) (
 		go func() {
 			defer wg.Done()
 			infos[i], errs[i] = a.Put(ctx, key, pr, size)
+			if i == 0 && errs[i] == nil {
+				errs[i] = failpoint.Hit(failpoint.CopyPutDone)
+			}
 			if errs[i] != nil {
 				cancel() // the others stop too
 				pr.CloseWithError(errs[i])

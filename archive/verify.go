@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"github.com/cascadefs/cascadefs/stub"
 )
 
@@ -52,6 +53,9 @@ func Repair(ctx context.Context, good, dst Archive, rec *stub.Record, sums []uin
 	go func() { pw.CloseWithError(CheckedCopy(pw, body, rec, sums)) }()
 	_, err = dst.Put(ctx, rec.Key, pr, rec.PackedSize())
 	pr.CloseWithError(err)
+	if err == nil {
+		err = failpoint.Hit(failpoint.RepairAfterData)
+	}
 	if err != nil {
 		return err
 	}

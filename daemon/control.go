@@ -20,6 +20,7 @@ import (
 	"github.com/cascadefs/cascadefs/internal/failpoint"
 	"github.com/cascadefs/cascadefs/migrate"
 	"github.com/cascadefs/cascadefs/scrub"
+	"github.com/cascadefs/cascadefs/seal"
 	"github.com/cascadefs/cascadefs/stub"
 	"golang.org/x/sys/unix"
 )
@@ -65,11 +66,28 @@ type Entry struct {
 	ResidentBytes int64  `json:"resident_bytes"`
 	// Leader: of a migrated file, the bytes from its start that read
 	// without a recall (the leader kept at release, or more once recalled).
-	Leader  int64  `json:"leader,omitempty"`
-	Object  string `json:"object,omitempty"`
-	Moved   int64  `json:"moved,omitempty"` // bytes uploaded (migrate) or recalled (recall)
-	Error   string `json:"error,omitempty"`
-	Skipped string `json:"skipped,omitempty"`
+	Leader int64  `json:"leader,omitempty"`
+	Object string `json:"object,omitempty"`
+	// SealedWith: the archive key that sealed the object (its ID).
+	SealedWith string `json:"sealed_with,omitempty"`
+	// Origin: an imported object's BUCKET/KEY (not of cascadefs's
+	// writing); Unverified: it has no checksums yet.
+	Origin     string `json:"origin,omitempty"`
+	Unverified bool   `json:"unverified,omitempty"`
+	Moved      int64  `json:"moved,omitempty"` // bytes uploaded (migrate) or recalled (recall)
+	Error      string `json:"error,omitempty"`
+	Skipped    string `json:"skipped,omitempty"`
+}
+
+// describe fills in what rec says of the file's archive copy.
+func (e *Entry) describe(rec *stub.Record) {
+	e.State, e.Object = rec.State.String(), rec.Key
+	if rec.Sealed {
+		e.SealedWith = seal.ID(rec.KeyID).String()
+	}
+	if rec.Imported {
+		e.Object, e.Origin, e.Unverified = "", rec.OriginBucket+"/"+rec.OriginKey, rec.Unverified
+	}
 }
 
 // Status is what `cascadefs status` shows of one mounted filesystem.
@@ -660,9 +678,9 @@ func (d *Mount) inspect(rel string) Entry {
 	case rec.State == stub.Premigrated && !rec.Unchanged(&st):
 		e.State = stub.Resident.String() // changed since the copy: the copy is stale
 	case rec.State == stub.Premigrated:
-		e.State, e.Object = rec.State.String(), rec.Key
+		e.describe(rec)
 	default:
-		e.State, e.Object = rec.State.String(), rec.Key
+		e.describe(rec)
 		if e.ResidentBytes, err = stub.ResidentBytes(fd, st.Size); err != nil {
 			e.Error = err.Error()
 		}

@@ -344,3 +344,77 @@ func TestCopiesOnMinIOAndVersitygw(t *testing.T) {
 		t.Fatalf("scrub after the repair: clean=%v %+v", clean, rep)
 	}
 }
+
+// Killed while a migration's upload has reached the first copy only, or
+// while a repair has written a bad copy's object again but not yet its
+// checksums and description: after a restart nothing is left behind, the
+// file reads right, and a scrub with repair mends the half-repaired copy.
+func TestKill9DuringCopyWork(t *testing.T) {
+	first, second := t.TempDir(), t.TempDir()
+	d := testenv.NewDaemon(t, "file://"+first, nil, "--archive", "file://"+second)
+	d.Start()
+	killedAt := func(point string, args ...string) {
+		t.Helper()
+		d.Stop()
+		d.Env = []string{"CASCADEFS_FAILPOINTS=" + point + "=kill@1"}
+		d.Start()
+		if _, _, err := d.CLI(args...); err == nil {
+			t.Fatalf("%v went through the kill point %s", args, point)
+		}
+		if !d.Exited(10 * time.Second) {
+			t.Fatalf("the daemon was not killed at %s", point)
+		}
+		d.Env = nil
+		d.Start()
+	}
+
+	// The upload: its DESTROY entry takes the object from every copy.
+	want := writeRandom(t, d.M("up"), 1<<20)
+	killedAt("copy-put-done", "migrate", d.M("up"))
+	testenv.WaitFor(t, "the cut upload's object gone from both copies", 20*time.Second, func() bool {
+		return len(testenv.ArchiveObjects(t, "file://"+first, nil)) == 0 && len(testenv.ArchiveObjects(t, "file://"+second, nil)) == 0
+	})
+	if e := state(t, d, "up"); e.State != "resident" || sumFile(t, d.M("up")) != want {
+		t.Fatalf("after the cut upload: %+v", e)
+	}
+	d.MustCLI("migrate", d.M("up"))
+	key := state(t, d, "up").Object
+	for _, dir := range []string{first, second} {
+		if !contains(testenv.ArchiveObjects(t, "file://"+dir, nil), key) {
+			t.Fatalf("%s: the upload after the restart is missing", dir)
+		}
+	}
+
+	// The repair: a file with a checksum object (more than 256 chunks).
+	wantBig := writeRandom(t, d.M("big"), 64<<20+1)
+	d.MustCLI("migrate", d.M("big"))
+	big := state(t, d, "big").Object
+	for _, k := range []string{big, big + ".sums", big + ".meta"} {
+		must(t, os.Remove(filepath.Join(second, k)))
+	}
+	killedAt("repair-after-data", "scrub", "--repair", d.M("big"))
+	if _, err := os.Stat(filepath.Join(second, big)); err != nil {
+		t.Fatalf("the kill came before the repair wrote the object: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(second, big+".sums")); err == nil {
+		t.Fatal("the kill came after the repair wrote the checksums")
+	}
+	if _, clean := scrubRun(t, d, d.M("big")); clean {
+		t.Fatal("a copy without its checksum object scrubs clean")
+	}
+	if rep, _ := scrubRun(t, d, "--repair", d.M("big")); rep.Repaired != 1 {
+		t.Fatalf("scrub --repair after the kill: %+v", rep)
+	}
+	if rep, clean := scrubRun(t, d, d.M("big")); !clean {
+		t.Fatalf("scrub after the repair: %+v", rep)
+	}
+	for _, k := range []string{big + ".sums", big + ".meta"} {
+		if _, err := os.Stat(filepath.Join(second, k)); err != nil {
+			t.Errorf("%s not written by the repair: %v", k, err)
+		}
+	}
+	testenv.DropCaches()
+	if sumFile(t, d.M("big")) != wantBig {
+		t.Fatal("big reads other bytes")
+	}
+}

@@ -104,8 +104,8 @@ func TestImport(t *testing.T) {
 	if st.Size != 3<<20+5 || st.Uid != 64123 || st.Gid != 64124 || st.Mode&0o7777 != 0o644 || st.Mtim.Sec != stat.LastModified.Unix() {
 		t.Fatalf("imported stub: size %d owner %d:%d mode %o mtime %d (object %v)", st.Size, st.Uid, st.Gid, st.Mode&0o7777, st.Mtim.Sec, stat.LastModified)
 	}
-	if e := state(t, d, "imported/a.jpg"); e.State != "migrated" {
-		t.Fatalf("imported file is %q", e.State)
+	if e := state(t, d, "imported/a.jpg"); e.State != "migrated" || e.Origin != "data/photos/a.jpg" || !e.Unverified {
+		t.Fatalf("ls of an imported file: %+v", e)
 	}
 	if rec := recordOf(t, d.B("imported/a.jpg")); !rec.Imported || !rec.Unverified || rec.OriginKey != "photos/a.jpg" {
 		t.Fatalf("imported record: %+v", rec)

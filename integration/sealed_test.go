@@ -162,8 +162,8 @@ func TestSealedArchive(t *testing.T) {
 	d.Start()
 	sums["new"] = writeMarked(t, d.M("new"), 1<<20, marker, false)
 	d.MustCLI("migrate", d.M("new"), d.M("big"))
-	if k := keyOf(t, d.B("new")); k != idOf(t, keyB) {
-		t.Fatalf("new file sealed with key %q, want the new key %q", k, idOf(t, keyB))
+	if k := keyOf(t, d.B("new")); k != idOf(t, keyB) || state(t, d, "new").SealedWith != k {
+		t.Fatalf("new file sealed with key %q (ls says %q), want the new key %q", k, state(t, d, "new").SealedWith, idOf(t, keyB))
 	}
 	testenv.DropCaches()
 	if sumFile(t, d.M("big")) != sums["big"] || sumFile(t, d.M("new")) != sums["new"] {

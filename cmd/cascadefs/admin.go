@@ -243,6 +243,15 @@ func cmdLs(args []string) error {
 	bad := false
 	for _, e := range all {
 		obj := e.Object
+		switch {
+		case e.Origin != "":
+			obj = "imported " + e.Origin
+			if e.Unverified {
+				obj += " (no checksums yet)"
+			}
+		case e.SealedWith != "":
+			obj += " (sealed, key " + e.SealedWith + ")"
+		}
 		if e.Error != "" {
 			obj, bad = "error: "+e.Error, true
 		}

@@ -48,13 +48,15 @@ const (
 	UndeleteBeforeForget   = "undelete-before-forget"   // the stub in place, its queue entry not yet removed
 	RebuildBeforeComplete  = "rebuild-before-complete"  // the rebuilt tree made and synced, not yet marked complete
 	RebuildInsidePlace     = "rebuild-inside-place"     // moving the complete tree into place, entry by entry
+	CopyPutDone            = "copy-put-done"            // the first archive copy holds an object, the others may not yet
+	RepairAfterData        = "repair-after-data"        // a bad copy's object written again, its checksums and description not yet
 )
 
 // All lists every point, for the crash suite's random picks.
 var All = []string{MigrateAfterUpload, MigrateBeforeRecord, MigrateAfterPremigrate, MigrateReleaseHeld, MigrateAfterConfirm, MigrateBeforePunch, MigrateInsidePunch,
 	RecallBeforeWrite, RecallAfterWrite, RecallBeforeRecord, DestroyBeforeUnlink, DestroyBeforeDelete,
 	TakeoverBeforeCommit, HandoverAfterStop, LeaseRenew, RepoInUpdate, UndeleteAfterStub, UndeleteBeforeRename, UndeleteBeforeForget,
-	RebuildBeforeComplete, RebuildInsidePlace}
+	RebuildBeforeComplete, RebuildInsidePlace, CopyPutDone, RepairAfterData}
 
 // ErrInjected is what a point set to "error" fails with.
 var ErrInjected = errors.New("failpoint: injected failure")
