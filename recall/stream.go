@@ -347,7 +347,7 @@ func (f *fileRecall) fetch(ctx context.Context, s *stream) error {
 // verifies and writes: the GET keeps flowing while the disk write runs.
 const readAhead = 4
 
-// piece is one chunk as received.
+// piece is one chunk as received, checked and opened (or why not).
 type piece struct {
 	buf []byte
 	off int64
@@ -387,6 +387,35 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 	}
 	filled := make(chan piece, readAhead)
 	end := s.end // the receiver's own copy: the writer may cut s.end short
+	// The receiver checks (and opens) each chunk as it comes, beside the
+	// writer's disk write of the chunk before: the CPU work of a stream
+	// runs on two cores.
+	var sums []uint32
+	check := func(b []byte, o int64) ([]byte, error) {
+		if rec.Unverified {
+			return b, nil // an imported object, bound by its ETag only
+		}
+		if sums == nil && sealed == nil {
+			var err error
+			if sums, err = f.waitSums(ctx); err != nil {
+				return nil, err
+			}
+		}
+		i := o / chunk
+		if sealed == nil {
+			if i >= int64(len(sums)) || stub.ChunkCRC(b) != sums[i] {
+				return nil, fmt.Errorf("%s chunk at %d: %w", rec.Key, o, ErrIntegrity)
+			}
+			return b, nil
+		}
+		// A sealed chunk's tag checks it (the checksum of the sealed
+		// bytes is for scrub and repair, which have no key).
+		data, err := sealed.Open(b[:0], b, uint32(i))
+		if err != nil {
+			return nil, fmt.Errorf("%s chunk at %d: %w: %w", rec.Key, o, err, ErrIntegrity)
+		}
+		return data, nil
+	}
 	go func() {
 		defer close(filled)
 		for o := off; o < end; {
@@ -403,6 +432,9 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 			if err == nil && f.m.Throttle != nil {
 				err = f.m.Throttle.WaitFor(ctx, s.uid, len(b)) // the GET waits in the socket meanwhile
 			}
+			if err == nil {
+				b, err = check(b, o)
+			}
 			filled <- piece{b, o, err}
 			if err != nil {
 				return
@@ -416,30 +448,15 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		}
 		body.Close()
 	}()
-	var sums []uint32
 	for p := range filled {
 		if p.err != nil {
 			return p.off, p.err, false
-		}
-		if sums == nil && !rec.Unverified {
-			if sums, err = f.waitSums(ctx); err != nil {
-				return p.off, err, false
-			}
 		}
 		f.m.holdBack(ctx, s) // the disk and the CPU
 		if err := ctx.Err(); err != nil {
 			return p.off, err, false // cancelled: not a byte more
 		}
-		i := p.off / chunk
-		if !rec.Unverified && (i >= int64(len(sums)) || stub.ChunkCRC(p.buf) != sums[i]) {
-			return p.off, fmt.Errorf("%s chunk at %d: %w", rec.Key, p.off, ErrIntegrity), false
-		}
-		data := p.buf
-		if sealed != nil {
-			if data, err = sealed.Open(p.buf[:0], p.buf, uint32(i)); err != nil {
-				return p.off, fmt.Errorf("%s chunk at %d: %w: %w", rec.Key, p.off, err, ErrIntegrity), false
-			}
-		}
+		data := p.buf // checked, and opened
 		if err := f.write(ctx, data, p.off); err != nil {
 			return p.off, err, true
 		}
