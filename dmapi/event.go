@@ -63,6 +63,9 @@ type Event struct {
 	// and the daemon's own work): workers and the recall rate are shared
 	// fairly between users.
 	UID uint32 `json:"uid,omitempty"`
+	// Serve, on the node that raised a READ, takes its bytes from memory
+	// once verified (see Serve); nil elsewhere.
+	Serve *Serve `json:"-"`
 }
 
 // Priority is who waits for an event: a user's read goes before an
@@ -103,11 +106,15 @@ type dedupeKey struct {
 	offset int64
 	length int64
 	object string
+	token  string // an event that serves its own reader is shared with none
 }
 
 func (e *Event) dedupeKey() dedupeKey {
 	if e.Type == Destroy {
 		return dedupeKey{object: e.Key}
+	}
+	if e.Serve != nil {
+		return dedupeKey{token: e.Token}
 	}
 	if e.Type == Read {
 		return dedupeKey{ino: e.Ino, offset: e.Offset, length: e.Length, whole: e.Length < 0 && e.Offset == 0}

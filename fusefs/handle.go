@@ -362,9 +362,12 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		return h.readShielded(ctx, dest, off)
 	}
 	for attempt := 0; ; attempt++ {
-		rec, errno := h.ensureResident(ctx, off, int64(len(dest)))
+		rec, _, served, errno := h.residentFrom(ctx, off, int64(len(dest)), dest)
 		if errno != 0 {
 			return nil, errno
+		}
+		if served > 0 {
+			return fuse.ReadResultVector([][]byte{dest[:served]}), 0
 		}
 		if rec == nil || rec.State != stub.Migrated {
 			return h.lf.Read(ctx, dest, off)
@@ -397,9 +400,14 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 // a look for holes.
 func (h *handle) readShielded(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if !h.resident.covers(off, off+int64(len(dest))) {
-		rec, to, errno := h.residentFrom(ctx, off, int64(len(dest)))
+		rec, to, served, errno := h.residentFrom(ctx, off, int64(len(dest)), dest)
 		if errno != 0 {
 			return nil, errno
+		}
+		if served > 0 {
+			// From the recall's memory: maybe not in the file yet,
+			// so nothing is marked resident.
+			return fuse.ReadResultVector([][]byte{dest[:served]}), 0
 		}
 		if rec == nil || rec.State != stub.Migrated {
 			h.resident.all()
@@ -411,31 +419,28 @@ func (h *handle) readShielded(ctx context.Context, dest []byte, off int64) (fuse
 	return h.lf.Read(ctx, dest, off)
 }
 
-// ensureResident raises READ events until [off, off+n) holds data; it
-// returns the record it saw last (nil for a file without one).
-func (h *handle) ensureResident(ctx context.Context, off, n int64) (*stub.Record, syscall.Errno) {
-	rec, _, errno := h.residentFrom(ctx, off, n)
-	return rec, errno
-}
-
-// residentFrom is ensureResident that also says where the data found
-// from off ends (the next hole, or the size), for a stub.
-func (h *handle) residentFrom(ctx context.Context, off, n int64) (*stub.Record, int64, syscall.Errno) {
-	rec, errno := h.record()
+// residentFrom raises READ events until [off, off+n) holds data; it
+// returns the record it saw last (nil for a file without one) and where
+// the data found from off ends (the next hole, or the size), for a stub. Given dest (a
+// read of n bytes), the DM application may instead fill it with the
+// bytes it recalled, from memory before they reach the backing file:
+// served is then how many it filled (up to the size).
+func (h *handle) residentFrom(ctx context.Context, off, n int64, dest []byte) (rec *stub.Record, to int64, served int, errno syscall.Errno) {
+	rec, errno = h.record()
 	if errno != 0 || rec == nil || rec.State != stub.Migrated {
-		return rec, 0, errno
+		return rec, 0, 0, errno
 	}
 	end := min(off+n, rec.Size)
 	for {
 		hole, err := stub.FirstMissing(h.fd, rec, off, rec.Size)
 		if err != nil {
-			return nil, 0, gofs.ToErrno(err)
+			return nil, 0, 0, gofs.ToErrno(err)
 		}
 		if hole >= end {
-			return rec, hole, 0
+			return rec, hole, 0, 0
 		}
 		if time.Since(time.Unix(0, h.cancelled.Load())) < cancelEcho {
-			return nil, 0, syscall.ECANCELED
+			return nil, 0, 0, syscall.ECANCELED
 		}
 		ev := h.event(dmapi.Read, 0, -1) // small files are recalled whole
 		if rec.Size > h.fs.opts.SmallFile {
@@ -445,11 +450,20 @@ func (h *handle) residentFrom(ctx context.Context, off, n int64) (*stub.Record, 
 			start := hole / r * r
 			ev.Offset, ev.Length = start, min((end+r-1)/r*r, rec.Size)-start
 		}
-		if errno := h.raise(ctx, ev); errno != 0 {
-			return nil, 0, errno
+		if dest != nil {
+			ev.Serve = dmapi.NewServe(off, dest[:min(int64(len(dest)), n)])
+		}
+		errno := h.raise(ctx, ev)
+		if ev.Serve != nil {
+			if served := ev.Serve.Close(); errno == 0 && served > 0 {
+				return rec, 0, served, 0
+			}
+		}
+		if errno != 0 {
+			return nil, 0, 0, errno
 		}
 		if rec, errno = h.record(); errno != 0 || rec == nil || rec.State != stub.Migrated {
-			return rec, 0, errno // resident now: any hole left is a real one
+			return rec, 0, 0, errno // resident now: any hole left is a real one
 		}
 	}
 }

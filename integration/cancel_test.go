@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,14 +62,30 @@ func TestCancelPendingRecalls(t *testing.T) {
 		}
 		return st.Mounts[0].PendingEvents
 	}
-	testenv.WaitFor(t, "three pending events", 20*time.Second, func() bool { return len(pending()) == 3 })
-	for _, p := range pending() {
+	// Per file: a reader's read may be several events (the kernel's
+	// readahead comes in requests of its own, each served on its own).
+	byFile := func() map[string][]dmapi.PendingEvent {
+		m := map[string][]dmapi.PendingEvent{}
+		for _, p := range pending() {
+			m[p.Event.Path] = append(m[p.Event.Path], p)
+		}
+		return m
+	}
+	testenv.WaitFor(t, "pending events of three files", 20*time.Second, func() bool { return len(byFile()) == 3 })
+	for path, evs := range byFile() {
 		want := map[string]struct {
 			running bool
 			prio    dmapi.Priority
-		}{"f": {true, dmapi.PriorityReader}, "g": {false, dmapi.PriorityReader}, "h": {false, dmapi.PriorityAdmin}}[p.Event.Path]
-		if p.Running != want.running || p.Priority != want.prio || p.Waiters != 1 || p.Age <= 0 {
-			t.Errorf("pending %s: %+v", p.Event.Path, p)
+		}{"f": {true, dmapi.PriorityReader}, "g": {false, dmapi.PriorityReader}, "h": {false, dmapi.PriorityAdmin}}[path]
+		running := false
+		for _, p := range evs {
+			running = running || p.Running
+			if p.Priority != want.prio || p.Waiters != 1 || p.Age <= 0 {
+				t.Errorf("pending %s: %+v", path, p)
+			}
+		}
+		if running != want.running {
+			t.Errorf("pending %s: running %v, want %v: %+v", path, running, want.running, evs)
 		}
 	}
 	out := d.MustCLI("status")
@@ -77,21 +94,22 @@ func TestCancelPendingRecalls(t *testing.T) {
 	}
 
 	// One file: only its reader is answered.
+	gEvents := len(byFile()["g"])
 	out = d.MustCLI("recall", "--cancel", d.M("g"))
-	if !strings.Contains(out, "1 pending event(s) cancelled") {
-		t.Errorf("cancel g: %s", out)
+	if !strings.Contains(out, fmt.Sprintf("%d pending event(s) cancelled", gEvents)) {
+		t.Errorf("cancel g (%d events): %s", gEvents, out)
 	}
 	if err := waitErr(t, gRead); !errors.Is(err, syscall.ECANCELED) {
 		t.Errorf("reader of g got %v, want ECANCELED", err)
 	}
-	if len(pending()) != 2 {
-		t.Errorf("pending after cancelling g: %+v", pending())
+	if left := byFile(); len(left) != 2 || left["g"] != nil {
+		t.Errorf("pending after cancelling g: %+v", left)
 	}
 
 	// All: the running recall too; its reader is answered while the
 	// stream is still paused.
 	out = d.MustCLI("recall", "--cancel", "--all")
-	if !strings.Contains(out, "2 pending event(s) cancelled") {
+	if !strings.Contains(out, "pending event(s) cancelled") || len(pending()) != 0 {
 		t.Errorf("cancel --all: %s", out)
 	}
 	if err := waitErr(t, fRead); !errors.Is(err, syscall.ECANCELED) {
@@ -183,7 +201,7 @@ func TestRecallByHandleAfterCachesDropped(t *testing.T) {
 	go func() { readA <- sumFile(t, d.M("a")) }()
 	waitForFile(t, marker) // the only worker holds a's recall
 	recallB := cliAsync(d, "recall", d.M("b"))
-	testenv.WaitFor(t, "b's event queued", 20*time.Second, func() bool { return strings.Count(d.MustCLI("status"), "waiter(s)") == 2 })
+	testenv.WaitFor(t, "b's event queued", 20*time.Second, func() bool { return strings.Contains(d.MustCLI("status"), "READ b [") })
 	testenv.DropCaches() // b's dentry goes while its event waits
 	os.Remove(marker)
 	if r := <-recallB; r.err != nil {

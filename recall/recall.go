@@ -344,9 +344,15 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 		off, end = 0, f.rec.Size
 	}
 	end = min(end, f.rec.Size)
+	inMemory := ev.Type == dmapi.Read && ev.Serve != nil
+	if inMemory && ev.Serve.Off < end && ev.Serve.End() > off {
+		// The reader waits for its own bytes only; a small file's
+		// stream still fetches it whole (its window is the file).
+		off, end = max(off, ev.Serve.Off), min(end, ev.Serve.End())
+	}
 	defer m.waits(ev.Type == dmapi.Read && ev.Priority == dmapi.PriorityReader, ev.UID)()
 	for attempt := 0; ; attempt++ {
-		if err := f.ensure(ctx, off, end, ev.Priority > dmapi.PriorityReader, ev.UID); err != nil {
+		if err := f.ensure(ctx, off, end, ev.Priority > dmapi.PriorityReader, ev.UID, inMemory); err != nil {
 			if ctx.Err() != nil && m.ctx.Err() == nil {
 				m.log.Info("recall event ended before its data came (cancelled)", "fs", ev.FS, "file", ev.Path, "offset", off)
 			} else {
@@ -355,6 +361,9 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 			return err
 		}
 		if ev.Type == dmapi.Read {
+			if inMemory {
+				ev.Serve.Fill(f.serveInto)
+			}
 			return nil
 		}
 		err := f.makeResident()

@@ -60,12 +60,14 @@ type stream struct {
 	hurried atomic.Bool
 	ctx     context.Context
 	cancel  context.CancelFunc // stops its GET (an admin's cancel)
+	pieces  []*piece           // its chunk buffers (f.mu), at most streamPieces
 }
 
 // ensure returns once [off, end) holds data, starting or joining streams,
 // or when ctx ends. Bulk work (not a reader's) starts its streams within
-// the bulk share of the stream slots.
-func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool, uid uint32) error {
+// the bulk share of the stream slots. inMemory: checked bytes that are
+// not yet written will do (a reader on this node is served from them).
+func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool, uid uint32, inMemory bool) error {
 	stop := context.AfterFunc(ctx, func() {
 		f.mu.Lock()
 		f.cond.Broadcast()
@@ -73,10 +75,7 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool, uid 
 	})
 	defer stop()
 	for {
-		f.mu.Lock()
-		rec := f.rec
-		f.mu.Unlock()
-		hole, err := f.firstMissing(rec, off, end)
+		hole, err := f.firstAbsent(off, end, inMemory)
 		if err != nil {
 			return err
 		}
@@ -125,20 +124,43 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool, uid 
 		if hole >= s.start+(s.end-s.start)/2 {
 			f.prefetchLocked(s)
 		}
+		here := func() bool { return s.next > hole || inMemory && f.pieceAt(hole) != nil }
 		s.waiting++
-		for !s.done && s.next <= hole && ctx.Err() == nil {
+		for !s.done && !here() && ctx.Err() == nil {
 			f.cond.Wait()
 		}
 		s.waiting--
-		if err := ctx.Err(); err != nil && s.next <= hole {
+		if err := ctx.Err(); err != nil && !here() {
 			f.mu.Unlock()
 			return err // the stream goes on for the others
 		}
-		if s.next <= hole && s.err != nil {
+		if !here() && s.err != nil {
 			err := s.err
 			f.mu.Unlock()
 			return err
 		}
+		f.mu.Unlock()
+	}
+}
+
+// firstAbsent is the first offset of [off, end) that is not in the file
+// (see firstMissing) nor, when inMemory, checked in a stream's memory.
+func (f *fileRecall) firstAbsent(off, end int64, inMemory bool) (int64, error) {
+	for {
+		f.mu.Lock()
+		rec := f.rec
+		f.mu.Unlock()
+		hole, err := f.firstMissing(rec, off, end)
+		if err != nil || hole >= end || !inMemory {
+			return hole, err
+		}
+		f.mu.Lock()
+		p := f.pieceAt(hole)
+		if p == nil {
+			f.mu.Unlock()
+			return hole, nil
+		}
+		off = p.off + int64(len(p.data))
 		f.mu.Unlock()
 	}
 }
@@ -343,21 +365,84 @@ func (f *fileRecall) fetch(ctx context.Context, s *stream) error {
 	return nil
 }
 
-// readAhead is how many chunks a stream receives ahead of the one it
-// verifies and writes: the GET keeps flowing while the disk write runs.
-const readAhead = 4
+// streamPieces is how many chunk buffers one stream owns: the receiver
+// runs up to this many chunks ahead of the disk write, and a reader on
+// this node is served from those still held. Memory: this many chunks
+// (2 MiB at the default 256 KiB) per stream, MaxStreams streams per
+// filesystem (and one more for a user who has none).
+const streamPieces = 8
 
-// piece is one chunk as received, checked and opened (or why not).
+// piece is one chunk buffer of a stream. The receiver fills it, checks
+// (and opens) it and shows it to readers; the writer writes it to the
+// backing file; it keeps its bytes for readers until the receiver takes
+// it for a later chunk.
 type piece struct {
-	buf []byte
+	buf     []byte // the whole buffer: a chunk as stored
+	data    []byte // the checked, opened bytes of the chunk at off; nil: none (f.mu)
+	off     int64
+	written bool // data is in the backing file too (f.mu)
+	readers int  // copies out of data in progress (f.mu)
+}
+
+// received is one chunk as the receiver passes it to the writer.
+type received struct {
+	p   *piece
 	off int64
 	err error
 }
 
-// fetchFrom runs one GET of [off, s.end): a receiver goroutine reads chunks
-// while this one verifies and writes them. It returns how far it got and,
-// on failure, whether the error is final (a local write failed, or the
-// key of a sealed object is not here: no other copy helps).
+// pieceAt returns the piece holding verified bytes at off, from any
+// stream of the file; f.mu is held.
+func (f *fileRecall) pieceAt(off int64) *piece {
+	for _, s := range f.streams {
+		for _, p := range s.pieces {
+			if p.data != nil && p.off <= off && off < p.off+int64(len(p.data)) {
+				return p
+			}
+		}
+	}
+	return nil
+}
+
+// takePiece gives the receiver a buffer for its next chunk: an unused
+// one, else the lowest written one nobody copies from. It waits for the
+// writer (or a reader's copy) when there is none, or until ctx ends.
+func (f *fileRecall) takePiece(ctx context.Context, s *stream, size int) (*piece, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		var best *piece
+		for _, p := range s.pieces {
+			switch {
+			case p.data == nil && p.readers == 0:
+				best = p
+			case p.written && p.readers == 0 && (best == nil || best.data != nil && p.off < best.off):
+				best = p
+			}
+			if best != nil && best.data == nil {
+				break
+			}
+		}
+		if best == nil && len(s.pieces) < streamPieces {
+			best = &piece{buf: make([]byte, size)}
+			s.pieces = append(s.pieces, best)
+		}
+		if best != nil {
+			best.data, best.written = nil, false // no longer shown to readers
+			return best, nil
+		}
+		f.cond.Wait()
+	}
+}
+
+// fetchFrom runs one GET of [off, s.end): a receiver goroutine reads,
+// checks and shows each chunk to the readers waiting on it, while this
+// one writes them to the backing file behind it. It returns how far it
+// wrote and, on failure, whether the error is final (a local write
+// failed, or the key of a sealed object is not here: no other copy helps).
 func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64, error, bool) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -381,11 +466,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		return off, err, false
 	}
 	chunk := rec.ChunkSize
-	free := make(chan []byte, readAhead)
-	for range readAhead {
-		free <- make([]byte, rec.StoredLen(chunk))
-	}
-	filled := make(chan piece, readAhead)
+	filled := make(chan received, streamPieces)
 	end := s.end // the receiver's own copy: the writer may cut s.end short
 	// The receiver checks (and opens) each chunk as it comes, beside the
 	// writer's disk write of the chunk before: the CPU work of a stream
@@ -416,26 +497,38 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		}
 		return data, nil
 	}
+	wake := context.AfterFunc(ctx, func() { // a receiver waiting for a buffer
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
+	defer wake()
 	go func() {
 		defer close(filled)
 		for o := off; o < end; {
-			var b []byte
-			select {
-			case b = <-free:
-			case <-ctx.Done():
+			p, err := f.takePiece(ctx, s, int(rec.StoredLen(chunk)))
+			if err != nil {
 				return
 			}
 			n := min(chunk, end-o)
-			b = b[:rec.StoredLen(n)]
+			b := p.buf[:rec.StoredLen(n)]
 			f.m.holdBack(ctx, s) // the archive and the link
-			_, err := io.ReadFull(body, b)
+			_, err = io.ReadFull(body, b)
 			if err == nil && f.m.Throttle != nil {
 				err = f.m.Throttle.WaitFor(ctx, s.uid, len(b)) // the GET waits in the socket meanwhile
 			}
 			if err == nil {
 				b, err = check(b, o)
 			}
-			filled <- piece{b, o, err}
+			if err == nil {
+				// Checked: readers waiting on it are served now, the
+				// disk write comes behind.
+				f.mu.Lock()
+				p.data, p.off = b, o
+				f.cond.Broadcast()
+				f.mu.Unlock()
+			}
+			filled <- received{p, o, err}
 			if err != nil {
 				return
 			}
@@ -447,36 +540,132 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		for range filled {
 		}
 		body.Close()
-	}()
-	for p := range filled {
-		if p.err != nil {
-			return p.off, p.err, false
-		}
-		f.m.holdBack(ctx, s) // the disk and the CPU
-		if err := ctx.Err(); err != nil {
-			return p.off, err, false // cancelled: not a byte more
-		}
-		data := p.buf // checked, and opened
-		if err := f.write(ctx, data, p.off); err != nil {
-			return p.off, err, true
-		}
+		// What was checked and not written goes with this GET: while
+		// shown, a reader would wait on bytes nobody writes.
 		f.mu.Lock()
-		s.next = p.off + int64(len(data))
-		f.fetched += int64(len(data))
-		f.m.count(0, int64(len(data)))
-		f.cond.Broadcast()
-		// Reading ahead with nobody waiting on it, while a recall waits
-		// for a GET stream: the stream ends here and gives its slot up
-		// (a reader that comes for the rest starts another).
-		if s.waiting == 0 && s.next < s.end && f.m.streams.contended() {
-			s.end = s.next
-			f.mu.Unlock()
-			return s.end, nil, false
+		for _, p := range s.pieces {
+			if p.data != nil && !p.written {
+				p.data = nil
+			}
 		}
+		f.cond.Broadcast()
 		f.mu.Unlock()
-		free <- p.buf[:cap(p.buf)]
+	}()
+	batch := make([]received, 0, maxBatch)
+	for r := range filled {
+		// What else is checked already goes into the same write: one
+		// right, one record look and one time restore for the lot.
+		batch = append(batch[:0], r)
+	more:
+		for len(batch) < maxBatch && batch[len(batch)-1].err == nil {
+			select {
+			case r, ok := <-filled:
+				if !ok {
+					break more
+				}
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		var failed *received
+		if last := batch[len(batch)-1]; last.err != nil {
+			failed, batch = &last, batch[:len(batch)-1]
+		}
+		if len(batch) > 0 {
+			if end, err, final := f.writeBatch(ctx, s, batch); err != nil || end >= 0 {
+				return end, err, final
+			}
+		}
+		if failed != nil {
+			return failed.off, failed.err, false
+		}
 	}
 	return s.end, nil, false
+}
+
+// maxBatch is how many checked chunks one write takes at most.
+const maxBatch = 4
+
+// writeBatch writes consecutive checked chunks to the backing file. It
+// returns end -1 to go on, or where the stream stops: on an error, or
+// cut short to give its slot up.
+func (f *fileRecall) writeBatch(ctx context.Context, s *stream, batch []received) (end int64, err error, final bool) {
+	off := batch[0].off
+	f.m.holdBack(ctx, s) // the disk and the CPU
+	if err := ctx.Err(); err != nil {
+		return off, err, false // cancelled: not a byte more
+	}
+	bufs := make([][]byte, len(batch))
+	f.mu.Lock()
+	for i, r := range batch {
+		bufs[i] = r.p.data // checked, and opened; stays while unwritten
+	}
+	f.mu.Unlock()
+	if err := f.write(ctx, bufs, off); err != nil {
+		return off, err, true
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, r := range batch {
+		r.p.written = true
+		s.next = r.off + int64(len(bufs[i]))
+		f.fetched += int64(len(bufs[i]))
+		f.m.count(0, int64(len(bufs[i])))
+	}
+	f.cond.Broadcast()
+	// Reading ahead with nobody waiting on it, while a recall waits
+	// for a GET stream: the stream ends here and gives its slot up
+	// (a reader that comes for the rest starts another).
+	if s.waiting == 0 && s.next < s.end && f.m.streams.contended() {
+		s.end = s.next
+		return s.end, nil, false
+	}
+	return -1, nil, false
+}
+
+// serveInto fills dest with the file's bytes from off (cut at its size):
+// from checked chunks still in memory, else from the backing file where
+// it holds them. It returns how many bytes it filled, or 0 when some of
+// them are in neither place (the reader then reads as before).
+func (f *fileRecall) serveInto(off int64, dest []byte) int {
+	f.mu.Lock()
+	rec := f.rec
+	f.mu.Unlock()
+	if rec == nil || off < 0 || off >= rec.Size {
+		return 0 // resident now, or nothing to serve: the reader reads the file
+	}
+	dest = dest[:min(int64(len(dest)), rec.Size-off)]
+	for o := off; o < off+int64(len(dest)); {
+		part := dest[o-off : min(int64(len(dest)), (o/rec.ChunkSize+1)*rec.ChunkSize-off)]
+		f.mu.Lock()
+		p := f.pieceAt(o)
+		if p != nil {
+			p.readers++
+			data := p.data[o-p.off:]
+			f.mu.Unlock()
+			n := copy(part, data)
+			f.mu.Lock()
+			if p.readers--; p.readers == 0 {
+				f.cond.Broadcast() // a receiver may wait for this buffer
+			}
+			f.mu.Unlock()
+			o += int64(n)
+			continue
+		}
+		f.mu.Unlock()
+		// Written and its buffer reused: the file has it, unless a
+		// release punched it meanwhile (looked at after the read).
+		n, err := unix.Pread(f.fd, part, o)
+		if err != nil || n < len(part) {
+			return 0
+		}
+		if hole, err := stub.FirstMissing(f.fd, rec, o, o+int64(n)); err != nil || hole < o+int64(n) {
+			return 0
+		}
+		o += int64(n)
+	}
+	return len(dest)
 }
 
 // errPunchedMeanwhile: a file found whole was punched before it was made
@@ -486,10 +675,10 @@ var errPunchedMeanwhile = errors.New("punched meanwhile")
 // errStale: the file is no longer the stub a recall serves.
 var errStale = errors.New("stale recall")
 
-// write is invisible I/O: it writes verified bytes into a hole and puts the
-// file's times back. Out of space, it asks the space monitor to free some
-// (NoSpace) and tries once more.
-func (f *fileRecall) write(ctx context.Context, b []byte, off int64) error {
+// write is invisible I/O: it writes verified bytes (consecutive buffers
+// from off) into a hole and puts the file's times back. Out of space, it
+// asks the space monitor to free some (NoSpace) and tries once more.
+func (f *fileRecall) write(ctx context.Context, bufs [][]byte, off int64) error {
 	// The storage-enforced right (shared; a change takes it exclusively,
 	// on any node): held from the check to the write, so that this node,
 	// paused in between, cannot write old bytes over a file made resident
@@ -502,19 +691,21 @@ func (f *fileRecall) write(ctx context.Context, b []byte, off int64) error {
 			return err
 		}
 		asked := false
-		for len(b) > 0 {
-			n, err := unix.Pwrite(f.fd, b, off)
-			if errors.Is(err, unix.ENOSPC) && !asked && f.m.NoSpace != nil {
-				asked = true
-				if err := f.m.NoSpace(ctx, int64(len(b))); err != nil {
-					return fmt.Errorf("write backing file: out of space: %w", err)
+		for _, b := range bufs {
+			for len(b) > 0 {
+				n, err := unix.Pwrite(f.fd, b, off)
+				if errors.Is(err, unix.ENOSPC) && !asked && f.m.NoSpace != nil {
+					asked = true
+					if err := f.m.NoSpace(ctx, int64(len(b))); err != nil {
+						return fmt.Errorf("write backing file: out of space: %w", err)
+					}
+					continue
 				}
-				continue
+				if err != nil {
+					return fmt.Errorf("write backing file: %w", err)
+				}
+				b, off = b[n:], off+int64(n)
 			}
-			if err != nil {
-				return fmt.Errorf("write backing file: %w", err)
-			}
-			b, off = b[n:], off+int64(n)
 		}
 		if err := failpoint.Hit(failpoint.RecallAfterWrite); err != nil {
 			return err

@@ -1,0 +1,203 @@
+package recall_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cascadefs/cascadefs/dmapi"
+	"github.com/cascadefs/cascadefs/internal/fakes"
+	"github.com/cascadefs/cascadefs/recall"
+	"github.com/cascadefs/cascadefs/stub"
+	"golang.org/x/sys/unix"
+)
+
+// serveRead raises a READ for [off, off+n) that offers a buffer, as a
+// reader on the owner's node does, and returns what was served (nil: the
+// reader would read the backing file).
+func serveRead(ctx context.Context, m *recall.Manager, ino uint64, off, n int64) ([]byte, error) {
+	buf := make([]byte, n)
+	sv := dmapi.NewServe(off, buf)
+	ev := &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: off, Length: n, Serve: sv, Token: dmapi.NewToken()}
+	err := m.Handle(ctx, ev)
+	got := sv.Close()
+	if err != nil || got == 0 {
+		return nil, err
+	}
+	return buf[:got], nil
+}
+
+// A reader is served from the checked chunk in memory while the write of
+// that chunk to the backing file has not happened (here: cannot happen,
+// the writer is held). The file shows no byte of it meanwhile; once the
+// writer goes on, the file is recalled whole.
+func TestServedBeforeWritten(t *testing.T) {
+	const size = 8 << 20
+	root, arch, data, ino := migrated(t, size)
+	m := newManager(t, root, arch)
+	hold := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(hold) }) }
+	defer release()
+	m.Acting = func() error { <-hold; return nil } // checked under the right, before each write
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got, err := serveRead(ctx, m, ino, 300<<10, 1<<20)
+	if err != nil || !bytes.Equal(got, data[300<<10:300<<10+1<<20]) {
+		t.Fatalf("served %d bytes (err %v), not the data", len(got), err)
+	}
+	f, err := os.Open(filepath.Join(root, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if next, err := stub.NextData(int(f.Fd()), 0, size); err != nil || next < size {
+		t.Fatalf("the file holds data at %d (err %v) while every write is held", next, err)
+	}
+	release()
+	if err := m.Handle(context.Background(), &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: 0, Length: -1}); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	all, _ := os.ReadFile(filepath.Join(root, "f"))
+	if !bytes.Equal(all, data) {
+		t.Fatal("the file differs after the writes went on")
+	}
+}
+
+// A chunk whose bytes fail their check is never served: the reader of it
+// gets the error, readers before it their bytes.
+func TestServeShowsNoUncheckedByte(t *testing.T) {
+	const size = 4 << 20
+	root, arch, data, ino := migrated(t, size)
+	arch.flipAt = 1<<20 + 77
+	m := newManager(t, root, arch)
+	got, err := serveRead(context.Background(), m, ino, 0, 1<<20)
+	if err != nil || !bytes.Equal(got, data[:1<<20]) {
+		t.Fatalf("first MiB: %d bytes, %v", len(got), err)
+	}
+	got, err = serveRead(context.Background(), m, ino, 1<<20, 512<<10)
+	if !errors.Is(err, recall.ErrIntegrity) || got != nil {
+		t.Fatalf("the corrupt chunk: served %d bytes, err %v; want none and ErrIntegrity", len(got), err)
+	}
+}
+
+// Many readers at once, of overlapping and partial ranges (across
+// chunks, to the end of a file whose size is no multiple of a chunk),
+// some cancelled while they wait: every served byte is right, and a
+// cancelled reader's buffer is never written after it has gone.
+func TestConcurrentServedReaders(t *testing.T) {
+	const size = 6<<20 + 12345
+	root, arch, data, ino := migrated(t, size)
+	arch.slow = time.Millisecond // streams overlap the readers
+	m := recall.NewManager(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.KeptGarbage{},
+		recall.Config{SmallFile: 256 << 10, Window: 1 << 20, MaxWindow: 2 << 20}, slog.Default())
+	t.Cleanup(m.Close)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 48 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(i), 7))
+			off := r.Int64N(size)
+			n := 1 + r.Int64N(1<<20)
+			if i%8 == 0 {
+				off = size - 1000 // to the end and past it
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			buf := make([]byte, n)
+			for j := range buf {
+				buf[j] = 0xA5
+			}
+			sv := dmapi.NewServe(off, buf)
+			ev := &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: off, Length: n, Serve: sv, Token: dmapi.NewToken()}
+			if i%5 == 0 {
+				time.AfterFunc(time.Duration(r.IntN(20))*time.Millisecond, cancel)
+			}
+			err := m.Handle(ctx, ev)
+			served := sv.Close()
+			want := data[off:min(off+n, size)]
+			switch {
+			case err != nil && ctx.Err() == nil:
+				errs <- err
+			case served > 0 && !bytes.Equal(buf[:served], want):
+				errs <- errors.New("served bytes differ")
+			case served > 0 && served != len(want):
+				errs <- errors.New("served a short read")
+			case err == nil && served == 0:
+				// Not served from memory: the bytes must be in the file.
+				f, _ := os.Open(filepath.Join(root, "f"))
+				got := make([]byte, len(want))
+				f.ReadAt(got, off)
+				f.Close()
+				if !bytes.Equal(got, want) {
+					errs <- errors.New("answered, but the file lacks the bytes")
+				}
+			}
+			if served == 0 {
+				// Gone: whatever runs on must leave its buffer alone.
+				snapshot := bytes.Clone(buf)
+				time.Sleep(20 * time.Millisecond)
+				if !bytes.Equal(snapshot, buf) {
+					errs <- errors.New("a reader's buffer was written after it left")
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	m.Close()
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(root, "f"), &st); err != nil || st.Size != size {
+		t.Fatalf("size %d, %v", st.Size, err)
+	}
+}
+
+// An admin's cancel ends the streams that readers wait on: they get an
+// error or their bytes, never wrong ones, and a later reader is served.
+func TestCancelWhileServing(t *testing.T) {
+	const size = 8 << 20
+	root, arch, data, ino := migrated(t, size)
+	arch.slow = 2 * time.Millisecond
+	m := newManager(t, root, arch)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			off := int64(i) << 20
+			got, err := serveRead(context.Background(), m, ino, off, 1<<20)
+			if err == nil && got != nil && !bytes.Equal(got, data[off:off+1<<20]) {
+				t.Errorf("reader %d: wrong bytes", i)
+			}
+		}()
+	}
+	time.Sleep(30 * time.Millisecond)
+	m.Cancel(ino)
+	wg.Wait()
+	arch.slow = 0
+	// As the mount does: not served (a stream that was cancelled took
+	// its bytes along), the reader asks again.
+	for try := 0; ; try++ {
+		got, err := serveRead(context.Background(), m, ino, 5<<20, 1<<20)
+		if err == nil && got == nil && try < 3 {
+			continue
+		}
+		if err != nil || !bytes.Equal(got, data[5<<20:6<<20]) {
+			t.Fatalf("after the cancel: %d bytes, %v", len(got), err)
+		}
+		break
+	}
+}
