@@ -28,13 +28,16 @@ func (s *Serve) End() int64 { return s.Off + int64(len(s.dest)) }
 // Fill lets fill write the reader's buffer, unless the reader has gone.
 // fill returns how many bytes from the start of dest it wrote: all it
 // could serve, or 0 when it could not serve the whole buffer (the reader
-// then reads the backing file as before).
-func (s *Serve) Fill(fill func(off int64, dest []byte) int) {
+// then reads the backing file as before). Fill returns fill's count, or
+// -1 when the reader has gone.
+func (s *Serve) Fill(fill func(off int64, dest []byte) int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.closed {
-		s.n = fill(s.Off, s.dest)
+	if s.closed {
+		return -1
 	}
+	s.n = fill(s.Off, s.dest)
+	return s.n
 }
 
 // Close ends the offer (after a Fill in progress) and returns how many

@@ -156,6 +156,11 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 		// kernel, whatever the DM session did. The kernel throttles new
 		// readahead only past the congestion threshold (3/4 of it).
 		MaxBackground: maxBackground,
+		// Reads come in requests of 1 MiB (readAheadKB): go-fuse's splice
+		// of a file result needs a pipe larger than the largest one the
+		// system allows (1 MiB), fails and logs on every read, then reads
+		// into a buffer anyway. Read into the buffer at once.
+		DisableSplice: true,
 		EnableLocks:   true,
 		Debug:         opts.Debug,
 		// We clear set-ID bits ourselves; the kernel stops asking for

@@ -361,10 +361,12 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 			return err
 		}
 		if ev.Type == dmapi.Read {
-			if inMemory {
-				ev.Serve.Fill(f.serveInto)
+			if !inMemory || ev.Serve.Fill(f.serveInto) != 0 || attempt == 2 {
+				return nil
 			}
-			return nil
+			// Its chunks went with a stream that stopped (cancelled,
+			// or cut short) before it wrote them: fetch them again.
+			continue
 		}
 		err := f.makeResident()
 		if !errors.Is(err, errPunchedMeanwhile) || attempt == 2 {

@@ -229,9 +229,15 @@ func (f *fileRecall) startLocked(hole, want int64, bulk bool, uid uint32) (*stre
 	// One GET serves one run of data chunks: a hole run of the file is
 	// not in the object.
 	end = min(end, f.rec.DataEnd(start))
-	// Do not fetch again what is already here (stop at the next data, rounded up to a chunk).
+	// Do not fetch again what is already here (stop at the next data, rounded up to a chunk),
+	// nor what a later stream will write (its chunks may be shown, not yet written).
 	if next, err := stub.NextData(f.fd, hole, end); err == nil && next < end {
 		end = min(end, max((next+chunk-1)/chunk*chunk, start+chunk))
+	}
+	for _, x := range f.streams {
+		if x.start > start {
+			end = min(end, x.start)
+		}
 	}
 	f.m.log.Debug("recall stream", "file", f.path, "start", start, "end", end)
 	s := &stream{start: start, end: end, next: start, bulk: bulk, uid: uid}
