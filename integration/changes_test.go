@@ -316,7 +316,7 @@ func TestRenameWhileRecallQueued(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("reader still blocked 60s after the archive came back")
 	}
-	if e := state(t, d, "renamed"); e.State != "premigrated" {
+	if e := stateAfterRead(t, d, "renamed"); e.State != "premigrated" {
 		t.Fatalf("renamed file after its recall: %+v", e)
 	}
 }

@@ -83,6 +83,19 @@ func state(t *testing.T, d *testenv.Daemon, rel string) daemon.Entry {
 	return ls(t, d, d.M(rel))[d.M(rel)]
 }
 
+// stateAfterRead is a file's entry once its recall settled: a reader on
+// the owner is served from memory before the recall's last writes and
+// its commit, so a state looked at just after a read may lag behind.
+func stateAfterRead(t *testing.T, d *testenv.Daemon, rel string) daemon.Entry {
+	t.Helper()
+	var e daemon.Entry
+	testenv.WaitFor(t, rel+" premigrated after its read", 20*time.Second, func() bool {
+		e = state(t, d, rel)
+		return e.State != "migrated"
+	})
+	return e
+}
+
 // saturateCPUs keeps every core of this machine busy, twice over, for d.
 func saturateCPUs(d time.Duration) {
 	stop := make(chan struct{})

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cascadefs/cascadefs/internal/testenv"
 )
@@ -43,6 +44,9 @@ func TestLogFormatJSON(t *testing.T) {
 		if sumFile(t, d.M("f")) != want {
 			t.Fatal("read back wrong bytes")
 		}
+		// The reader is served before the last chunks are written: the
+		// recall's commit comes after it.
+		testenv.WaitFor(t, "the recall's commit", 20*time.Second, func() bool { return slices.Contains(jsonLines(t, d.Log()), "recalled") })
 		d.Stop()
 		msgs := jsonLines(t, d.Log())
 		for _, m := range []string{"recalled", "signal received; unmounting"} {

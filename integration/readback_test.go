@@ -99,7 +99,7 @@ func TestMigrateThenReadBack(t *testing.T) {
 			}
 		}
 		for name := range sizes {
-			if e := state(t, d, "dir/"+name); sizes[name] > 0 && e.State != "premigrated" || e.ResidentBytes != sizes[name] {
+			if e := stateAfterRead(t, d, "dir/"+name); sizes[name] > 0 && e.State != "premigrated" || e.ResidentBytes != sizes[name] {
 				t.Fatalf("%s after full read: %+v", name, e)
 			}
 		}
@@ -209,7 +209,7 @@ func TestSparseFileKeepsItsHoles(t *testing.T) {
 		if err != nil || !bytes.Equal(got, want) {
 			t.Fatalf("read back: %d bytes, equal %v, %v", len(got), bytes.Equal(got, want), err)
 		}
-		if e := state(t, d, "vm.img"); e.State != "premigrated" {
+		if e := stateAfterRead(t, d, "vm.img"); e.State != "premigrated" {
 			t.Fatalf("after a whole read: %+v", e)
 		}
 		var st syscall.Stat_t

@@ -132,7 +132,11 @@ func TestSpaceMonitorKeepsTheQuota(t *testing.T) {
 			}
 		}
 
-		// The node's metrics say the same.
+		// The node's metrics say the same (a recall's commit comes after
+		// its reader was served).
+		testenv.WaitFor(t, "the recalls' commits", 20*time.Second, func() bool {
+			return scrape(t, d.Log())[`cascadefs_recalled_files_total{fs="t1"}`] >= float64(migrated+1)
+		})
 		m := scrape(t, d.Log())
 		for name, atLeast := range map[string]float64{
 			`cascadefs_migrated_files_total{fs="t1"}`: float64(migrated + 1),
