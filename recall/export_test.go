@@ -17,3 +17,6 @@ func LiveStreams(m *Manager, ino uint64) int {
 	defer f.mu.Unlock()
 	return len(f.streams)
 }
+
+// MaxParallel bounds the streams of one file.
+const MaxParallel = maxParallel

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cascadefs/cascadefs/archive"
 	"github.com/cascadefs/cascadefs/dmapi"
 	"github.com/cascadefs/cascadefs/internal/fakes"
 	"github.com/cascadefs/cascadefs/recall"
@@ -201,4 +203,62 @@ func TestCancelWhileServing(t *testing.T) {
 	if err != nil || !bytes.Equal(got, data[5<<20:6<<20]) {
 		t.Fatalf("after the cancel: %d bytes, %v", len(got), err)
 	}
+}
+
+// countingArchive counts the data GETs open at once.
+type countingArchive struct {
+	*faulty
+	mu         sync.Mutex
+	open, most int
+}
+
+func (c *countingArchive) Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error) {
+	body, err := c.faulty.Get(ctx, key, off, length)
+	if _, part := archive.DataKeyOf(key); err != nil || part != archive.Data {
+		return body, err
+	}
+	c.mu.Lock()
+	c.open++
+	c.most = max(c.most, c.open)
+	c.mu.Unlock()
+	return &countedBody{ReadCloser: body, c: c}, nil
+}
+
+type countedBody struct {
+	io.ReadCloser
+	c    *countingArchive
+	once sync.Once
+}
+
+func (b *countedBody) Close() error {
+	b.once.Do(func() { b.c.mu.Lock(); b.c.open--; b.c.mu.Unlock() })
+	return b.ReadCloser.Close()
+}
+
+// A sequential reader that one GET cannot keep up with (each read of the
+// body waits) gets parallel ranged GETs ahead of it, no more than the
+// bound per file, and every byte right.
+func TestParallelGETsForAFastReader(t *testing.T) {
+	const size = 48 << 20
+	root, arch, data, ino := migrated(t, size)
+	arch.slow = 4 * time.Millisecond
+	counted := &countingArchive{faulty: arch}
+	m := recall.NewManager(fakes.Root(t, root), counted, &dmapi.Rights{}, fakes.KeptGarbage{},
+		recall.Config{SmallFile: 1 << 20, Window: 4 << 20, MaxWindow: 64 << 20}, slog.Default())
+	t.Cleanup(m.Close)
+	for off := int64(0); off < size; off += 1 << 20 {
+		got, err := serveRead(context.Background(), m, root, ino, off, 1<<20)
+		if err != nil || !bytes.Equal(got, data[off:off+1<<20]) {
+			t.Fatalf("at %d: %d bytes, %v", off, len(got), err)
+		}
+	}
+	m.Close()
+	all, _ := os.ReadFile(filepath.Join(root, "f"))
+	if !bytes.Equal(all, data) {
+		t.Fatal("the file differs")
+	}
+	if counted.most < 3 || counted.most > recall.MaxParallel {
+		t.Fatalf("at most %d GETs at once; want 3 to %d", counted.most, recall.MaxParallel)
+	}
+	t.Logf("at most %d GETs at once", counted.most)
 }

@@ -61,6 +61,11 @@ type stream struct {
 	ctx     context.Context
 	cancel  context.CancelFunc // stops its GET (an admin's cancel)
 	pieces  []*piece           // its chunk buffers (f.mu), at most streamPieces
+	// shown: the receiver has shown every chunk below it (f.mu).
+	shown int64
+	// starved: the receiver waits for a free buffer, not for the GET:
+	// the disk (or the CPU) is what holds the stream back (f.mu).
+	starved bool
 }
 
 // ensure returns once [off, end) holds data, starting or joining streams,
@@ -123,6 +128,12 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool, uid 
 		}
 		if hole >= s.start+(s.end-s.start)/2 {
 			f.prefetchLocked(s)
+		}
+		if !bulk {
+			if f.splitLocked(s, hole); hole >= s.end {
+				f.mu.Unlock()
+				continue // the hole went to the new stream
+			}
 		}
 		here := func() bool { return s.next > hole || inMemory && f.pieceAt(hole) != nil }
 		s.waiting++
@@ -207,6 +218,43 @@ func (f *fileRecall) prefetchLocked(s *stream) {
 	}
 }
 
+// maxParallel bounds the streams of one file: parallel ranged GETs for
+// a reader that one GET cannot keep up with.
+const maxParallel = 4
+
+// minSplit is the least a stream must have left to receive for a split:
+// each half is at least this much.
+const minSplit = 1 << 20
+
+// splitLocked gives the back half of what s has left to receive to a
+// stream of its own when a reader waits at s's front and s waits for
+// its GET, not for its disk write (starved) or the CPU: the reader then
+// reads faster than one GET brings. Only with a free stream slot: the
+// bound of GETs and of their buffers per node stays MaxStreams.
+func (f *fileRecall) splitLocked(s *stream, hole int64) {
+	if f.rec == nil {
+		return
+	}
+	chunk := f.rec.ChunkSize
+	front := max(s.shown, s.next)
+	if s.done || s.starved || hole < front || len(f.streams) >= maxParallel || s.end-front < 2*minSplit {
+		return
+	}
+	mid := (front + (s.end-front)/2 + chunk - 1) / chunk * chunk
+	if mid >= s.end || !f.m.tryStream(s.bulk, s.uid) {
+		return
+	}
+	end, window := s.end, f.window
+	s.end = mid // its receiver stops there
+	if _, err := f.startLocked(mid, end, s.bulk, s.uid); err != nil {
+		f.m.putStream(s.bulk, s.uid)
+		s.end = end
+		return
+	}
+	f.window = max(f.window, window) // a sequential reader's window keeps growing
+	f.m.log.Debug("recall stream split", "file", f.path, "at", mid, "end", end)
+}
+
 // startLocked starts a stream at the chunk holding hole. The caller holds f.mu,
 // the file's shared DM right and a stream token, which the stream gives back
 // when it ends.
@@ -240,7 +288,7 @@ func (f *fileRecall) startLocked(hole, want int64, bulk bool, uid uint32) (*stre
 		}
 	}
 	f.m.log.Debug("recall stream", "file", f.path, "start", start, "end", end)
-	s := &stream{start: start, end: end, next: start, bulk: bulk, uid: uid}
+	s := &stream{start: start, end: end, next: start, shown: start, bulk: bulk, uid: uid}
 	s.ctx, s.cancel = context.WithCancel(f.m.ctx)
 	f.streams = append(f.streams, s)
 	f.lastEnd, f.window = end, window
@@ -346,7 +394,7 @@ func (f *fileRecall) run(s *stream, releaseRight func()) {
 
 func (f *fileRecall) fetch(ctx context.Context, s *stream) error {
 	failures := 0
-	for off := s.start; off < s.end; {
+	for off := s.start; off < f.endOf(s); {
 		next, err, final := f.fetchFrom(ctx, s, off)
 		if err == nil {
 			break
@@ -413,12 +461,13 @@ func (f *fileRecall) pieceAt(off int64) *piece {
 // takePiece gives the receiver a buffer for its next chunk: an unused
 // one, else the lowest written one nobody copies from. It waits for the
 // writer (or a reader's copy) when there is none, or until ctx ends.
-func (f *fileRecall) takePiece(ctx context.Context, s *stream, size int) (*piece, error) {
+func (f *fileRecall) takePiece(ctx context.Context, s *stream, size int) (*piece, int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	defer func() { s.starved = false }()
 	for {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		var best *piece
 		for _, p := range s.pieces {
@@ -438,10 +487,26 @@ func (f *fileRecall) takePiece(ctx context.Context, s *stream, size int) (*piece
 		}
 		if best != nil {
 			best.data, best.written = nil, false // no longer shown to readers
-			return best, nil
+			return best, s.end, nil
 		}
+		s.starved = true
 		f.cond.Wait()
 	}
+}
+
+// givePiece returns a buffer the receiver took and did not fill.
+func (f *fileRecall) givePiece(p *piece) {
+	f.mu.Lock()
+	p.data = nil
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+// endOf is where s ends now.
+func (f *fileRecall) endOf(s *stream) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return s.end
 }
 
 // fetchFrom runs one GET of [off, s.end): a receiver goroutine reads,
@@ -464,7 +529,8 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 			return off, err, true
 		}
 	}
-	body, err := f.m.getData(ctx, rec, s.copy, rec.Packed(off), rec.Packed(s.end)-rec.Packed(off))
+	end := f.endOf(s) // the writer may cut it short, and a split may
+	body, err := f.m.getData(ctx, rec, s.copy, rec.Packed(off), rec.Packed(end)-rec.Packed(off))
 	if errors.Is(err, archive.ErrChanged) {
 		return off, fmt.Errorf("%s: %w", f.path, err), true // no copy, and no retry, helps
 	}
@@ -473,7 +539,6 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 	}
 	chunk := rec.ChunkSize
 	filled := make(chan received, streamPieces)
-	end := s.end // the receiver's own copy: the writer may cut s.end short
 	// The receiver checks (and opens) each chunk as it comes, beside the
 	// writer's disk write of the chunk before: the CPU work of a stream
 	// runs on two cores.
@@ -512,8 +577,12 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 	go func() {
 		defer close(filled)
 		for o := off; o < end; {
-			p, err := f.takePiece(ctx, s, int(rec.StoredLen(chunk)))
+			p, now, err := f.takePiece(ctx, s, int(rec.StoredLen(chunk)))
 			if err != nil {
+				return
+			}
+			if end = min(end, now); o >= end {
+				f.givePiece(p) // split off: another stream receives the rest
 				return
 			}
 			n := min(chunk, end-o)
@@ -531,6 +600,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 				// disk write comes behind.
 				f.mu.Lock()
 				p.data, p.off = b, o
+				s.shown = o + n
 				f.cond.Broadcast()
 				f.mu.Unlock()
 			}
@@ -587,7 +657,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 			return failed.off, failed.err, false
 		}
 	}
-	return s.end, nil, false
+	return f.endOf(s), nil, false
 }
 
 // maxBatch is how many checked chunks one write takes at most.
