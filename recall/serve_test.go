@@ -241,10 +241,10 @@ func (b *countedBody) Close() error {
 func TestParallelGETsForAFastReader(t *testing.T) {
 	const size = 48 << 20
 	root, arch, data, ino := migrated(t, size)
-	arch.slow = 4 * time.Millisecond
+	arch.slow = 8 * time.Millisecond // 32 MB/s per GET: well below slowGET
 	counted := &countingArchive{faulty: arch}
 	m := recall.NewManager(fakes.Root(t, root), counted, &dmapi.Rights{}, fakes.KeptGarbage{},
-		recall.Config{SmallFile: 1 << 20, Window: 4 << 20, MaxWindow: 64 << 20}, slog.Default())
+		recall.Config{SmallFile: 1 << 20, Window: 16 << 20, MaxWindow: 64 << 20}, slog.Default())
 	t.Cleanup(m.Close)
 	for off := int64(0); off < size; off += 1 << 20 {
 		got, err := serveRead(context.Background(), m, root, ino, off, 1<<20)

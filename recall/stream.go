@@ -66,6 +66,10 @@ type stream struct {
 	// starved: the receiver waits for a free buffer, not for the GET:
 	// the disk (or the CPU) is what holds the stream back (f.mu).
 	starved bool
+	// getFrom, getAt: where and when its current GET began (f.mu), for
+	// the rate one GET brings.
+	getFrom int64
+	getAt   time.Time
 }
 
 // ensure returns once [off, end) holds data, starting or joining streams,
@@ -226,6 +230,12 @@ const maxParallel = 4
 // each half is at least this much.
 const minSplit = 1 << 20
 
+// slowGET is the rate below which one GET is what a waiting reader
+// waits for. Above it (an object store on the same machine or the same
+// rack) the CPU is the limit, and more GETs only take more of it: on a
+// 2-core machine with MinIO a split halved a stub's full read.
+const slowGET = 150e6 // bytes per second
+
 // splitLocked gives the back half of what s has left to receive to a
 // stream of its own when a reader waits at s's front and s waits for
 // its GET, not for its disk write (starved) or the CPU: the reader then
@@ -239,6 +249,10 @@ func (f *fileRecall) splitLocked(s *stream, hole int64) {
 	front := max(s.shown, s.next)
 	if s.done || s.starved || hole < front || len(f.streams) >= maxParallel || s.end-front < 2*minSplit {
 		return
+	}
+	got := s.shown - s.getFrom
+	if s.getAt.IsZero() || got < 2*minSplit || float64(got)/time.Since(s.getAt).Seconds() >= slowGET {
+		return // too early to judge, or not the GET that holds the reader
 	}
 	mid := (front + (s.end-front)/2 + chunk - 1) / chunk * chunk
 	if mid >= s.end || !f.m.tryStream(s.bulk, s.uid) {
@@ -537,6 +551,9 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 	if err != nil {
 		return off, err, false
 	}
+	f.mu.Lock()
+	s.getAt = time.Time{} // set at its first chunk: the rate leaves the wait for the first byte out
+	f.mu.Unlock()
 	chunk := rec.ChunkSize
 	filled := make(chan received, streamPieces)
 	// The receiver checks (and opens) each chunk as it comes, beside the
@@ -601,6 +618,9 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 				f.mu.Lock()
 				p.data, p.off = b, o
 				s.shown = o + n
+				if s.getAt.IsZero() {
+					s.getFrom, s.getAt = s.shown, time.Now()
+				}
 				f.cond.Broadcast()
 				f.mu.Unlock()
 			}
