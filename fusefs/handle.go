@@ -366,8 +366,8 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		if errno != 0 {
 			return nil, errno
 		}
-		if served > 0 {
-			return fuse.ReadResultVector([][]byte{dest[:served]}), 0
+		if served != nil {
+			return served, 0
 		}
 		if rec == nil || rec.State != stub.Migrated {
 			return h.lf.Read(ctx, dest, off)
@@ -404,10 +404,10 @@ func (h *handle) readShielded(ctx context.Context, dest []byte, off int64) (fuse
 		if errno != 0 {
 			return nil, errno
 		}
-		if served > 0 {
+		if served != nil {
 			// From the recall's memory: maybe not in the file yet,
 			// so nothing is marked resident.
-			return fuse.ReadResultVector([][]byte{dest[:served]}), 0
+			return served, 0
 		}
 		if rec == nil || rec.State != stub.Migrated {
 			h.resident.all()
@@ -424,23 +424,23 @@ func (h *handle) readShielded(ctx context.Context, dest []byte, off int64) (fuse
 // the data found from off ends (the next hole, or the size), for a stub. Given dest (a
 // read of n bytes), the DM application may instead fill it with the
 // bytes it recalled, from memory before they reach the backing file:
-// served is then how many it filled (up to the size).
-func (h *handle) residentFrom(ctx context.Context, off, n int64, dest []byte) (rec *stub.Record, to int64, served int, errno syscall.Errno) {
+// served is then the reply (up to the size).
+func (h *handle) residentFrom(ctx context.Context, off, n int64, dest []byte) (rec *stub.Record, to int64, served fuse.ReadResult, errno syscall.Errno) {
 	rec, errno = h.record()
 	if errno != 0 || rec == nil || rec.State != stub.Migrated {
-		return rec, 0, 0, errno
+		return rec, 0, nil, errno
 	}
 	end := min(off+n, rec.Size)
 	for {
 		hole, err := stub.FirstMissing(h.fd, rec, off, rec.Size)
 		if err != nil {
-			return nil, 0, 0, gofs.ToErrno(err)
+			return nil, 0, nil, gofs.ToErrno(err)
 		}
 		if hole >= end {
-			return rec, hole, 0, 0
+			return rec, hole, nil, 0
 		}
 		if time.Since(time.Unix(0, h.cancelled.Load())) < cancelEcho {
-			return nil, 0, 0, syscall.ECANCELED
+			return nil, 0, nil, syscall.ECANCELED
 		}
 		ev := h.event(dmapi.Read, 0, -1) // small files are recalled whole
 		if rec.Size > h.fs.opts.SmallFile {
@@ -455,15 +455,19 @@ func (h *handle) residentFrom(ctx context.Context, off, n int64, dest []byte) (r
 		}
 		errno := h.raise(ctx, ev)
 		if ev.Serve != nil {
-			if served := ev.Serve.Close(); errno == 0 && served > 0 {
-				return rec, 0, served, 0
+			answer, release := ev.Serve.Close()
+			if errno == 0 && len(answer) > 0 {
+				return rec, 0, &servedReply{answer, release}, 0
+			}
+			if release != nil {
+				release()
 			}
 		}
 		if errno != 0 {
-			return nil, 0, 0, errno
+			return nil, 0, nil, errno
 		}
 		if rec, errno = h.record(); errno != 0 || rec == nil || rec.State != stub.Migrated {
-			return rec, 0, 0, errno // resident now: any hole left is a real one
+			return rec, 0, nil, errno // resident now: any hole left is a real one
 		}
 	}
 }
@@ -726,4 +730,40 @@ func (h *handle) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, fl
 		return errno
 	}
 	return h.lf.Setlkw(ctx, owner, c, flags)
+}
+
+// servedReply is a read answered by the DM application: slices of the
+// reader's buffer, or of memory the DM application lends until the reply
+// is sent. go-fuse sends Slices with one writev, then calls Done.
+type servedReply struct {
+	slices  [][]byte
+	release func() // gives the lent memory back; nil: none lent
+}
+
+func (r *servedReply) Slices() ([][]byte, fuse.Status) { return r.slices, fuse.OK }
+
+func (r *servedReply) Size() int {
+	n := 0
+	for _, b := range r.slices {
+		n += len(b)
+	}
+	return n
+}
+
+// Bytes is the reply in one buffer, for a server that cannot send slices.
+func (r *servedReply) Bytes(buf []byte) ([]byte, fuse.Status) {
+	if n := r.Size(); cap(buf) < n {
+		buf = make([]byte, 0, n)
+	}
+	buf = buf[:0]
+	for _, b := range r.slices {
+		buf = append(buf, b...)
+	}
+	return buf, fuse.OK
+}
+
+func (r *servedReply) Done() {
+	if r.release != nil {
+		r.release()
+	}
 }

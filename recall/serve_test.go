@@ -29,12 +29,15 @@ func serveRead(ctx context.Context, m *recall.Manager, root string, ino uint64, 
 	sv := dmapi.NewServe(off, buf)
 	ev := &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: off, Length: n, Serve: sv, Token: dmapi.NewToken()}
 	err := m.Handle(ctx, ev)
-	got := sv.Close()
+	answer, release := sv.Close()
+	if release != nil {
+		defer release()
+	}
 	if err != nil {
 		return nil, err
 	}
-	if got > 0 {
-		return buf[:got], nil
+	if len(answer) > 0 {
+		return bytes.Join(answer, nil), nil
 	}
 	f, err := os.Open(filepath.Join(root, "f"))
 	if err != nil {
@@ -135,16 +138,17 @@ func TestConcurrentServedReaders(t *testing.T) {
 				time.AfterFunc(time.Duration(r.IntN(20))*time.Millisecond, cancel)
 			}
 			err := m.Handle(ctx, ev)
-			served := sv.Close()
+			answer, release := sv.Close()
+			served := bytes.Join(answer, nil)
 			want := data[off:min(off+n, size)]
 			switch {
 			case err != nil && ctx.Err() == nil:
 				errs <- err
-			case served > 0 && !bytes.Equal(buf[:served], want):
+			case len(served) > 0 && !bytes.Equal(served, want):
 				errs <- errors.New("served bytes differ")
-			case served > 0 && served != len(want):
+			case len(served) > 0 && len(served) != len(want):
 				errs <- errors.New("served a short read")
-			case err == nil && served == 0:
+			case err == nil && len(served) == 0:
 				// Not served from memory: the bytes must be in the file.
 				f, _ := os.Open(filepath.Join(root, "f"))
 				got := make([]byte, len(want))
@@ -154,7 +158,16 @@ func TestConcurrentServedReaders(t *testing.T) {
 					errs <- errors.New("answered, but the file lacks the bytes")
 				}
 			}
-			if served == 0 {
+			if release != nil {
+				// Lent memory stays as it was until given back, while
+				// the streams go on around it.
+				time.Sleep(time.Duration(r.IntN(10)) * time.Millisecond)
+				if !bytes.Equal(bytes.Join(answer, nil), want) {
+					errs <- errors.New("lent bytes changed before they were given back")
+				}
+				release()
+			}
+			if len(served) == 0 {
 				// Gone: whatever runs on must leave its buffer alone.
 				snapshot := bytes.Clone(buf)
 				time.Sleep(20 * time.Millisecond)
@@ -261,4 +274,47 @@ func TestParallelGETsForAFastReader(t *testing.T) {
 		t.Fatalf("at most %d GETs at once; want 3 to %d", counted.most, recall.MaxParallel)
 	}
 	t.Logf("at most %d GETs at once", counted.most)
+}
+
+// Replies never sent (their memory never given back) keep their bytes as
+// they were, while the stream goes on past them and the recall ends
+// (TestTakePieceWhenEveryBufferIsLent holds every buffer of a stream).
+func TestLentNeverGivenBack(t *testing.T) {
+	const size = 24 << 20
+	root, arch, data, ino := migrated(t, size)
+	arch.slow = 20 * time.Millisecond // a chunk each 20 ms: the reader is served from memory
+	m := recall.NewManager(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.KeptGarbage{},
+		recall.Config{SmallFile: 1 << 20, Window: size, MaxWindow: size}, slog.Default())
+	t.Cleanup(m.Close)
+	read := func(off, n int64, wait time.Duration) ([][]byte, func(), error) {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		sv := dmapi.NewServe(off, make([]byte, n))
+		err := m.Handle(ctx, &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: off, Length: n, Serve: sv, Token: dmapi.NewToken()})
+		answer, release := sv.Close()
+		return answer, release, err
+	}
+	// The first 4 MiB: as many chunks as one stream has buffers, every
+	// one lent to a reply that is never sent.
+	held, release, err := read(0, 4<<20, 10*time.Second)
+	if err != nil || len(held) != (4<<20)/(256<<10) || release == nil {
+		t.Fatalf("the first read: %d slices lent (want one per chunk), %v", len(held), err)
+	}
+	// Further on in the same stream: it must get past them.
+	if answer, release, err := read(5<<20, 1<<20, 5*time.Second); err != nil || !bytes.Equal(bytes.Join(answer, nil), data[5<<20:6<<20]) {
+		t.Fatalf("a read past the lent buffers: %v", err)
+	} else if release != nil {
+		release()
+	}
+	if !bytes.Equal(bytes.Join(held, nil), data[:4<<20]) {
+		t.Fatal("the answer lent changed")
+	}
+	if err := m.Handle(context.Background(), &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: 0, Length: -1}); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	all, _ := os.ReadFile(filepath.Join(root, "f"))
+	if !bytes.Equal(all, data) {
+		t.Fatal("the file differs")
+	}
 }

@@ -436,9 +436,11 @@ func (f *fileRecall) fetch(ctx context.Context, s *stream) error {
 // streamPieces is how many chunk buffers one stream owns: the receiver
 // runs up to this many chunks ahead of the disk write, and a reader on
 // this node is served from those still held. Memory: this many chunks
-// (2 MiB at the default 256 KiB) per stream, MaxStreams streams per
-// filesystem (and one more for a user who has none).
-const streamPieces = 8
+// (4 MiB at the default 256 KiB) per stream, MaxStreams streams per
+// filesystem (and one more for a user who has none), and besides the
+// buffers a stream let go of while readers' replies still held them,
+// freed once those are sent (at most one per chunk of a read in flight).
+const streamPieces = 16
 
 // piece is one chunk buffer of a stream. The receiver fills it, checks
 // (and opens) it and shows it to readers; the writer writes it to the
@@ -449,7 +451,7 @@ type piece struct {
 	data    []byte // the checked, opened bytes of the chunk at off; nil: none (f.mu)
 	off     int64
 	written bool // data is in the backing file too (f.mu)
-	readers int  // copies out of data in progress (f.mu)
+	readers int  // readers' replies out from buf (f.mu): it is not reused in place
 }
 
 // received is one chunk as the receiver passes it to the writer.
@@ -473,8 +475,10 @@ func (f *fileRecall) pieceAt(off int64) *piece {
 }
 
 // takePiece gives the receiver a buffer for its next chunk: an unused
-// one, else the lowest written one nobody copies from. It waits for the
-// writer (or a reader's copy) when there is none, or until ctx ends.
+// one, else a new one up to the stream's bound (so that readers find the
+// last chunks in memory), else the lowest written one no reply holds,
+// else one that replies hold (see letGoOfLent). It waits for the writer
+// when every buffer holds an unwritten chunk, or until ctx ends.
 func (f *fileRecall) takePiece(ctx context.Context, s *stream, size int) (*piece, int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -485,19 +489,20 @@ func (f *fileRecall) takePiece(ctx context.Context, s *stream, size int) (*piece
 		}
 		var best *piece
 		for _, p := range s.pieces {
-			switch {
-			case p.data == nil && p.readers == 0:
+			if p.data == nil && p.readers == 0 {
 				best = p
-			case p.written && p.readers == 0 && (best == nil || best.data != nil && p.off < best.off):
-				best = p
-			}
-			if best != nil && best.data == nil {
 				break
 			}
+			if p.written && p.readers == 0 && (best == nil || p.off < best.off) {
+				best = p
+			}
 		}
-		if best == nil && len(s.pieces) < streamPieces {
+		if (best == nil || best.data != nil) && len(s.pieces) < streamPieces {
 			best = &piece{buf: make([]byte, size)}
 			s.pieces = append(s.pieces, best)
+		}
+		if best == nil {
+			best = s.letGoOfLent(size)
 		}
 		if best != nil {
 			best.data, best.written = nil, false // no longer shown to readers
@@ -506,6 +511,25 @@ func (f *fileRecall) takePiece(ctx context.Context, s *stream, size int) (*piece
 		s.starved = true
 		f.cond.Wait()
 	}
+}
+
+// letGoOfLent replaces the lowest buffer that is lent to readers' replies
+// and needs no write with a new one, and returns the new one (nil when
+// there is none such): the stream does not wait for a reply to be sent
+// (one the kernel never takes would hold it for good); the garbage
+// collector frees the old buffer once its replies are sent. f.mu is held.
+func (s *stream) letGoOfLent(size int) *piece {
+	i := -1
+	for j, p := range s.pieces {
+		if p.readers > 0 && (p.data == nil || p.written) && (i < 0 || p.off < s.pieces[i].off) {
+			i = j
+		}
+	}
+	if i < 0 {
+		return nil
+	}
+	s.pieces[i] = &piece{buf: make([]byte, size)}
+	return s.pieces[i]
 }
 
 // givePiece returns a buffer the receiver took and did not fill.
@@ -648,10 +672,15 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		f.mu.Unlock()
 	}()
 	batch := make([]received, 0, maxBatch)
+	linger := time.NewTimer(0)
+	defer linger.Stop()
 	for r := range filled {
-		// What else is checked already goes into the same write: one
-		// right, one record look and one time restore for the lot.
+		// The next chunks go into the same write: one right, one record
+		// look and one time restore for the lot. Readers here are served
+		// from memory meanwhile; the wait for more is short, so that a
+		// slow GET's chunks still reach the disk soon.
 		batch = append(batch[:0], r)
+		linger.Reset(batchLinger)
 	more:
 		for len(batch) < maxBatch && batch[len(batch)-1].err == nil {
 			select {
@@ -660,7 +689,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 					break more
 				}
 				batch = append(batch, r)
-			default:
+			case <-linger.C:
 				break more
 			}
 		}
@@ -680,8 +709,13 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 	return f.endOf(s), nil, false
 }
 
-// maxBatch is how many checked chunks one write takes at most.
-const maxBatch = 4
+// maxBatch is how many checked chunks one write takes at most: half the
+// stream's buffers, so that the receiver fills the other half meanwhile.
+const maxBatch = streamPieces / 2
+
+// batchLinger is how long the writer waits for the next checked chunk of
+// its batch before it writes what it has.
+const batchLinger = 2 * time.Millisecond
 
 // writeBatch writes consecutive checked chunks to the backing file. It
 // returns end -1 to go on, or where the stream stops: on an error, or
@@ -720,48 +754,62 @@ func (f *fileRecall) writeBatch(ctx context.Context, s *stream, batch []received
 	return -1, nil, false
 }
 
-// serveInto fills dest with the file's bytes from off (cut at its size):
-// from checked chunks still in memory, else from the backing file where
-// it holds them. It returns how many bytes it filled, or 0 when some of
-// them are in neither place (the reader then reads as before).
-func (f *fileRecall) serveInto(off int64, dest []byte) int {
+// serveInto answers a reader of dest's length at off (cut at the
+// file's size): with checked chunks still in memory, lent as they are
+// until release, else with the backing file's bytes, read into dest,
+// where it holds them. The answer is nothing when some of the bytes are
+// in neither place (the reader then reads as before).
+func (f *fileRecall) serveInto(off int64, dest []byte) (answer [][]byte, release func()) {
 	f.mu.Lock()
 	rec := f.rec
 	f.mu.Unlock()
 	if rec == nil || off < 0 || off >= rec.Size {
-		return 0 // resident now, or nothing to serve: the reader reads the file
+		return nil, nil // resident now, or nothing to serve: the reader reads the file
 	}
-	dest = dest[:min(int64(len(dest)), rec.Size-off)]
-	for o := off; o < off+int64(len(dest)); {
-		part := dest[o-off : min(int64(len(dest)), (o/rec.ChunkSize+1)*rec.ChunkSize-off)]
+	end := off + min(int64(len(dest)), rec.Size-off)
+	var lent []*piece
+	giveBack := func() {
 		f.mu.Lock()
-		p := f.pieceAt(o)
-		if p != nil {
-			p.readers++
-			data := p.data[o-p.off:]
+		for _, p := range lent {
+			p.readers--
+		}
+		f.cond.Broadcast() // a receiver may wait for one of them
+		f.mu.Unlock()
+	}
+	for o := off; o < end; {
+		f.mu.Lock()
+		if p := f.pieceAt(o); p != nil {
+			p.readers++ // not reused in place while the reply is out
+			lent = append(lent, p)
+			data := p.data[o-p.off : min(int64(len(p.data)), end-p.off)]
 			f.mu.Unlock()
-			n := copy(part, data)
-			f.mu.Lock()
-			if p.readers--; p.readers == 0 {
-				f.cond.Broadcast() // a receiver may wait for this buffer
-			}
-			f.mu.Unlock()
-			o += int64(n)
+			answer = append(answer, data)
+			o += int64(len(data))
 			continue
 		}
 		f.mu.Unlock()
 		// Written and its buffer reused: the file has it, unless a
 		// release punched it meanwhile (looked at after the read).
+		part := dest[o-off : min(end, (o/rec.ChunkSize+1)*rec.ChunkSize)-off]
 		n, err := unix.Pread(f.fd, part, o)
+		if err == nil && n == len(part) {
+			var hole int64
+			if hole, err = stub.FirstMissing(f.fd, rec, o, o+int64(n)); err == nil && hole < o+int64(n) {
+				err = errPunchedMeanwhile
+			}
+		}
 		if err != nil || n < len(part) {
-			return 0
+			giveBack()
+			return nil, nil
 		}
-		if hole, err := stub.FirstMissing(f.fd, rec, o, o+int64(n)); err != nil || hole < o+int64(n) {
-			return 0
-		}
+		answer = append(answer, part)
 		o += int64(n)
 	}
-	return len(dest)
+	if len(lent) == 0 {
+		return answer, nil
+	}
+	var once sync.Once
+	return answer, func() { once.Do(giveBack) }
 }
 
 // errPunchedMeanwhile: a file found whole was punched before it was made
