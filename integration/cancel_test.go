@@ -20,14 +20,16 @@ import (
 // status lists pending recalls (file, range, waiters, age, priority), and
 // `recall --cancel` ends them: waiting readers get ECANCELED at once, the
 // stream writes nothing more, what it wrote stays valid, and a later read
-// recalls the rest. One worker: the first recall (paused at its third
-// chunk) holds it, the others queue.
+// recalls the rest. One worker: the first recall holds it, the others
+// queue. Its writes pause from the second on: its reader is served from
+// the streams' memory (one GET may split in several) as far as that goes,
+// then waits.
 func TestCancelPendingRecalls(t *testing.T) {
 	dir := t.TempDir()
-	d := testenv.NewDaemon(t, "", []string{"CASCADEFS_FAILPOINTS=" + failpoint.RecallBeforeWrite + "=pause@3", "CASCADEFS_FAILPOINT_DIR=" + dir}, "--workers", "1")
+	d := testenv.NewDaemon(t, "", []string{"CASCADEFS_FAILPOINTS=" + failpoint.RecallBeforeWrite + "=pause@2+", "CASCADEFS_FAILPOINT_DIR=" + dir}, "--workers", "1")
 	d.Start()
 	marker := filepath.Join(dir, failpoint.RecallBeforeWrite+".paused")
-	const size = 8 << 20
+	const size = 64 << 20 // more than all its streams' buffers show (8 streams of 4 MiB at most)
 	data := map[string][]byte{}
 	for _, name := range []string{"f", "g", "h"} {
 		b := make([]byte, size)
@@ -49,8 +51,6 @@ func TestCancelPendingRecalls(t *testing.T) {
 	}
 	fRead := read("f")
 	waitForFile(t, marker)
-	gRead := read("g")
-	hRecall := cliAsync(d, "recall", d.M("h"))
 	pending := func() []dmapi.PendingEvent {
 		var st struct {
 			Mounts []struct {
@@ -71,6 +71,19 @@ func TestCancelPendingRecalls(t *testing.T) {
 		}
 		return m
 	}
+	// f's reader is served from memory until the paused writer holds
+	// every buffer of its stream: only then does its event hold the
+	// worker for good.
+	testenv.WaitFor(t, "f's reader to wait on the paused stream", 20*time.Second, func() bool {
+		for _, p := range byFile()["f"] {
+			if p.Running && p.Age > 300*time.Millisecond {
+				return true
+			}
+		}
+		return false
+	})
+	gRead := read("g")
+	hRecall := cliAsync(d, "recall", d.M("h"))
 	testenv.WaitFor(t, "pending events of three files", 20*time.Second, func() bool { return len(byFile()) == 3 })
 	for path, evs := range byFile() {
 		want := map[string]struct {
@@ -118,11 +131,24 @@ func TestCancelPendingRecalls(t *testing.T) {
 	if r := <-hRecall; r.err == nil || !strings.Contains(r.out, "cancelled") {
 		t.Errorf("admin recall of h: %v\n%s", r.err, r.out)
 	}
-	os.Remove(marker)
+	// From here on every write goes through: the marker each one leaves
+	// is taken away at once.
+	passAll := make(chan struct{})
+	defer close(passAll)
+	go func() {
+		for {
+			select {
+			case <-passAll:
+				return
+			case <-time.After(2 * time.Millisecond):
+				os.Remove(marker)
+			}
+		}
+	}()
 	testenv.WaitFor(t, "the cancelled stream to end", 20*time.Second, func() bool { return strings.Contains(d.Log(), "recall stream cancelled") })
 	kept := state(t, d, "f").ResidentBytes
 	time.Sleep(500 * time.Millisecond)
-	if s := state(t, d, "f"); s.State != "migrated" || s.ResidentBytes != kept || kept < 512<<10 || kept >= size {
+	if s := state(t, d, "f"); s.State != "migrated" || s.ResidentBytes != kept || kept < 256<<10 || kept >= size {
 		t.Errorf("f after the cancel: %+v (was %d resident), want migrated with what was written before, no more", s, kept)
 	}
 	// What was recalled stays valid; the rest comes on the next read.

@@ -61,6 +61,9 @@ type Manager struct {
 	cfg     Config
 	log     *slog.Logger
 	streams *slots
+	// chunkBufs keeps the chunk buffers of ended streams for the next
+	// ones (*[]byte): a stream takes up to streamPieces of them.
+	chunkBufs sync.Pool
 	// bulkStreams bounds the streams of bulk work (admin recalls) below
 	// MaxStreams: the rest are kept for readers.
 	bulkStreams chan struct{}

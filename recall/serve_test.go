@@ -318,3 +318,58 @@ func TestLentNeverGivenBack(t *testing.T) {
 		t.Fatal("the file differs")
 	}
 }
+
+// The commit of a whole file (its sync, its fence, its record) does not
+// keep the file's readers waiting: here the fence holds it, as a slow
+// repository or a long sync of a large file would, and a reader of the
+// file is still served.
+func TestReadersServedDuringTheCommit(t *testing.T) {
+	const size = 4 << 20
+	root, arch, data, ino := migrated(t, size)
+	m := newManager(t, root, arch)
+	inFence, hold := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	m.Fence = func(commit func() error) error {
+		once.Do(func() { close(inFence) })
+		<-hold
+		return commit()
+	}
+	var held sync.Once
+	release := func() { held.Do(func() { close(hold) }) }
+	defer release()
+	recalled := make(chan error, 1)
+	go func() {
+		recalled <- m.Handle(context.Background(), &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: 0, Length: -1})
+	}()
+	select {
+	case <-inFence:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the recall never came to its commit")
+	}
+	type read struct {
+		got []byte
+		err error
+	}
+	served := make(chan read, 1)
+	go func() {
+		got, err := serveRead(context.Background(), m, root, ino, 1<<20, 1<<20)
+		served <- read{got, err}
+	}()
+	select {
+	case r := <-served:
+		if r.err != nil || !bytes.Equal(r.got, data[1<<20:2<<20]) {
+			t.Fatalf("a reader during the commit: %d bytes, %v", len(r.got), r.err)
+		}
+	case <-time.After(3 * time.Second):
+		release()
+		t.Fatal("a reader waited for the commit")
+	}
+	release()
+	if err := <-recalled; err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if st, _ := recordState(t, filepath.Join(root, "f")); st != stub.Premigrated {
+		t.Fatalf("state %v after the commit, want premigrated", st)
+	}
+}

@@ -33,6 +33,7 @@ type fileRecall struct {
 
 	mu        sync.Mutex
 	cond      *sync.Cond
+	commitMu  sync.Mutex   // one commit at a time (commitIfComplete)
 	rec       *stub.Record // nil once the file was made resident
 	sums      []uint32
 	sumsReady chan struct{} // closed when sums (or sumsErr) are loaded
@@ -396,6 +397,14 @@ func (f *fileRecall) run(s *stream, releaseRight func()) {
 			break
 		}
 	}
+	// Out of f.streams, no reader finds its buffers any more: those no
+	// reply holds go to the next streams.
+	for _, p := range s.pieces {
+		if p.readers == 0 {
+			f.m.chunkBufs.Put(&p.buf)
+		}
+	}
+	s.pieces = nil
 	f.cond.Broadcast()
 	f.mu.Unlock()
 	switch {
@@ -498,7 +507,7 @@ func (f *fileRecall) takePiece(ctx context.Context, s *stream, size int) (*piece
 			}
 		}
 		if (best == nil || best.data != nil) && len(s.pieces) < streamPieces {
-			best = &piece{buf: make([]byte, size)}
+			best = &piece{buf: f.m.chunkBuf(size)}
 			s.pieces = append(s.pieces, best)
 		}
 		if best == nil {
@@ -530,6 +539,14 @@ func (s *stream) letGoOfLent(size int) *piece {
 	}
 	s.pieces[i] = &piece{buf: make([]byte, size)}
 	return s.pieces[i]
+}
+
+// chunkBuf is a buffer of size bytes: one an ended stream left, or new.
+func (m *Manager) chunkBuf(size int) []byte {
+	if b, ok := m.chunkBufs.Get().(*[]byte); ok && cap(*b) >= size {
+		return (*b)[:size]
+	}
+	return make([]byte, size)
 }
 
 // givePiece returns a buffer the receiver took and did not fill.
@@ -860,13 +877,22 @@ func (f *fileRecall) write(ctx context.Context, bufs [][]byte, off int64) error 
 
 // commitIfComplete records a fully recalled file as premigrated: its data
 // is local again and the archive copy is still valid.
+//
+// Not under f.mu: the sync of a large file takes long, and readers of the
+// file are served meanwhile. commitMu keeps two streams that end together
+// from committing at once; makeResident waits for the streams, and so
+// for this, before it drops the record.
 func (f *fileRecall) commitIfComplete() error {
+	f.commitMu.Lock()
+	defer f.commitMu.Unlock()
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.rec == nil || f.rec.State != stub.Migrated {
+		f.mu.Unlock()
 		return nil
 	}
-	if hole, err := stub.FirstMissing(f.fd, f.rec, 0, f.rec.Size); err != nil || hole < f.rec.Size {
+	rec := *f.rec
+	f.mu.Unlock()
+	if hole, err := stub.FirstMissing(f.fd, &rec, 0, rec.Size); err != nil || hole < rec.Size {
 		return err
 	}
 	// The record claims the recalled bytes are local: durable first.
@@ -876,7 +902,6 @@ func (f *fileRecall) commitIfComplete() error {
 	if err := failpoint.Hit(failpoint.RecallBeforeRecord); err != nil {
 		return err
 	}
-	rec := *f.rec
 	rec.State = stub.Premigrated
 	if rec.Unverified {
 		// An imported object, whole here now: its checksums are made of
@@ -918,6 +943,8 @@ func (f *fileRecall) commitIfComplete() error {
 	if err != nil {
 		return err
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.m.log.Info("recalled", "file", f.path, "bytes", rec.Size, "fetched", f.fetched)
 	f.m.count(1, 0)
 	f.rec = &rec
