@@ -223,9 +223,10 @@ func TestRecallByHandleAfterCachesDropped(t *testing.T) {
 	wantB := writeRandom(t, d.M("b"), 4<<20)
 	d.MustCLI("migrate", d.M("a"), d.M("b"))
 	testenv.DropCaches()
-	readA := make(chan [32]byte, 1)
-	go func() { readA <- sumFile(t, d.M("a")) }()
-	waitForFile(t, marker) // the only worker holds a's recall
+	// An admin's recall of a holds the only worker: it waits for the
+	// paused write (a reader would be served from memory, and go).
+	recallA := cliAsync(d, "recall", d.M("a"))
+	waitForFile(t, marker)
 	recallB := cliAsync(d, "recall", d.M("b"))
 	testenv.WaitFor(t, "b's event queued", 20*time.Second, func() bool { return strings.Contains(d.MustCLI("status"), "READ b [") })
 	testenv.DropCaches() // b's dentry goes while its event waits
@@ -233,7 +234,10 @@ func TestRecallByHandleAfterCachesDropped(t *testing.T) {
 	if r := <-recallB; r.err != nil {
 		t.Fatalf("recall of b after the caches were dropped: %v\n%s", r.err, r.out)
 	}
-	if <-readA != wantA || sumFile(t, d.M("b")) != wantB {
+	if r := <-recallA; r.err != nil {
+		t.Fatalf("recall of a: %v\n%s", r.err, r.out)
+	}
+	if sumFile(t, d.M("a")) != wantA || sumFile(t, d.M("b")) != wantB {
 		t.Fatal("wrong bytes")
 	}
 }

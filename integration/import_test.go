@@ -128,6 +128,9 @@ func TestImport(t *testing.T) {
 			t.Fatalf("%s reads other bytes: %v", k, err)
 		}
 	}
+	// The reader is answered before the recall's commit: wait for it.
+	stateAfterRead(t, d, "imported/a.jpg")
+	stateAfterRead(t, d, "imported/big")
 	if rec := recordOf(t, d.B("imported/a.jpg")); rec.State != stub.Premigrated || rec.Unverified || !rec.Imported {
 		t.Fatalf("after a full read: %+v", rec)
 	}
