@@ -26,10 +26,7 @@ import (
 // else (as the mount does) those the backing file holds once answered.
 func serveRead(ctx context.Context, m *recall.Manager, root string, ino uint64, off, n int64) ([]byte, error) {
 	buf := make([]byte, n)
-	sv := dmapi.NewServe(off, buf)
-	ev := &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: off, Length: n, Serve: sv, Token: dmapi.NewToken()}
-	err := m.Handle(ctx, ev)
-	answer, release := sv.Close()
+	answer, release, err := offerRead(ctx, m, ino, off, buf)
 	if release != nil {
 		defer release()
 	}
@@ -46,6 +43,15 @@ func serveRead(ctx context.Context, m *recall.Manager, root string, ino uint64, 
 	defer f.Close()
 	k, _ := f.ReadAt(buf, off)
 	return buf[:k], nil
+}
+
+// offerRead raises a READ of f for buf's length at off that offers buf,
+// and returns the answer and its release (nil: nothing lent).
+func offerRead(ctx context.Context, m *recall.Manager, ino uint64, off int64, buf []byte) ([][]byte, func(), error) {
+	sv := dmapi.NewServe(off, buf)
+	err := m.Handle(ctx, &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: off, Length: int64(len(buf)), Serve: sv, Token: dmapi.NewToken()})
+	answer, release := sv.Close()
+	return answer, release, err
 }
 
 // A reader is served from the checked chunk in memory while the write of
@@ -132,13 +138,10 @@ func TestConcurrentServedReaders(t *testing.T) {
 			for j := range buf {
 				buf[j] = 0xA5
 			}
-			sv := dmapi.NewServe(off, buf)
-			ev := &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: off, Length: n, Serve: sv, Token: dmapi.NewToken()}
 			if i%5 == 0 {
 				time.AfterFunc(time.Duration(r.IntN(20))*time.Millisecond, cancel)
 			}
-			err := m.Handle(ctx, ev)
-			answer, release := sv.Close()
+			answer, release, err := offerRead(ctx, m, ino, off, buf)
 			served := bytes.Join(answer, nil)
 			want := data[off:min(off+n, size)]
 			switch {
@@ -289,10 +292,7 @@ func TestLentNeverGivenBack(t *testing.T) {
 	read := func(off, n int64, wait time.Duration) ([][]byte, func(), error) {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
-		sv := dmapi.NewServe(off, make([]byte, n))
-		err := m.Handle(ctx, &dmapi.Event{Type: dmapi.Read, FS: "t", Path: "f", Ino: ino, Offset: off, Length: n, Serve: sv, Token: dmapi.NewToken()})
-		answer, release := sv.Close()
-		return answer, release, err
+		return offerRead(ctx, m, ino, off, make([]byte, n))
 	}
 	// The first 4 MiB: as many chunks as one stream has buffers, every
 	// one lent to a reply that is never sent.
