@@ -133,7 +133,7 @@ func (s *S3) LockUntil(ctx context.Context, key string, until time.Time) error {
 		if _, cur, err := s.client.GetObjectRetention(ctx, s.bucket, s.key(key), v.VersionID); err == nil && cur != nil && !cur.Before(until) {
 			continue
 		}
-		u := until.UTC()
+		u := lockEnd(until)
 		err := s.client.PutObjectRetention(ctx, s.bucket, s.key(key), minio.PutObjectRetentionOptions{Mode: &mode, RetainUntilDate: &u, VersionID: v.VersionID})
 		if resp := minio.ToErrorResponse(err); resp.Code == "AccessDenied" && lockWords.MatchString(resp.Message) {
 			continue // refused as a shortening: the lock ends later already
@@ -143,6 +143,17 @@ func (s *S3) LockUntil(ctx context.Context, key string, until time.Time) error {
 		}
 	}
 	return nil
+}
+
+// lockEnd is until rounded up to the whole second, in UTC. An object
+// lock's date travels in whole seconds (a PUT's header is RFC 3339), and
+// the store would cut the fraction off: the lock would end up to a
+// second before the retention.
+func lockEnd(until time.Time) time.Time {
+	if up := until.Truncate(time.Second); up.Before(until) {
+		until = up.Add(time.Second)
+	}
+	return until.UTC()
 }
 
 // versions lists the versions (and delete markers) of key itself.
@@ -172,7 +183,7 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) (Obje
 		opts.Checksum, opts.SendContentMd5 = minio.ChecksumNone, true
 	}
 	if r := time.Duration(s.retention.Load()); r > 0 && s.locking.Load() && lockable(key) && !protect.Off(protect.ObjectLock) {
-		opts.Mode, opts.RetainUntilDate = minio.Compliance, time.Now().Add(r).UTC()
+		opts.Mode, opts.RetainUntilDate = minio.Compliance, lockEnd(time.Now().Add(r))
 	}
 	info, err := s.client.PutObject(ctx, s.bucket, s.key(key), r, size, opts)
 	if err != nil {
