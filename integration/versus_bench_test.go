@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,11 +34,41 @@ const versusReaders = 8
 // (aggregate). Caches are dropped before each measure; the stubs are
 // released again before each.
 func BenchmarkStubReadVersus(b *testing.B) {
-	size := benchSize()
+	needBenchTools(b)
+	versus(b, testenv.StartMinIO(b))
+}
+
+// BenchmarkStubReadVersusRemote is BenchmarkStubReadVersus with the
+// store behind a link like one to another rack (testenv.Link): a round
+// trip of CASCADEFS_BENCH_RTT (2ms) before each request's bytes reach
+// it, each connection's bytes at most CASCADEFS_BENCH_FLOW MB/s (125),
+// as a remote object store serves one connection. MinIO still shares
+// this machine's CPU, and so does the link.
+func BenchmarkStubReadVersusRemote(b *testing.B) {
+	needBenchTools(b)
+	rtt, err := time.ParseDuration(cmp.Or(os.Getenv("CASCADEFS_BENCH_RTT"), "2ms"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	flow, err := strconv.ParseFloat(cmp.Or(os.Getenv("CASCADEFS_BENCH_FLOW"), "125"), 64)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m := testenv.StartMinIO(b)
+	fmt.Fprintf(os.Stderr, "store: round trip %v, each connection %.0f MB/s\n", rtt, flow)
+	versus(b, m.Through(b, testenv.StartLink(b, m.Endpoint, rtt, flow*1e6)))
+}
+
+// needBenchTools installs s3fs and rclone when missing.
+func needBenchTools(b *testing.B) {
 	if out, err := exec.Command(filepath.Join(testenv.RepoRoot(), "scripts", "need-bench.sh")).CombinedOutput(); err != nil {
 		b.Fatalf("s3fs and rclone: %v\n%s", err, out)
 	}
-	m := testenv.StartMinIO(b)
+}
+
+// versus runs the measures of BenchmarkStubReadVersus against m.
+func versus(b *testing.B, m *testenv.MinIO) {
+	size := benchSize()
 	d := testenv.NewDaemon(b, m.Bucket(b, "versus"), m.EnvList())
 	d.Start()
 	ctx := context.Background()
