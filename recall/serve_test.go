@@ -226,6 +226,7 @@ type countingArchive struct {
 	*faulty
 	mu         sync.Mutex
 	open, most int
+	longest    int64 // the longest data GET
 }
 
 func (c *countingArchive) Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error) {
@@ -236,6 +237,7 @@ func (c *countingArchive) Get(ctx context.Context, key string, off, length int64
 	c.mu.Lock()
 	c.open++
 	c.most = max(c.most, c.open)
+	c.longest = max(c.longest, length)
 	c.mu.Unlock()
 	return &countedBody{ReadCloser: body, c: c}, nil
 }
@@ -255,12 +257,12 @@ func (b *countedBody) Close() error {
 // body waits) gets parallel ranged GETs ahead of it, no more than the
 // bound per file, and every byte right.
 func TestParallelGETsForAFastReader(t *testing.T) {
-	const size = 48 << 20
+	const size = 96 << 20
 	root, arch, data, ino := migrated(t, size)
 	arch.slow = 8 * time.Millisecond // 32 MB/s per GET: well below slowGET
 	counted := &countingArchive{faulty: arch}
 	m := recall.NewManager(fakes.Root(t, root), counted, &dmapi.Rights{}, fakes.KeptGarbage{},
-		recall.Config{SmallFile: 1 << 20, Window: 16 << 20, MaxWindow: 64 << 20}, slog.Default())
+		recall.Config{SmallFile: 1 << 20, Window: 1 << 20, MaxWindow: 64 << 20}, slog.Default())
 	t.Cleanup(m.Close)
 	for off := int64(0); off < size; off += 1 << 20 {
 		got, err := serveRead(context.Background(), m, root, ino, off, 1<<20)
@@ -276,7 +278,12 @@ func TestParallelGETsForAFastReader(t *testing.T) {
 	if counted.most < 3 || counted.most > recall.MaxParallel {
 		t.Fatalf("at most %d GETs at once; want 3 to %d", counted.most, recall.MaxParallel)
 	}
-	t.Logf("at most %d GETs at once", counted.most)
+	// The splits did not make the reader's next streams start small
+	// again: its windows kept doubling (1, 2, 4, ... MiB) to the largest.
+	if counted.longest < 32<<20 {
+		t.Fatalf("the longest GET took %d MiB; a sequential reader's window grows to 64 MiB", counted.longest>>20)
+	}
+	t.Logf("at most %d GETs at once, the longest of %d MiB", counted.most, counted.longest>>20)
 }
 
 // Replies never sent (their memory never given back) keep their bytes as

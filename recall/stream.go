@@ -259,14 +259,17 @@ func (f *fileRecall) splitLocked(s *stream, hole int64) {
 	if mid >= s.end || !f.m.tryStream(s.bulk, s.uid) {
 		return
 	}
-	end, window := s.end, f.window
+	end, lastEnd, window := s.end, f.lastEnd, f.window
 	s.end = mid // its receiver stops there
-	if _, err := f.startLocked(mid, end, s.bulk, s.uid); err != nil {
+	_, err := f.startLocked(mid, end, s.bulk, s.uid)
+	// A split is not the reader's next window: the next stream at the
+	// front still reads twice as far as the last.
+	f.lastEnd, f.window = lastEnd, window
+	if err != nil {
 		f.m.putStream(s.bulk, s.uid)
 		s.end = end
 		return
 	}
-	f.window = max(f.window, window) // a sequential reader's window keeps growing
 	f.m.log.Debug("recall stream split", "file", f.path, "at", mid, "end", end)
 }
 
@@ -765,6 +768,9 @@ func (f *fileRecall) writeBatch(ctx context.Context, s *stream, batch []received
 	// for a GET stream: the stream ends here and gives its slot up
 	// (a reader that comes for the rest starts another).
 	if s.waiting == 0 && s.next < s.end && f.m.streams.contended() {
+		if f.lastEnd == s.end {
+			f.lastEnd = s.next // the reader's stream from here is still sequential
+		}
 		s.end = s.next
 		return s.end, nil, false
 	}
