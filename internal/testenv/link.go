@@ -49,12 +49,14 @@ func StartLink(t testing.TB, target string, delay time.Duration, rate float64) *
 func (l *Link) Addr() string { return l.ln.Addr().String() }
 
 func (l *Link) stop() {
-	l.ln.Close()
 	l.mu.Lock()
-	for c := range l.conns {
+	conns := l.conns
+	l.conns = nil // stopped: connections accepted from now are closed
+	l.mu.Unlock()
+	l.ln.Close()
+	for c := range conns {
 		c.Close()
 	}
-	l.mu.Unlock()
 	l.wg.Wait()
 }
 
@@ -73,10 +75,7 @@ func (l *Link) accept() {
 	for {
 		client, err := l.ln.Accept()
 		if err != nil {
-			l.mu.Lock()
-			l.conns = nil // stopped: no more
-			l.mu.Unlock()
-			return
+			return // stopped
 		}
 		server, err := net.Dial("tcp", l.target)
 		if err != nil {
