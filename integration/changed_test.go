@@ -199,3 +199,30 @@ func TestOpenHeldByReleaseReadsRightBytes(t *testing.T) {
 	}
 	testenv.WaitFor(t, "the held reader's bytes to come from a recall", 20*time.Second, func() bool { return strings.Contains(d.Log(), "msg=recalled") })
 }
+
+// An admin's recall reports a file recalled once its record says so: the
+// commit (sync, fence, record), paused here before the record, holds the
+// recall, and the state right after it returns is premigrated.
+func TestAdminRecallReturnsOnceCommitted(t *testing.T) {
+	d, marker := pausedDaemon(t, failpoint.RecallBeforeRecord)
+	want := writeRandom(t, d.M("f"), 8<<20)
+	d.MustCLI("migrate", d.M("f"))
+	testenv.DropCaches()
+	done := cliAsync(d, "recall", d.M("f"))
+	waitForFile(t, marker)
+	select {
+	case r := <-done:
+		t.Fatalf("the recall returned before the commit: %v\n%s", r.err, r.out)
+	case <-time.After(500 * time.Millisecond):
+	}
+	os.Remove(marker)
+	if r := <-done; r.err != nil {
+		t.Fatalf("recall: %v\n%s", r.err, r.out)
+	}
+	if e := state(t, d, "f"); e.State != "premigrated" || e.ResidentBytes != 8<<20 {
+		t.Fatalf("right after the recall: %+v", e)
+	}
+	if sumFile(t, d.M("f")) != want {
+		t.Fatal("wrong bytes")
+	}
+}

@@ -353,6 +353,7 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 		// stream still fetches it whole (its window is the file).
 		off, end = max(off, ev.Serve.Off), min(end, ev.Serve.End())
 	}
+	adminWhole := !inMemory && ev.Priority > dmapi.PriorityReader && off == 0 && end == f.rec.Size
 	defer m.waits(ev.Type == dmapi.Read && ev.Priority == dmapi.PriorityReader, ev.UID)()
 	for attempt := 0; ; attempt++ {
 		if err := f.ensure(ctx, off, end, ev.Priority > dmapi.PriorityReader, ev.UID, inMemory); err != nil {
@@ -364,6 +365,12 @@ func (m *Manager) Handle(ctx context.Context, ev *dmapi.Event) error {
 			return err
 		}
 		if ev.Type == dmapi.Read {
+			if adminWhole {
+				// An admin's recall of the whole file: done when the
+				// file says so (premigrated), not when its last bytes
+				// are written and the commit still runs.
+				return f.settle(ctx)
+			}
 			if !inMemory || ev.Serve.Fill(f.serveInto) != 0 || attempt == 2 {
 				return nil
 			}

@@ -957,6 +957,28 @@ func (f *fileRecall) commitIfComplete() error {
 	return nil
 }
 
+// settle waits until no stream of the file runs, so that the commit of
+// the last one is done, and commits the file if it is whole and still
+// migrated (its bytes were all here before; a commit that failed is
+// tried again).
+func (f *fileRecall) settle(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
+	defer stop()
+	f.mu.Lock()
+	for len(f.streams) > 0 && ctx.Err() == nil {
+		f.cond.Wait()
+	}
+	f.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return f.commitIfComplete()
+}
+
 // makeResident drops the record of a fully recalled file before it is
 // changed: the archive copy becomes stale. It waits for streams still
 // writing, so that none writes old bytes after the user's new ones.
