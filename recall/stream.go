@@ -78,12 +78,7 @@ type stream struct {
 // the bulk share of the stream slots. inMemory: checked bytes that are
 // not yet written will do (a reader on this node is served from them).
 func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool, uid uint32, inMemory bool) error {
-	stop := context.AfterFunc(ctx, func() {
-		f.mu.Lock()
-		f.cond.Broadcast()
-		f.mu.Unlock()
-	})
-	defer stop()
+	defer f.wakeWhenDone(ctx)()
 	for {
 		hole, err := f.firstAbsent(off, end, inMemory)
 		if err != nil {
@@ -157,6 +152,16 @@ func (f *fileRecall) ensure(ctx context.Context, off, end int64, bulk bool, uid 
 		}
 		f.mu.Unlock()
 	}
+}
+
+// wakeWhenDone wakes the waiters of f.cond when ctx ends, so that one
+// waiting for ctx too sees it; the returned func stops that.
+func (f *fileRecall) wakeWhenDone(ctx context.Context) (stop func() bool) {
+	return context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
 }
 
 // firstAbsent is the first offset of [off, end) that is not in the file
@@ -629,12 +634,7 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 		}
 		return data, nil
 	}
-	wake := context.AfterFunc(ctx, func() { // a receiver waiting for a buffer
-		f.mu.Lock()
-		f.cond.Broadcast()
-		f.mu.Unlock()
-	})
-	defer wake()
+	defer f.wakeWhenDone(ctx)() // a receiver waiting for a buffer
 	go func() {
 		defer close(filled)
 		for o := off; o < end; {
@@ -962,12 +962,7 @@ func (f *fileRecall) commitIfComplete() error {
 // migrated (its bytes were all here before; a commit that failed is
 // tried again).
 func (f *fileRecall) settle(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() {
-		f.mu.Lock()
-		f.cond.Broadcast()
-		f.mu.Unlock()
-	})
-	defer stop()
+	defer f.wakeWhenDone(ctx)()
 	f.mu.Lock()
 	for len(f.streams) > 0 && ctx.Err() == nil {
 		f.cond.Wait()
