@@ -36,7 +36,7 @@ func jsonLines(t *testing.T, log string) []string {
 // lines through the standard log package, Serf's and memberlist's).
 func TestLogFormatJSON(t *testing.T) {
 	t.Run("mount", func(t *testing.T) {
-		d := testenv.NewDaemon(t, "", nil, "--log-format", "json", "--debug")
+		d := testenv.NewDaemon(t, "", nil, "--log-format", "json", "--log-level", "debug", "--debug")
 		d.Start()
 		want := writeRandom(t, d.M("f"), 3<<20)
 		d.MustCLI("migrate", d.M("f"))
@@ -49,7 +49,7 @@ func TestLogFormatJSON(t *testing.T) {
 		testenv.WaitFor(t, "the recall's commit", 20*time.Second, func() bool { return slices.Contains(jsonLines(t, d.Log()), "recalled") })
 		d.Stop()
 		msgs := jsonLines(t, d.Log())
-		for _, m := range []string{"recalled", "signal received; unmounting"} {
+		for _, m := range []string{"recalled", "recall stream", "signal received; unmounting"} {
 			if !slices.Contains(msgs, m) {
 				t.Errorf("no %q line in the log:\n%s", m, d.Log())
 			}
@@ -76,6 +76,10 @@ func TestLogFormatJSON(t *testing.T) {
 		_, stderr, err := d.CLI("mount", "--log-format", "xml", "--backing", d.Backing, "--archive", d.Archive, d.Mountpoint)
 		if err == nil || !strings.Contains(stderr, "want text or json") {
 			t.Fatalf("a bad --log-format: err %v, stderr %q", err, stderr)
+		}
+		_, stderr, err = d.CLI("mount", "--log-level", "loud", "--backing", d.Backing, "--archive", d.Archive, d.Mountpoint)
+		if err == nil || !strings.Contains(stderr, "want debug, info, warn or error") {
+			t.Fatalf("a bad --log-level: err %v, stderr %q", err, stderr)
 		}
 	})
 }

@@ -26,7 +26,7 @@ func cmdMount(args []string) error {
 	fl.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request")
 	fl.BoolVar(&cfg.AllowUserBacking, "allow-user-backing", false, allowUserBackingHelp)
 	fl.StringVar(&cfg.MetricsAddr, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
-	logFormat := logFormatFlag(fl)
+	logging := addLogFlags(fl)
 	// The filesystem's settings, spelled and checked as in `cascadefs fs
 	// set` (package settings); the cluster's own are not for one node.
 	var keys []string
@@ -61,7 +61,7 @@ func cmdMount(args []string) error {
 	if cfg.Name == "" {
 		cfg.Name = filepath.Base(mp)
 	}
-	log, err := newLogger(*logFormat)
+	log, err := newLogger(logging)
 	if err != nil {
 		return err
 	}

@@ -36,7 +36,7 @@ func cmdNode(args []string) error {
 	fl.BoolVar(&cfg.NoPassthrough, "no-passthrough", false, "never use kernel FUSE passthrough")
 	fl.BoolVar(&cfg.AllowUserBacking, "allow-user-backing", false, allowUserBackingHelp)
 	fl.StringVar(&cfg.Metrics, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
-	logFormat := logFormatFlag(fl)
+	logging := addLogFlags(fl)
 	fl.IntVar(&cfg.MaxFilesystems, "max-filesystems", 0, "take at most this many DM sessions (0: no bound)")
 	fl.Float64Var(&cfg.Weight, "weight", 0, "bias of this node's key in synchronous failover votes (higher wins)")
 	fl.DurationVar(&cfg.Lease, "lease", cluster.DefaultLease, "lease TTL: nobody takes this node's filesystems while it renews; it stops acting when it cannot")
@@ -80,7 +80,7 @@ func cmdNode(args []string) error {
 			return err
 		}
 	}
-	log, err := newLogger(*logFormat)
+	log, err := newLogger(logging)
 	if err != nil {
 		return err
 	}
