@@ -20,7 +20,7 @@ import (
 func TestStubReadsThroughSlowLink(t *testing.T) {
 	local := testenv.StartMinIO(t)
 	m := local.Through(t, testenv.StartLink(t, local.Endpoint, 2*time.Millisecond, 125e6))
-	d := testenv.NewDaemon(t, m.Bucket(t, "far"), m.EnvList(), "--window", "1048576")
+	d := testenv.NewDaemon(t, m.Bucket(t, "far"), m.EnvList(), "--window", "1048576", "--log-level", "debug")
 	d.Start()
 	names := []string{"a", "b", "c"}
 	data := map[string][]byte{}

@@ -20,3 +20,6 @@ func LiveStreams(m *Manager, ino uint64) int {
 
 // MaxParallel bounds the streams of one file.
 const MaxParallel = maxParallel
+
+// Contended reports whether a recall waits for a stream slot.
+func Contended(m *Manager) bool { return m.streams.contended() }

@@ -380,3 +380,54 @@ func TestReadersServedDuringTheCommit(t *testing.T) {
 		t.Fatalf("state %v after the commit, want premigrated", st)
 	}
 }
+
+// A stream that gives its slot up to a waiting recall (nobody waits on
+// it) still writes every chunk it has shown: a reader may have been
+// served those from memory, and would never ask for them again. Before,
+// the shown chunks past the last write were dropped, and the file, read
+// whole, was never whole on disk.
+func TestCutStreamWritesWhatItServed(t *testing.T) {
+	const size = 16 << 20
+	root, arch, data, ino := migrated(t, size)
+	m := recall.NewManager(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.KeptGarbage{},
+		recall.Config{SmallFile: 1 << 20, Window: 4 << 20, MaxWindow: 4 << 20, MaxStreams: 1}, slog.Default())
+	t.Cleanup(m.Close)
+	hold := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(hold) }) }
+	defer release()
+	m.Acting = func() error { <-hold; return nil } // before each write, under the right
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// The first window (16 chunks, more than one write takes) is served
+	// from memory while no write can happen.
+	got, err := serveRead(ctx, m, root, ino, 0, 4<<20)
+	if err != nil || !bytes.Equal(got, data[:4<<20]) {
+		t.Fatalf("served %d bytes (err %v), not the data", len(got), err)
+	}
+	// A read elsewhere waits for the only slot.
+	other := make(chan error, 1)
+	go func() {
+		_, err := serveRead(ctx, m, root, ino, 12<<20, 1<<20)
+		other <- err
+	}()
+	for !recall.Contended(m) {
+		if ctx.Err() != nil {
+			t.Fatal("the second read never waited for a slot")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	release()
+	if err := <-other; err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	f, err := os.Open(filepath.Join(root, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if hole, err := stub.FirstHole(int(f.Fd()), 0, 4<<20); err != nil || hole < 4<<20 {
+		t.Fatalf("the window served from memory has a hole at %d (err %v): shown, served, never written", hole, err)
+	}
+}

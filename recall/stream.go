@@ -660,6 +660,15 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 				// Checked: readers waiting on it are served now, the
 				// disk write comes behind.
 				f.mu.Lock()
+				if o >= s.end {
+					// Cut meanwhile (writeBatch): not shown, so
+					// that nobody is served bytes this stream
+					// does not write.
+					p.data = nil
+					f.cond.Broadcast()
+					f.mu.Unlock()
+					return
+				}
 				p.data, p.off = b, o
 				s.shown = o + n
 				if s.getAt.IsZero() {
@@ -718,8 +727,8 @@ func (f *fileRecall) fetchFrom(ctx context.Context, s *stream, off int64) (int64
 			failed, batch = &last, batch[:len(batch)-1]
 		}
 		if len(batch) > 0 {
-			if end, err, final := f.writeBatch(ctx, s, batch); err != nil || end >= 0 {
-				return end, err, final
+			if err, final := f.writeBatch(ctx, s, batch); err != nil {
+				return batch[0].off, err, final
 			}
 		}
 		if failed != nil {
@@ -737,14 +746,13 @@ const maxBatch = streamPieces / 2
 // its batch before it writes what it has.
 const batchLinger = 2 * time.Millisecond
 
-// writeBatch writes consecutive checked chunks to the backing file. It
-// returns end -1 to go on, or where the stream stops: on an error, or
-// cut short to give its slot up.
-func (f *fileRecall) writeBatch(ctx context.Context, s *stream, batch []received) (end int64, err error, final bool) {
+// writeBatch writes consecutive checked chunks to the backing file; on
+// an error it says whether the error is final (a local write failed).
+func (f *fileRecall) writeBatch(ctx context.Context, s *stream, batch []received) (err error, final bool) {
 	off := batch[0].off
 	f.m.holdBack(ctx, s) // the disk and the CPU
 	if err := ctx.Err(); err != nil {
-		return off, err, false // cancelled: not a byte more
+		return err, false // cancelled: not a byte more
 	}
 	bufs := make([][]byte, len(batch))
 	f.mu.Lock()
@@ -753,7 +761,7 @@ func (f *fileRecall) writeBatch(ctx context.Context, s *stream, batch []received
 	}
 	f.mu.Unlock()
 	if err := f.write(ctx, bufs, off); err != nil {
-		return off, err, true
+		return err, true
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -765,16 +773,18 @@ func (f *fileRecall) writeBatch(ctx context.Context, s *stream, batch []received
 	}
 	f.cond.Broadcast()
 	// Reading ahead with nobody waiting on it, while a recall waits
-	// for a GET stream: the stream ends here and gives its slot up
-	// (a reader that comes for the rest starts another).
-	if s.waiting == 0 && s.next < s.end && f.m.streams.contended() {
+	// for a GET stream: the stream ends after what it has shown, and
+	// gives its slot up (a reader that comes for the rest starts
+	// another). What it has shown is still written: a reader may have
+	// been served it from memory, and would not ask for it again.
+	if s.waiting == 0 && s.shown < s.end && f.m.streams.contended() {
 		if f.lastEnd == s.end {
-			f.lastEnd = s.next // the reader's stream from here is still sequential
+			f.lastEnd = s.shown // the reader's stream from here is still sequential
 		}
-		s.end = s.next
-		return s.end, nil, false
+		f.m.log.Debug("recall stream cut", "file", f.path, "at", s.shown, "end", s.end)
+		s.end = s.shown // the receiver stops, the writer writes what came
 	}
-	return -1, nil, false
+	return nil, false
 }
 
 // serveInto answers a reader of dest's length at off (cut at the
