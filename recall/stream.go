@@ -166,24 +166,32 @@ func (f *fileRecall) wakeWhenDone(ctx context.Context) (stop func() bool) {
 
 // firstAbsent is the first offset of [off, end) that is not in the file
 // (see firstMissing) nor, when inMemory, checked in a stream's memory.
+// The memory is looked at first: a reader that keeps up with a stream
+// finds its bytes there, and the look for holes in the file waits for
+// the inode lock that the stream's disk write holds.
 func (f *fileRecall) firstAbsent(off, end int64, inMemory bool) (int64, error) {
-	for {
+	for off < end {
+		if inMemory {
+			f.mu.Lock()
+			p := f.pieceAt(off)
+			if p != nil {
+				off = p.off + int64(len(p.data))
+			}
+			f.mu.Unlock()
+			if p != nil {
+				continue
+			}
+		}
 		f.mu.Lock()
 		rec := f.rec
 		f.mu.Unlock()
 		hole, err := f.firstMissing(rec, off, end)
-		if err != nil || hole >= end || !inMemory {
+		if err != nil || hole >= end || !inMemory || hole == off {
 			return hole, err
 		}
-		f.mu.Lock()
-		p := f.pieceAt(hole)
-		if p == nil {
-			f.mu.Unlock()
-			return hole, nil
-		}
-		off = p.off + int64(len(p.data))
-		f.mu.Unlock()
+		off = hole // in memory, maybe
 	}
+	return end, nil
 }
 
 // firstMissing is the first offset of [off, end) that a recall must
