@@ -390,7 +390,7 @@ func TestCutStreamWritesWhatItServed(t *testing.T) {
 	const size = 16 << 20
 	root, arch, data, ino := migrated(t, size)
 	m := recall.NewManager(fakes.Root(t, root), arch, &dmapi.Rights{}, fakes.KeptGarbage{},
-		recall.Config{SmallFile: 1 << 20, Window: 4 << 20, MaxWindow: 4 << 20, MaxStreams: 1}, slog.Default())
+		recall.Config{SmallFile: 1 << 20, Window: 8 << 20, MaxWindow: 8 << 20, MaxStreams: 1}, slog.Default())
 	t.Cleanup(m.Close)
 	hold := make(chan struct{})
 	var once sync.Once
@@ -399,8 +399,9 @@ func TestCutStreamWritesWhatItServed(t *testing.T) {
 	m.Acting = func() error { <-hold; return nil } // before each write, under the right
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	// The first window (16 chunks, more than one write takes) is served
-	// from memory while no write can happen.
+	// The stream's 16 buffers (4 MiB, more than one write takes) are
+	// served from memory while no write can happen; its window goes on
+	// to 8 MiB.
 	got, err := serveRead(ctx, m, root, ino, 0, 4<<20)
 	if err != nil || !bytes.Equal(got, data[:4<<20]) {
 		t.Fatalf("served %d bytes (err %v), not the data", len(got), err)
@@ -428,6 +429,11 @@ func TestCutStreamWritesWhatItServed(t *testing.T) {
 	}
 	defer f.Close()
 	if hole, err := stub.FirstHole(int(f.Fd()), 0, 4<<20); err != nil || hole < 4<<20 {
-		t.Fatalf("the window served from memory has a hole at %d (err %v): shown, served, never written", hole, err)
+		t.Fatalf("what was served from memory has a hole at %d (err %v): shown, served, never written", hole, err)
+	}
+	// And the stream did give its slot up: it stopped after what it had
+	// shown, short of its window.
+	if hole, err := stub.FirstHole(int(f.Fd()), 4<<20, 8<<20); err != nil || hole >= 8<<20 {
+		t.Fatalf("the rest of the first window was fetched (first hole %d, err %v): the stream was not cut", hole, err)
 	}
 }
