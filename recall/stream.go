@@ -170,26 +170,29 @@ func (f *fileRecall) wakeWhenDone(ctx context.Context) (stop func() bool) {
 // finds its bytes there, and the look for holes in the file waits for
 // the inode lock that the stream's disk write holds.
 func (f *fileRecall) firstAbsent(off, end int64, inMemory bool) (int64, error) {
+	missing := false // off is known not to be in the file
 	for off < end {
-		if inMemory {
-			f.mu.Lock()
-			p := f.pieceAt(off)
-			if p != nil {
-				off = p.off + int64(len(p.data))
-			}
-			f.mu.Unlock()
-			if p != nil {
-				continue
-			}
-		}
 		f.mu.Lock()
 		rec := f.rec
+		var p *piece
+		if inMemory {
+			if p = f.pieceAt(off); p != nil {
+				off = p.off + int64(len(p.data))
+			}
+		}
 		f.mu.Unlock()
+		switch {
+		case p != nil:
+			missing = false
+			continue
+		case missing:
+			return off, nil
+		}
 		hole, err := f.firstMissing(rec, off, end)
 		if err != nil || hole >= end || !inMemory || hole == off {
 			return hole, err
 		}
-		off = hole // in memory, maybe
+		off, missing = hole, true // in memory, maybe
 	}
 	return end, nil
 }
