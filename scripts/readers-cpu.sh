@@ -15,30 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-268435456}
 N=${N:-8}
-BIN=${BIN:-bin/cascadefs}
 LOG=${LOG:-/tmp/readers-cpu-daemon.log}
-make -s tools build
-go build -o bin/rawget ./internal/benchtools/rawget
-PORT=$((20000 + RANDOM % 10000))
-W=$(mktemp -d /tmp/cascadefs-readers.XXXX)
-MP= DP=
-cleanup() {
-  [ -n "$DP" ] && kill "$DP" 2>/dev/null && wait "$DP" 2>/dev/null || true
-  [ -n "$MP" ] && kill "$MP" 2>/dev/null && wait "$MP" 2>/dev/null || true
-  [ -f "$W/daemon.log" ] && cp "$W/daemon.log" "$LOG"
-  rm -rf "$W"
-}
-trap cleanup EXIT
-mkdir -p "$W/minio/bench" "$W/backing" "$W/mnt" "$W/run" && chmod 700 "$W"
-export MINIO_ROOT_USER=cascadefs MINIO_ROOT_PASSWORD=cascadefs-secret
-export AWS_ACCESS_KEY_ID=$MINIO_ROOT_USER AWS_SECRET_ACCESS_KEY=$MINIO_ROOT_PASSWORD CASCADEFS_RUN_DIR=$W/run
-.tools/minio server --quiet --address 127.0.0.1:$PORT "$W/minio" >"$W/minio.log" 2>&1 &
-MP=$!
-for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/minio/health/ready && break; sleep 0.1; done
-"$BIN" mount --log-level debug --backing "$W/backing" --archive "s3://bench?endpoint=127.0.0.1:$PORT&insecure=true" "$W/mnt" >"$W/daemon.log" 2>&1 &
-DP=$!
-for _ in $(seq 100); do grep -q " $W/mnt " /proc/mounts && break; sleep 0.1; done
-cpu() { awk '{printf "%.2f", ($14+$15)/100}' /proc/$1/stat; }
+MOUNT_ARGS=(--log-level debug)
+KEEP_LOG=$LOG
+. scripts/lib/bench-mount.sh
 switches() { cat /proc/$1/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 rate() { echo "scale=0; $N * $SIZE / 1000000 / ($(date +%s.%N) - $1)" | bc; }
 KEYS=()

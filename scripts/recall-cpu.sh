@@ -8,27 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${1:-1073741824}
-make -s tools build
-go build -o bin/rawget ./internal/benchtools/rawget
-PORT=$((20000 + RANDOM % 10000))
-W=$(mktemp -d /tmp/cascadefs-cpu.XXXX)
-MP= DP=
-cleanup() {
-  [ -n "$DP" ] && kill "$DP" 2>/dev/null && wait "$DP" 2>/dev/null || true
-  [ -n "$MP" ] && kill "$MP" 2>/dev/null && wait "$MP" 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-mkdir -p "$W/minio/bench" "$W/backing" "$W/mnt" "$W/run" && chmod 700 "$W"
-export MINIO_ROOT_USER=cascadefs MINIO_ROOT_PASSWORD=cascadefs-secret
-export AWS_ACCESS_KEY_ID=$MINIO_ROOT_USER AWS_SECRET_ACCESS_KEY=$MINIO_ROOT_PASSWORD CASCADEFS_RUN_DIR=$W/run
-.tools/minio server --quiet --address 127.0.0.1:$PORT "$W/minio" >"$W/minio.log" 2>&1 &
-MP=$!
-for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/minio/health/ready && break; sleep 0.1; done
-bin/cascadefs mount --backing "$W/backing" --archive "s3://bench?endpoint=127.0.0.1:$PORT&insecure=true" "$W/mnt" >"$W/daemon.log" 2>&1 &
-DP=$!
-for _ in $(seq 100); do grep -q " $W/mnt " /proc/mounts && break; sleep 0.1; done
-cpu() { awk '{printf "%.2f", ($14+$15)/100}' /proc/$1/stat; }
+. scripts/lib/bench-mount.sh
 head -c "$SIZE" /dev/urandom >"$W/mnt/f"
 bin/cascadefs migrate "$W/mnt/f"
 KEY=$(bin/cascadefs ls --json "$W/mnt/f" | sed -n 's/.*"object": *"\([^"]*\)".*/\1/p')
